@@ -1,0 +1,43 @@
+# make repro : set up (virtual environment, requirements, the default data set), then `dvc repro`
+# make test  : the test suite (sets up first if needed)
+# make lint  : ruff check and format check
+# The virtual environment lives outside the clone, keyed by a hash of requirements.txt, so fresh clones
+# reuse it; .venv is a link to it. Override with VENV=path.
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
+VENV ?= $(HOME)/.cache/ensemble-bench/venv-$(REQ_HASH)
+BIN := $(VENV)/bin
+export PATH := $(BIN):$(PATH)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+FMNIST := /usr/share/datasets/fashion-mnist
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.complete: requirements.txt
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.complete data  ## create the virtual environment and install the default data set
+	ln -sfn $(VENV) .venv
+
+data:  ## install Debian's dataset-fashion-mnist where apt is available (else prepare downloads it)
+	@if [ ! -d $(FMNIST) ] && command -v apt-get >/dev/null; then \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "note: could not install dataset-fashion-mnist; the prepare stage will download Fashion-MNIST"; \
+	fi
+
+repro: setup  ## set up, then run the default benchmark with `dvc repro`
+	dvc repro
+
+test: setup  ## run the test suite (CPU only, no network)
+	HF_HUB_OFFLINE=1 python -m pytest
+
+lint: setup  ## ruff lint and format check
+	ruff check . && ruff format --check .
+
+.PHONY: help setup data repro test lint

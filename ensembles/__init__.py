@@ -1,0 +1,1 @@
+"""Ensembling: select members, weight them, blend their predictions (reads predictions, never models)."""

@@ -1,0 +1,483 @@
+"""Readers: one function per `data.name`, each returning a RawData (uint8 N×H×W×C arrays, labels, classes).
+
+Readers find files (data.path, then known install places, then a download where allowed), decode them,
+and report bad images by path. They never write into data/prepared; pipeline/prepare.py does that.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import pickle
+import re
+import struct
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import PipelineError
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]  # fmt: skip
+IDX_FILES = {  # split -> (images, labels), without the optional .gz
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+URLS = {
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/",
+    "tiny-imagenet": "http://cs231n.stanford.edu/",
+}
+DEBIAN_PLACES = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+IMAGE_EXTS = {ext.lower() for ext in Image.registered_extensions()}
+DEFAULT_FILE_SIZE = 64  # side for data sets read from image files when data.size is null
+
+
+@dataclass
+class RawData:
+    """What a reader returns; valid_* is the data set's own validation split, if it has one."""
+
+    classes: list[str]
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray | None = None
+    test_y: np.ndarray | None = None
+    test_ids: list[str] | None = None
+    valid_x: np.ndarray | None = None
+    valid_y: np.ndarray | None = None
+    class_names: list[str] | None = None  # display names where `classes` are codes (tiny-imagenet wnids)
+    source: dict = field(default_factory=dict)
+    bad_images: list[str] = field(default_factory=list)  # skipped (train/valid) or blanked (test), by path
+    ignored_files: int = 0  # files whose extension no image reader knows
+    submission_header: list[str] | None = None
+
+
+def warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def natural_key(s: str):
+    """Sort '2.png' before '10.png'."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+# --------------------------------------------------------------------------------------------- locating
+def locate(name: str, files: list[str], places: list[Path], download: bool, dest: Path) -> Path:
+    """The first place holding every file in `files` (each may also be gzipped); else download into dest."""
+    for place in places:
+        if all(find_variant(place / f) for f in files):
+            return place
+    if download:
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                if not find_variant(dest / f):
+                    fetch(URLS[name] + f, dest / f)
+            return dest
+        except (urllib.error.URLError, OSError) as e:
+            reason = f"download failed ({getattr(e, 'reason', e)})"
+    else:
+        reason = "downloads are off (data.download: false)"
+    looked = "\n".join(f"  - {p}: missing {', '.join(f for f in files if not find_variant(p / f))}" for p in places)
+    how = f"Put the files in {places[0]}"
+    if name in DEBIAN_PLACES:
+        how += f", install Debian's package dataset-{name} (apt-get install dataset-{name})"
+    if name in URLS:
+        how += f", or download them from {URLS[name]}"
+    raise PipelineError(f"{name}: data set not found and {reason}. Looked in:\n{looked}\n{how}.")
+
+
+def find_variant(path: Path) -> Path | None:
+    """path itself, or path + '.gz'."""
+    for p in (path, path.with_name(path.name + ".gz")):
+        if p.is_file():
+            return p
+    return None
+
+
+def fetch(url: str, dest: Path) -> None:
+    """Download url to dest whole: into a .part file, renamed when complete."""
+    print(f"downloading {url} -> {dest}", file=sys.stderr)
+    part = dest.with_name(dest.name + ".part")
+    with urllib.request.urlopen(url, timeout=30) as r, open(part, "wb") as f:
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+    part.replace(dest)
+
+
+# --------------------------------------------------------------------------------------------- IDX (MNIST)
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a uint8 array; a truncated or foreign file names itself."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, gzip.BadGzipFile) as e:
+        raise PipelineError(f"{path}: cannot read IDX file ({e})") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise PipelineError(f"{path}: not an unsigned-byte IDX file (bad magic number {data[:4].hex()})")
+    ndim = data[3]
+    head = 4 + 4 * ndim
+    if len(data) < head:
+        raise PipelineError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", data[4:head])
+    expected = int(np.prod(dims))
+    if len(data) - head != expected:
+        raise PipelineError(
+            f"{path}: truncated or padded IDX file: header says {'×'.join(map(str, dims))} = {expected} bytes, "
+            f"file has {len(data) - head}"
+        )
+    return np.frombuffer(data, np.uint8, offset=head).reshape(dims)
+
+
+def read_mnist_like(name: str, path: Path | None, download: bool) -> RawData:
+    """fashion-mnist and mnist: the four official IDX files."""
+    dest = path or Path("data/raw") / name
+    places = [dest] + ([DEBIAN_PLACES[name]] if name in DEBIAN_PLACES else [])
+    files = [f for pair in IDX_FILES.values() for f in pair]
+    root = locate(name, files, places, download, dest)
+    arrays = {}
+    for split, (img, lab) in IDX_FILES.items():
+        x, y = read_idx(find_variant(root / img)), read_idx(find_variant(root / lab))
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise PipelineError(f"{root / img}: {len(x)} images of shape {x.shape[1:]} but {len(y)} labels")
+        if y.max() >= 10:
+            raise PipelineError(f"{root / lab}: label {int(y.max())} is outside 0..9")
+        arrays[split] = (x[..., None].copy(), y.astype(np.int64))
+    classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
+    return RawData(classes, *arrays["train"], *arrays["test"], test_ids=[str(i) for i in range(len(arrays["test"][1]))],
+                   source={"name": name, "path": str(root)})  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- CIFAR
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles: allow only the globals numpy arrays need, never arbitrary code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # fmt: skip
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def unpickle(blob: bytes, where: str) -> dict:
+    try:
+        d = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - any failure here means "not a CIFAR batch"
+        raise PipelineError(f"{where}: not a CIFAR batch ({e})") from e
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def read_cifar(name: str, path: Path | None, download: bool, label_mode: str = "fine") -> RawData:
+    """cifar10 / cifar100: the official python-version tarball (read in place, not extracted)."""
+    dest = path or Path("data/raw") / name
+    tar_name = "cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz"
+    root = locate(name, [tar_name], [dest], download, dest)
+    tar_path = root / tar_name
+    try:
+        with tarfile.open(tar_path) as tf:
+            members = {Path(m.name).name: m for m in tf.getmembers() if m.isfile()}
+            batches = {k: unpickle(tf.extractfile(m).read(), f"{tar_path}:{m.name}") for k, m in members.items()
+                       if k.startswith(("data_batch", "test_batch", "batches.meta", "train", "test", "meta"))}  # fmt: skip
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
+        raise PipelineError(f"{tar_path}: not a readable tarball ({e})") from e
+
+    def need(key):
+        if key not in batches:
+            raise PipelineError(f"{tar_path}: no member named {key} (has: {', '.join(sorted(batches)) or 'none'})")
+        return batches[key]
+
+    def xy(b, label_key):
+        x = np.asarray(b["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(x), np.asarray(b[label_key], np.int64)
+
+    if name == "cifar10":
+        names = sorted((k for k in batches if k.startswith("data_batch")), key=natural_key)
+        if not names:
+            need("data_batch_1")
+        parts = [xy(batches[k], "labels") for k in names]
+        train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        test = xy(need("test_batch"), "labels")
+        classes = [c.decode() if isinstance(c, bytes) else c for c in need("batches.meta")["label_names"]]
+    else:
+        key = f"{label_mode}_labels"
+        train, test = xy(need("train"), key), xy(need("test"), key)
+        classes = [c.decode() if isinstance(c, bytes) else c for c in need("meta")[f"{label_mode}_label_names"]]
+    return RawData(classes, *train, *test, test_ids=[str(i) for i in range(len(test[1]))],
+                   source={"name": name, "path": str(tar_path), "label_mode": label_mode if name == "cifar100" else None})  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- image files
+class ImageLoader:
+    """Decodes image files to uint8 RGB size×size, collecting unreadable ones by path."""
+
+    def __init__(self, size: int, on_bad: str):
+        self.size, self.on_bad, self.bad, self.modes = size, on_bad, [], set()
+
+    def __call__(self, path: Path) -> np.ndarray | None:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                self.modes.add(im.mode)
+                im = im.convert("RGB")
+                if im.size != (self.size, self.size):
+                    im = im.resize((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+                return np.asarray(im, np.uint8)
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+            if self.on_bad == "fail":
+                raise PipelineError(f"{path}: unreadable image ({e}); set data.on_bad_image: skip to skip it") from e
+            warn(f"skipping unreadable image {path} ({type(e).__name__}: {e})")
+            self.bad.append(str(path))
+            return None
+
+    def many(self, paths: list[Path], labels: list[int] | None = None, keep_bad: bool = False):
+        """Decode paths; bad ones are dropped (train/valid) or kept as black images (test, keep_bad=True)."""
+        xs, ys, kept = [], [], []
+        for i, p in enumerate(paths):
+            x = self(p)
+            if x is None:
+                if not keep_bad:
+                    continue
+                x = np.zeros((self.size, self.size, 3), np.uint8)
+            xs.append(x)
+            kept.append(i)
+            if labels is not None:
+                ys.append(labels[i])
+        x = np.stack(xs) if xs else np.zeros((0, self.size, self.size, 3), np.uint8)
+        return x, (np.asarray(ys, np.int64) if labels is not None else None), kept
+
+
+def image_files(folder: Path) -> tuple[list[Path], int]:
+    """Image files under folder (recursive, natural order) and the count of other files ignored."""
+    files, ignored = [], 0
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.name.startswith("."):
+            if p.suffix.lower() in IMAGE_EXTS:
+                files.append(p)
+            else:
+                ignored += 1
+    return sorted(files, key=lambda p: natural_key(str(p.relative_to(folder)))), ignored
+
+
+def need_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise PipelineError(f"{path}: {what} folder not found")
+    return path
+
+
+def class_tree(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str], int]:
+    """An ImageFolder tree root/<class>/...; with `classes` given, its folders must be among them."""
+    dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    if not dirs:
+        raise PipelineError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+    names = [d.name for d in dirs]
+    if classes is None:
+        classes = names
+    else:
+        extra = sorted(set(names) - set(classes))
+        if extra:
+            raise PipelineError(f"{root}: class folders not in the training classes: {', '.join(extra)}")
+    paths, labels, ignored = [], [], 0
+    for d in dirs:
+        files, ign = image_files(d)
+        ignored += ign
+        if not files:
+            raise PipelineError(f"{d}: class `{d.name}` has no images")
+        paths += files
+        labels += [classes.index(d.name)] * len(files)
+    return paths, labels, classes, ignored
+
+
+def read_folder(path: Path | None, size: int, on_bad: str, train_dir="train", valid_dir="valid",
+                test_dir="test") -> RawData:  # fmt: skip
+    """ImageFolder: train/<class>/..., optional valid/<class>/..., optional test/ (flat = unlabeled)."""
+    if path is None:
+        raise PipelineError("params.yaml: `data.path` must name the folder for data.name: folder")
+    root = need_dir(path, "data set")
+    load = ImageLoader(size, on_bad)
+    paths, labels, classes, ignored = class_tree(need_dir(root / train_dir, "training"))
+    raw = RawData(classes, *load.many(paths, labels)[:2], source={"name": "folder", "path": str(root)})
+    if (root / valid_dir).is_dir():
+        vp, vl, _, ign = class_tree(root / valid_dir, classes)
+        raw.valid_x, raw.valid_y, _ = load.many(vp, vl)
+        ignored += ign
+    test = root / test_dir
+    if test.is_dir():
+        subdirs = [d for d in test.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        flat = [p for p in test.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+        if subdirs and not flat:
+            tp, tl, _, ign = class_tree(test, classes)
+            raw.test_x, raw.test_y, _ = load.many(tp, tl, keep_bad=True)
+        else:
+            tp, ign = image_files(test)
+            if not tp:
+                raise PipelineError(f"{test}: test folder has no images")
+            raw.test_x, _, _ = load.many(tp, keep_bad=True)
+        raw.test_ids = [str(p.relative_to(test)) for p in tp]
+        ignored += ign
+    raw.bad_images, raw.ignored_files, raw.source["modes"] = load.bad, ignored, sorted(load.modes)
+    return raw
+
+
+def read_kaggle_csv(path: Path | None, size: int, on_bad: str, train_dir="train", test_dir="test",
+                    labels_csv="trainLabels.csv", sample_submission="sampleSubmission.csv") -> RawData:  # fmt: skip
+    """Kaggle layout: train images + labels CSV (id,label), test images, optional sampleSubmission.csv."""
+    if path is None:
+        raise PipelineError("params.yaml: `data.path` must name the folder for data.name: kaggle-csv")
+    root = need_dir(path, "data set")
+    train = need_dir(root / train_dir, "training images")
+    csv_path = root / labels_csv
+    rows = read_csv(csv_path)
+    if not rows:
+        raise PipelineError(f"{csv_path}: no rows")
+    by_id = index_by_id(train)
+    missing = [r[0] for r in rows if r[0] not in by_id]
+    if missing:
+        raise PipelineError(f"{csv_path}: {len(missing)} ids have no image in {train}: {', '.join(missing[:10])}"
+                            + (" …" if len(missing) > 10 else ""))  # fmt: skip
+    classes = sorted({r[1] for r in rows}, key=natural_key)
+    load = ImageLoader(size, on_bad)
+    x, y, _ = load.many([by_id[r[0]] for r in rows], [classes.index(r[1]) for r in rows])
+    raw = RawData(classes, x, y, source={"name": "kaggle-csv", "path": str(root), "labels_csv": str(csv_path)})
+    test = need_dir(root / test_dir, "test images")
+    test_files, _ = image_files(test)
+    test_by_id = index_by_id(test)
+    if not test_files:
+        raise PipelineError(f"{test}: test folder has no images")
+    sub = root / sample_submission if sample_submission else None
+    if sub is not None and sub.is_file():
+        sub_rows = read_csv(sub, want_header=True)
+        raw.submission_header, ids = sub_rows[0], [r[0] for r in sub_rows[1:]]
+        absent = [i for i in ids if i not in test_by_id]
+        if absent:
+            raise PipelineError(f"{sub}: {len(absent)} ids have no image in {test}: {', '.join(absent[:10])}")
+        raw.source["sample_submission"] = str(sub)
+    else:
+        ids = [p.stem for p in test_files]
+    raw.test_x, _, _ = load.many([test_by_id[i] for i in ids], keep_bad=True)
+    raw.test_ids, raw.bad_images, raw.source["modes"] = ids, load.bad, sorted(load.modes)
+    return raw
+
+
+def read_csv(path: Path, want_header: bool = False) -> list[list[str]]:
+    """Rows of a two-or-more-column CSV with a header; the header is dropped unless want_header."""
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read CSV ({e.strerror})") from e
+    if not rows or len(rows[0]) < 2:
+        raise PipelineError(f"{path}: expected a header with at least two columns (id,label)")
+    bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
+    if bad is not None:
+        raise PipelineError(f"{path}: line {bad + 1} has fewer than two columns")
+    return rows if want_header else rows[1:]
+
+
+def index_by_id(folder: Path) -> dict[str, Path]:
+    """Image files of a folder by file name and by stem (Kaggle ids usually omit the extension)."""
+    files, _ = image_files(folder)
+    out = {p.stem: p for p in files}
+    out.update({p.name: p for p in files})
+    return out
+
+
+# --------------------------------------------------------------------------------------------- tiny-imagenet
+def read_tiny_imagenet(path: Path | None, size: int, on_bad: str, download: bool) -> RawData:
+    """Official tiny-imagenet-200: train/<wnid>/images, val/images + val_annotations.txt, test/images."""
+    dest = path or Path("data/raw/tiny-imagenet")
+    root = next((p for p in (dest / "tiny-imagenet-200", dest) if (p / "wnids.txt").is_file()), None)
+    if root is None:
+        zip_dir = locate("tiny-imagenet", ["tiny-imagenet-200.zip"], [dest], download, dest)
+        try:
+            with zipfile.ZipFile(zip_dir / "tiny-imagenet-200.zip") as z:
+                z.extractall(dest)
+        except zipfile.BadZipFile as e:
+            raise PipelineError(f"{zip_dir / 'tiny-imagenet-200.zip'}: not a zip file ({e})") from e
+        root = dest / "tiny-imagenet-200"
+    classes = [w.strip() for w in (root / "wnids.txt").read_text().split() if w.strip()]
+    words = {}
+    if (root / "words.txt").is_file():
+        for line in (root / "words.txt").read_text().splitlines():
+            wnid, _, text = line.partition("\t")
+            words[wnid] = text.split(",")[0].strip()
+    load = ImageLoader(size, on_bad)
+    paths, labels = [], []
+    for i, wnid in enumerate(classes):
+        files, _ = image_files(need_dir(root / "train" / wnid / "images", f"class {wnid}'s image"))
+        if not files:
+            raise PipelineError(f"{root / 'train' / wnid / 'images'}: class `{wnid}` has no images")
+        paths += files
+        labels += [i] * len(files)
+    raw = RawData(classes, *load.many(paths, labels)[:2], class_names=[words.get(w, w) for w in classes],
+                  source={"name": "tiny-imagenet", "path": str(root)})  # fmt: skip
+    ann = root / "val" / "val_annotations.txt"
+    if ann.is_file():
+        vp, vl = [], []
+        for n, line in enumerate(ann.read_text().splitlines(), 1):
+            parts = line.split("\t")
+            if len(parts) < 2 or parts[1] not in classes:
+                raise PipelineError(f"{ann}: line {n}: expected `file<TAB>wnid` with a known wnid, got {line!r}")
+            vp.append(root / "val" / "images" / parts[0])
+            vl.append(classes.index(parts[1]))
+        missing = [str(p) for p in vp if not p.is_file()]
+        if missing:
+            raise PipelineError(f"{ann}: {len(missing)} listed files do not exist: {', '.join(missing[:5])}")
+        raw.valid_x, raw.valid_y, _ = load.many(vp, vl)
+    test = root / "test" / "images"
+    if test.is_dir():
+        tp, _ = image_files(test)
+        if not tp:
+            raise PipelineError(f"{test}: test folder has no images")
+        raw.test_x, _, _ = load.many(tp, keep_bad=True)
+        raw.test_ids = [p.name for p in tp]
+    raw.bad_images, raw.source["modes"] = load.bad, sorted(load.modes)
+    return raw
+
+
+# --------------------------------------------------------------------------------------------- digits
+def read_digits(seed: int) -> RawData:
+    """scikit-learn's bundled 8×8 digits (offline); a seeded stratified 20 % becomes the test split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = np.round(d.images * (255 / 16)).astype(np.uint8)[..., None]
+    idx_train, idx_test = train_test_split(np.arange(len(x)), test_size=0.2, stratify=d.target, random_state=seed)
+    idx_train, idx_test = np.sort(idx_train), np.sort(idx_test)
+    y = d.target.astype(np.int64)
+    return RawData([str(c) for c in d.target_names], x[idx_train], y[idx_train], x[idx_test], y[idx_test],
+                   test_ids=[str(i) for i in idx_test], source={"name": "digits", "path": "sklearn.datasets.load_digits"})  # fmt: skip
+
+
+def read(data: dict, seed: int) -> RawData:
+    """Dispatch on data.name; `data` is the checked params section."""
+    name = data["name"]
+    path = Path(data["path"]) if data["path"] else None
+    size = data["size"] or DEFAULT_FILE_SIZE
+    if name in ("fashion-mnist", "mnist"):
+        return read_mnist_like(name, path, data["download"])
+    if name in ("cifar10", "cifar100"):
+        return read_cifar(name, path, data["download"], data["label_mode"])
+    if name == "tiny-imagenet":
+        return read_tiny_imagenet(path, size, data["on_bad_image"], data["download"])
+    if name == "folder":
+        return read_folder(path, size, data["on_bad_image"], data["train_dir"], data["valid_dir"], data["test_dir"])
+    if name == "kaggle-csv":
+        return read_kaggle_csv(path, size, data["on_bad_image"], data["train_dir"], data["test_dir"],
+                               data["labels_csv"], data["sample_submission"])  # fmt: skip
+    if name == "digits":
+        return read_digits(seed)
+    raise PipelineError(f"params.yaml: `data.name` = {name!r} has no reader")

@@ -1,0 +1,130 @@
+"""The prepare stage: splits, subsets, channels, determinism, whole-or-nothing output, param errors."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import yaml
+from conftest import write_image
+
+from pipeline import datasets, prepare
+from pipeline.errors import PipelineError
+from pipeline.params import data_params
+
+
+def raw_digits():
+    return datasets.read_digits(seed=0)
+
+
+def test_stratified_split_counts():
+    arrays, meta = prepare.prepare(raw_digits(), valid_pct=0.2, seed=1)
+    n_pool = 1437
+    assert meta["counts"] == {"train": n_pool - round(n_pool * 0.2), "valid": round(n_pool * 0.2), "test": 360}
+    va = np.bincount(arrays["valid_y"], minlength=10)
+    assert va.max() - va.min() <= 1  # stratified: every class ~equally represented
+    assert arrays["train_x"].dtype == np.uint8 and arrays["train_y"].dtype == np.int64
+    # no image in both train and valid
+    tr = {r.tobytes() for r in arrays["train_x"]}
+    assert sum(r.tobytes() in tr for r in arrays["valid_x"]) < 5  # digits has a few exact duplicates
+
+
+def test_limit_is_stratified_subset():
+    arrays, meta = prepare.prepare(raw_digits(), valid_pct=0.25, seed=0, limit=200, test_limit=50)
+    assert meta["counts"] == {"train": 150, "valid": 50, "test": 50}
+    assert np.bincount(arrays["train_y"], minlength=10).min() >= 13
+    assert len(arrays["test_ids"]) == 50
+
+
+def test_seed_changes_split_and_same_seed_same_split():
+    a, _ = prepare.prepare(raw_digits(), 0.2, seed=1)
+    b, _ = prepare.prepare(raw_digits(), 0.2, seed=1)
+    c, _ = prepare.prepare(raw_digits(), 0.2, seed=2)
+    np.testing.assert_array_equal(a["valid_x"], b["valid_x"])
+    assert not np.array_equal(a["valid_y"], c["valid_y"])
+
+
+def test_meta_stats_and_channels():
+    arrays, meta = prepare.prepare(raw_digits(), 0.2, seed=0, channels=3, size=16)
+    assert arrays["train_x"].shape[1:] == (16, 16, 3) and meta["image_shape"] == [16, 16, 3]
+    x = arrays["train_x"] / 255
+    assert meta["train_mean"] == pytest.approx(x.mean(axis=(0, 1, 2)), abs=1e-6)
+    assert meta["train_std"] == pytest.approx(x.std(axis=(0, 1, 2)), abs=1e-6)
+    assert sum(meta["counts_per_class"]["valid"].values()) == meta["counts"]["valid"]
+
+
+def test_auto_channels_collapses_gray_rgb(tmp_path):
+    for c in ("a", "b"):
+        for i in range(4):
+            write_image(tmp_path / "train" / c / f"{i}.png", mode="L", seed=i).parent
+    raw = datasets.read_folder(tmp_path, size=8, on_bad="skip")
+    assert raw.train_x.shape[-1] == 3
+    arrays, meta = prepare.prepare(raw, 0.25, seed=0)
+    assert arrays["train_x"].shape[-1] == 1 and meta["image_shape"] == [8, 8, 1]
+    assert meta["counts"]["test"] == 0
+
+
+def test_own_validation_split_is_used(tmp_path):
+    from test_datasets import make_tiny
+
+    raw = datasets.read_tiny_imagenet(make_tiny(tmp_path), size=16, on_bad="skip", download=False)
+    arrays, meta = prepare.prepare(raw, 0.5, seed=0)
+    assert meta["counts"] == {"train": 12, "valid": 6, "test": 3} and not meta["test_labeled"]
+    assert "test_y" not in arrays
+
+
+def write_params(tmp_path, **data):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"seed": 3, "data": {"name": "digits", **data}}))
+    return str(p)
+
+
+def digest(folder):
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
+
+
+def test_main_same_params_same_bytes(tmp_path):
+    params = write_params(tmp_path, limit=300)
+    prepare.main(params, tmp_path / "a")
+    prepare.main(params, tmp_path / "b")
+    da, db = digest(tmp_path / "a"), digest(tmp_path / "b")
+    assert da == db
+    assert set(da) == {"meta.json", "test_ids.json"} | {f"{s}_{k}.npy" for s in ("train", "valid", "test") for k in "xy"}
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    assert meta["source"]["name"] == "digits" and meta["counts"]["train"] + meta["counts"]["valid"] == 300
+
+
+def test_failure_leaves_previous_output_untouched(tmp_path):
+    out = tmp_path / "prepared"
+    prepare.main(write_params(tmp_path, limit=100), out)
+    before = digest(out)
+    with pytest.raises(PipelineError, match="data.valid_pct"):
+        prepare.main(write_params(tmp_path, valid_pct=1.5), out)
+    with pytest.raises(PipelineError, match="kaggle-csv"):
+        prepare.main(write_params(tmp_path, name="kaggle-csv"), out)
+    assert digest(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
+
+
+def test_failure_creates_nothing(tmp_path):
+    (tmp_path / "f").mkdir()
+    with pytest.raises(PipelineError):
+        prepare.main(write_params(tmp_path, name="folder", path=str(tmp_path / "f")), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        ({"name": "fashon-mnist"}, r"data.name.*did you mean fashion-mnist"),
+        ({"valid_pct": 0}, r"data.valid_pct` = 0: must be in \(0.0, 1.0\)"),
+        ({"valid_pct": 1}, r"data.valid_pct` = 1"),
+        ({"valid_pct": "0.1"}, r"data.valid_pct` = '0.1': expected a number"),
+        ({"limit": 1.5}, r"data.limit` = 1.5: expected an integer"),
+        ({"channels": 2}, r"data.channels"),
+        ({"vaild_pct": 0.1}, r"unknown key `data.vaild_pct` \(did you mean valid_pct\?\)"),
+    ],
+)
+def test_param_errors_name_the_key(data, match):
+    with pytest.raises(PipelineError, match=match):
+        data_params({"data": data})
