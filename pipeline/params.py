@@ -143,3 +143,90 @@ def seed_param(params: dict) -> int:
         return is_int(lo=0)(seed)
     except ValueError as e:
         raise PipelineError(f"params.yaml: `seed` = {seed!r}: {e}") from None
+
+
+def is_lr(v):
+    if v == "auto":
+        return v
+    return is_float(0.0, 10.0)(v)
+
+
+def is_pretrained(v):
+    if isinstance(v, bool) or (isinstance(v, str) and v):
+        return v
+    raise ValueError("expected true, false or a weights file path")
+
+
+def is_phases(v):
+    """null, or a non-empty list of [size, epochs] pairs."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or not v:
+        raise ValueError("expected a non-empty list of [size, epochs] pairs, e.g. [[32, 4], [48, 2]]")
+    out = []
+    for i, ph in enumerate(v):
+        if (not isinstance(ph, (list, tuple)) or len(ph) != 2 or any(isinstance(a, bool) or not isinstance(a, int)
+                                                                      for a in ph)):  # fmt: skip
+            raise ValueError(f"phase {i} = {ph!r}: expected [size, epochs] with two integers")
+        if not 8 <= ph[0] <= 1024 or ph[1] < 1:
+            raise ValueError(f"phase {i} = {ph!r}: size must be in [8, 1024] and epochs ≥ 1")
+        out.append([ph[0], ph[1]])
+    return out
+
+
+def is_dict(v):
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError("expected a mapping")
+    return v
+
+
+# The `train:` defaults every architecture inherits; keys are fastai's own argument names where fastai has one.
+TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "arch": (None, is_str(none_ok=True)),  # the model name, when the archs key is an alias
+    "epochs": (4, is_int(lo=1)),
+    "phases": (None, is_phases),  # progressive resizing: [[size, epochs], ...]; replaces `epochs`
+    "freeze_epochs": (1, is_int(lo=0)),
+    "bs": (128, is_int(lo=1)),
+    "eval_bs": (1024, is_int(lo=1)),
+    "lr": ("auto", is_lr),
+    "lr_mult": (100, is_float(0.0, 1e6)),
+    "wd": (0.01, is_float(0.0, 1.0, open_=False)),
+    "pct_start": (0.25, is_float(0.0, 1.0)),
+    "ps": (0.5, is_float(0.0, 1.0, open_=False)),
+    "label_smoothing": (0.1, is_float(0.0, 1.0, open_=False)),
+    "flip": (True, is_bool),
+    "pad": (2, is_int(lo=0, hi=64)),
+    "tta": (True, is_bool),
+    "precision": ("auto", one_of("auto", "fp32", "bf16", "fp16")),
+    "channels_last": (True, is_bool),
+    "pretrained": (False, is_pretrained),
+    "train_limit": (None, is_int(lo=2, none_ok=True)),  # a stratified subset of the training split, for budgets
+    "model_kwargs": ({}, is_dict),
+}
+
+
+def arch_names(params: dict) -> list[str]:
+    archs = params.get("archs")
+    if not isinstance(archs, dict) or not archs:
+        raise PipelineError("params.yaml: `archs` must be a mapping of one or more architecture names")
+    return list(archs)
+
+
+def train_spec(params: dict, key: str) -> dict:
+    """`train:` defaults overridden by `archs.<key>`, checked; `arch` is filled with the model name."""
+    if key not in arch_names(params):
+        near = difflib.get_close_matches(key, arch_names(params), n=3)
+        raise PipelineError(f"params.yaml: no entry `archs.{key}`" + (f" (did you mean {', '.join(near)}?)" if near else ""))
+    base = params.get("train") or {}
+    entry = params["archs"][key] or {}
+    if not isinstance(base, dict) or not isinstance(entry, dict):
+        raise PipelineError(f"params.yaml: `train` and `archs.{key}` must be mappings")
+    check_section(base, TRAIN_SCHEMA, "train")  # errors in defaults name `train.<key>`
+    spec = check_section({**base, **entry}, TRAIN_SCHEMA, f"archs.{key}")
+    if "epochs" in entry and "phases" in {**base, **entry} and spec["phases"] is not None:
+        raise PipelineError(f"params.yaml: `archs.{key}` sets `epochs` but also has `phases`, which fix the epochs; "
+                            "set one of them")  # fmt: skip
+    spec["arch"] = spec["arch"] or key
+    return spec

@@ -8,9 +8,7 @@ Run:    dvc repro prepare    (or: python -m pipeline.prepare)
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from PIL import Image
 
 from pipeline import datasets
 from pipeline.errors import PipelineError
+from pipeline.io import staged
 from pipeline.params import data_params, load_params, seed_param
 
 OUT = Path("data/prepared")
@@ -144,27 +143,14 @@ def prepare(raw: datasets.RawData, valid_pct: float, seed: int, limit: int | Non
 
 
 def write_prepared(arrays: dict, meta: dict, out: Path = OUT) -> None:
-    """Write into a temporary sibling folder, then swap it in: out is whole or untouched."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
-    try:
+    """Write every file of data/prepared; out is whole or untouched."""
+    with staged(out) as (tmp,):
         for name, value in arrays.items():
             if name == "test_ids":
                 (tmp / "test_ids.json").write_text(json.dumps(value) + "\n")
             else:
                 np.save(tmp / f"{name}.npy", value, allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(params_file: str = "params.yaml", out: Path = OUT) -> None:
