@@ -6,7 +6,7 @@ and returns an nn.Module that accepts any input side (dense nets pool to `size` 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -7,8 +7,9 @@ Used by every stage's main(): `load_params()` reads params.yaml, `data_params(p)
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -118,9 +119,7 @@ def check_section(section: dict | None, schema: dict, where: str) -> dict:
         k = unknown[0]
         near = difflib.get_close_matches(str(k), list(schema), n=3)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise PipelineError(
-            f"params.yaml: unknown key `{where}.{k}`{hint}; valid keys: {', '.join(sorted(schema))}"
-        )
+        raise PipelineError(f"params.yaml: unknown key `{where}.{k}`{hint}; valid keys: {', '.join(sorted(schema))}")
     out = {}
     for key, (default, check) in schema.items():
         value = section.get(key, default)
@@ -191,6 +190,7 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "bs": (128, is_int(lo=1)),
     "eval_bs": (1024, is_int(lo=1)),
     "lr": ("auto", is_lr),
+    "num_it": (100, is_int(lo=10)),  # lr_find iterations
     "lr_mult": (100, is_float(0.0, 1e6)),
     "wd": (0.01, is_float(0.0, 1.0, open_=False)),
     "pct_start": (0.25, is_float(0.0, 1.0)),
@@ -218,7 +218,9 @@ def train_spec(params: dict, key: str) -> dict:
     """`train:` defaults overridden by `archs.<key>`, checked; `arch` is filled with the model name."""
     if key not in arch_names(params):
         near = difflib.get_close_matches(key, arch_names(params), n=3)
-        raise PipelineError(f"params.yaml: no entry `archs.{key}`" + (f" (did you mean {', '.join(near)}?)" if near else ""))
+        raise PipelineError(
+            f"params.yaml: no entry `archs.{key}`" + (f" (did you mean {', '.join(near)}?)" if near else "")
+        )
     base = params.get("train") or {}
     entry = params["archs"][key] or {}
     if not isinstance(base, dict) or not isinstance(entry, dict):

@@ -47,7 +47,9 @@ def split_valid(y: np.ndarray, valid_pct: float, seed: int) -> tuple[np.ndarray,
     try:
         tr, va = train_test_split(idx, test_size=n_valid, stratify=y, random_state=seed)
     except ValueError:
-        datasets.warn(f"some class has too few images to stratify a {valid_pct:.0%} validation split; drawing at random")
+        datasets.warn(
+            f"some class has too few images to stratify a {valid_pct:.0%} validation split; drawing at random"
+        )
         tr, va = train_test_split(idx, test_size=n_valid, random_state=seed)
     return np.sort(tr), np.sort(va)
 
@@ -136,8 +138,14 @@ def prepare(raw: datasets.RawData, valid_pct: float, seed: int, limit: int | Non
         "bad_images": {"count": len(raw.bad_images), "files": raw.bad_images},
         "ignored_files": raw.ignored_files,
         "submission_header": raw.submission_header or ["id", "label"],
-        "params": {"valid_pct": valid_pct, "seed": seed, "limit": limit, "test_limit": test_limit, "size": size,
-                   "channels": channels},  # fmt: skip
+        "params": {
+            "valid_pct": valid_pct,
+            "seed": seed,
+            "limit": limit,
+            "test_limit": test_limit,
+            "size": size,
+            "channels": channels,
+        },  # fmt: skip
     }
     return arrays | {"test_ids": list(ids)}, meta
 

@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+import fastai.callback.schedule  # noqa: F401 - patches Learner with lr_find, fit_one_cycle, fine_tune
 import numpy as np
 import torch
 import torch.nn.functional as F
-import fastai.callback.schedule  # noqa: F401 - patches Learner with lr_find, fit_one_cycle, fine_tune
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import Learner
@@ -166,7 +166,11 @@ def train_arch(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device
     except PipelineError:
         raise
     except Exception as e:  # noqa: BLE001 - e.g. a hub download refused offline
-        how = " (pretrained: true downloads weights; offline, give a weights file path instead)" if pretrained is True else ""
+        how = (
+            " (pretrained: true downloads weights; offline, give a weights file path instead)"
+            if pretrained is True
+            else ""
+        )
         raise PipelineError(f"{key}: cannot build {arch.name}{how}: {type(e).__name__}: {e}") from e
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -188,7 +192,7 @@ def train_arch(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device
     lr_found, curve = None, None
     if spec["lr"] == "auto":
         with learn.no_logging():
-            sugg = learn.lr_find(show_plot=False)
+            sugg = learn.lr_find(num_it=spec["num_it"], show_plot=False)
         lr_found = float(sugg.valley)
         curve = {"lr": [float(v) for v in learn.recorder.lrs], "loss": [float(v) for v in learn.recorder.losses]}
         if not math.isfinite(lr_found) or lr_found <= 0:

@@ -131,7 +131,11 @@ def test_cifar_pixel_layout(tmp_path):
 def test_cifar100_fine_and_coarse(tmp_path, mode, first):
     rng = np.random.default_rng(0)
     with tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz") as tf:
-        split = {b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"fine_labels": [5, 6], b"coarse_labels": [1, 2]}
+        split = {
+            b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8),
+            b"fine_labels": [5, 6],
+            b"coarse_labels": [1, 2],
+        }
         meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
                 b"coarse_label_names": [f"k{i}".encode() for i in range(20)]}  # fmt: skip
         for name, obj in (("train", split), ("test", split), ("meta", meta)):

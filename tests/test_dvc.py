@@ -86,3 +86,17 @@ def test_exp_run_set_param(repo):
     m = json.loads((repo / "metrics" / "mlp.json").read_text())
     assert m["phases"] == [[8, 1]]
     run("git checkout -- . && git clean -fdq && dvc checkout -q", repo)
+
+
+def test_new_timm_entry_needs_no_code(tmp_path):
+    """Adding `convnext_atto: {}` under archs yields train@convnext_atto, which trains."""
+    params = {**TINY, "train": {**TINY["train"], "phases": [[32, 1]], "train_limit": 64}, "archs": {"logreg": {}}}
+    repo = make_repo(tmp_path, params)
+    run("dvc repro", repo)
+    params["archs"]["convnext_atto"] = {}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stages_to_run(repo) == {"train@convnext_atto"}
+    out = run("dvc repro", repo)
+    assert "Running stage 'train@convnext_atto'" in out and "Running stage 'train@logreg'" not in out
+    m = json.loads((repo / "metrics" / "convnext_atto.json").read_text())
+    assert m["source"] == "timm" and m["arch"] == "convnext_atto"

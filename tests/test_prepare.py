@@ -56,7 +56,7 @@ def test_meta_stats_and_channels():
 def test_auto_channels_collapses_gray_rgb(tmp_path):
     for c in ("a", "b"):
         for i in range(4):
-            write_image(tmp_path / "train" / c / f"{i}.png", mode="L", seed=i).parent
+            write_image(tmp_path / "train" / c / f"{i}.png", mode="L", seed=i)
     raw = datasets.read_folder(tmp_path, size=8, on_bad="skip")
     assert raw.train_x.shape[-1] == 3
     arrays, meta = prepare.prepare(raw, 0.25, seed=0)
@@ -89,7 +89,9 @@ def test_main_same_params_same_bytes(tmp_path):
     prepare.main(params, tmp_path / "b")
     da, db = digest(tmp_path / "a"), digest(tmp_path / "b")
     assert da == db
-    assert set(da) == {"meta.json", "test_ids.json"} | {f"{s}_{k}.npy" for s in ("train", "valid", "test") for k in "xy"}
+    assert set(da) == {"meta.json", "test_ids.json"} | {
+        f"{s}_{k}.npy" for s in ("train", "valid", "test") for k in "xy"
+    }
     meta = json.loads((tmp_path / "a" / "meta.json").read_text())
     assert meta["source"]["name"] == "digits" and meta["counts"]["train"] + meta["counts"]["valid"] == 300
 
