@@ -185,7 +185,8 @@ def is_dict(v):
 TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "arch": (None, is_str(none_ok=True)),  # the model name, when the archs key is an alias
     "epochs": (4, is_int(lo=1)),
-    "phases": (None, is_phases),  # progressive resizing: [[size, epochs], ...]; replaces `epochs`
+    "size": (None, is_int(lo=8, hi=1024, none_ok=True)),  # image side when `phases` is null (null: prepared size)
+    "phases": (None, is_phases),  # progressive resizing: [[size, epochs], ...]; replaces `epochs` and `size`
     "freeze_epochs": (1, is_int(lo=0)),
     "bs": (128, is_int(lo=1)),
     "eval_bs": (1024, is_int(lo=1)),

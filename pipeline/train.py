@@ -152,7 +152,7 @@ def train_arch(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device
     arch = archs_mod.resolve(spec["arch"])
     h, _, n_in = meta["image_shape"]
     n_out = len(meta["classes"])
-    phases = spec["phases"] or [[h, spec["epochs"]]]
+    phases = spec["phases"] or [[spec["size"] or h, spec["epochs"]]]
     pretrained = spec["pretrained"]
     if spec["train_limit"] and spec["train_limit"] < len(arrays["train_y"]):
         from pipeline.prepare import stratified_subset

