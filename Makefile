@@ -15,7 +15,9 @@ FMNIST := /usr/share/datasets/fashion-mnist
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.complete: requirements.txt
+# No prerequisite on purpose: the folder name carries the requirements' hash, and a fresh clone's newer
+# requirements.txt mtime must not rebuild a cached environment. The stamp is written only after a full install.
+$(VENV)/.complete:
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
