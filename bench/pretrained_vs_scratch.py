@@ -73,8 +73,7 @@ def main() -> None:
         f"EfficientNet-Lite0 on Fashion-MNIST ({args.train} train+valid, {args.test} test images, {args.size} px, "
         f"{args.epochs} epochs in total, seeds {args.seeds}), `python bench/pretrained_vs_scratch.py`\n\n"
         "| start | test accuracy (mean ± std) |\n|---|---|\n"
-        + "".join(f"| {k} | {v['test_acc_mean']:.4f} ± {v['test_acc_std']:.4f} |\n"
-                  for k, v in s.items())  # fmt: skip
+        + "".join(f"| {k} | {v['test_acc_mean']:.4f} ± {v['test_acc_std']:.4f} |\n" for k, v in s.items())  # fmt: skip
         + f"\nMachine: {result['machine']}\n"
     )
     (OUT / "pretrained_vs_scratch.md").write_text(md)
