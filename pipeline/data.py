@@ -59,8 +59,9 @@ class BatchTfm:
                               align_corners=False)  # fmt: skip
         if self.train:
             x = augment(x, self.flip, self.pad)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        x = (x - mean) / std
+        if self.mean.device != x.device:  # moved once, not per batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return (x, *rest)

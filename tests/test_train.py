@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from pipeline import archs, models, train
+from pipeline.datasets import read_digits
 from pipeline.errors import PipelineError
 from pipeline.params import TRAIN_SCHEMA, check_section, train_spec
 from pipeline.prepare import prepare, write_prepared
@@ -160,7 +161,7 @@ def test_fine_tune_from_file_freezes_then_unfreezes():
 # ------------------------------------------------------------------------------------------ bad input, outputs
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    arrays, meta = prepare(__import__("pipeline.datasets", fromlist=["x"]).read_digits(0), 0.2, 0, limit=200)
+    arrays, meta = prepare(read_digits(0), 0.2, 0, limit=200)
     write_prepared(arrays, meta, tmp_path / "data" / "prepared")
 
     def write(archs_, **train_):
