@@ -1,5 +1,6 @@
 """The real `dvc repro` on a tiny profile in a temporary git repository."""
 
+import csv
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ TINY = {
     "data": {"name": "digits", "limit": 300, "test_limit": 100},
     "train": {"epochs": 1, "bs": 32, "lr": 0.01, "tta": False},
     "archs": {"logreg": {}, "mlp": {"epochs": 2}},
+    "ensemble": {"threshold": 0.0, "method": "stacking"},
 }
 
 
@@ -31,7 +33,8 @@ def run(cmd: str, cwd: Path) -> str:
 def make_repo(tmp: Path, params: dict) -> Path:
     repo = tmp / "repo"
     repo.mkdir()
-    shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for pkg in ("pipeline", "ensembles"):
+        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     for f in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / f, repo / f)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -58,6 +61,12 @@ def test_repro_writes_every_output_then_reruns_nothing(repo):
         assert (repo / "preds" / key / "valid.npy").is_file()
         m = json.loads((repo / "metrics" / f"{key}.json").read_text())
         assert 0 <= m["valid"]["accuracy"] <= 1 and m["lr"] == 0.01 and not m["lr_found"]
+    rows = list(csv.reader((repo / "submissions" / "ensemble.csv").open()))
+    assert rows[0] == ["id", "label"] and len(rows) == 1 + 100
+    assert {p.name for p in (repo / "submissions").iterdir()} == {"logreg.csv", "mlp.csv", "ensemble.csv"}
+    board = list(csv.DictReader((repo / "reports" / "leaderboard.csv").open()))
+    assert {r["model"] for r in board} >= {"logreg", "mlp", "ensemble:stacking*", "ensemble:uniform"}
+    assert (repo / "reports" / "figures" / "confusion_matrix.png").is_file()
     assert stages_to_run(repo) == set()
     out = run("dvc repro", repo)
     assert "Running stage" not in out and "up to date" in out
@@ -67,9 +76,12 @@ def test_one_entry_reruns_one_stage_and_train_reruns_all(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     try:
         (repo / "params.yaml").write_text(yaml.safe_dump({**params, "archs": {"logreg": {}, "mlp": {"epochs": 3}}}))
-        assert stages_to_run(repo) == {"train@mlp"}
+        # the ensemble and report read the list of archs; no other training stage reruns
+        assert stages_to_run(repo) == {"train@mlp", "ensemble", "report"}
         (repo / "params.yaml").write_text(yaml.safe_dump({**params, "train": {**params["train"], "bs": 16}}))
         assert stages_to_run(repo) == {"train@logreg", "train@mlp"}
+        (repo / "params.yaml").write_text(yaml.safe_dump({**params, "ensemble": {"method": "uniform"}}))
+        assert stages_to_run(repo) == {"ensemble"}  # re-weighting never retrains
     finally:
         run("git checkout params.yaml", repo)
 
@@ -77,9 +89,9 @@ def test_one_entry_reruns_one_stage_and_train_reruns_all(repo):
 def test_metrics_and_plots_are_declared(repo):
     shown = json.loads(run("dvc metrics show --json", repo))
     files = next(iter(shown.values()))["data"]
-    assert {"metrics/logreg.json", "metrics/mlp.json"} <= set(files)
+    assert {"metrics/logreg.json", "metrics/mlp.json", "ensemble/metrics.json"} <= set(files)
     plots = run("dvc plots show --json", repo)
-    assert "dvclive/mlp/plots/metrics" in plots and "lr_find" in plots
+    assert "dvclive/mlp/plots/metrics" in plots and "lr_find" in plots and "reports/figures/top_losses.png" in plots
 
 
 def test_exp_run_set_param(repo):
@@ -96,8 +108,10 @@ def test_new_timm_entry_needs_no_code(tmp_path):
     run("dvc repro", repo)
     params["archs"]["convnext_atto"] = {}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_to_run(repo) == {"train@convnext_atto"}
+    assert stages_to_run(repo) == {"train@convnext_atto", "ensemble", "report"}
     out = run("dvc repro", repo)
     assert "Running stage 'train@convnext_atto'" in out and "Running stage 'train@logreg'" not in out
+    assert "convnext_atto" in json.loads((repo / "ensemble" / "metrics.json").read_text())["models"]
+    assert (repo / "submissions" / "convnext_atto.csv").is_file()
     m = json.loads((repo / "metrics" / "convnext_atto.json").read_text())
     assert m["source"] == "timm" and m["arch"] == "convnext_atto"

@@ -1,0 +1,223 @@
+"""Stage `ensemble`: blend the trained models' predictions; write Kaggle-style submissions.
+
+Reads:  params.yaml (`seed`, `archs`, `ensemble`), data/prepared/{meta.json, valid_y.npy, test_y.npy, test_ids.json},
+        preds/<arch>/{valid,test}.npy and metrics/<arch>.json for every entry of `archs` (never the models).
+Writes: submissions/<arch>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
+        (the chosen strategy's probabilities); ensemble/metrics.json (every strategy's members, weights, scores).
+Run:    python -m ensembles.ensemble        (or `dvc repro ensemble`)
+
+Selection and weights use the validation split only; test labels are read only to report test scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ensembles import select as sel
+from ensembles import weights as W
+from pipeline.errors import PipelineError
+from pipeline.io import staged
+from pipeline.params import (
+    arch_names,
+    check_section,
+    is_bool,
+    is_dict,
+    is_float,
+    is_int,
+    load_params,
+    one_of,
+    seed_param,
+)
+
+STRATEGIES = ("accuracy", "uniform", "greedy", "nnls", "stacking")
+ENSEMBLE_SCHEMA = {
+    "threshold": (0.0, is_float(0.0, 1.0, open_=False)),  # members: valid accuracy ≥ threshold ...
+    "per_family": (True, is_bool),  # ... plus the best model of every family
+    "on_empty": ("warn", one_of("warn", "fail")),  # nothing reaches the threshold: best single model, or fail
+    "method": ("accuracy", one_of(*STRATEGIES, "best")),  # which strategy writes submissions/ensemble.csv
+    "greedy_iters": (50, is_int(lo=1)),
+    "folds": (5, is_int(lo=2)),  # cross-fitting of the fitted strategies' validation scores
+    "stack_C": (0.1, is_float(0.0, 1e6)),  # inverse regularisation of the stacking logistic regression
+    "families": ({}, is_dict),  # model name -> family, overriding the name-based guess
+}
+
+
+@dataclass
+class Candidates:
+    names: list[str]
+    valid: np.ndarray  # (models, rows, classes)
+    test: np.ndarray
+    info: dict[str, dict]  # metrics/<name>.json
+
+
+def load_candidates(names: list[str], n_valid: int, n_test: int, n_classes: int, root: Path = Path(".")) -> Candidates:
+    """Every model's predictions, checked against the prepared data and each other."""
+    valid, test, info = [], [], {}
+    for name in names:
+        arrays = {}
+        for split, rows in (("valid", n_valid), ("test", n_test)):
+            f = root / "preds" / name / f"{split}.npy"
+            if not f.is_file():
+                raise PipelineError(f"{f}: missing; run `dvc repro train@{name}` first")
+            a = np.load(f, allow_pickle=False)
+            if a.shape != (rows, n_classes):
+                raise PipelineError(
+                    f"{f}: shape {a.shape}, but data/prepared has {rows} {split} rows and {n_classes} classes: "
+                    f"model {name} was trained on other data (a stale stage); rerun `dvc repro train@{name}`"
+                )
+            if not np.isfinite(a).all() or (a < 0).any() or not np.allclose(a.sum(1), 1.0, atol=1e-3):
+                raise PipelineError(f"{f}: rows are not probabilities (negative, non-finite, or not summing to 1)")
+            arrays[split] = a.astype(np.float64)
+        mf = root / "metrics" / f"{name}.json"
+        try:
+            info[name] = json.loads(mf.read_text())
+        except (OSError, ValueError) as e:
+            raise PipelineError(f"{mf}: cannot read model metrics ({e})") from e
+        valid.append(arrays["valid"])
+        test.append(arrays["test"])
+    return Candidates(names, np.stack(valid), np.stack(test), info)
+
+
+def strategy_weights(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, cfg: dict, seed: int):
+    """(weights, valid probabilities, test predictor) of one strategy fitted on validation rows."""
+    n_classes = P.shape[2]
+    if kind == "stacking":
+        model = W.fit_stacker(P, y, cfg["stack_C"], seed)
+        return W.stacker_weights(model, len(P), n_classes), lambda Q: W.stacker_proba(model, Q, n_classes)
+    if kind == "accuracy":
+        w = W.accuracy_weights(accs)
+    elif kind == "uniform":
+        w = W.uniform_weights(len(P))
+    elif kind == "greedy":
+        w = W.greedy_weights(P, y, cfg["greedy_iters"])
+    else:
+        w = W.fitted_weights(P, y)
+    return w, lambda Q: W.blend(Q, w)
+
+
+def run_strategies(P: np.ndarray, y: np.ndarray, T: np.ndarray, test_y: np.ndarray | None, members: list[str],
+                   cfg: dict, seed: int) -> dict[str, dict]:  # fmt: skip
+    """Every strategy on the same members: weights, validation and (where labelled) test scores, test probs."""
+    accs = np.array([W.accuracy(p, y) for p in P])
+    out = {}
+    for kind in STRATEGIES:
+        w, predict = strategy_weights(kind, P, y, accs, cfg, seed)
+        fitted = kind in ("greedy", "nnls", "stacking")
+        counts = np.bincount(y)
+        k_folds = int(min(cfg["folds"], counts[counts > 0].min()))
+        if (fitted and len(P) > 1 or kind == "stacking") and k_folds >= 2:
+            fit = lambda Ptr, ytr, k=kind: strategy_weights(k, Ptr, ytr, accs, cfg, seed)[1]
+            vp, how = W.crossfit(P, y, fit, k_folds, seed), f"cross-fitted, {k_folds} folds"
+        else:
+            vp, how = predict(P), "direct" if not fitted else "direct: a class has < 2 validation rows to cross-fit"
+        tp = predict(T)
+        rec = {"members": members, "weights": {m: round(float(x), 6) for m, x in zip(members, w)},
+               "valid": {"accuracy": W.accuracy(vp, y), "loss": W.log_loss(vp, y)}, "valid_scored": how}  # fmt: skip
+        if test_y is not None:
+            rec["test"] = {"accuracy": W.accuracy(tp, test_y), "loss": W.log_loss(tp, test_y)}
+        out[kind] = {"record": rec, "valid_probs": vp, "test_probs": tp}
+    return out
+
+
+def best_strategy(results: dict[str, dict]) -> str:
+    """Highest validation accuracy (cross-fitted where fitted), then lowest validation log-loss."""
+    return min(
+        results, key=lambda k: (-results[k]["record"]["valid"]["accuracy"], results[k]["record"]["valid"]["loss"])
+    )
+
+
+def submission_rows(probs: np.ndarray, ids: list[str], classes: list[str], header: list[str]) -> list[list[Any]]:
+    """Kaggle rows in test-id order: `id,label` (class name), or one probability column per class when the
+    sampleSubmission's columns after the id are the class names."""
+    if len(probs) != len(ids):
+        raise PipelineError(f"submission: {len(probs)} predictions for {len(ids)} test ids")
+    if len(header) > 2 and set(header[1:]) == set(classes):
+        order = [classes.index(c) for c in header[1:]]
+        return [header] + [[i, *(f"{p:.6f}" for p in row[order])] for i, row in zip(ids, probs)]
+    if len(header) != 2:
+        raise PipelineError(f"submission header {header}: expected `id,label` or an id column then one column per "
+                            f"class ({', '.join(classes)})")  # fmt: skip
+    pred = probs.argmax(1)
+    return [header] + [[i, classes[k]] for i, k in zip(ids, pred)]
+
+
+def write_csv(path: Path, rows: list[list[Any]]) -> None:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def run(params: dict, root: Path = Path(".")) -> dict:
+    """The whole stage; returns the metrics it wrote."""
+    cfg = check_section(params.get("ensemble"), ENSEMBLE_SCHEMA, "ensemble")
+    seed = seed_param(params)
+    names = arch_names(params)
+    prep = root / "data" / "prepared"
+    try:
+        meta = json.loads((prep / "meta.json").read_text())
+        y = np.load(prep / "valid_y.npy")
+        ids = json.loads((prep / "test_ids.json").read_text())
+        test_y = np.load(prep / "test_y.npy") if meta.get("test_labeled") else None
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{prep}: cannot read the prepared data ({e}); run `dvc repro prepare`") from e
+    classes = meta["classes"]
+    c = load_candidates(names, len(y), len(ids), len(classes), root)
+
+    valid_acc = {n: W.accuracy(p, y) for n, p in zip(names, c.valid)}
+    families = {n: str(cfg["families"].get(n) or sel.family(c.info[n].get("arch", n), c.info[n].get("source", "timm")))
+                for n in names}  # fmt: skip
+    members = sel.select(valid_acc, families, cfg["threshold"], cfg["per_family"], cfg["on_empty"])
+    idx = [names.index(m) for m in members]
+    results = run_strategies(c.valid[idx], y, c.test[idx], test_y, members, cfg, seed)
+    chosen = best_strategy(results) if cfg["method"] == "best" else cfg["method"]
+    rec = results[chosen]["record"]
+
+    models = {}
+    for i, n in enumerate(names):
+        m = {"family": families[n], "valid": {"accuracy": valid_acc[n], "loss": W.log_loss(c.valid[i], y)},
+             "weight": rec["weights"].get(n, 0.0)}  # fmt: skip
+        if test_y is not None:
+            m["test"] = {"accuracy": W.accuracy(c.test[i], test_y), "loss": W.log_loss(c.test[i], test_y)}
+        models[n] = m
+    metrics = {"method": cfg["method"], "chosen": chosen, **rec,
+               "strategies": {k: v["record"] for k, v in results.items()}, "models": models}  # fmt: skip
+
+    header = meta.get("submission_header") or ["id", "label"]
+    with staged(root / "submissions", root / "ensemble" / "preds", root / "ensemble" / "metrics.json") as (sub, pr, mf):
+        for i, n in enumerate(names):
+            write_csv(sub / f"{n}.csv", submission_rows(c.test[i], ids, classes, header))
+        write_csv(sub / "ensemble.csv", submission_rows(results[chosen]["test_probs"], ids, classes, header))
+        np.save(pr / "valid.npy", results[chosen]["valid_probs"].astype(np.float32))
+        np.save(pr / "test.npy", results[chosen]["test_probs"].astype(np.float32))
+        mf.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = run(load_params())
+        for w in caught:
+            print(f"WARNING: {w.message}", file=sys.stderr)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    test = f", test {m['test']['accuracy']:.4f}" if "test" in m else ""
+    print(f"ensemble ({m['chosen']}): {len(m['members'])} members {', '.join(m['members'])}; "
+          f"valid {m['valid']['accuracy']:.4f}{test}")  # fmt: skip
+    for k, s in m["strategies"].items():
+        t = f"  test {s['test']['accuracy']:.4f}" if "test" in s else ""
+        print(f"  {k:9s} valid {s['valid']['accuracy']:.4f} (loss {s['valid']['loss']:.4f}, {s['valid_scored']}){t}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

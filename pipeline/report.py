@@ -1,0 +1,265 @@
+"""Stage `report`: the leaderboard (timm's results-CSV shape) and the figures of a benchmark run.
+
+Reads:  params.yaml (`archs`), data/prepared/, metrics/<arch>.json, preds/<arch>/, ensemble/metrics.json,
+        ensemble/preds/, dvclive/<arch>/plots/ (training curves, lr_find curves).
+Writes: reports/leaderboard.csv and .md (one row per model and per ensemble strategy, best first),
+        reports/figures/*.png (confusion matrices, top losses, confident right and wrong predictions,
+        lr_find curves, training curves, accuracy against training time).
+Run:    python -m pipeline.report        (or `dvc repro report`)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.io import staged
+from pipeline.params import arch_names, load_params
+
+COLUMNS = ["model", "top1", "top1_err", "valid_top1", "param_count", "train_s", "img_per_s", "weight"]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path}: cannot read ({e}); run `dvc repro` for the stage that writes it") from e
+
+
+def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
+    """Rows sorted by test top-1 (valid top-1 where the test split is unlabelled), then valid top-1.
+
+    `models`: name -> metrics/<name>.json; `ens`: ensemble/metrics.json. Accuracies in percent like timm's
+    CSVs, parameter counts in millions. An ensemble's cost is the sum of its members' with a weight > 0.
+    """
+    labeled = "test" in ens
+    rows = []
+    for name, m in models.items():
+        top1 = 100 * (m["test"]["accuracy"] if labeled else m["valid"]["accuracy"])
+        rows.append({"model": name, "top1": round(top1, 3), "top1_err": round(100 - top1, 3),
+                     "valid_top1": round(100 * m["valid"]["accuracy"], 3),
+                     "param_count": round(m["param_count"] / 1e6, 3), "train_s": round(m["train_s"], 1),
+                     "img_per_s": round(m["img_per_s"], 1), "weight": round(ens["models"][name]["weight"], 4)})  # fmt: skip
+    for kind, s in ens["strategies"].items():
+        used = [n for n, w in s["weights"].items() if w > 0]
+        top1 = 100 * (s["test"]["accuracy"] if labeled else s["valid"]["accuracy"])
+        star = "*" if kind == ens["chosen"] else ""
+        rows.append({"model": f"ensemble:{kind}{star}", "top1": round(top1, 3), "top1_err": round(100 - top1, 3),
+                     "valid_top1": round(100 * s["valid"]["accuracy"], 3),
+                     "param_count": round(sum(models[n]["param_count"] for n in used) / 1e6, 3),
+                     "train_s": round(sum(models[n]["train_s"] for n in used), 1), "img_per_s": "", "weight": ""})  # fmt: skip
+    return sorted(rows, key=lambda r: (-r["top1"], -r["valid_top1"], r["model"]))
+
+
+def markdown(rows: list[dict], labeled: bool) -> str:
+    what = "test" if labeled else "validation (the test split has no labels)"
+    head = (f"Top-1 on the {what} split, in %. `param_count` in millions; an ensemble's cost is the sum of its "
+            "members'. `weight`: the model's weight in the ensemble submission; `*` marks the strategy that wrote "
+            "it.\n\n")  # fmt: skip
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return head + "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- figures
+def _imshow(ax, img: np.ndarray) -> None:
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def fig_confusion(path: Path, y: np.ndarray, probs: dict[str, np.ndarray], classes: list[str], split: str) -> None:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, axes = plt.subplots(1, len(probs), figsize=(7.5 * len(probs), 7), squeeze=False)
+    for ax, (name, p) in zip(axes[0], probs.items()):
+        ConfusionMatrixDisplay.from_predictions(y, p.argmax(1), labels=range(len(classes)), display_labels=classes,
+                                                ax=ax, colorbar=False, xticks_rotation=90, values_format="d")  # fmt: skip
+        ax.set_title(f"{name}: {split} accuracy {(p.argmax(1) == y).mean():.4f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def fig_top_losses(path: Path, x: np.ndarray, y: np.ndarray, p: np.ndarray, classes: list[str], k: int = 16) -> None:
+    """fastai's plot_top_losses, from arrays: the k rows with the highest loss, predicted/actual/loss/probability."""
+    import matplotlib.pyplot as plt
+
+    loss = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))
+    idx = np.argsort(-loss, kind="stable")[:k]
+    cols = 4
+    fig, axes = plt.subplots((len(idx) + cols - 1) // cols, cols, figsize=(3 * cols, 3.3 * ((len(idx) + cols - 1) // cols)),
+                             squeeze=False)  # fmt: skip
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, idx):
+        pred = int(p[i].argmax())
+        _imshow(ax, x[i])
+        ax.axis("on")
+        ax.set_title(f"{classes[pred]}/{classes[y[i]]}\n{loss[i]:.2f} / {p[i, y[i]]:.2f}", fontsize=9)
+    fig.suptitle("Prediction/Actual / Loss/Probability of the actual class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def fig_predictions(path: Path, x: np.ndarray, y: np.ndarray, p: np.ndarray, classes: list[str], seed: int,
+                    k: int = 8) -> None:  # fmt: skip
+    """Random correct and wrong predictions with their confidence, and the confidence histogram of each."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    pred, conf = p.argmax(1), p.max(1)
+    ok = pred == y
+    fig = plt.figure(figsize=(2.2 * k, 8))
+    for row, (mask, what) in enumerate(((ok, "correct"), (~ok, "wrong"))):
+        pick = rng.permutation(np.flatnonzero(mask))[:k]
+        for j, i in enumerate(pick):
+            ax = fig.add_subplot(3, k, row * k + j + 1)
+            _imshow(ax, x[i])
+            color = "green" if what == "correct" else "red"
+            ax.set_title(f"{classes[pred[i]]} {conf[i]:.2f}" + ("" if ok[i] else f"\n(is {classes[y[i]]})"),
+                         fontsize=8, color=color)  # fmt: skip
+    ax = fig.add_subplot(3, 1, 3)
+    bins = np.linspace(0, 1, 41)
+    ax.hist(conf[ok], bins=bins, alpha=0.6, label=f"correct ({ok.sum()})", color="green")
+    ax.hist(conf[~ok], bins=bins, alpha=0.6, label=f"wrong ({(~ok).sum()})", color="red")
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def fig_lr_find(path: Path, curves: dict[str, tuple[list, float | None]]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, (pts, lr) in curves.items():
+        if pts:
+            line = ax.plot([q["lr"] for q in pts], [q["loss"] for q in pts], label=name)[0]
+            if lr:
+                ax.axvline(lr, color=line.get_color(), ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.set_title("lr_find (dotted: the lr used)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _tsv(path: Path) -> tuple[list[float], list[float]]:
+    if not path.is_file():
+        return [], []
+    with path.open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    key = [k for k in rows[0] if k != "step"][0] if rows else None
+    return [float(r["step"]) for r in rows], [float(r[key]) for r in rows]
+
+
+def fig_training(path: Path, live: dict[str, Path]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, d in live.items():
+        steps, tl = _tsv(d / "plots" / "metrics" / "train" / "loss.tsv")
+        line = a1.plot([s + 1 for s in steps], tl, label=f"{name} train")[0] if steps else None
+        steps, vl = _tsv(d / "plots" / "metrics" / "eval" / "loss.tsv")
+        if steps:
+            a1.plot([s + 1 for s in steps], vl, ls="--", color=line.get_color() if line else None)
+        steps, acc = _tsv(d / "plots" / "metrics" / "accuracy.tsv")
+        if steps:
+            a2.plot([s + 1 for s in steps], acc, marker="o", label=name)
+    a1.set(xlabel="epoch", ylabel="loss", title="loss (solid: train, dashed: valid)")
+    a2.set(xlabel="epoch", ylabel="valid accuracy", title="validation accuracy")
+    for a in (a1, a2):
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def fig_acc_time(path: Path, rows: list[dict]) -> None:
+    """Accuracy against training time (log scale): which models are worth their cost."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in rows:
+        ens = r["model"].startswith("ensemble:")
+        t = max(float(r["train_s"]), 0.1)
+        ax.scatter(t, r["top1"], marker="*" if ens else "o", s=120 if ens else 50, color="C3" if ens else "C0")
+        ax.annotate(r["model"], (t, r["top1"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel="training seconds (ensembles: sum of members')", ylabel="top-1 %", title="accuracy vs training time")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def run(params: dict, root: Path = Path(".")) -> list[dict]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    names = arch_names(params)
+    models = {n: _read_json(root / "metrics" / f"{n}.json") for n in names}
+    ens = _read_json(root / "ensemble" / "metrics.json")
+    missing = sorted(set(names) - set(ens["models"]))
+    if missing:
+        raise PipelineError(f"ensemble/metrics.json has no entry for {', '.join(missing)}; rerun `dvc repro ensemble`")
+    prep = root / "data" / "prepared"
+    meta = _read_json(prep / "meta.json")
+    labeled = "test" in ens
+    split = "test" if labeled else "valid"
+    x = np.load(prep / f"{split}_x.npy", mmap_mode="r")
+    y = np.load(prep / f"{split}_y.npy")
+    ens_p = np.load(root / "ensemble" / "preds" / f"{split}.npy")
+    best = max(names, key=lambda n: (models[n][split]["accuracy"], n))
+    best_p = np.load(root / "preds" / best / f"{split}.npy")
+    rows = leaderboard(models, ens)
+    classes = meta["class_names"]
+
+    with staged(root / "reports") as (out,):
+        figs = out / "figures"
+        figs.mkdir(parents=True)
+        with (out / "leaderboard.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        (out / "leaderboard.md").write_text(markdown(rows, labeled))
+        fig_confusion(figs / "confusion_matrix.png", y, {best: best_p, f"ensemble ({ens['chosen']})": ens_p}, classes,
+                      split)  # fmt: skip
+        fig_top_losses(figs / "top_losses.png", x, y, ens_p, classes)
+        fig_predictions(figs / "predictions.png", x, y, ens_p, classes, seed=0)
+        fig_lr_find(figs / "lr_find.png", {
+            n: (_read_json(root / "dvclive" / n / "plots" / "custom" / "lr_find.json")
+                if (root / "dvclive" / n / "plots" / "custom" / "lr_find.json").is_file() else [],
+                models[n]["lr"] if models[n].get("lr_found") else None) for n in names})  # fmt: skip
+        fig_training(figs / "training_curves.png", {n: root / "dvclive" / n for n in names})
+        fig_acc_time(figs / "accuracy_vs_time.png", rows)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(load_params())
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(Path("reports/leaderboard.md").read_text(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

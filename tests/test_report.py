@@ -1,0 +1,64 @@
+"""The report stage: timm-shaped leaderboard and the figures, from hand-made stage outputs."""
+
+import csv
+import json
+
+import numpy as np
+from test_ensemble import C, noisy, write_run
+
+from ensembles import ensemble as E
+from pipeline import report as R
+
+
+def test_report_leaderboard_and_figures(tmp_path):
+    rng = np.random.default_rng(0)
+    vy, ty = rng.integers(0, C, 200), rng.integers(0, C, 100)
+    models = {"resnet34": ("resnet34", "timm", noisy(vy, 0.9, rng), noisy(ty, 0.9, rng)),
+              "cnn4": ("cnn4", "local", noisy(vy, 0.7, rng), noisy(ty, 0.7, rng))}  # fmt: skip
+    params = write_run(tmp_path, models, vy, ty) | {"ensemble": {"threshold": 0.0}}
+    prep = tmp_path / "data" / "prepared"
+    np.save(prep / "test_x.npy", rng.integers(0, 256, (100, 8, 8, 1), dtype=np.uint8))
+    np.save(prep / "valid_x.npy", rng.integers(0, 256, (200, 8, 8, 1), dtype=np.uint8))
+    for i, n in enumerate(models):
+        m = json.loads((tmp_path / "metrics" / f"{n}.json").read_text())
+        m |= {"valid": {"accuracy": float(W_acc(models[n][2], vy))}, "test": {"accuracy": float(W_acc(models[n][3], ty))},
+              "param_count": 1_000_000 * (i + 1), "train_s": 10.0 * (i + 1), "img_per_s": 100.0, "lr": 1e-3,
+              "lr_found": True}  # fmt: skip
+        (tmp_path / "metrics" / f"{n}.json").write_text(json.dumps(m))
+    live = tmp_path / "dvclive" / "cnn4" / "plots"
+    (live / "custom").mkdir(parents=True)
+    (live / "custom" / "lr_find.json").write_text(json.dumps([{"lr": 1e-5, "loss": 2.0}, {"lr": 1e-2, "loss": 1.0}]))
+    (live / "metrics" / "train").mkdir(parents=True)
+    (live / "metrics" / "train" / "loss.tsv").write_text("step\tloss\n0\t1.0\n1\t0.5\n")
+    ens = E.run(params, tmp_path)
+
+    rows = R.run(params, tmp_path)
+    on_disk = list(csv.DictReader((tmp_path / "reports" / "leaderboard.csv").open()))
+    assert list(on_disk[0]) == R.COLUMNS and len(on_disk) == len(models) + len(E.STRATEGIES)
+    tops = [float(r["top1"]) for r in on_disk]
+    assert tops == sorted(tops, reverse=True)
+    assert [r["model"] for r in on_disk].count("ensemble:accuracy*") == 1
+    by = {r["model"]: r for r in rows}
+    assert by["resnet34"]["top1"] == round(100 * ens["models"]["resnet34"]["test"]["accuracy"], 3)
+    assert by["resnet34"]["param_count"] == 1.0 and by["resnet34"]["weight"] == round(ens["weights"]["resnet34"], 4)
+    assert by["ensemble:accuracy*"]["train_s"] == 30.0 and by["ensemble:accuracy*"]["param_count"] == 3.0
+    md = (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "| model | top1 | top1_err |" in md and "Top-1 on the test split" in md
+    figs = {p.name for p in (tmp_path / "reports" / "figures").iterdir()}
+    assert figs == {"confusion_matrix.png", "top_losses.png", "predictions.png", "lr_find.png",
+                    "training_curves.png", "accuracy_vs_time.png"}  # fmt: skip
+    for f in figs:
+        assert (tmp_path / "reports" / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def W_acc(p, y):
+    return (p.argmax(1) == y).mean()
+
+
+def test_unlabelled_test_ranks_by_validation():
+    models = {"a": {"valid": {"accuracy": 0.8}, "param_count": 1e6, "train_s": 1.0, "img_per_s": 5.0},
+              "b": {"valid": {"accuracy": 0.9}, "param_count": 2e6, "train_s": 2.0, "img_per_s": 5.0}}  # fmt: skip
+    ens = {"chosen": "uniform", "models": {"a": {"weight": 0.5}, "b": {"weight": 0.5}},
+           "strategies": {"uniform": {"weights": {"a": 0.5, "b": 0.5}, "valid": {"accuracy": 0.85}}}}  # fmt: skip
+    rows = R.leaderboard(models, ens)
+    assert [r["model"] for r in rows] == ["b", "ensemble:uniform*", "a"] and rows[0]["top1"] == 90.0
