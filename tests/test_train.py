@@ -111,13 +111,17 @@ except ImportError:
 
 def test_efficientnet_lite0_weights_map_onto_timm():
     sd = torch.load(LITE0, map_location="cpu", weights_only=True)
-    model, _ = archs.build_model(archs.resolve("efficientnet_lite0"), 3, 10, 32, pretrained=LITE0)
+    model, _ = archs.build_model(archs.resolve("tf_efficientnet_lite0"), 3, 10, 32, pretrained=LITE0)
     body = model[0].model.state_dict()
     assert torch.equal(body["conv_stem.weight"], sd["_conv_stem.weight"])
     assert torch.equal(body["blocks.6.0.conv_pwl.weight"], sd["_blocks.15._project_conv.weight"])
     assert torch.equal(body["bn2.running_var"], sd["_bn1.running_var"])
-    gray, _ = archs.build_model(archs.resolve("efficientnet_lite0"), 1, 10, 32, pretrained=LITE0)
+    gray, _ = archs.build_model(archs.resolve("tf_efficientnet_lite0"), 1, 10, 32, pretrained=LITE0)
     torch.testing.assert_close(gray[0].model.conv_stem.weight, sd["_conv_stem.weight"].sum(1, keepdim=True))
+    # the TF-trained weights expect timm's TF variant: 'same' padding, BN eps 1e-3, inputs scaled to [-1, 1]
+    assert type(model[0].model.conv_stem).__name__ == "Conv2dSame" and model[0].model.bn1.eps == 1e-3
+    assert archs.norm_stats(archs.resolve("tf_efficientnet_lite0"), LITE0, 1, [0.3], [0.3]) == ([0.5], [0.5])
+    assert archs.norm_stats(archs.resolve("tf_efficientnet_lite0"), False, 1, [0.3], [0.3]) == ([0.3], [0.3])
 
 
 def test_weights_that_do_not_fit_name_key_and_shapes():
@@ -152,7 +156,7 @@ def test_pretrained_true_offline_fails_before_training(monkeypatch):
 
 def test_fine_tune_from_file_freezes_then_unfreezes():
     arrays, meta = synth(n=32, size=32, c=1)
-    s = {**spec(pretrained=LITE0, freeze_epochs=1), "arch": "efficientnet_lite0"}
+    s = {**spec(pretrained=LITE0, freeze_epochs=1), "arch": "tf_efficientnet_lite0"}
     res = train.train_arch("lite0", s, arrays, meta, seed=0)
     assert res["metrics"]["freeze_epochs"] == 1 and res["metrics"]["pretrained"]
     assert res["spec"]["mean"] == pytest.approx([0.449], abs=1e-3)  # ImageNet stats averaged for gray input
