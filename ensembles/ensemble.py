@@ -3,7 +3,8 @@
 Reads:  params.yaml (`seed`, `archs`, `ensemble`), data/prepared/{meta.json, valid_y.npy, test_y.npy, test_ids.json},
         preds/<arch>/{valid,test}.npy and metrics/<arch>.json for every entry of `archs` (never the models).
 Writes: submissions/<arch>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
-        (the chosen strategy's probabilities); ensemble/metrics.json (every strategy's members, weights, scores).
+        (the chosen strategy's probabilities); ensemble/metrics.json (every strategy's members, weights, scores);
+        ensemble/model.json (what pipeline.predict needs to blend: members, weights, or the stacker's numbers).
 Run:    python -m ensembles.ensemble        (or `dvc repro ensemble`)
 
 Selection and weights use the validation split only; test labels are read only to report test scores.
@@ -91,7 +92,9 @@ def strategy_weights(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, 
     n_classes = P.shape[2]
     if kind == "stacking":
         model = W.fit_stacker(P, y, cfg["stack_C"], seed)
-        return W.stacker_weights(model, len(P), n_classes), lambda Q: W.stacker_proba(model, Q, n_classes)
+        predict = lambda Q: W.stacker_proba(model, Q, n_classes)
+        predict.stacker = W.stacker_to_dict(model)
+        return W.stacker_weights(model, len(P), n_classes), predict
     if kind == "accuracy":
         w = W.accuracy_weights(accs)
     elif kind == "uniform":
@@ -123,7 +126,7 @@ def run_strategies(P: np.ndarray, y: np.ndarray, T: np.ndarray, test_y: np.ndarr
                "valid": {"accuracy": W.accuracy(vp, y), "loss": W.log_loss(vp, y)}, "valid_scored": how}  # fmt: skip
         if test_y is not None:
             rec["test"] = {"accuracy": W.accuracy(tp, test_y), "loss": W.log_loss(tp, test_y)}
-        out[kind] = {"record": rec, "valid_probs": vp, "test_probs": tp}
+        out[kind] = {"record": rec, "valid_probs": vp, "test_probs": tp, "stacker": getattr(predict, "stacker", None)}
     return out
 
 
@@ -190,7 +193,12 @@ def run(params: dict, root: Path = Path(".")) -> dict:
                "strategies": {k: v["record"] for k, v in results.items()}, "models": models}  # fmt: skip
 
     header = meta.get("submission_header") or ["id", "label"]
-    with staged(root / "submissions", root / "ensemble" / "preds", root / "ensemble" / "metrics.json") as (sub, pr, mf):
+    model = {"method": chosen, "members": rec["members"], "weights": rec["weights"], "classes": classes,
+             "stacker": results[chosen]["stacker"]}  # fmt: skip
+    outs = (root / "submissions", root / "ensemble" / "preds", root / "ensemble" / "metrics.json",
+            root / "ensemble" / "model.json")  # fmt: skip
+    with staged(*outs) as (sub, pr, mf, mj):
+        mj.write_text(json.dumps(model, indent=1) + "\n")
         for i, n in enumerate(names):
             write_csv(sub / f"{n}.csv", submission_rows(c.test[i], ids, classes, header))
         write_csv(sub / "ensemble.csv", submission_rows(results[chosen]["test_probs"], ids, classes, header))

@@ -99,6 +99,24 @@ def stacker_weights(model, m: int, n_classes: int) -> np.ndarray:
     return c / c.sum() if c.sum() > 0 else uniform_weights(m)
 
 
+def stacker_to_dict(model) -> dict:
+    """The fitted stacker as plain numbers (no pickle): scaler, coefficients, intercepts, classes."""
+    scaler, lr = model[0], model[-1]
+    return {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "coef": lr.coef_.tolist(),
+            "intercept": lr.intercept_.tolist(), "classes": lr.classes_.tolist()}  # fmt: skip
+
+
+def stacker_apply(d: dict, P: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities from a stacker saved by stacker_to_dict, with numpy alone; equals stacker_proba."""
+    z = (stack_features(P) - np.asarray(d["mean"])) / np.asarray(d["scale"])
+    logits = z @ np.asarray(d["coef"]).T + np.asarray(d["intercept"])
+    logits -= logits.max(1, keepdims=True)
+    e = np.exp(logits)
+    out = np.zeros((P.shape[1], n_classes))
+    out[:, d["classes"]] = e / e.sum(1, keepdims=True)
+    return out
+
+
 def crossfit(P: np.ndarray, y: np.ndarray, fit, folds: int, seed: int) -> np.ndarray:
     """Out-of-fold blended probabilities: `fit(P_train, y_train) -> predict(P_held)` on stratified folds,
     so a fitted strategy's validation score never comes from the rows it was fitted on."""

@@ -115,3 +115,65 @@ def test_new_timm_entry_needs_no_code(tmp_path):
     assert (repo / "submissions" / "convnext_atto.csv").is_file()
     m = json.loads((repo / "metrics" / "convnext_atto.json").read_text())
     assert m["source"] == "timm" and m["arch"] == "convnext_atto"
+
+
+def test_predict_rebuilds_models_and_the_ensemble_exactly(repo, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pipeline import predict
+
+    x = np.load(repo / "data" / "prepared" / "test_x.npy")
+    for key in ("logreg", "mlp"):
+        m = predict.load_model(key, repo)
+        np.testing.assert_allclose(m.predict_arrays(x), np.load(repo / "preds" / key / "test.npy"), atol=1e-5)
+    ens = predict.load_ensemble(repo)
+    assert ens.spec["method"] == "stacking" and ens.spec["stacker"]
+    np.testing.assert_allclose(ens.predict_arrays(x), np.load(repo / "ensemble" / "preds" / "test.npy"), atol=1e-4)
+
+    # files in: the same image as a gray PNG, as a big RGB JPEG in a sub-folder, and a broken file
+    Image.fromarray(x[0, ..., 0]).save(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(x[1, ..., 0]).convert("RGB").resize((64, 64), Image.NEAREST).save(tmp_path / "sub" / "b.jpg")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "preds.csv"
+    r = subprocess.run([sys.executable, "-m", "pipeline.predict", str(tmp_path), "--model", "ensemble", "--top-k", "3",
+                        "--out", str(out), "--root", str(repo)], capture_output=True, text=True, env=ENV, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "broken.png" in r.stderr and "2 images predicted" in r.stderr
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["file", "label_1", "prob_1", "label_2", "prob_2", "label_3", "prob_3"]
+    assert [Path(r[0]).name for r in rows[1:]] == ["a.png", "b.jpg"]
+    probs = ens.predict_arrays(x[:1])[0]
+    classes = ens.classes
+    assert rows[1][1] == classes[int(probs.argmax())] and abs(float(rows[1][2]) - probs.max()) < 1e-5
+    assert float(rows[1][2]) >= float(rows[1][4]) >= float(rows[1][6])
+
+
+def test_predict_unknown_model_is_a_clear_error(repo):
+    r = subprocess.run([sys.executable, "-m", "pipeline.predict", str(repo / "README.md"), "--model", "nope",
+                        "--root", str(repo)], capture_output=True, text=True, env=ENV, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 1 and "models/nope/spec.json: missing" in r.stderr
+
+
+def test_push_pull_round_trip_through_a_local_remote(repo, tmp_path):
+    outs = ["data/prepared", "models", "preds", "submissions", "ensemble/preds", "ensemble/model.json", "reports"]
+
+    def snapshot():
+        files = {}
+        for o in outs:
+            p = repo / o
+            for f in [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file() and q.name != ".gitignore"):
+                files[str(f.relative_to(repo))] = f.read_bytes()
+        return files
+
+    before = snapshot()
+    assert len(before) > 10
+    run(f"dvc remote add --local -d store {tmp_path / 'store'} && dvc push", repo)
+    for o in outs:
+        p = repo / o
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    run("dvc pull", repo)
+    assert snapshot() == before
+    assert stages_to_run(repo) == set()

@@ -259,3 +259,12 @@ def test_bad_ensemble_params_are_named(three):
         E.run(params | {"ensemble": {"method": "vote"}}, root)
     with pytest.raises(PipelineError, match=r"ensemble.threshold. = 1.5"):
         E.run(params | {"ensemble": {"threshold": 1.5}}, root)
+
+
+def test_saved_stacker_reproduces_the_fitted_one_without_pickle():
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, C, 200)
+    P = np.stack([noisy(y, 0.8, rng), noisy(y, 0.6, rng)])
+    model = W.fit_stacker(P, y)
+    d = json.loads(json.dumps(W.stacker_to_dict(model)))
+    np.testing.assert_allclose(W.stacker_apply(d, P, C), W.stacker_proba(model, P, C), atol=1e-9)

@@ -1,0 +1,187 @@
+"""Predict new images with a trained model or the ensemble.
+
+Reads:  models/<arch>/{spec.json, model.safetensors} (rebuilt from the spec: no pickled learners, no code from
+        model files); for `--model ensemble`, ensemble/model.json (members and weights, or the stacker's numbers).
+Writes: a CSV: file, then label_1, prob_1, ..., label_k, prob_k.
+Run:    python -m pipeline.predict PATH... [--model ensemble|<arch>] [--top-k 3] [--out preds.csv]
+Python: load_ensemble() or load_model("resnet9") -> .predict(images) -> probabilities (N × classes)
+
+Images are preprocessed exactly as in training: any mode PIL reads -> RGB -> the prepared size (bilinear,
+antialiased) -> the model's channels (ITU-R 601 luma for gray) -> the model's size and normalisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.errors import PipelineError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def to_array(image, size: int, n_in: int) -> np.ndarray:
+    """A PIL image, a path or an H×W(×C) uint8 array -> uint8 size×size×n_in, as the prepare stage makes them."""
+    from pipeline.prepare import to_channels
+
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as im:
+            im.load()
+            image = im.convert("RGB")
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image if image.ndim == 2 or image.shape[2] != 1 else image[..., 0])
+    im = image.convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return to_channels({"x": np.asarray(im, np.uint8)[None]}, n_in)["x"][0]
+
+
+class Model:
+    """One trained architecture, rebuilt from models/<key>/spec.json and its safetensors weights."""
+
+    def __init__(self, folder: Path, device: str | torch.device = "cpu"):
+        from safetensors.torch import load_file
+
+        from pipeline import archs
+        from pipeline.data import BatchTfm
+
+        spec_file, weights = folder / "spec.json", folder / "model.safetensors"
+        for f in (spec_file, weights):
+            if not f.is_file():
+                raise PipelineError(f"{f}: missing; train the model first (dvc repro train@{folder.name})")
+        self.spec = s = json.loads(spec_file.read_text())
+        self.name, self.classes, self.device = s["key"], s["classes"], torch.device(device)
+        self.model, _ = archs.build_model(archs.resolve(s["arch"]), s["n_in"], s["n_out"], s["native_size"],
+                                          pretrained=False, ps=s["ps"], model_kwargs=s["model_kwargs"])  # fmt: skip
+        state = load_file(str(weights))
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise PipelineError(f"{weights}: does not fit {s['arch']} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.model.to(self.device).eval()
+        self.tfm = BatchTfm(s["size"], s["mean"], s["std"], train=False, channels_last=s["channels_last"])
+
+    def arrays(self, images: Iterable) -> np.ndarray:
+        return np.stack([to_array(im, self.spec["native_size"], self.spec["n_in"]) for im in images])
+
+    def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
+        """Probabilities for prepared-format uint8 N×H×W×C arrays (as data/prepared holds them)."""
+        from pipeline.train import predict_probs
+
+        return predict_probs(self.model, x, self.tfm, bs, self.spec["tta"], self.device, None)
+
+    def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:
+        return self.predict_arrays(self.arrays(images), bs)
+
+
+class Ensemble:
+    """The ensemble the `ensemble` stage chose: its members' probabilities blended by ensemble/model.json."""
+
+    def __init__(self, root: Path = Path("."), device: str | torch.device = "cpu"):
+        f = root / "ensemble" / "model.json"
+        if not f.is_file():
+            raise PipelineError(f"{f}: missing; run `dvc repro ensemble` first")
+        self.spec = json.loads(f.read_text())
+        self.name, self.classes = "ensemble", self.spec["classes"]
+        self.members = [Model(root / "models" / m, device) for m in self.spec["members"]]
+        for m in self.members:
+            if m.classes != self.classes:
+                raise PipelineError(f"models/{m.name}: classes differ from the ensemble's; rerun `dvc repro`")
+
+    def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:
+        return self.predict_arrays(self.members[0].arrays(images), bs)
+
+    def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
+        """Probabilities for prepared-format uint8 arrays (every member was trained on the same prepared data)."""
+        from ensembles import weights as W
+
+        P = np.stack([m.predict_arrays(x, bs) for m in self.members]).astype(np.float64)
+        if self.spec["stacker"]:
+            return W.stacker_apply(self.spec["stacker"], P, len(self.classes)).astype(np.float32)
+        w = np.array([self.spec["weights"][m.name] for m in self.members])
+        return W.blend(P, w).astype(np.float32)
+
+
+def load_model(name: str, root: str | Path = ".", device: str = "cpu") -> Model:
+    return Model(Path(root) / "models" / name, device)
+
+
+def load_ensemble(root: str | Path = ".", device: str = "cpu") -> Ensemble:
+    return Ensemble(Path(root), device)
+
+
+def expand(paths: Sequence[str]) -> list[Path]:
+    """Files as given, folders walked recursively for image files (sorted); missing paths are errors."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise PipelineError(f"{p}: no such file or folder")
+    return out
+
+
+def top_k_rows(files: list[str], probs: np.ndarray, classes: list[str], k: int) -> list[list]:
+    k = min(k, len(classes))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[f, *sum(([classes[j], f"{p[j]:.6f}"] for j in o), [])] for f, p, o in zip(files, probs, order)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (walked recursively)")
+    ap.add_argument("--model", default="ensemble", help="`ensemble` (default) or an architecture key of params.yaml")
+    ap.add_argument("--top-k", type=int, default=1)
+    ap.add_argument("--out", default="-", help="CSV file (default: stdout)")
+    ap.add_argument("--bs", type=int, default=256, help="images per batch")
+    ap.add_argument("--root", default=".", help="the project folder holding models/ and ensemble/")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    if args.top_k < 1:
+        ap.error("--top-k must be ≥ 1")
+    from tqdm import tqdm
+
+    try:
+        files = expand(args.paths)
+        predictor = load_ensemble(args.root, args.device) if args.model == "ensemble" else load_model(args.model, args.root, args.device)  # fmt: skip
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    k = min(args.top_k, len(predictor.classes))
+    header = ["file"] + sum(([f"label_{i + 1}", f"prob_{i + 1}"] for i in range(k)), [])
+    rows, bad = [], []
+    for i in tqdm(range(0, len(files), args.bs), desc="predict", unit="batch", file=sys.stderr, disable=None):
+        batch, names = [], []
+        for f in files[i : i + args.bs]:
+            try:
+                with Image.open(f) as im:
+                    im.load()
+                    batch.append(im.convert("RGB"))
+                names.append(str(f))
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+                bad.append(str(f))
+                print(f"warning: skipping unreadable image {f} ({type(e).__name__}: {e})", file=sys.stderr)
+        if batch:
+            rows += top_k_rows(names, predictor.predict(batch, args.bs), predictor.classes, k)
+    out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # noqa: SIM115
+    try:
+        csv.writer(out).writerows([header, *rows])
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"{len(rows)} images predicted with {predictor.name}" + (f"; {len(bad)} unreadable, skipped" if bad else ""),
+          file=sys.stderr)  # fmt: skip
+    return 0 if rows or not bad else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
