@@ -173,6 +173,14 @@ def is_phases(v):
     return out
 
 
+def is_device(v):
+    import re
+
+    if v in ("auto", "cpu", "cuda", "mps") or isinstance(v, str) and re.fullmatch(r"cuda:\d+", v):
+        return v
+    raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+
+
 def is_dict(v):
     if v is None:
         return {}
@@ -201,6 +209,7 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "pad": (2, is_int(lo=0, hi=64)),
     "tta": (True, is_bool),
     "precision": ("auto", one_of("auto", "fp32", "bf16", "fp16")),
+    "device": ("auto", is_device),  # auto: cuda when present, else cpu; or cpu, cuda, cuda:N (pin a job to a GPU)
     "channels_last": (True, is_bool),
     "pretrained": (False, is_pretrained),
     "train_limit": (None, is_int(lo=2, none_ok=True)),  # a stratified subset of the training split, for budgets

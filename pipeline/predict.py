@@ -64,7 +64,9 @@ class Model:
         state = load_file(str(weights))
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise PipelineError(f"{weights}: does not fit {s['arch']} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise PipelineError(
+                f"{weights}: does not fit {s['arch']} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         self.model.to(self.device).eval()
         self.tfm = BatchTfm(s["size"], s["mean"], s["std"], train=False, channels_last=s["channels_last"])
 

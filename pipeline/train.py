@@ -8,8 +8,10 @@ Run:    dvc repro train@<key>    (or: python -m pipeline.train <key>)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
+from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib, rank_distrib
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
@@ -41,6 +44,20 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device(name: str, key: str = "") -> torch.device | None:
+    """`device` param -> torch.device; None (auto) lets train_arch take cuda when present. A GPU that is not
+    there is an error before training."""
+    if name == "auto":
+        return None
+    dev = torch.device(name)
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise PipelineError(f"params.yaml: `archs.{key}.device` = {name!r}, but this machine has "
+                            f"{torch.cuda.device_count()} CUDA device(s)")  # fmt: skip
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PipelineError(f"params.yaml: `archs.{key}.device` = 'mps', but MPS is not available here")
+    return dev
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -144,10 +161,13 @@ def versions() -> dict:
 
 
 # --------------------------------------------------------------------------------------------- training
-def train_arch(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device: torch.device | None = None,
-               live=None) -> dict:  # fmt: skip
-    """Train one architecture; returns the model, its spec, predictions, metrics and the lr_find curve."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def build_learner(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device: torch.device | None = None):
+    """The fastai Learner of one architecture at its first phase's size, and what training it needs next:
+    (learn, ctx) with ctx = arch, phases, pretrained, mean, std, dtype, device, dls_at (DataLoaders at a size)."""
+    if device is None:  # under torchrun / accelerate launch each process takes its own GPU
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     set_seed(seed, reproducible=True)
     arch = archs_mod.resolve(spec["arch"])
     h, _, n_in = meta["image_shape"]
@@ -185,24 +205,89 @@ def train_arch(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device
     if not sys.stdout.isatty():
         learn.remove_cb(ProgressCallback)
         learn.logger = epoch_logger
-    fine_tune = bool(pretrained)
-    if fine_tune:
-        learn.freeze()
+    ctx = {"arch": arch, "phases": phases, "pretrained": pretrained, "mean": mean, "std": std, "dtype": dtype,
+           "device": device, "dls_at": dls_at, "n_in": n_in, "n_out": n_out, "native": h, "arrays": arrays}  # fmt: skip
+    return learn, ctx
 
+
+# --------------------------------------------------------------------------------------------- data-parallel
+class AnyBackendDL(DistributedDL):
+    """fastai's DistributedDL, whose shuffled-order broadcast also works on gloo (CPU processes): fastai sends
+    it through a CUDA tensor, which only nccl needs."""
+
+    def _broadcast(self, t, rank):
+        if torch.distributed.get_backend() == "nccl":
+            return super()._broadcast(t, rank)
+        t = torch.tensor(t, dtype=torch.long)
+        torch.distributed.broadcast(t, rank)
+        return t.tolist()
+
+
+class AnyBackendTrainer(DistributedTrainer):
+    """fastai's DistributedTrainer (DDP through Accelerate) with AnyBackendDL."""
+
+    def _wrap_dl(self, dl):
+        return dl if isinstance(dl, DistributedDL) else AnyBackendDL(dl, device=self.learn.model.device)
+
+
+@contextlib.contextmanager
+def data_parallel(learn: Learner, device: torch.device):
+    """fastai's learn.distrib_ctx() for processes launched by torchrun or `accelerate launch`: NCCL with
+    SyncBatchNorm on GPUs, gloo on CPU processes (Accelerate's cpu=True)."""
+    kw = {"sync_bn": True} if device.type == "cuda" else {"sync_bn": False, "cpu": True}
+    learn.add_cb(AnyBackendTrainer(**kw))
+    if rank_distrib():
+        learn.remove_cb(ProgressCallback)
+    try:
+        yield learn
+    finally:
+        learn.detach_distributed()
+
+
+def pick_lr(learn: Learner, key: str, spec: dict) -> tuple[float | None, float | None, dict | None]:
+    """(lr used, lr_find's valley or None, the lr_find curve or None).
+
+    Data-parallel runs call this before the process group exists, and only rank 0 runs lr_find, as one process
+    (fastai's lr_find restores the weights from a rank-0-only file behind a barrier, and gathers losses across
+    ranks); `share_lr` then gives its result to every rank. Other ranks get (None, None, None) here."""
     lr_found, curve = None, None
     if spec["lr"] == "auto":
-        with learn.no_logging():
+        if rank_distrib() > 0:
+            return None, None, None
+        with learn.no_logging(), single_process():
             sugg = learn.lr_find(num_it=spec["num_it"], show_plot=False)
         lr_found = float(sugg.valley)
         curve = {"lr": [float(v) for v in learn.recorder.lrs], "loss": [float(v) for v in learn.recorder.losses]}
         if not math.isfinite(lr_found) or lr_found <= 0:
             raise PipelineError(f"{key}: lr_find gave no usable learning rate ({lr_found}); set `lr` to a number")
-    lr = lr_found if lr_found is not None else spec["lr"]
-    print(f"{key}: {arch.source} {arch.name}, lr {lr:.2e}{' (lr_find valley)' if lr_found else ''}, "
-          f"phases {phases}, {'fine-tune' if fine_tune else 'one-cycle'}, precision {dtype or 'fp32'}", flush=True)  # fmt: skip
-    if live is not None:
-        learn.add_cb(make_live_callback(live))
+    return (lr_found if lr_found is not None else spec["lr"]), lr_found, curve
 
+
+@contextlib.contextmanager
+def single_process():
+    """Within: fastai sees one process (WORLD_SIZE=1), so rank 0's lr_find neither gathers nor waits on ranks
+    that are not running it. Restored on exit."""
+    old = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["WORLD_SIZE"]
+        else:
+            os.environ["WORLD_SIZE"] = old
+
+
+def share_lr(found: tuple) -> tuple:
+    """Rank 0's (lr, valley, curve) on every rank: all ranks must follow the same schedule."""
+    box = list(found)
+    torch.distributed.broadcast_object_list(box, src=0)
+    return tuple(box)
+
+
+def fit_phases(learn: Learner, spec: dict, phases: list, fine_tune: bool, lr: float, dls_at) -> tuple[int, float, int]:
+    """Train through the phases: fine_tune (frozen epochs first) for pretrained nets, one-cycle otherwise.
+    Returns (training images seen, start time, frozen epochs)."""
     seen, t0 = 0, time.perf_counter()
     freeze_epochs = spec["freeze_epochs"] if fine_tune else 0
     for i, (size, epochs) in enumerate(phases):
@@ -220,7 +305,35 @@ def train_arch(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device
         else:
             learn.fit_one_cycle(epochs, lr, pct_start=spec["pct_start"])
         seen += epochs * n_batches * spec["bs"]
+    return seen, t0, freeze_epochs
+
+
+def train_arch(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device: torch.device | None = None,
+               live=None, evaluate: bool = True) -> dict:  # fmt: skip
+    """Train one architecture; returns the model, its spec, predictions, metrics and the lr_find curve."""
+    learn, ctx = build_learner(key, spec, arrays, meta, seed, device)
+    arch, phases, pretrained, mean, std = ctx["arch"], ctx["phases"], ctx["pretrained"], ctx["mean"], ctx["std"]
+    dtype, device, dls_at, arrays = ctx["dtype"], ctx["device"], ctx["dls_at"], ctx["arrays"]
+    n_in, n_out, h = ctx["n_in"], ctx["n_out"], ctx["native"]
+    fine_tune = bool(pretrained)
+    if fine_tune:
+        learn.freeze()
+
+    distributed = num_distrib() > 1
+    found = pick_lr(learn, key, spec)
+    with data_parallel(learn, device) if distributed else contextlib.nullcontext():
+        lr, lr_found, curve = share_lr(found) if distributed else found
+        if rank_distrib() == 0:
+            how = f" ({num_distrib()} processes, data-parallel)" if distributed else ""
+            print(f"{key}: {arch.source} {arch.name}, lr {lr:.2e}{' (lr_find valley)' if lr_found else ''}, "
+                  f"phases {phases}, {'fine-tune' if fine_tune else 'one-cycle'}, precision {dtype or 'fp32'}{how}",
+                  flush=True)  # fmt: skip
+        if live is not None:
+            learn.add_cb(make_live_callback(live))
+        seen, t0, freeze_epochs = fit_phases(learn, spec, phases, fine_tune, lr, dls_at)
     train_s = time.perf_counter() - t0
+    if not evaluate:
+        return {"model": learn.model, "lr": lr}
 
     size = phases[-1][0]
     tfm = BatchTfm(size, mean, std, train=False, channels_last=spec["channels_last"])
@@ -271,11 +384,14 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
     params = load_params(params_file)
     spec, seed = train_spec(params, key), seed_param(params)
     archs_mod.resolve(spec["arch"])  # unknown names fail before loading data
+    device = pick_device(spec["device"], key)
     arrays, meta = load_prepared(root / "data/prepared")
+    if rank_distrib() > 0:  # data-parallel: the other ranks train in step; rank 0 alone evaluates and writes
+        return train_arch(key, spec, arrays, meta, seed, device=device, evaluate=False)
     outs = [root / "models" / key, root / "preds" / key, root / "metrics" / f"{key}.json", root / "dvclive" / key]
     with staged(*outs) as (model_dir, preds_dir, metrics_file, live_dir):
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
-        res = train_arch(key, spec, arrays, meta, seed, live=live)
+        res = train_arch(key, spec, arrays, meta, seed, device=device, live=live)
         if res["lr_curve"]:
             live.log_plot("lr_find", [{"lr": a, "loss": b} for a, b in zip(res["lr_curve"]["lr"], res["lr_curve"]["loss"])],
                           x="lr", y="loss", template="linear", title=f"lr_find: {key}")  # fmt: skip

@@ -151,13 +151,14 @@ def test_predict_rebuilds_models_and_the_ensemble_exactly(repo, tmp_path):
 
 
 def test_predict_unknown_model_is_a_clear_error(repo):
-    r = subprocess.run([sys.executable, "-m", "pipeline.predict", str(repo / "README.md"), "--model", "nope",
+    r = subprocess.run([sys.executable, "-m", "pipeline.predict", str(repo / "params.yaml"), "--model", "nope",
                         "--root", str(repo)], capture_output=True, text=True, env=ENV, cwd=ROOT)  # fmt: skip
     assert r.returncode == 1 and "models/nope/spec.json: missing" in r.stderr
 
 
 def test_push_pull_round_trip_through_a_local_remote(repo, tmp_path):
-    outs = ["data/prepared", "models", "preds", "submissions", "ensemble/preds", "ensemble/model.json", "reports"]
+    outs = ["data/prepared", "models/logreg", "models/mlp", "preds/logreg", "preds/mlp", "submissions",
+            "ensemble/preds", "ensemble/model.json", "reports"]  # every cached output in dvc.lock
 
     def snapshot():
         files = {}

@@ -159,7 +159,7 @@ def test_fine_tune_from_file_freezes_then_unfreezes():
     s = {**spec(pretrained=LITE0, freeze_epochs=1), "arch": "tf_efficientnet_lite0"}
     res = train.train_arch("lite0", s, arrays, meta, seed=0)
     assert res["metrics"]["freeze_epochs"] == 1 and res["metrics"]["pretrained"]
-    assert res["spec"]["mean"] == pytest.approx([0.449], abs=1e-3)  # ImageNet stats averaged for gray input
+    assert res["spec"]["mean"] == pytest.approx([0.5], abs=1e-3)  # timm pretrained_cfg stats (TF: [-1, 1]), gray
 
 
 # ------------------------------------------------------------------------------------------ bad input, outputs
@@ -215,6 +215,8 @@ def test_nan_loss_stops_with_epoch_and_writes_nothing(project, monkeypatch):
         ({"arch": "resnet43"}, {}, r"unknown architecture 'resnet43'"),
         ({"model_kwargs": {"depth": 3}}, {}, r"model_kwargs for mlp"),
         ({"pretrained": True}, {}, r"local networks have no pretrained weights"),
+        ({"device": "gpu"}, {}, r"archs.m.device` = 'gpu': expected auto, cpu, cuda, cuda:N"),
+        ({"device": "cuda:99"}, {}, r"archs.m.device` = 'cuda:99', but this machine has \d CUDA device"),
     ],
 )
 def test_bad_params_clear_message_no_outputs(project, entry, train_, match):

@@ -1,0 +1,127 @@
+"""Benchmark 1: training images/s of the pipeline's fastai learner against a bare PyTorch loop.
+
+Same model (built by pipeline.archs), batch size, precision, thread count and in-memory data; the bare loop
+also applies the pipeline's batch transform (uint8 -> float, flip, translation, normalisation), so the gap is
+the learner's own overhead (callbacks, recorder, metrics, fastai's DataLoader). Runs alternate in one process,
+pipeline then bare, `--rounds` times; the ratio is of the medians. Only the training loop is timed (fastai's
+before_train/after_train), not validation. Writes bench/results/overhead.{json,md}.
+Run:    python bench/overhead.py [--images 4000] [--rounds 3] [--archs resnet34:32 resnet9:28]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from fastai.callback.core import Callback  # noqa: E402
+
+from pipeline import datasets, prepare, train  # noqa: E402
+from pipeline.data import BatchTfm, to_tensor  # noqa: E402
+from pipeline.params import TRAIN_SCHEMA, check_section  # noqa: E402
+
+OUT = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}  # fmt: skip
+
+
+class TrainTimer(Callback):
+    order = -100
+
+    def before_train(self):
+        self.t0 = time.perf_counter()
+
+    def after_train(self):
+        self.seconds = time.perf_counter() - self.t0
+
+
+def bare_epoch(model, x, y, tfm, bs, dtype, device, lr=1e-3) -> float:
+    """One epoch of a plain loop: shuffled batches, the same batch transform, AdamW, label-smoothed loss."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    model.train()
+    t0 = time.perf_counter()
+    idx = torch.randperm(len(y))
+    for i in range(0, len(y) - len(y) % bs, bs):
+        j = idx[i : i + bs]
+        xb, yb = tfm((x[j].to(device), y[j].to(device)))
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = loss_fn(model(xb), yb)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=4000, help="training images per timed epoch")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bs", type=int, default=128)
+    ap.add_argument("--archs", nargs="+", default=["resnet34:32", "resnet9:28"], help="name:size")
+    args = ap.parse_args()
+
+    raw = datasets.read_mnist_like("fashion-mnist", None, download=True)
+    arrays, meta = prepare.prepare(raw, 0.1, 0, limit=args.images + 500, test_limit=100)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results = {}
+    for item in args.archs:
+        name, size = item.split(":")
+        spec = check_section(
+            {"arch": name, "size": int(size), "epochs": 1, "bs": args.bs, "lr": 1e-3}, TRAIN_SCHEMA, name
+        )
+        learn, ctx = train.build_learner(name, spec, arrays, meta, seed=0, device=device)
+        timer = TrainTimer()
+        learn.add_cb(timer)
+        dtype = ctx["dtype"]
+        bare_model = train.archs_mod.build_model(ctx["arch"], ctx["n_in"], ctx["n_out"], ctx["native"])[0]
+        bare_model = bare_model.to(device, memory_format=torch.channels_last)
+        x, y = to_tensor(ctx["arrays"]["train_x"]), torch.from_numpy(ctx["arrays"]["train_y"])
+        tfm = BatchTfm(int(size), ctx["mean"], ctx["std"], True, spec["flip"], spec["pad"], spec["channels_last"])
+        n = len(y) - len(y) % args.bs
+        pipe, bare = [], []
+        with learn.no_logging():
+            learn.fit(1, 1e-3)  # warm-up of both
+            bare_epoch(bare_model, x, y, tfm, args.bs, dtype, device)
+            for r in range(args.rounds):
+                learn.fit(1, 1e-3)
+                pipe.append(n / timer.seconds)
+                bare.append(n / bare_epoch(bare_model, x, y, tfm, args.bs, dtype, device))
+                print(f"{name}@{size} round {r}: pipeline {pipe[-1]:.1f} img/s, bare {bare[-1]:.1f} img/s", flush=True)
+        results[item] = {"pipeline_img_s": pipe, "bare_img_s": bare, "precision": str(dtype or "fp32"),
+                         "ratio": statistics.median(pipe) / statistics.median(bare)}  # fmt: skip
+    out = {"args": vars(args), "machine": machine(), "device": str(device), "results": results}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "overhead.json").write_text(json.dumps(out, indent=2) + "\n")
+    md = (f"Pipeline learner vs bare PyTorch loop, training images/s (median of {args.rounds} alternating rounds, "
+          f"{args.images} images, bs {args.bs}), `python bench/overhead.py`\n\n"
+          "| model @ size | precision | pipeline img/s | bare img/s | ratio (goal ≥ 0.95) |\n|---|---|---|---|---|\n")  # fmt: skip
+    for k, v in results.items():
+        md += (f"| {k} | {v['precision']} | {statistics.median(v['pipeline_img_s']):.1f} | "
+               f"{statistics.median(v['bare_img_s']):.1f} | {v['ratio']:.3f} |\n")  # fmt: skip
+    md += f"\nMachine: {out['machine']}, device {device}\n"
+    (OUT / "overhead.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Data-parallel training through fastai's distrib_ctx, launched by torchrun as 2 CPU processes (gloo)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+from safetensors.torch import load_file
+from test_dvc import ENV, TINY, make_repo, run
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def test_two_processes_train_in_step(tmp_path):
+    env = {**ENV, "DIST_OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([*TORCHRUN, str(ROOT / "tests" / "dist_worker.py")], env=env, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    init = load_file(str(tmp_path / "init0.safetensors"))
+    weights = [k for k in w0 if k.endswith("weight")]
+    assert weights and all(w0[k].equal(w1[k]) for k in w0)  # the same weights on both ranks ...
+    assert any(not w0[k].equal(init[k]) for k in weights)  # ... after training moved them
+    n0, lr0, _ = (tmp_path / "rank0.txt").read_text().split()
+    n1, lr1, _ = (tmp_path / "rank1.txt").read_text().split()
+    assert n0 == n1 == "2" and lr0 == lr1  # rank 0's lr_find result reached rank 1
+
+
+def test_torchrun_stage_writes_outputs_once_from_rank_0(tmp_path):
+    params = {**TINY, "train": {**TINY["train"], "lr": "auto", "num_it": 10}}
+    repo = make_repo(tmp_path, params)
+    run("dvc repro prepare", repo)
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([*TORCHRUN, "-m", "pipeline.train", "mlp"], cwd=repo, env=env, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert out.count("mlp: valid acc") == 1 and "(2 processes, data-parallel)" in out
+    m = json.loads((repo / "metrics" / "mlp.json").read_text())
+    assert m["lr_found"] and 0 <= m["valid"]["accuracy"] <= 1
+    assert sorted(p.name for p in (repo / "models").iterdir() if not p.name.startswith(".git")) == ["mlp"]
