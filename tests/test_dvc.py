@@ -178,3 +178,28 @@ def test_push_pull_round_trip_through_a_local_remote(repo, tmp_path):
     run("dvc pull", repo)
     assert snapshot() == before
     assert stages_to_run(repo) == set()
+
+
+def test_queued_experiments_run_in_parallel_and_show_up(tmp_path):
+    """`dvc exp run --queue` twice, `dvc queue start --jobs 2`, results in `dvc exp show`."""
+    import time
+
+    repo = make_repo(tmp_path, TINY)
+    run("dvc repro && git add -A && git commit -qm baseline", repo)
+    run("dvc exp run --queue -n mlp-1ep -S archs.mlp.epochs=1", repo)
+    run("dvc exp run --queue -n mlp-3ep -S archs.mlp.epochs=3", repo)
+    run("dvc queue start --jobs 2", repo)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = run("dvc queue status", repo)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    shown = json.loads(run("dvc exp show --json", repo))
+    exps = {e["name"]: e for e in shown[0]["experiments"]} if shown[0].get("experiments") else {}
+    assert {"mlp-1ep", "mlp-3ep"} <= set(exps)
+    for name, epochs in (("mlp-1ep", 1), ("mlp-3ep", 3)):
+        data = exps[name]["revs"][0]["data"]
+        assert data["params"]["params.yaml"]["data"]["archs"]["mlp"]["epochs"] == epochs
+        assert "metrics/mlp.json" in data["metrics"] and "ensemble/metrics.json" in data["metrics"]

@@ -1,0 +1,100 @@
+"""Benchmark 2: `dvc repro` of the default params from scratch: wall time and peak memory per stage, in total.
+
+Runs `dvc repro --force --no-run-cache` (every stage executes; nothing is restored from DVC's run cache),
+follows its output to know which stage runs, and samples the resident memory of the whole process tree
+(dvc and the stage's python) every 0.2 s with psutil. Writes bench/results/default_run.{json,md} with the
+ensemble's accuracy from ensemble/metrics.json.
+Run:    python bench/default_run.py          (from the project root, in the virtual environment)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results"
+
+
+def tree_rss(p: psutil.Process) -> int:
+    total = 0
+    for q in [p, *p.children(recursive=True)]:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def main() -> None:
+    cmd = ["dvc", "repro", "--force", "--no-run-cache", *sys.argv[1:]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ps = psutil.Process(proc.pid)
+    stages: dict[str, dict] = {}
+    current = {"name": None}
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            name = current["name"]
+            if name:
+                rss = tree_rss(ps)
+                stages[name]["peak_rss_mib"] = max(stages[name]["peak_rss_mib"], rss / 2**20)
+            time.sleep(0.2)
+
+    threading.Thread(target=sample, daemon=True).start()
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        m = re.match(r"Running stage '([^']+)'", line)
+        if m:
+            now = time.perf_counter() - t0
+            if current["name"]:
+                stages[current["name"]]["end_s"] = now
+            current["name"] = m.group(1)
+            stages[m.group(1)] = {"start_s": now, "peak_rss_mib": 0.0}
+    rc = proc.wait()
+    total = time.perf_counter() - t0
+    done.set()
+    if current["name"]:
+        stages[current["name"]]["end_s"] = total
+    for s in stages.values():
+        s["wall_s"] = round(s["end_s"] - s["start_s"], 1)
+        s["peak_rss_mib"] = round(s["peak_rss_mib"], 1)
+    if rc:
+        sys.exit(f"dvc repro failed with exit code {rc}")
+    ens = json.loads((ROOT / "ensemble" / "metrics.json").read_text())
+    cpu = platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    result = {"command": " ".join(cmd), "total_s": round(total, 1), "stages": stages,
+              "ensemble": {"method": ens["chosen"], "members": ens["members"], "test": ens.get("test"),
+                           "valid": ens["valid"]},
+              "machine": {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}}  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "default_run.json").write_text(json.dumps(result, indent=2) + "\n")
+    test = f"{100 * ens['test']['accuracy']:.2f} %" if ens.get("test") else "n/a"
+    md = (f"`python bench/default_run.py` (`{result['command']}`), default params, Fashion-MNIST\n\n"
+          f"Total: {total / 60:.1f} min; ensemble ({ens['chosen']}, {len(ens['members'])} members) test accuracy {test}; "
+          f"largest peak memory {max(s['peak_rss_mib'] for s in stages.values()) / 1024:.2f} GiB\n\n"
+          "| stage | wall s | peak memory MiB |\n|---|---|---|\n"
+          + "".join(f"| {k} | {v['wall_s']} | {v['peak_rss_mib']} |\n" for k, v in stages.items())
+          + f"\nMachine: {result['machine']}\n")  # fmt: skip
+    (OUT / "default_run.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

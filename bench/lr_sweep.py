@@ -1,0 +1,58 @@
+"""Which learning rate for a from-scratch net: lr_find's valley against fixed values, same budget.
+
+Trains one params.yaml entry (its own settings, with `train_limit` and `epochs` overridden) on the prepared data
+once per lr and reports valid/test accuracy. Backs the `lr:` choices in params.yaml.
+Writes bench/results/lr_sweep_<arch>.{json,md}.
+Run:    python bench/lr_sweep.py resnet9 --lrs auto 2e-3 5e-3 [--train-limit 12000] [--epochs 2]
+        (needs data/prepared: `dvc repro prepare`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipeline import train  # noqa: E402
+from pipeline.data import load_prepared  # noqa: E402
+from pipeline.params import load_params, train_spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("arch", help="a key of `archs:` in params.yaml")
+    ap.add_argument("--lrs", nargs="+", default=["auto", "2e-3", "5e-3"])
+    ap.add_argument("--train-limit", type=int, default=12000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    arrays, meta = load_prepared(ROOT / "data" / "prepared")
+    params = load_params(ROOT / "params.yaml")
+    rows = []
+    for lr in args.lrs:
+        spec = {**train_spec(params, args.arch), "train_limit": args.train_limit, "epochs": args.epochs,
+                "phases": None, "lr": lr if lr == "auto" else float(lr)}  # fmt: skip
+        m = train.train_arch(args.arch, spec, arrays, meta, args.seed)["metrics"]
+        rows.append({"lr_param": lr, "lr": m["lr"], "valid_acc": m["valid"]["accuracy"],
+                     "test_acc": m["test"]["accuracy"] if m["test"] else None, "train_s": m["train_s"]})  # fmt: skip
+        print(rows[-1], flush=True)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"lr_sweep_{args.arch}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    md = (f"`python bench/lr_sweep.py {args.arch} --lrs {' '.join(args.lrs)} --train-limit {args.train_limit} "
+          f"--epochs {args.epochs}` (seed {args.seed})\n\n| lr | used | valid acc | test acc | train s |\n|---|---|---|---|---|\n"
+          + "".join(f"| {r['lr_param']} | {r['lr']:.2e} | {r['valid_acc']:.4f} | {r['test_acc']:.4f} | {r['train_s']:.0f} |\n"
+                    for r in rows))  # fmt: skip
+    (out / f"lr_sweep_{args.arch}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
