@@ -4,7 +4,7 @@ A recipe is a named train spec (below) trained through the pipeline's own train_
 Reports training seconds (lr_find excluded: the recipes fix their lr), test accuracy, and the achieved training
 FLOP/s (3 × forward FLOPs per image, counted by torch.utils.flop_counter, × images/s) as a fraction of a
 matrix multiply's FLOP/s measured in the same run, in fp32 and bf16.
-Writes bench/results/fast_recipe_<name>.{json,md}.
+Writes bench/results/fast_recipe_<name>_<epochs>ep.{json,md}.
 Run:    python bench/fast_recipe.py [--recipe fast] [--epochs N]    (needs data/prepared: `dvc repro prepare`)
 """
 
@@ -37,12 +37,15 @@ RECIPES = {
 }  # fmt: skip
 
 
-def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+def matmul_flops(dtype: torch.dtype, n: int = 1024, seconds: float = 3.0) -> float:
+    """FLOP/s of an n×n matrix multiply, repeated for about `seconds` (bf16 is very slow on CPUs without
+    AVX512-BF16/AMX, so a fixed repeat count could take minutes)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
+    reps, t = 0, time.perf_counter()
+    while reps == 0 or time.perf_counter() - t < seconds:
         a @ b
+        reps += 1
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
@@ -78,15 +81,15 @@ def main() -> None:
            "threads": torch.get_num_threads(), "device": m["device"]}  # fmt: skip
     dest = ROOT / "bench" / "results"
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / f"fast_recipe_{args.recipe}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (dest / f"fast_recipe_{args.recipe}_{spec['epochs']}ep.json").write_text(json.dumps(out, indent=2) + "\n")
     md = (f"`python bench/fast_recipe.py --recipe {args.recipe}" + (f" --epochs {args.epochs}`" if args.epochs else "`")
           + f"\n\n| recipe | epochs | train s | test acc | img/s | train GFLOP/s | of fp32 matmul | of bf16 matmul |\n"
           "|---|---|---|---|---|---|---|---|\n"
           f"| {args.recipe} | {spec['epochs']} | {m['train_s']:.0f} | {m['test']['accuracy']:.4f} | {m['img_per_s']:.0f} | "
           f"{achieved / 1e9:.1f} | {out['fraction_of_matmul']['fp32']:.2f} | {out['fraction_of_matmul']['bf16']:.2f} |\n"
-          f"\nmatmul 2048²: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; "
+          f"\nmatmul 1024²: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; "
           f"{torch.get_num_threads()} threads, device {m['device']}, precision {m['precision']}\n")  # fmt: skip
-    (dest / f"fast_recipe_{args.recipe}.md").write_text(md)
+    (dest / f"fast_recipe_{args.recipe}_{spec['epochs']}ep.md").write_text(md)
     print(md)
 
 

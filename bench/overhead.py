@@ -5,7 +5,7 @@ also applies the pipeline's batch transform (uint8 -> float, flip, translation, 
 the learner's own overhead (callbacks, recorder, metrics, fastai's DataLoader). Runs alternate in one process,
 pipeline then bare, `--rounds` times; the ratio is of the medians. Only the training loop is timed (fastai's
 before_train/after_train), not validation. Writes bench/results/overhead.{json,md}.
-Run:    python bench/overhead.py [--images 4000] [--rounds 3] [--archs resnet34:32 resnet9:28]
+Run:    python bench/overhead.py [--images 4000] [--rounds 3] [--archs resnet34:32 fast:28]
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from fastai.callback.core import Callback  # noqa: E402
+
+from fast_recipe import RECIPES  # noqa: E402
 
 from pipeline import datasets, prepare, train  # noqa: E402
 from pipeline.data import BatchTfm, to_tensor  # noqa: E402
@@ -77,7 +80,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4000, help="training images per timed epoch")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bs", type=int, default=128)
-    ap.add_argument("--archs", nargs="+", default=["resnet34:32", "resnet9:28"], help="name:size")
+    ap.add_argument("--archs", nargs="+", default=["resnet34:32", "fast:28"],
+                    help="name:size; a model name, or a recipe of bench/fast_recipe.py (`fast`)")  # fmt: skip
     args = ap.parse_args()
 
     raw = datasets.read_mnist_like("fashion-mnist", None, download=True)
@@ -86,14 +90,18 @@ def main() -> None:
     results = {}
     for item in args.archs:
         name, size = item.split(":")
-        spec = check_section(
-            {"arch": name, "size": int(size), "epochs": 1, "bs": args.bs, "lr": 1e-3}, TRAIN_SCHEMA, name
+        base = (
+            {k: v for k, v in RECIPES[name].items() if k in ("arch", "model_kwargs")}
+            if name in RECIPES
+            else {"arch": name}
         )
+        spec = check_section({**base, "size": int(size), "epochs": 1, "bs": args.bs, "lr": 1e-3}, TRAIN_SCHEMA, name)
         learn, ctx = train.build_learner(name, spec, arrays, meta, seed=0, device=device)
         timer = TrainTimer()
         learn.add_cb(timer)
         dtype = ctx["dtype"]
-        bare_model = train.archs_mod.build_model(ctx["arch"], ctx["n_in"], ctx["n_out"], ctx["native"])[0]
+        bare_model = train.archs_mod.build_model(ctx["arch"], ctx["n_in"], ctx["n_out"], ctx["native"],
+                                                 model_kwargs=spec["model_kwargs"])[0]  # fmt: skip
         bare_model = bare_model.to(device, memory_format=torch.channels_last)
         x, y = to_tensor(ctx["arrays"]["train_x"]), torch.from_numpy(ctx["arrays"]["train_y"])
         tfm = BatchTfm(int(size), ctx["mean"], ctx["std"], True, spec["flip"], spec["pad"], spec["channels_last"])
