@@ -24,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from fastai.callback.core import Callback  # noqa: E402
-
 from fast_recipe import RECIPES  # noqa: E402
+from fastai.callback.core import Callback  # noqa: E402
 
 from pipeline import datasets, prepare, train  # noqa: E402
 from pipeline.data import BatchTfm, to_tensor  # noqa: E402
