@@ -110,12 +110,12 @@ def run_strategies(P: np.ndarray, y: np.ndarray, T: np.ndarray, test_y: np.ndarr
                    cfg: dict, seed: int) -> dict[str, dict]:  # fmt: skip
     """Every strategy on the same members: weights, validation and (where labelled) test scores, test probs."""
     accs = np.array([W.accuracy(p, y) for p in P])
+    counts = np.bincount(y)
+    k_folds = int(min(cfg["folds"], counts[counts > 0].min()))  # no more folds than the rarest class has rows
     out = {}
     for kind in STRATEGIES:
         w, predict = strategy_weights(kind, P, y, accs, cfg, seed)
         fitted = kind in ("greedy", "nnls", "stacking")
-        counts = np.bincount(y)
-        k_folds = int(min(cfg["folds"], counts[counts > 0].min()))
         if (fitted and len(P) > 1 or kind == "stacking") and k_folds >= 2:
             fit = lambda Ptr, ytr, k=kind: strategy_weights(k, Ptr, ytr, accs, cfg, seed)[1]
             vp, how = W.crossfit(P, y, fit, k_folds, seed), f"cross-fitted, {k_folds} folds"

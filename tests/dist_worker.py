@@ -20,8 +20,7 @@ from pipeline.params import TRAIN_SCHEMA, check_section  # noqa: E402
 
 def main(out: Path) -> None:
     arrays, meta = prepare.prepare(datasets.read_digits(0), 0.2, 0, limit=400, test_limit=50)
-    lr_param = os.environ.get("DIST_LR", "auto")
-    spec = check_section({"arch": "cnn4", "epochs": 1, "bs": 16, "lr": lr_param if lr_param == "auto" else float(lr_param), "num_it": 10, "tta": False},
+    spec = check_section({"arch": "cnn4", "epochs": 1, "bs": 16, "lr": "auto", "num_it": 10, "tta": False},
                          TRAIN_SCHEMA, "cnn4")  # fmt: skip
     learn, ctx = train.build_learner("cnn4", spec, arrays, meta, seed=0)
     rank = rank_distrib()

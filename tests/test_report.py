@@ -7,6 +7,7 @@ import numpy as np
 from test_ensemble import C, noisy, write_run
 
 from ensembles import ensemble as E
+from ensembles import weights as W
 from pipeline import report as R
 
 
@@ -21,7 +22,7 @@ def test_report_leaderboard_and_figures(tmp_path):
     np.save(prep / "valid_x.npy", rng.integers(0, 256, (200, 8, 8, 1), dtype=np.uint8))
     for i, n in enumerate(models):
         m = json.loads((tmp_path / "metrics" / f"{n}.json").read_text())
-        m |= {"valid": {"accuracy": float(W_acc(models[n][2], vy))}, "test": {"accuracy": float(W_acc(models[n][3], ty))},
+        m |= {"valid": {"accuracy": W.accuracy(models[n][2], vy)}, "test": {"accuracy": W.accuracy(models[n][3], ty)},
               "param_count": 1_000_000 * (i + 1), "train_s": 10.0 * (i + 1), "img_per_s": 100.0, "lr": 1e-3,
               "lr_found": True}  # fmt: skip
         (tmp_path / "metrics" / f"{n}.json").write_text(json.dumps(m))
@@ -49,10 +50,6 @@ def test_report_leaderboard_and_figures(tmp_path):
                     "training_curves.png", "accuracy_vs_time.png"}  # fmt: skip
     for f in figs:
         assert (tmp_path / "reports" / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def W_acc(p, y):
-    return (p.argmax(1) == y).mean()
 
 
 def test_unlabelled_test_ranks_by_validation():
