@@ -1,11 +1,13 @@
 """Benchmark 3 and 4: the fast recipe's time-to-accuracy on full Fashion-MNIST, and its share of the machine.
 
-A recipe is a named train spec (below) trained through the pipeline's own train_arch on data/prepared.
+A recipe is an entry of params.yaml's `archs` (default `fast`, the from-scratch recipe), with the `train`
+defaults it inherits, trained through the pipeline's own train_arch on data/prepared — what `dvc repro train@fast`
+runs, without DVC around it.
 Reports training seconds (lr_find excluded: the recipes fix their lr), test accuracy, and the achieved training
 FLOP/s (3 × forward FLOPs per image, counted by torch.utils.flop_counter, × images/s) as a fraction of a
 matrix multiply's FLOP/s measured in the same run, in fp32 and bf16.
-Writes bench/results/fast_recipe_<name>_<epochs>ep.{json,md}.
-Run:    python bench/fast_recipe.py [--recipe fast] [--epochs N]    (needs data/prepared: `dvc repro prepare`)
+Writes bench/results/fast_recipe_<name>_<size>px<epochs>ep[-...]-bs<bs>.{json,md}.
+Run:    python bench/fast_recipe.py [--recipe fast] [--epochs N | --phases 20:2,28:3]    (needs data/prepared: `dvc repro prepare`)
 """
 
 from __future__ import annotations
@@ -25,16 +27,14 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from pipeline import archs, train  # noqa: E402
 from pipeline.data import load_prepared  # noqa: E402
-from pipeline.params import TRAIN_SCHEMA, check_section  # noqa: E402
+from pipeline.params import TRAIN_SCHEMA, check_section, load_params, train_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {
-    # the speed-record ResNet-9 shape at a quarter of the default width: 1/8 of resnet9's FLOPs per image
-    "fast": {"arch": "resnet9", "model_kwargs": {"widths": [16, 32, 64, 128]}, "epochs": 4, "lr": 5e-3, "bs": 128,
-             "label_smoothing": 0.1, "pad": 2, "flip": True, "tta": True},
-    # the default params' resnet9 entry, for comparison
-    "resnet9": {"arch": "resnet9", "model_kwargs": {"widths": [32, 64, 128, 256]}, "epochs": 2, "lr": 5e-3},
-}  # fmt: skip
+
+
+def recipe(name: str = "fast", params_file: Path = ROOT / "params.yaml") -> dict:
+    """The checked train spec of `archs.<name>` in params.yaml."""
+    return train_spec(load_params(params_file), name)
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 1024, seconds: float = 3.0) -> float:
@@ -59,20 +59,27 @@ def forward_flops(spec: dict, n_in: int, n_out: int, size: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--recipe", default="fast", choices=sorted(RECIPES))
-    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--recipe", default="fast", help="a key of params.yaml's archs")
+    ap.add_argument("--epochs", type=int, default=None, help="one phase of N epochs at the prepared size")
+    ap.add_argument("--phases", default=None, help="progressive resizing, size:epochs,... e.g. 20:2,28:3")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     arrays, meta = load_prepared(ROOT / "data" / "prepared")
-    spec = dict(RECIPES[args.recipe])
+    spec = recipe(args.recipe)
     if args.epochs:
-        spec["epochs"] = args.epochs
-    spec = check_section(spec, TRAIN_SCHEMA, args.recipe)
+        spec = check_section({**spec, "epochs": args.epochs, "phases": None}, TRAIN_SCHEMA, args.recipe)
+    if args.phases:
+        phases = [[int(v) for v in p.split(":")] for p in args.phases.split(",")]
+        spec = check_section({**spec, "phases": phases}, TRAIN_SCHEMA, args.recipe)
     h, _, n_in = meta["image_shape"]
     res = train.train_arch(args.recipe, spec, arrays, meta, args.seed)
     m = res["metrics"]
+    per_epoch = m["train_images"] - m["train_images"] % spec["bs"]  # drop_last
+    train_flops = sum(
+        3 * forward_flops(spec, n_in, len(meta["classes"]), sz) * ep * per_epoch for sz, ep in m["phases"]
+    )
     fwd = forward_flops(spec, n_in, len(meta["classes"]), h)
-    achieved = 3 * fwd * m["img_per_s"]
+    achieved = train_flops / m["train_s"]  # validation passes inside train_s are not counted: a lower bound
     peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
     out = {"recipe": args.recipe, "spec": spec, "test_acc": m["test"]["accuracy"], "valid_acc": m["valid"]["accuracy"],
            "train_s": m["train_s"], "img_per_s": m["img_per_s"], "precision": m["precision"],
@@ -81,15 +88,20 @@ def main() -> None:
            "threads": torch.get_num_threads(), "device": m["device"]}  # fmt: skip
     dest = ROOT / "bench" / "results"
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / f"fast_recipe_{args.recipe}_{spec['epochs']}ep.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = (f"`python bench/fast_recipe.py --recipe {args.recipe}" + (f" --epochs {args.epochs}`" if args.epochs else "`")
-          + f"\n\n| recipe | epochs | train s | test acc | img/s | train GFLOP/s | of fp32 matmul | of bf16 matmul |\n"
-          "|---|---|---|---|---|---|---|---|\n"
-          f"| {args.recipe} | {spec['epochs']} | {m['train_s']:.0f} | {m['test']['accuracy']:.4f} | {m['img_per_s']:.0f} | "
-          f"{achieved / 1e9:.1f} | {out['fraction_of_matmul']['fp32']:.2f} | {out['fraction_of_matmul']['bf16']:.2f} |\n"
+    # file tag: 28px5ep-bs128, 20px2ep-28px3ep-bs64, ...
+    tag = "-".join(f"{size}px{ep}ep" for size, ep in m["phases"]) + f"-bs{spec['bs']}"
+    epochs = sum(ep for _, ep in m["phases"])
+    cmd = "python bench/fast_recipe.py " + " ".join(sys.argv[1:])
+    (dest / f"fast_recipe_{args.recipe}_{tag}.json").write_text(json.dumps({**out, "command": cmd}, indent=2) + "\n")
+    md = (f"`{cmd.strip()}`\n\n| recipe | phases (size × epochs) | train s | test acc | img/s | train GFLOP/s | "
+          "of fp32 matmul | of bf16 matmul |\n|---|---|---|---|---|---|---|---|\n"
+          f"| {args.recipe} | {', '.join(f'{sz} × {ep}' for sz, ep in m['phases'])} ({epochs} epochs) | {m['train_s']:.0f} | "
+          f"{m['test']['accuracy']:.4f} | {m['img_per_s']:.0f} | {achieved / 1e9:.1f} | "
+          f"{out['fraction_of_matmul']['fp32']:.2f} | {out['fraction_of_matmul']['bf16']:.2f} |\n"
           f"\nmatmul 1024²: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; "
-          f"{torch.get_num_threads()} threads, device {m['device']}, precision {m['precision']}\n")  # fmt: skip
-    (dest / f"fast_recipe_{args.recipe}_{spec['epochs']}ep.md").write_text(md)
+          f"{torch.get_num_threads()} threads, device {m['device']}, precision {m['precision']}; "
+          f"training FLOPs: 3 × forward FLOPs per image at each phase's size (validation passes not counted)\n")  # fmt: skip
+    (dest / f"fast_recipe_{args.recipe}_{tag}.md").write_text(md)
     print(md)
 
 

@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from fast_recipe import RECIPES  # noqa: E402
+from fast_recipe import recipe  # noqa: E402
 from fastai.callback.core import Callback  # noqa: E402
 
 from pipeline import datasets, prepare, train  # noqa: E402
 from pipeline.data import BatchTfm, to_tensor  # noqa: E402
-from pipeline.params import TRAIN_SCHEMA, check_section  # noqa: E402
+from pipeline.params import TRAIN_SCHEMA, arch_names, check_section, load_params  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 
@@ -80,19 +80,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bs", type=int, default=128)
     ap.add_argument("--archs", nargs="+", default=["resnet34:32", "fast:28"],
-                    help="name:size; a model name, or a recipe of bench/fast_recipe.py (`fast`)")  # fmt: skip
+                    help="name:size; a key of params.yaml's archs (its arch and model_kwargs), else a model name")  # fmt: skip
     args = ap.parse_args()
 
     raw = datasets.read_mnist_like("fashion-mnist", None, download=True)
     arrays, meta = prepare.prepare(raw, 0.1, 0, limit=args.images + 500, test_limit=100)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results = {}
+    results, keys = {}, arch_names(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
     for item in args.archs:
         name, size = item.split(":")
         base = (
-            {k: v for k, v in RECIPES[name].items() if k in ("arch", "model_kwargs")}
-            if name in RECIPES
-            else {"arch": name}
+            {k: v for k, v in recipe(name).items() if k in ("arch", "model_kwargs")} if name in keys else {"arch": name}
         )
         spec = check_section({**base, "size": int(size), "epochs": 1, "bs": args.bs, "lr": 1e-3}, TRAIN_SCHEMA, name)
         learn, ctx = train.build_learner(name, spec, arrays, meta, seed=0, device=device)

@@ -197,7 +197,7 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "phases": (None, is_phases),  # progressive resizing: [[size, epochs], ...]; replaces `epochs` and `size`
     "freeze_epochs": (1, is_int(lo=0)),
     "bs": (128, is_int(lo=1)),
-    "eval_bs": (1024, is_int(lo=1)),
+    "eval_bs": (128, is_int(lo=1)),  # small batches stay in cache on a CPU (bench/levers.py)
     "lr": ("auto", is_lr),
     "num_it": (100, is_int(lo=10)),  # lr_find iterations
     "lr_mult": (100, is_float(0.0, 1e6)),

@@ -70,6 +70,14 @@ def test_default_params_cover_the_benchmark():
         archs.resolve(n)
 
 
+def test_fast_recipe_is_a_default_entry_with_a_fixed_lr():
+    """Issue 5's fast recipe is selectable by name: `dvc repro train@fast`, `python bench/fast_recipe.py`."""
+    fast = train_spec(PARAMS, "fast")
+    assert fast["arch"] in models.LOCAL and isinstance(fast["lr"], float) and not fast["pretrained"]
+    model = archs.build_model(archs.resolve(fast["arch"]), 1, 10, 28, model_kwargs=fast["model_kwargs"])[0]
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_scratch_net_learns_and_lr_find_is_recorded():
     arrays, meta = synth(n=96, size=16)
     res = train.train_arch("cnn4", {**spec(epochs=4, lr="auto"), "arch": "cnn4"}, arrays, meta, seed=0)

@@ -1,0 +1,184 @@
+"""Issue 5's levers, each measured against a baseline in one process: which of them pay on this machine.
+
+The model is the fast recipe's network (params.yaml `archs.fast`); a training step is the pipeline's batch
+transform + forward + label-smoothed loss + backward + AdamW step on in-memory uint8 Fashion-MNIST, like the
+learner's. Variants run in alternating rounds (baseline, variant, baseline, ...) so drift hits them alike; each
+figure is the median of `--rounds`. Measured:
+  - memory format: channels-last (the pipeline's default) vs contiguous NCHW;
+  - bfloat16 autocast vs fp32;
+  - torch.compile (inductor): compile seconds, steady images/s, and the epochs it needs to pay back its compile time;
+  - intra-op threads: 1, the default (one per core), and 2x cores (oversubscribed);
+  - training batch size: 64 and 256 against 128 (images/s only; accuracy per epoch is another matter);
+  - evaluation batch size (inference images/s, no grad): 128, 256, 4096 against 1024, for the fast net and ResNet34.
+Writes bench/results/levers.{json,md}.
+Run:    python bench/levers.py [--batches 20] [--rounds 3] [--skip-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from fast_recipe import recipe  # noqa: E402
+from overhead import machine  # noqa: E402
+
+from pipeline import archs, datasets  # noqa: E402
+from pipeline.data import BatchTfm, to_tensor  # noqa: E402
+
+OUT = Path(__file__).parent / "results"
+
+
+def make_model(spec: dict, channels_last: bool) -> torch.nn.Module:
+    model = archs.build_model(archs.resolve(spec["arch"]), 1, 10, 28, model_kwargs=spec["model_kwargs"])[0]
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+class Step:
+    """A training step of one configuration, with its own model and optimiser."""
+
+    def __init__(self, spec, x, y, bs, channels_last=True, dtype=None, compile_=False):
+        torch.manual_seed(0)
+        self.model = make_model(spec, channels_last)
+        self.fwd = torch.compile(self.model) if compile_ else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.01)
+        self.loss = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        self.tfm = BatchTfm(28, [0.286], [0.353], True, True, 2, channels_last)
+        self.x, self.y, self.bs, self.dtype = x, y, bs, dtype
+
+    def __call__(self, i: int) -> None:
+        j = slice(i * self.bs, (i + 1) * self.bs)
+        xb, yb = self.tfm((self.x[j], self.y[j]))
+        with torch.autocast("cpu", dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            loss = self.loss(self.fwd(xb), yb)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def img_s(self, batches: int, threads: int | None = None) -> float:
+        before = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            self.model.train()
+            t = time.perf_counter()
+            for i in range(batches):
+                self(i)
+            return batches * self.bs / (time.perf_counter() - t)
+        finally:
+            torch.set_num_threads(before)
+
+
+def alternate(base, variant, rounds: int) -> tuple[list, list]:
+    """Rounds of (baseline, variant) callables returning img/s."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(base())
+        b.append(variant())
+    return a, b
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, default=20, help="training batches per timed run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bs", type=int, default=128)
+    ap.add_argument("--eval-images", type=int, default=4096)
+    ap.add_argument("--skip-compile", action="store_true")
+    args = ap.parse_args()
+    spec = recipe("fast")
+    raw = datasets.read_mnist_like("fashion-mnist", None, download=False)
+    n = args.batches * args.bs
+    x, y = to_tensor(raw.train_x[: 4096 + n]), torch.from_numpy(raw.train_y[: 4096 + n].astype("int64"))
+    cores = os.cpu_count() or 1
+    rows = []
+
+    def record(lever, base_name, variant_name, a, b, note=""):
+        ma, mb = statistics.median(a), statistics.median(b)
+        rows.append({"lever": lever, "baseline": base_name, "variant": variant_name, "baseline_img_s": a,
+                     "variant_img_s": b, "ratio": mb / ma, "note": note})  # fmt: skip
+        print(
+            f"{lever}: {base_name} {ma:.0f} img/s, {variant_name} {mb:.0f} img/s -> x{mb / ma:.2f} {note}", flush=True
+        )
+
+    base = Step(spec, x, y, args.bs)
+    base.img_s(3)  # warm-up
+
+    nchw = Step(spec, x, y, args.bs, channels_last=False)
+    nchw.img_s(3)
+    a, b = alternate(lambda: base.img_s(args.batches), lambda: nchw.img_s(args.batches), args.rounds)
+    record("memory format", "channels-last", "NCHW", a, b)
+
+    bf16 = Step(spec, x, y, args.bs, dtype=torch.bfloat16)
+    bf16.img_s(1)
+    few = max(2, args.batches // 10)  # bf16 is very slow without AVX512-BF16/AMX
+    a, b = alternate(lambda: base.img_s(args.batches), lambda: bf16.img_s(few), args.rounds)
+    record("precision", "fp32", "bf16 autocast", a, b, f"(bf16 timed on {few} batches)")
+
+    for threads in (1, 2 * cores):
+        a, b = alternate(lambda: base.img_s(args.batches), lambda t=threads: base.img_s(args.batches, t), args.rounds)
+        record("threads", f"{torch.get_num_threads()} (default)", str(threads), a, b)
+
+    if not args.skip_compile:
+        comp = Step(spec, x, y, args.bs, compile_=True)
+        t = time.perf_counter()
+        comp.img_s(2)  # first calls compile forward and backward
+        compile_s = time.perf_counter() - t
+        a, b = alternate(lambda: base.img_s(args.batches), lambda: comp.img_s(args.batches), args.rounds)
+        per_epoch_saved = 54000 / statistics.median(a) - 54000 / statistics.median(b)
+        payback = compile_s / per_epoch_saved if per_epoch_saved > 0 else float("inf")
+        record("torch.compile", "eager", "inductor", a, b,
+               f"(compile {compile_s:.0f} s; pays back after {payback:.1f} epochs of 54 000 images)")  # fmt: skip
+        rows[-1]["compile_s"] = compile_s
+
+    for bs in (64, 256):
+        other = Step(spec, x, y, bs)
+        other.img_s(2)
+        n_b = args.batches * args.bs // bs
+        a, b = alternate(lambda: base.img_s(args.batches), lambda o=other, k=n_b: o.img_s(k), args.rounds)
+        record("training batch size", f"{args.bs} (default)", str(bs), a, b)
+
+    def infer(model, size, bs: int) -> float:
+        tfm = BatchTfm(size, [0.286], [0.353], False, channels_last=True)
+        xe = x[: args.eval_images]
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, len(xe), bs):
+                model(tfm((xe[i : i + bs],))[0])
+        return len(xe) / (time.perf_counter() - t)
+
+    heavy = archs.build_model(archs.resolve("resnet34"), 1, 10, 28)[0].to(memory_format=torch.channels_last).eval()
+    for model, size, name in ((base.model.eval(), 28, "fast"), (heavy, 32, "resnet34 @ 32")):
+        infer(model, size, 1024)
+        for bs in (128, 256, 4096):
+            a, b = alternate(lambda m=model, s=size: infer(m, s, 1024), lambda m=model, s=size, b_=bs: infer(m, s, b_),
+                             args.rounds)  # fmt: skip
+            record(f"eval batch size, {name}", "1024 (default)", str(bs), a, b, "(inference img/s)")
+
+    out = {"args": vars(args), "machine": machine(), "model": spec, "rows": rows}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "levers.json").write_text(json.dumps(out, indent=2) + "\n")
+    md = (f"Levers on the fast recipe's network (training img/s unless noted; median of {args.rounds} alternating "
+          f"rounds of {args.batches} batches of {args.bs}), `python bench/levers.py`\n\n"
+          "| lever | baseline img/s | variant img/s | variant / baseline | |\n|---|---|---|---|---|\n")  # fmt: skip
+    for r in rows:
+        md += (
+            f"| {r['lever']} | {r['baseline']}: {statistics.median(r['baseline_img_s']):.0f} | "
+            f"{r['variant']}: {statistics.median(r['variant_img_s']):.0f} | {r['ratio']:.2f} | {r['note']} |\n"
+        )
+    md += f"\nMachine: {out['machine']}\n"
+    (OUT / "levers.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
