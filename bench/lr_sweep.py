@@ -3,7 +3,7 @@
 Trains one params.yaml entry (its own settings, with `train_limit` and `epochs` overridden) on the prepared data
 once per lr and reports valid/test accuracy. Backs the `lr:` choices in params.yaml.
 Writes bench/results/lr_sweep_<arch>.{json,md}.
-Run:    python bench/lr_sweep.py resnet9 --lrs auto 2e-3 5e-3 [--train-limit 12000] [--epochs 2]
+Run:    python bench/lr_sweep.py fast --lrs auto 2e-3 5e-3 1e-2 [--train-limit 12000] [--epochs 2]
         (needs data/prepared: `dvc repro prepare`)
 """
 
