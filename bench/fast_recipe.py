@@ -7,7 +7,7 @@ Reports training seconds (lr_find excluded: the recipes fix their lr), test accu
 FLOP/s (3 × forward FLOPs per image, counted by torch.utils.flop_counter, × images/s) as a fraction of a
 matrix multiply's FLOP/s measured in the same run, in fp32 and bf16.
 Writes bench/results/fast_recipe_<name>_<size>px<epochs>ep[-...]-bs<bs>.{json,md}.
-Run:    python bench/fast_recipe.py [--recipe fast] [--epochs N | --phases 20:2,28:3]    (needs data/prepared: `dvc repro prepare`)
+Run:    python bench/fast_recipe.py [--recipe fast] [--epochs N | --phases 20:2,28:3] [--bs B]    (needs data/prepared: `dvc repro prepare`)
 """
 
 from __future__ import annotations
@@ -62,12 +62,15 @@ def main() -> None:
     ap.add_argument("--recipe", default="fast", help="a key of params.yaml's archs")
     ap.add_argument("--epochs", type=int, default=None, help="one phase of N epochs at the prepared size")
     ap.add_argument("--phases", default=None, help="progressive resizing, size:epochs,... e.g. 20:2,28:3")
+    ap.add_argument("--bs", type=int, default=None, help="training batch size (default: the entry's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     arrays, meta = load_prepared(ROOT / "data" / "prepared")
     spec = recipe(args.recipe)
     if args.epochs:
         spec = check_section({**spec, "epochs": args.epochs, "phases": None}, TRAIN_SCHEMA, args.recipe)
+    if args.bs:
+        spec = check_section({**spec, "bs": args.bs}, TRAIN_SCHEMA, args.recipe)
     if args.phases:
         phases = [[int(v) for v in p.split(":")] for p in args.phases.split(",")]
         spec = check_section({**spec, "phases": phases}, TRAIN_SCHEMA, args.recipe)
