@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -20,6 +19,9 @@ import time
 from pathlib import Path
 
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
@@ -74,15 +76,10 @@ def main() -> None:
     if rc:
         sys.exit(f"dvc repro failed with exit code {rc}")
     ens = json.loads((ROOT / "ensemble" / "metrics.json").read_text())
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     result = {"command": " ".join(cmd), "total_s": round(total, 1), "stages": stages,
               "ensemble": {"method": ens["chosen"], "members": ens["members"], "test": ens.get("test"),
                            "valid": ens["valid"]},
-              "machine": {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}}  # fmt: skip
+              "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}}  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "default_run.json").write_text(json.dumps(result, indent=2) + "\n")
     test = f"{100 * ens['test']['accuracy']:.2f} %" if ens.get("test") else "n/a"

@@ -66,14 +66,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     arrays, meta = load_prepared(ROOT / "data" / "prepared")
-    spec = recipe(args.recipe)
+    overrides = {}
     if args.epochs:
-        spec = check_section({**spec, "epochs": args.epochs, "phases": None}, TRAIN_SCHEMA, args.recipe)
+        overrides |= {"epochs": args.epochs, "phases": None}
     if args.bs:
-        spec = check_section({**spec, "bs": args.bs}, TRAIN_SCHEMA, args.recipe)
+        overrides["bs"] = args.bs
     if args.phases:
-        phases = [[int(v) for v in p.split(":")] for p in args.phases.split(",")]
-        spec = check_section({**spec, "phases": phases}, TRAIN_SCHEMA, args.recipe)
+        overrides["phases"] = [[int(v) for v in p.split(":")] for p in args.phases.split(",")]
+    spec = check_section({**recipe(args.recipe), **overrides}, TRAIN_SCHEMA, args.recipe)
     h, _, n_in = meta["image_shape"]
     res = train.train_arch(args.recipe, spec, arrays, meta, args.seed)
     m = res["metrics"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from fast_recipe import recipe  # noqa: E402
 from fastai.callback.core import Callback  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 from pipeline import datasets, prepare, train  # noqa: E402
 from pipeline.data import BatchTfm, to_tensor  # noqa: E402
@@ -35,12 +35,7 @@ OUT = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}  # fmt: skip
 
 
