@@ -27,11 +27,15 @@ $(VENV)/.complete:
 setup: $(VENV)/.complete data  ## create the virtual environment and install the default data set
 	ln -sfn $(VENV) .venv
 
-data:  ## install Debian's dataset-fashion-mnist where apt is available (else prepare downloads it)
+# data/raw/fashion-mnist (params.yaml data.path) is the prepare stage's dependency: it must exist before
+# `dvc repro`. Filled from Debian's package where apt is available; else left empty and prepare downloads into it.
+data:  ## put Fashion-MNIST in data/raw/fashion-mnist (from Debian's dataset-fashion-mnist, else prepare downloads it)
 	@if [ ! -d $(FMNIST) ] && command -v apt-get >/dev/null; then \
 	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist) \
 	  || echo "note: could not install dataset-fashion-mnist; the prepare stage will download Fashion-MNIST"; \
 	fi
+	@mkdir -p data/raw/fashion-mnist
+	@if [ -d $(FMNIST) ]; then cp -n $(FMNIST)/*-ubyte* data/raw/fashion-mnist/; fi
 
 repro: setup  ## set up, then run the default benchmark with `dvc repro`
 	dvc repro

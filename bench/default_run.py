@@ -76,19 +76,33 @@ def main() -> None:
     if rc:
         sys.exit(f"dvc repro failed with exit code {rc}")
     ens = json.loads((ROOT / "ensemble" / "metrics.json").read_text())
-    result = {"command": " ".join(cmd), "total_s": round(total, 1), "stages": stages,
-              "ensemble": {"method": ens["chosen"], "members": ens["members"], "test": ens.get("test"),
-                           "valid": ens["valid"]},
-              "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}}  # fmt: skip
+    result = {
+        "command": " ".join(cmd),
+        "total_s": round(total, 1),
+        "stages": stages,
+        "ensemble": {
+            "method": ens["chosen"],
+            "members": ens["members"],
+            "test": ens.get("test"),
+            "valid": ens["valid"],
+        },
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        },
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "default_run.json").write_text(json.dumps(result, indent=2) + "\n")
     test = f"{100 * ens['test']['accuracy']:.2f} %" if ens.get("test") else "n/a"
-    md = (f"`python bench/default_run.py` (`{result['command']}`), default params, Fashion-MNIST\n\n"
-          f"Total: {total / 60:.1f} min; ensemble ({ens['chosen']}, {len(ens['members'])} members) test accuracy {test}; "
-          f"largest peak memory {max(s['peak_rss_mib'] for s in stages.values()) / 1024:.2f} GiB\n\n"
-          "| stage | wall s | peak memory MiB |\n|---|---|---|\n"
-          + "".join(f"| {k} | {v['wall_s']} | {v['peak_rss_mib']} |\n" for k, v in stages.items())
-          + f"\nMachine: {result['machine']}\n")  # fmt: skip
+    md = (
+        f"`python bench/default_run.py` (`{result['command']}`), default params, Fashion-MNIST\n\n"
+        f"Total: {total / 60:.1f} min; ensemble ({ens['chosen']}, {len(ens['members'])} members) test accuracy {test}; "
+        f"largest peak memory {max(s['peak_rss_mib'] for s in stages.values()) / 1024:.2f} GiB\n\n"
+        "| stage | wall s | peak memory MiB |\n|---|---|---|\n"
+        + "".join(f"| {k} | {v['wall_s']} | {v['peak_rss_mib']} |\n" for k, v in stages.items())
+        + f"\nMachine: {result['machine']}\n"
+    )
     (OUT / "default_run.md").write_text(md)
     print(md)
 

@@ -7,7 +7,8 @@ Reports training seconds (lr_find excluded: the recipes fix their lr), test accu
 FLOP/s (3 × forward FLOPs per image, counted by torch.utils.flop_counter, × images/s) as a fraction of a
 matrix multiply's FLOP/s measured in the same run, in fp32 and bf16.
 Writes bench/results/fast_recipe_<name>_<size>px<epochs>ep[-...]-bs<bs>.{json,md}.
-Run:    python bench/fast_recipe.py [--recipe fast] [--epochs N | --phases 20:2,28:3] [--bs B]    (needs data/prepared: `dvc repro prepare`)
+Run:    python bench/fast_recipe.py [--recipe fast] [--epochs N | --phases 20:2,28:3] [--bs B]
+        (needs data/prepared: `dvc repro prepare`)
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def main() -> None:
     spec = check_section({**recipe(args.recipe), **overrides}, TRAIN_SCHEMA, args.recipe)
     h, _, n_in = meta["image_shape"]
     res = train.train_arch(args.recipe, spec, arrays, meta, args.seed)
-    m = res["metrics"]
+    m = res.metrics
     per_epoch = m["train_images"] - m["train_images"] % spec["bs"]  # drop_last
     train_flops = sum(
         3 * forward_flops(spec, n_in, len(meta["classes"]), sz) * ep * per_epoch for sz, ep in m["phases"]
@@ -84,11 +85,21 @@ def main() -> None:
     fwd = forward_flops(spec, n_in, len(meta["classes"]), h)
     achieved = train_flops / m["train_s"]  # validation passes inside train_s are not counted: a lower bound
     peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
-    out = {"recipe": args.recipe, "spec": spec, "test_acc": m["test"]["accuracy"], "valid_acc": m["valid"]["accuracy"],
-           "train_s": m["train_s"], "img_per_s": m["img_per_s"], "precision": m["precision"],
-           "forward_flops_per_image": fwd, "achieved_train_flop_s": achieved,
-           "matmul_flop_s": peak, "fraction_of_matmul": {k: achieved / v for k, v in peak.items()},
-           "threads": torch.get_num_threads(), "device": m["device"]}  # fmt: skip
+    out = {
+        "recipe": args.recipe,
+        "spec": spec,
+        "test_acc": m["test"]["accuracy"],
+        "valid_acc": m["valid"]["accuracy"],
+        "train_s": m["train_s"],
+        "img_per_s": m["img_per_s"],
+        "precision": m["precision"],
+        "forward_flops_per_image": fwd,
+        "achieved_train_flop_s": achieved,
+        "matmul_flop_s": peak,
+        "fraction_of_matmul": {k: achieved / v for k, v in peak.items()},
+        "threads": torch.get_num_threads(),
+        "device": m["device"],
+    }
     dest = ROOT / "bench" / "results"
     dest.mkdir(parents=True, exist_ok=True)
     # file tag: 28px5ep-bs128, 20px2ep-28px3ep-bs64, ...
@@ -96,14 +107,17 @@ def main() -> None:
     epochs = sum(ep for _, ep in m["phases"])
     cmd = "python bench/fast_recipe.py " + " ".join(sys.argv[1:])
     (dest / f"fast_recipe_{args.recipe}_{tag}.json").write_text(json.dumps({**out, "command": cmd}, indent=2) + "\n")
-    md = (f"`{cmd.strip()}`\n\n| recipe | phases (size × epochs) | train s | test acc | img/s | train GFLOP/s | "
-          "of fp32 matmul | of bf16 matmul |\n|---|---|---|---|---|---|---|---|\n"
-          f"| {args.recipe} | {', '.join(f'{sz} × {ep}' for sz, ep in m['phases'])} ({epochs} epochs) | {m['train_s']:.0f} | "
-          f"{m['test']['accuracy']:.4f} | {m['img_per_s']:.0f} | {achieved / 1e9:.1f} | "
-          f"{out['fraction_of_matmul']['fp32']:.2f} | {out['fraction_of_matmul']['bf16']:.2f} |\n"
-          f"\nmatmul 1024²: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; "
-          f"{torch.get_num_threads()} threads, device {m['device']}, precision {m['precision']}; "
-          f"training FLOPs: 3 × forward FLOPs per image at each phase's size (validation passes not counted)\n")  # fmt: skip
+    md = (
+        f"`{cmd.strip()}`\n\n| recipe | phases (size × epochs) | train s | test acc | img/s | train GFLOP/s | "
+        "of fp32 matmul | of bf16 matmul |\n|---|---|---|---|---|---|---|---|\n"
+        f"| {args.recipe} | {', '.join(f'{sz} × {ep}' for sz, ep in m['phases'])} ({epochs} epochs) | "
+        f"{m['train_s']:.0f} | "
+        f"{m['test']['accuracy']:.4f} | {m['img_per_s']:.0f} | {achieved / 1e9:.1f} | "
+        f"{out['fraction_of_matmul']['fp32']:.2f} | {out['fraction_of_matmul']['bf16']:.2f} |\n"
+        f"\nmatmul 1024²: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; "
+        f"{torch.get_num_threads()} threads, device {m['device']}, precision {m['precision']}; "
+        f"training FLOPs: 3 × forward FLOPs per image at each phase's size (validation passes not counted)\n"
+    )
     (dest / f"fast_recipe_{args.recipe}_{tag}.md").write_text(md)
     print(md)
 

@@ -111,8 +111,17 @@ def main() -> None:
 
     def record(lever, base_name, variant_name, a, b, note=""):
         ma, mb = statistics.median(a), statistics.median(b)
-        rows.append({"lever": lever, "baseline": base_name, "variant": variant_name, "baseline_img_s": a,
-                     "variant_img_s": b, "ratio": mb / ma, "note": note})  # fmt: skip
+        rows.append(
+            {
+                "lever": lever,
+                "baseline": base_name,
+                "variant": variant_name,
+                "baseline_img_s": a,
+                "variant_img_s": b,
+                "ratio": mb / ma,
+                "note": note,
+            }
+        )
         print(
             f"{lever}: {base_name} {ma:.0f} img/s, {variant_name} {mb:.0f} img/s -> x{mb / ma:.2f} {note}", flush=True
         )
@@ -143,8 +152,14 @@ def main() -> None:
         a, b = alternate(lambda: base.img_s(args.batches), lambda: comp.img_s(args.batches), args.rounds)
         per_epoch_saved = EPOCH_IMAGES / statistics.median(a) - EPOCH_IMAGES / statistics.median(b)
         payback = compile_s / per_epoch_saved if per_epoch_saved > 0 else float("inf")
-        record("torch.compile", "eager", "inductor", a, b,
-               f"(compile {compile_s:.0f} s; pays back after {payback:.1f} epochs of 54 000 images)")  # fmt: skip
+        record(
+            "torch.compile",
+            "eager",
+            "inductor",
+            a,
+            b,
+            f"(compile {compile_s:.0f} s; pays back after {payback:.1f} epochs of 54 000 images)",
+        )
         rows[-1]["compile_s"] = compile_s
 
     for bs in (64, 256):
@@ -167,16 +182,19 @@ def main() -> None:
     for model, size, name in ((base.model.eval(), 28, "fast"), (heavy, 32, "resnet34 @ 32")):
         infer(model, size, 1024)
         for bs in (128, 256, 4096):
-            a, b = alternate(lambda m=model, s=size: infer(m, s, 1024), lambda m=model, s=size, b_=bs: infer(m, s, b_),
-                             args.rounds)  # fmt: skip
+            a, b = alternate(
+                lambda m=model, s=size: infer(m, s, 1024), lambda m=model, s=size, b_=bs: infer(m, s, b_), args.rounds
+            )
             record(f"eval batch size, {name}", "1024 (default)", str(bs), a, b, "(inference img/s)")
 
     out = {"args": vars(args), "machine": machine(), "model": spec, "rows": rows}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "levers.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = (f"Levers on the fast recipe's network (training img/s unless noted; median of {args.rounds} alternating "
-          f"rounds of {args.batches} batches of {args.bs}), `python bench/levers.py`\n\n"
-          "| lever | baseline img/s | variant img/s | variant / baseline | |\n|---|---|---|---|---|\n")  # fmt: skip
+    md = (
+        f"Levers on the fast recipe's network (training img/s unless noted; median of {args.rounds} alternating "
+        f"rounds of {args.batches} batches of {args.bs}), `python bench/levers.py`\n\n"
+        "| lever | baseline img/s | variant img/s | variant / baseline | |\n|---|---|---|---|---|\n"
+    )
     for r in rows:
         md += (
             f"| {r['lever']} | {r['baseline']}: {statistics.median(r['baseline_img_s']):.0f} | "

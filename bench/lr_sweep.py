@@ -37,19 +37,36 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     rows = []
     for lr in args.lrs:
-        spec = {**train_spec(params, args.arch), "train_limit": args.train_limit, "epochs": args.epochs,
-                "phases": None, "lr": lr if lr == "auto" else float(lr)}  # fmt: skip
-        m = train.train_arch(args.arch, spec, arrays, meta, args.seed)["metrics"]
-        rows.append({"lr_param": lr, "lr": m["lr"], "valid_acc": m["valid"]["accuracy"],
-                     "test_acc": m["test"]["accuracy"] if m["test"] else None, "train_s": m["train_s"]})  # fmt: skip
+        spec = {
+            **train_spec(params, args.arch),
+            "train_limit": args.train_limit,
+            "epochs": args.epochs,
+            "phases": None,
+            "lr": lr if lr == "auto" else float(lr),
+        }
+        m = train.train_arch(args.arch, spec, arrays, meta, args.seed).metrics
+        rows.append(
+            {
+                "lr_param": lr,
+                "lr": m["lr"],
+                "valid_acc": m["valid"]["accuracy"],
+                "test_acc": m["test"]["accuracy"] if m["test"] else None,
+                "train_s": m["train_s"],
+            }
+        )
         print(rows[-1], flush=True)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"lr_sweep_{args.arch}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
-    md = (f"`python bench/lr_sweep.py {args.arch} --lrs {' '.join(args.lrs)} --train-limit {args.train_limit} "
-          f"--epochs {args.epochs}` (seed {args.seed})\n\n| lr | used | valid acc | test acc | train s |\n|---|---|---|---|---|\n"
-          + "".join(f"| {r['lr_param']} | {r['lr']:.2e} | {r['valid_acc']:.4f} | {r['test_acc']:.4f} | {r['train_s']:.0f} |\n"
-                    for r in rows))  # fmt: skip
+    md = (
+        f"`python bench/lr_sweep.py {args.arch} --lrs {' '.join(args.lrs)} --train-limit {args.train_limit} "
+        f"--epochs {args.epochs}` (seed {args.seed})\n\n"
+        "| lr | used | valid acc | test acc | train s |\n|---|---|---|---|---|\n"
+        + "".join(
+            f"| {r['lr_param']} | {r['lr']:.2e} | {r['valid_acc']:.4f} | {r['test_acc']:.4f} | {r['train_s']:.0f} |\n"
+            for r in rows
+        )
+    )
     (out / f"lr_sweep_{args.arch}.md").write_text(md)
     print(md)
 

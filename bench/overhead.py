@@ -35,8 +35,13 @@ OUT = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}  # fmt: skip
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 class TrainTimer(Callback):
@@ -74,8 +79,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4000, help="training images per timed epoch")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bs", type=int, default=128)
-    ap.add_argument("--archs", nargs="+", default=["resnet34:32", "fast:28"],
-                    help="name:size; a key of params.yaml's archs (its arch and model_kwargs), else a model name")  # fmt: skip
+    ap.add_argument(
+        "--archs",
+        nargs="+",
+        default=["resnet34:32", "fast:28"],
+        help="name:size; a key of params.yaml's archs (its arch and model_kwargs), else a model name",
+    )
     args = ap.parse_args()
 
     raw = datasets.read_mnist_like("fashion-mnist", None, download=True)
@@ -88,15 +97,16 @@ def main() -> None:
             {k: v for k, v in recipe(name).items() if k in ("arch", "model_kwargs")} if name in keys else {"arch": name}
         )
         spec = check_section({**base, "size": int(size), "epochs": 1, "bs": args.bs, "lr": 1e-3}, TRAIN_SCHEMA, name)
-        learn, ctx = train.build_learner(name, spec, arrays, meta, seed=0, device=device)
+        learn, setup = train.build_learner(name, spec, arrays, meta, seed=0, device=device)
         timer = TrainTimer()
         learn.add_cb(timer)
-        dtype = ctx["dtype"]
-        bare_model = train.archs_mod.build_model(ctx["arch"], ctx["n_in"], ctx["n_out"], ctx["native"],
-                                                 model_kwargs=spec["model_kwargs"])[0]  # fmt: skip
+        dtype = setup.dtype
+        bare_model = train.archs_mod.build_model(
+            setup.arch, setup.n_in, setup.n_out, setup.native, model_kwargs=spec["model_kwargs"]
+        )[0]
         bare_model = bare_model.to(device, memory_format=torch.channels_last)
-        x, y = to_tensor(ctx["arrays"]["train_x"]), torch.from_numpy(ctx["arrays"]["train_y"])
-        tfm = BatchTfm(int(size), ctx["mean"], ctx["std"], True, spec["flip"], spec["pad"], spec["channels_last"])
+        x, y = to_tensor(setup.arrays["train_x"]), torch.from_numpy(setup.arrays["train_y"])
+        tfm = BatchTfm(int(size), setup.mean, setup.std, True, spec["flip"], spec["pad"], spec["channels_last"])
         n = len(y) - len(y) % args.bs
         pipe, bare = [], []
         with learn.no_logging():
@@ -107,17 +117,25 @@ def main() -> None:
                 pipe.append(n / timer.seconds)
                 bare.append(n / bare_epoch(bare_model, x, y, tfm, args.bs, dtype, device))
                 print(f"{name}@{size} round {r}: pipeline {pipe[-1]:.1f} img/s, bare {bare[-1]:.1f} img/s", flush=True)
-        results[item] = {"pipeline_img_s": pipe, "bare_img_s": bare, "precision": str(dtype or "fp32"),
-                         "ratio": statistics.median(pipe) / statistics.median(bare)}  # fmt: skip
+        results[item] = {
+            "pipeline_img_s": pipe,
+            "bare_img_s": bare,
+            "precision": str(dtype or "fp32"),
+            "ratio": statistics.median(pipe) / statistics.median(bare),
+        }
     out = {"args": vars(args), "machine": machine(), "device": str(device), "results": results}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "overhead.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = (f"Pipeline learner vs bare PyTorch loop, training images/s (median of {args.rounds} alternating rounds, "
-          f"{args.images} images, bs {args.bs}), `python bench/overhead.py`\n\n"
-          "| model @ size | precision | pipeline img/s | bare img/s | ratio (goal ≥ 0.95) |\n|---|---|---|---|---|\n")  # fmt: skip
+    md = (
+        f"Pipeline learner vs bare PyTorch loop, training images/s (median of {args.rounds} alternating rounds, "
+        f"{args.images} images, bs {args.bs}), `python bench/overhead.py`\n\n"
+        "| model @ size | precision | pipeline img/s | bare img/s | ratio (goal ≥ 0.95) |\n|---|---|---|---|---|\n"
+    )
     for k, v in results.items():
-        md += (f"| {k} | {v['precision']} | {statistics.median(v['pipeline_img_s']):.1f} | "
-               f"{statistics.median(v['bare_img_s']):.1f} | {v['ratio']:.3f} |\n")  # fmt: skip
+        md += (
+            f"| {k} | {v['precision']} | {statistics.median(v['pipeline_img_s']):.1f} | "
+            f"{statistics.median(v['bare_img_s']):.1f} | {v['ratio']:.3f} |\n"
+        )
     md += f"\nMachine: {out['machine']}, device {device}\n"
     (OUT / "overhead.md").write_text(md)
     print(md)

@@ -31,8 +31,13 @@ OUT = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}  # fmt: skip
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def main() -> None:
@@ -54,29 +59,47 @@ def main() -> None:
     for seed in args.seeds:
         arrays, meta = prepare.prepare(raw, 0.2, seed, limit=args.train, test_limit=args.test)
         common = {"arch": args.arch, "phases": [[args.size, args.epochs]], "bs": 64, "lr": "auto"}
-        for kind, extra in (("pretrained", {"pretrained": weights, "freeze_epochs": 1,
-                                            "phases": [[args.size, args.epochs - 1]]}), ("scratch", {})):  # fmt: skip
+        for kind, extra in (
+            ("pretrained", {"pretrained": weights, "freeze_epochs": 1, "phases": [[args.size, args.epochs - 1]]}),
+            ("scratch", {}),
+        ):
             spec = check_section({**common, **extra}, TRAIN_SCHEMA, kind)
-            m = train.train_arch(kind, spec, arrays, meta, seed)["metrics"]
-            runs[kind].append({"seed": seed, "test_acc": m["test"]["accuracy"], "valid_acc": m["valid"]["accuracy"],
-                               "lr": m["lr"], "train_s": m["train_s"]})  # fmt: skip
+            m = train.train_arch(kind, spec, arrays, meta, seed).metrics
+            runs[kind].append(
+                {
+                    "seed": seed,
+                    "test_acc": m["test"]["accuracy"],
+                    "valid_acc": m["valid"]["accuracy"],
+                    "lr": m["lr"],
+                    "train_s": m["train_s"],
+                }
+            )
             print(kind, runs[kind][-1], flush=True)
 
     def summary(rs):
         accs = [r["test_acc"] for r in rs]
-        return {"test_acc_mean": statistics.mean(accs), "test_acc_std": statistics.pstdev(accs), "n": len(accs),
-                "train_s_mean": statistics.mean(r["train_s"] for r in rs)}  # fmt: skip
+        return {
+            "test_acc_mean": statistics.mean(accs),
+            "test_acc_std": statistics.pstdev(accs),
+            "n": len(accs),
+            "train_s_mean": statistics.mean(r["train_s"] for r in rs),
+        }
 
-    result = {"args": vars(args), "machine": machine(), "runs": runs,
-              "summary": {k: summary(v) for k, v in runs.items()}}  # fmt: skip
+    result = {
+        "args": vars(args),
+        "machine": machine(),
+        "runs": runs,
+        "summary": {k: summary(v) for k, v in runs.items()},
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "pretrained_vs_scratch.json").write_text(json.dumps(result, indent=2) + "\n")
     s = result["summary"]
     md = (
-        f"EfficientNet-Lite0 (`{args.arch}`) on Fashion-MNIST ({args.train} train+valid, {args.test} test images, {args.size} px, "
+        f"EfficientNet-Lite0 (`{args.arch}`) on Fashion-MNIST ({args.train} train+valid, "
+        f"{args.test} test images, {args.size} px, "
         f"{args.epochs} epochs in total, seeds {args.seeds}), `python bench/pretrained_vs_scratch.py`\n\n"
         "| start | test accuracy (mean ± std) |\n|---|---|\n"
-        + "".join(f"| {k} | {v['test_acc_mean']:.4f} ± {v['test_acc_std']:.4f} |\n" for k, v in s.items())  # fmt: skip
+        + "".join(f"| {k} | {v['test_acc_mean']:.4f} ± {v['test_acc_std']:.4f} |\n" for k, v in s.items())
         + f"\nMachine: {result['machine']}\n"
     )
     (OUT / "pretrained_vs_scratch.md").write_text(md)

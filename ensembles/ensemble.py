@@ -26,31 +26,12 @@ from ensembles import select as sel
 from ensembles import weights as W
 from pipeline.errors import PipelineError
 from pipeline.io import staged
-from pipeline.params import (
-    arch_names,
-    check_section,
-    is_bool,
-    is_dict,
-    is_float,
-    is_int,
-    load_params,
-    one_of,
-    seed_param,
+from pipeline.params import STRATEGIES, arch_names, ensemble_params, load_params, seed_param
+
+NO_TEST = (
+    "no submission: the prepared data has no test split (e.g. an ImageFolder set without test/); "
+    "add test images and rerun `dvc repro` to get one"
 )
-
-STRATEGIES = ("accuracy", "uniform", "greedy", "nnls", "stacking")
-ENSEMBLE_SCHEMA = {
-    "threshold": (0.0, is_float(0.0, 1.0, open_=False)),  # members: valid accuracy ≥ threshold ...
-    "per_family": (True, is_bool),  # ... plus the best model of every family
-    "on_empty": ("warn", one_of("warn", "fail")),  # nothing reaches the threshold: best single model, or fail
-    "method": ("accuracy", one_of(*STRATEGIES, "best")),  # which strategy writes submissions/ensemble.csv
-    "greedy_iters": (50, is_int(lo=1)),
-    "folds": (5, is_int(lo=2)),  # cross-fitting of the fitted strategies' validation scores
-    "stack_C": (0.1, is_float(0.0, 1e6)),  # inverse regularisation of the stacking logistic regression
-    "families": ({}, is_dict),  # model name -> family, overriding the name-based guess
-}
-
-
 @dataclass
 class Candidates:
     names: list[str]
@@ -106,8 +87,9 @@ def strategy_weights(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, 
     return w, lambda Q: W.blend(Q, w)
 
 
-def run_strategies(P: np.ndarray, y: np.ndarray, T: np.ndarray, test_y: np.ndarray | None, members: list[str],
-                   cfg: dict, seed: int) -> dict[str, dict]:  # fmt: skip
+def run_strategies(
+    P: np.ndarray, y: np.ndarray, T: np.ndarray, test_y: np.ndarray | None, members: list[str], cfg: dict, seed: int
+) -> dict[str, dict]:
     """Every strategy on the same members: weights, validation and (where labelled) test scores, test probs."""
     accs = np.array([W.accuracy(p, y) for p in P])
     counts = np.bincount(y)
@@ -122,8 +104,12 @@ def run_strategies(P: np.ndarray, y: np.ndarray, T: np.ndarray, test_y: np.ndarr
         else:
             vp, how = predict(P), "direct" if not fitted else "direct: a class has < 2 validation rows to cross-fit"
         tp = predict(T)
-        rec = {"members": members, "weights": {m: round(float(x), 6) for m, x in zip(members, w)},
-               "valid": {"accuracy": W.accuracy(vp, y), "loss": W.log_loss(vp, y)}, "valid_scored": how}  # fmt: skip
+        rec = {
+            "members": members,
+            "weights": {m: round(float(x), 6) for m, x in zip(members, w)},
+            "valid": {"accuracy": W.accuracy(vp, y), "loss": W.log_loss(vp, y)},
+            "valid_scored": how,
+        }
         if test_y is not None:
             rec["test"] = {"accuracy": W.accuracy(tp, test_y), "loss": W.log_loss(tp, test_y)}
         out[kind] = {"record": rec, "valid_probs": vp, "test_probs": tp, "stacker": getattr(predict, "stacker", None)}
@@ -146,8 +132,10 @@ def submission_rows(probs: np.ndarray, ids: list[str], classes: list[str], heade
         order = [classes.index(c) for c in header[1:]]
         return [header] + [[i, *(f"{p:.6f}" for p in row[order])] for i, row in zip(ids, probs)]
     if len(header) != 2:
-        raise PipelineError(f"submission header {header}: expected `id,label` or an id column then one column per "
-                            f"class ({', '.join(classes)})")  # fmt: skip
+        raise PipelineError(
+            f"submission header {header}: expected `id,label` or an id column then one column per "
+            f"class ({', '.join(classes)})"
+        )
     pred = probs.argmax(1)
     return [header] + [[i, classes[k]] for i, k in zip(ids, pred)]
 
@@ -159,7 +147,7 @@ def write_csv(path: Path, rows: list[list[Any]]) -> None:
 
 def run(params: dict, root: Path = Path(".")) -> dict:
     """The whole stage; returns the metrics it wrote."""
-    cfg = check_section(params.get("ensemble"), ENSEMBLE_SCHEMA, "ensemble")
+    cfg = ensemble_params(params)
     seed = seed_param(params)
     names = arch_names(params)
     prep = root / "data" / "prepared"
@@ -174,8 +162,10 @@ def run(params: dict, root: Path = Path(".")) -> dict:
     c = load_candidates(names, len(y), len(ids), len(classes), root)
 
     valid_acc = {n: W.accuracy(p, y) for n, p in zip(names, c.valid)}
-    families = {n: str(cfg["families"].get(n) or sel.family(c.info[n].get("arch", n), c.info[n].get("source", "timm")))
-                for n in names}  # fmt: skip
+    families = {
+        n: str(cfg["families"].get(n) or sel.family(c.info[n].get("arch", n), c.info[n].get("source", "timm")))
+        for n in names
+    }
     members = sel.select(valid_acc, families, cfg["threshold"], cfg["per_family"], cfg["on_empty"])
     idx = [names.index(m) for m in members]
     results = run_strategies(c.valid[idx], y, c.test[idx], test_y, members, cfg, seed)
@@ -184,24 +174,47 @@ def run(params: dict, root: Path = Path(".")) -> dict:
 
     models = {}
     for i, n in enumerate(names):
-        m = {"family": families[n], "valid": {"accuracy": valid_acc[n], "loss": W.log_loss(c.valid[i], y)},
-             "weight": rec["weights"].get(n, 0.0)}  # fmt: skip
+        m = {
+            "family": families[n],
+            "valid": {"accuracy": valid_acc[n], "loss": W.log_loss(c.valid[i], y)},
+            "weight": rec["weights"].get(n, 0.0),
+        }
         if test_y is not None:
             m["test"] = {"accuracy": W.accuracy(c.test[i], test_y), "loss": W.log_loss(c.test[i], test_y)}
         models[n] = m
-    metrics = {"method": cfg["method"], "chosen": chosen, **rec,
-               "strategies": {k: v["record"] for k, v in results.items()}, "models": models}  # fmt: skip
+    metrics = {
+        "method": cfg["method"],
+        "chosen": chosen,
+        **rec,
+        "strategies": {k: v["record"] for k, v in results.items()},
+        "models": models,
+    }
 
     header = meta.get("submission_header") or ["id", "label"]
-    model = {"method": chosen, "members": rec["members"], "weights": rec["weights"], "classes": classes,
-             "stacker": results[chosen]["stacker"]}  # fmt: skip
-    outs = (root / "submissions", root / "ensemble" / "preds", root / "ensemble" / "metrics.json",
-            root / "ensemble" / "model.json")  # fmt: skip
+    has_test = len(ids) > 0
+    model = {
+        "method": chosen,
+        "members": rec["members"],
+        "weights": rec["weights"],
+        "classes": classes,
+        "stacker": results[chosen]["stacker"],
+    }
+    outs = (
+        root / "submissions",
+        root / "ensemble" / "preds",
+        root / "ensemble" / "metrics.json",
+        root / "ensemble" / "model.json",
+    )
+    metrics["submission"] = "submissions/ensemble.csv" if has_test else None
     with staged(*outs) as (sub, pr, mf, mj):
         mj.write_text(json.dumps(model, indent=1) + "\n")
-        for i, n in enumerate(names):
-            write_csv(sub / f"{n}.csv", submission_rows(c.test[i], ids, classes, header))
-        write_csv(sub / "ensemble.csv", submission_rows(results[chosen]["test_probs"], ids, classes, header))
+        sub.mkdir(exist_ok=True)
+        if has_test:
+            for i, n in enumerate(names):
+                write_csv(sub / f"{n}.csv", submission_rows(c.test[i], ids, classes, header))
+            write_csv(sub / "ensemble.csv", submission_rows(results[chosen]["test_probs"], ids, classes, header))
+        else:
+            (sub / "NO_TEST_SPLIT.txt").write_text(NO_TEST + "\n")
         np.save(pr / "valid.npy", results[chosen]["valid_probs"].astype(np.float32))
         np.save(pr / "test.npy", results[chosen]["test_probs"].astype(np.float32))
         mf.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -218,9 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if not m["submission"]:
+        print(f"note: {NO_TEST}", file=sys.stderr)
     test = f", test {m['test']['accuracy']:.4f}" if "test" in m else ""
-    print(f"ensemble ({m['chosen']}): {len(m['members'])} members {', '.join(m['members'])}; "
-          f"valid {m['valid']['accuracy']:.4f}{test}")  # fmt: skip
+    print(
+        f"ensemble ({m['chosen']}): {len(m['members'])} members {', '.join(m['members'])}; "
+        f"valid {m['valid']['accuracy']:.4f}{test}"
+    )
     for k, s in m["strategies"].items():
         t = f"  test {s['test']['accuracy']:.4f}" if "test" in s else ""
         print(f"  {k:9s} valid {s['valid']['accuracy']:.4f} (loss {s['valid']['loss']:.4f}, {s['valid_scored']}){t}")

@@ -34,8 +34,9 @@ def family(arch: str, source: str = "timm") -> str:
     return re.split(r"[_\d]", name, maxsplit=1)[0] or name  # e.g. `convit_tiny` -> `convit`
 
 
-def select(valid_acc: dict[str, float], families: dict[str, str], threshold: float, per_family: bool,
-           on_empty: str = "warn") -> list[str]:  # fmt: skip
+def select(
+    valid_acc: dict[str, float], families: dict[str, str], threshold: float, per_family: bool, on_empty: str = "warn"
+) -> list[str]:
     """Members in order of decreasing validation accuracy.
 
     Every model with valid accuracy ≥ threshold; with `per_family`, the best model of every family too.
@@ -51,8 +52,10 @@ def select(valid_acc: dict[str, float], families: dict[str, str], threshold: flo
             best.setdefault(families[n], n)
         chosen |= set(best.values())
     if not chosen:
-        msg = (f"ensemble: no model reaches the validation accuracy threshold {threshold} "
-               f"(best: {ranked[0]} at {valid_acc[ranked[0]]:.4f})")  # fmt: skip
+        msg = (
+            f"ensemble: no model reaches the validation accuracy threshold {threshold} "
+            f"(best: {ranked[0]} at {valid_acc[ranked[0]]:.4f})"
+        )
         if on_empty == "fail":
             raise PipelineError(msg + "; lower `ensemble.threshold` or set `ensemble.on_empty: warn`")
         warnings.warn(msg + f"; using {ranked[0]} alone", stacklevel=2)

@@ -8,16 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-EPS = 1e-12
-
-
-def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class (probabilities clipped at 1e-12)."""
-    return float(-np.log(np.clip(probs[np.arange(len(y)), y], EPS, None)).mean())
-
-
-def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
-    return float((probs.argmax(1) == y).mean())
+from pipeline.scores import EPS, accuracy, log_loss  # noqa: F401 - the scores every strategy is judged by
 
 
 def blend(P: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -62,9 +53,15 @@ def fitted_weights(P: np.ndarray, y: np.ndarray) -> np.ndarray:
         q = np.clip(w @ py, EPS, None)
         return -np.log(q).mean(), -(py / q).mean(axis=1)
 
-    res = minimize(f, uniform_weights(m), jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * m,
-                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(m)}],
-                   options={"maxiter": 500, "ftol": 1e-10})  # fmt: skip
+    res = minimize(
+        f,
+        uniform_weights(m),
+        jac=True,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * m,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(m)}],
+        options={"maxiter": 500, "ftol": 1e-10},
+    )
     w = np.clip(res.x, 0.0, None)
     return w / w.sum()
 
@@ -88,7 +85,8 @@ def fit_stacker(P: np.ndarray, y: np.ndarray, C: float = 0.1, seed: int = 0):
 def stacker_proba(model, P: np.ndarray, n_classes: int) -> np.ndarray:
     """Probabilities for every class, also those the stacker never saw in its fold."""
     out = np.zeros((P.shape[1], n_classes))
-    out[:, model.classes_] = model.predict_proba(stack_features(P))
+    if P.shape[1]:  # scikit-learn refuses zero rows (a data set without a test split)
+        out[:, model.classes_] = model.predict_proba(stack_features(P))
     return out
 
 
@@ -102,14 +100,21 @@ def stacker_weights(model, m: int, n_classes: int) -> np.ndarray:
 def stacker_to_dict(model) -> dict:
     """The fitted stacker as plain numbers (no pickle): scaler, coefficients, intercepts, classes."""
     scaler, lr = model[0], model[-1]
-    return {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "coef": lr.coef_.tolist(),
-            "intercept": lr.intercept_.tolist(), "classes": lr.classes_.tolist()}  # fmt: skip
+    return {
+        "mean": scaler.mean_.tolist(),
+        "scale": scaler.scale_.tolist(),
+        "coef": lr.coef_.tolist(),
+        "intercept": lr.intercept_.tolist(),
+        "classes": lr.classes_.tolist(),
+    }
 
 
 def stacker_apply(d: dict, P: np.ndarray, n_classes: int) -> np.ndarray:
     """Probabilities from a stacker saved by stacker_to_dict, with numpy alone; equals stacker_proba."""
     z = (stack_features(P) - np.asarray(d["mean"])) / np.asarray(d["scale"])
     logits = z @ np.asarray(d["coef"]).T + np.asarray(d["intercept"])
+    if logits.shape[1] == 1:  # two classes: scikit-learn keeps one logit z for the second; softmax([0, z]) = sigmoid
+        logits = np.hstack([np.zeros_like(logits), logits])
     logits -= logits.max(1, keepdims=True)
     e = np.exp(logits)
     out = np.zeros((P.shape[1], n_classes))

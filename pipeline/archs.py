@@ -60,8 +60,15 @@ def resolve(name: str) -> Arch:
     )
 
 
-def build_model(arch: Arch, n_in: int, n_out: int, size: int, pretrained: bool | str = False,
-                ps: float = 0.5, model_kwargs: dict | None = None) -> tuple[nn.Module, Any]:  # fmt: skip
+def build_model(
+    arch: Arch,
+    n_in: int,
+    n_out: int,
+    size: int,
+    pretrained: bool | str = False,
+    ps: float = 0.5,
+    model_kwargs: dict | None = None,
+) -> tuple[nn.Module, Any]:
     """(model, splitter). Pretrained nets get fastai's head; `pretrained` is True (library loader) or a file."""
     from fastai.vision.learner import _default_meta, create_timm_model, create_vision_model, default_split, model_meta
 
@@ -136,8 +143,9 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], where: str, n_in
             v = adapt_input_conv(t.shape[1], v)
         if v.shape != t.shape:
             how = " (keys mapped in order)" if mapped else ""
-            raise PipelineError(f"{where}: weights for `{k}` have shape {tuple(v.shape)}, "
-                                f"the model needs {tuple(t.shape)}{how}")  # fmt: skip
+            raise PipelineError(
+                f"{where}: weights for `{k}` have shape {tuple(v.shape)}, the model needs {tuple(t.shape)}{how}"
+            )
         out[k] = v
     model.load_state_dict(out, strict=False)
 

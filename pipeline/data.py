@@ -45,8 +45,7 @@ def to_tensor(x: np.ndarray) -> torch.Tensor:
 class BatchTfm:
     """uint8 batch -> float, resized, augmented (train only), normalised, channels-last."""
 
-    def __init__(self, size: int, mean, std, train: bool, flip: bool = False, pad: int = 0,
-                 channels_last: bool = True):  # fmt: skip
+    def __init__(self, size: int, mean, std, train: bool, flip: bool = False, pad: int = 0, channels_last: bool = True):
         self.size, self.train, self.flip, self.pad, self.channels_last = size, train, flip, pad, channels_last
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -55,8 +54,9 @@ class BatchTfm:
         x, *rest = b
         x = x.float().div_(255)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=x.shape[-1] > self.size,
-                              align_corners=False)  # fmt: skip
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", antialias=x.shape[-1] > self.size, align_corners=False
+            )
         if self.train:
             x = augment(x, self.flip, self.pad)
         if self.mean.device != x.device:  # moved once, not per batch
@@ -109,16 +109,38 @@ class TensorDL(DataLoader):
             yield self.dataset[idxs[i : i + self.bs]]
 
 
-def make_dls(arrays: dict, size: int, bs: int, mean, std, flip: bool, pad: int, device=None, eval_bs: int = 1024,
-             channels_last: bool = True) -> DataLoaders:  # fmt: skip
+def make_dls(
+    arrays: dict,
+    size: int,
+    bs: int,
+    mean,
+    std,
+    flip: bool,
+    pad: int,
+    device=None,
+    eval_bs: int = 1024,
+    channels_last: bool = True,
+) -> DataLoaders:
     """Training and validation DataLoaders at image side `size`."""
     n_train = len(arrays["train_y"])
     if bs > n_train:
         raise PipelineError(f"params.yaml: `bs` = {bs} is larger than the training set ({n_train} images)")
     train = TensorPair(to_tensor(arrays["train_x"]), torch.from_numpy(arrays["train_y"]))
     valid = TensorPair(to_tensor(arrays["valid_x"]), torch.from_numpy(arrays["valid_y"]))
-    tr = TensorDL(train, bs=bs, shuffle=True, drop_last=True, device=device,
-                  after_batch=BatchTfm(size, mean, std, True, flip, pad, channels_last))  # fmt: skip
-    va = TensorDL(valid, bs=eval_bs, shuffle=False, drop_last=False, device=device,
-                  after_batch=BatchTfm(size, mean, std, False, channels_last=channels_last))  # fmt: skip
+    tr = TensorDL(
+        train,
+        bs=bs,
+        shuffle=True,
+        drop_last=True,
+        device=device,
+        after_batch=BatchTfm(size, mean, std, True, flip, pad, channels_last),
+    )
+    va = TensorDL(
+        valid,
+        bs=eval_bs,
+        shuffle=False,
+        drop_last=False,
+        device=device,
+        after_batch=BatchTfm(size, mean, std, False, channels_last=channels_last),
+    )
     return DataLoaders(tr, va, device=device)

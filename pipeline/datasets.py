@@ -23,10 +23,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, warn
+from pipeline.images import IMAGE_EXTS, decode
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]  # fmt: skip
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 IDX_FILES = {  # split -> (images, labels), without the optional .gz
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -40,7 +51,6 @@ URLS = {
 }
 DEBIAN_PLACES = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-IMAGE_EXTS = {ext.lower() for ext in Image.registered_extensions()}
 DEFAULT_FILE_SIZE = 64  # side for data sets read from image files when data.size is null
 
 
@@ -61,10 +71,6 @@ class RawData:
     bad_images: list[str] = field(default_factory=list)  # skipped (train/valid) or blanked (test), by path
     ignored_files: int = 0  # files whose extension no image reader knows
     submission_header: list[str] | None = None
-
-
-def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
 
 
 def natural_key(s: str):
@@ -91,8 +97,11 @@ def locate(name: str, files: list[str], places: list[Path], download: bool, dest
         reason = "downloads are off (data.download: false)"
     looked = "\n".join(f"  - {p}: missing {', '.join(f for f in files if not find_variant(p / f))}" for p in places)
     how = f"Put the files in {places[0]}"
-    if name in DEBIAN_PLACES:
-        how += f", install Debian's package dataset-{name} (apt-get install dataset-{name})"
+    deb = DEBIAN_PLACES.get(name)
+    if deb is not None and deb not in places and all(find_variant(deb / f) for f in files):
+        how += f" (`make data` copies them from Debian's {deb}), or set `data.path: {deb}`"
+    elif deb is not None:
+        how += f", install Debian's package dataset-{name} (apt-get install dataset-{name}; `make data` does it)"
     if name in URLS:
         how += f", or download them from {URLS[name]}"
     raise PipelineError(f"{name}: data set not found and {reason}. Looked in:\n{looked}\n{how}.")
@@ -141,9 +150,10 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def read_mnist_like(name: str, path: Path | None, download: bool) -> RawData:
-    """fashion-mnist and mnist: the four official IDX files."""
+    """fashion-mnist and mnist: the four official IDX files, in `path` (the prepare stage's dependency: nothing
+    else is read) or, from Python with path None, in data/raw/<name> or Debian's folder."""
     dest = path or Path("data/raw") / name
-    places = [dest] + ([DEBIAN_PLACES[name]] if name in DEBIAN_PLACES else [])
+    places = [dest] + ([DEBIAN_PLACES[name]] if name in DEBIAN_PLACES and path is None else [])
     files = [f for pair in IDX_FILES.values() for f in pair]
     root = locate(name, files, places, download, dest)
     arrays = {}
@@ -155,16 +165,26 @@ def read_mnist_like(name: str, path: Path | None, download: bool) -> RawData:
             raise PipelineError(f"{root / lab}: label {int(y.max())} is outside 0..9")
         arrays[split] = (x[..., None].copy(), y.astype(np.int64))
     classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
-    return RawData(classes, *arrays["train"], *arrays["test"], test_ids=[str(i) for i in range(len(arrays["test"][1]))],
-                   source={"name": name, "path": str(root)})  # fmt: skip
+    return RawData(
+        classes,
+        *arrays["train"],
+        *arrays["test"],
+        test_ids=[str(i) for i in range(len(arrays["test"][1]))],
+        source={"name": name, "path": str(root)},
+    )
 
 
 # --------------------------------------------------------------------------------------------- CIFAR
 class _ArrayUnpickler(pickle.Unpickler):
     """CIFAR's batches are pickles: allow only the globals numpy arrays need, never arbitrary code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # fmt: skip
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -189,8 +209,11 @@ def read_cifar(name: str, path: Path | None, download: bool, label_mode: str = "
     try:
         with tarfile.open(tar_path) as tf:
             members = {Path(m.name).name: m for m in tf.getmembers() if m.isfile()}
-            batches = {k: unpickle(tf.extractfile(m).read(), f"{tar_path}:{m.name}") for k, m in members.items()
-                       if k.startswith(("data_batch", "test_batch", "batches.meta", "train", "test", "meta"))}  # fmt: skip
+            batches = {
+                k: unpickle(tf.extractfile(m).read(), f"{tar_path}:{m.name}")
+                for k, m in members.items()
+                if k.startswith(("data_batch", "test_batch", "batches.meta", "train", "test", "meta"))
+            }
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
         raise PipelineError(f"{tar_path}: not a readable tarball ({e})") from e
 
@@ -199,24 +222,37 @@ def read_cifar(name: str, path: Path | None, download: bool, label_mode: str = "
             raise PipelineError(f"{tar_path}: no member named {key} (has: {', '.join(sorted(batches)) or 'none'})")
         return batches[key]
 
-    def xy(b, label_key):
-        x = np.asarray(b["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(x), np.asarray(b[label_key], np.int64)
+    def xy(b, label_key, member):
+        where = f"{tar_path}:{member}"
+        if "data" not in b or label_key not in b:
+            raise PipelineError(f"{where}: no `data` or `{label_key}` entry (has: {', '.join(map(str, b))})")
+        data, labels = np.asarray(b["data"], np.uint8), np.asarray(b[label_key], np.int64)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise PipelineError(f"{where}: `data` has shape {data.shape}, expected rows of 3072 bytes (3×32×32)")
+        if len(data) != len(labels):
+            raise PipelineError(f"{where}: {len(data)} images but {len(labels)} labels in `{label_key}`")
+        x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(x), labels
 
     if name == "cifar10":
         names = sorted((k for k in batches if k.startswith("data_batch")), key=natural_key)
         if not names:
             need("data_batch_1")
-        parts = [xy(batches[k], "labels") for k in names]
+        parts = [xy(batches[k], "labels", k) for k in names]
         train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        test = xy(need("test_batch"), "labels")
+        test = xy(need("test_batch"), "labels", "test_batch")
         classes = [c.decode() if isinstance(c, bytes) else c for c in need("batches.meta")["label_names"]]
     else:
         key = f"{label_mode}_labels"
-        train, test = xy(need("train"), key), xy(need("test"), key)
+        train, test = xy(need("train"), key, "train"), xy(need("test"), key, "test")
         classes = [c.decode() if isinstance(c, bytes) else c for c in need("meta")[f"{label_mode}_label_names"]]
-    return RawData(classes, *train, *test, test_ids=[str(i) for i in range(len(test[1]))],
-                   source={"name": name, "path": str(tar_path), "label_mode": label_mode if name == "cifar100" else None})  # fmt: skip
+    return RawData(
+        classes,
+        *train,
+        *test,
+        test_ids=[str(i) for i in range(len(test[1]))],
+        source={"name": name, "path": str(tar_path), "label_mode": label_mode if name == "cifar100" else None},
+    )
 
 
 # --------------------------------------------------------------------------------------------- image files
@@ -231,10 +267,7 @@ class ImageLoader:
             with Image.open(path) as im:
                 im.load()
                 self.modes.add(im.mode)
-                im = im.convert("RGB")
-                if im.size != (self.size, self.size):
-                    im = im.resize((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-                return np.asarray(im, np.uint8)
+                return decode(im, self.size)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
             if self.on_bad == "fail":
                 raise PipelineError(f"{path}: unreadable image ({e}); set data.on_bad_image: skip to skip it") from e
@@ -300,8 +333,9 @@ def class_tree(root: Path, classes: list[str] | None = None) -> tuple[list[Path]
     return paths, labels, classes, ignored
 
 
-def read_folder(path: Path | None, size: int, on_bad: str, train_dir="train", valid_dir="valid",
-                test_dir="test") -> RawData:  # fmt: skip
+def read_folder(
+    path: Path | None, size: int, on_bad: str, train_dir="train", valid_dir="valid", test_dir="test"
+) -> RawData:
     """ImageFolder: train/<class>/..., optional valid/<class>/..., optional test/ (flat = unlabeled)."""
     if path is None:
         raise PipelineError("params.yaml: `data.path` must name the folder for data.name: folder")
@@ -331,22 +365,31 @@ def read_folder(path: Path | None, size: int, on_bad: str, train_dir="train", va
     return raw
 
 
-def read_kaggle_csv(path: Path | None, size: int, on_bad: str, train_dir="train", test_dir="test",
-                    labels_csv="trainLabels.csv", sample_submission="sampleSubmission.csv") -> RawData:  # fmt: skip
+def read_kaggle_csv(
+    path: Path | None,
+    size: int,
+    on_bad: str,
+    train_dir="train",
+    test_dir="test",
+    labels_csv="trainLabels.csv",
+    sample_submission="sampleSubmission.csv",
+) -> RawData:
     """Kaggle layout: train images + labels CSV (id,label), test images, optional sampleSubmission.csv."""
     if path is None:
         raise PipelineError("params.yaml: `data.path` must name the folder for data.name: kaggle-csv")
     root = need_dir(path, "data set")
     train = need_dir(root / train_dir, "training images")
     csv_path = root / labels_csv
-    rows = read_csv(csv_path)
+    rows = unique_labels(read_csv(csv_path), csv_path)
     if not rows:
         raise PipelineError(f"{csv_path}: no rows")
     by_id = index_by_id(train)
     missing = [r[0] for r in rows if r[0] not in by_id]
     if missing:
-        raise PipelineError(f"{csv_path}: {len(missing)} ids have no image in {train}: {', '.join(missing[:10])}"
-                            + (" …" if len(missing) > 10 else ""))  # fmt: skip
+        raise PipelineError(
+            f"{csv_path}: {len(missing)} ids have no image in {train}: {', '.join(missing[:10])}"
+            + (" …" if len(missing) > 10 else "")
+        )
     classes = sorted({r[1] for r in rows}, key=natural_key)
     load = ImageLoader(size, on_bad)
     x, y, _ = load.many([by_id[r[0]] for r in rows], [classes.index(r[1]) for r in rows])
@@ -372,18 +415,43 @@ def read_kaggle_csv(path: Path | None, size: int, on_bad: str, train_dir="train"
 
 
 def read_csv(path: Path, want_header: bool = False) -> list[list[str]]:
-    """Rows of a two-or-more-column CSV with a header; the header is dropped unless want_header."""
+    """Rows of a two-or-more-column CSV with a header, cells stripped of surrounding whitespace; a UTF-8 byte
+    order mark (Excel's "CSV UTF-8") is dropped. The header is dropped unless want_header."""
     try:
-        with open(path, newline="") as f:
-            rows = [r for r in csv.reader(f) if r]
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [[c.strip() for c in r] for r in csv.reader(f) if any(c.strip() for c in r)]
     except OSError as e:
         raise PipelineError(f"{path}: cannot read CSV ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{path}: not UTF-8 text ({e}); save it as UTF-8 CSV") from e
     if not rows or len(rows[0]) < 2:
         raise PipelineError(f"{path}: expected a header with at least two columns (id,label)")
     bad = next((i for i, r in enumerate(rows) if len(r) < 2), None)
     if bad is not None:
         raise PipelineError(f"{path}: line {bad + 1} has fewer than two columns")
     return rows if want_header else rows[1:]
+
+
+def unique_labels(rows: list[list[str]], path: Path) -> list[list[str]]:
+    """(id, label) rows with each id once: a repeated id with the same label is dropped with a warning, one with
+    another label is an error naming both lines."""
+    first: dict[str, int] = {}
+    out = []
+    for n, (i, label, *_) in enumerate(rows, start=2):  # line 1 is the header
+        if not i or not label:
+            raise PipelineError(f"{path}: line {n}: empty {'id' if not i else 'label'}")
+        if i in first:
+            prev = rows[first[i] - 2][1]
+            if prev != label:
+                raise PipelineError(
+                    f"{path}: id {i!r} has label {prev!r} on line {first[i]} and {label!r} on line {n}; "
+                    "keep one of them"
+                )
+            warn(f"{path}: id {i!r} repeated on line {n} (same label); counted once")
+            continue
+        first[i] = n
+        out.append([i, label])
+    return out
 
 
 def index_by_id(folder: Path) -> dict[str, Path]:
@@ -421,8 +489,12 @@ def read_tiny_imagenet(path: Path | None, size: int, on_bad: str, download: bool
             raise PipelineError(f"{root / 'train' / wnid / 'images'}: class `{wnid}` has no images")
         paths += files
         labels += [i] * len(files)
-    raw = RawData(classes, *load.many(paths, labels)[:2], class_names=[words.get(w, w) for w in classes],
-                  source={"name": "tiny-imagenet", "path": str(root)})  # fmt: skip
+    raw = RawData(
+        classes,
+        *load.many(paths, labels)[:2],
+        class_names=[words.get(w, w) for w in classes],
+        source={"name": "tiny-imagenet", "path": str(root)},
+    )
     ann = root / "val" / "val_annotations.txt"
     if ann.is_file():
         vp, vl = [], []
@@ -448,18 +520,40 @@ def read_tiny_imagenet(path: Path | None, size: int, on_bad: str, download: bool
 
 
 # --------------------------------------------------------------------------------------------- digits
-def read_digits(seed: int) -> RawData:
-    """scikit-learn's bundled 8×8 digits (offline); a seeded stratified 20 % becomes the test split."""
-    from sklearn.datasets import load_digits
+def digits_file() -> Path:
+    """scikit-learn's bundled digits.csv.gz: 64 pixel values (0-16) then the label, one image per row."""
+    import sklearn.datasets
+
+    return Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+
+
+def read_digits(seed: int, path: Path | None = None) -> RawData:
+    """scikit-learn's 8×8 digits (offline), from `path` or the bundled digits.csv.gz (a folder holding it is
+    fine); a seeded stratified 20 % becomes the test split."""
     from sklearn.model_selection import train_test_split
 
-    d = load_digits()
-    x = np.round(d.images * (255 / 16)).astype(np.uint8)[..., None]
-    idx_train, idx_test = train_test_split(np.arange(len(x)), test_size=0.2, stratify=d.target, random_state=seed)
+    f = path or digits_file()
+    f = f / "digits.csv.gz" if f.is_dir() else f
+    try:
+        d = np.loadtxt(f, delimiter=",", ndmin=2)
+    except (OSError, ValueError, EOFError) as e:
+        raise PipelineError(f"{f}: cannot read digits CSV (64 pixel values then the label per row): {e}") from e
+    if d.shape[1] != 65 or not len(d) or d[:, :64].min() < 0 or d[:, :64].max() > 16:
+        raise PipelineError(f"{f}: expected rows of 64 pixel values in 0..16 then the label, got shape {d.shape}")
+    y = d[:, 64].astype(np.int64)
+    x = np.round(d[:, :64].reshape(-1, 8, 8) * (255 / 16)).astype(np.uint8)[..., None]
+    idx_train, idx_test = train_test_split(np.arange(len(x)), test_size=0.2, stratify=y, random_state=seed)
     idx_train, idx_test = np.sort(idx_train), np.sort(idx_test)
-    y = d.target.astype(np.int64)
-    return RawData([str(c) for c in d.target_names], x[idx_train], y[idx_train], x[idx_test], y[idx_test],
-                   test_ids=[str(i) for i in idx_test], source={"name": "digits", "path": "sklearn.datasets.load_digits"})  # fmt: skip
+    classes = [str(c) for c in range(10)]
+    return RawData(
+        classes,
+        x[idx_train],
+        y[idx_train],
+        x[idx_test],
+        y[idx_test],
+        test_ids=[str(i) for i in idx_test],
+        source={"name": "digits", "path": str(f)},
+    )
 
 
 def read(data: dict, seed: int) -> RawData:
@@ -476,8 +570,15 @@ def read(data: dict, seed: int) -> RawData:
     if name == "folder":
         return read_folder(path, size, data["on_bad_image"], data["train_dir"], data["valid_dir"], data["test_dir"])
     if name == "kaggle-csv":
-        return read_kaggle_csv(path, size, data["on_bad_image"], data["train_dir"], data["test_dir"],
-                               data["labels_csv"], data["sample_submission"])  # fmt: skip
+        return read_kaggle_csv(
+            path,
+            size,
+            data["on_bad_image"],
+            data["train_dir"],
+            data["test_dir"],
+            data["labels_csv"],
+            data["sample_submission"],
+        )
     if name == "digits":
-        return read_digits(seed)
+        return read_digits(seed, path)
     raise PipelineError(f"params.yaml: `data.name` = {name!r} has no reader")

@@ -49,10 +49,16 @@ def mlp(n_in: int, n_out: int, size: int, hidden=(200, 60), dropout: float = 0.2
 def cnn_small(n_in: int, n_out: int, size: int) -> nn.Module:
     """Two convolutions, 12 filters of 3×3 then 24 of 6×6, ReLU, each followed by 2×2 max pooling."""
     return nn.Sequential(
-        nn.Conv2d(n_in, 12, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(12, 24, 6, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(24 * 9, n_out),
-    )  # fmt: skip
+        nn.Conv2d(n_in, 12, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(12, 24, 6, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(3),
+        nn.Flatten(),
+        nn.Linear(24 * 9, n_out),
+    )
 
 
 @register
@@ -60,10 +66,18 @@ def cnn4(n_in: int, n_out: int, size: int, widths=(32, 32, 64, 64), dropout: flo
     """Four conv-BN-ReLU layers, max pooling and dropout after each pair."""
     w = widths
     return nn.Sequential(
-        conv_bn(n_in, w[0]), conv_bn(w[0], w[1]), nn.MaxPool2d(2), nn.Dropout(dropout),
-        conv_bn(w[1], w[2]), conv_bn(w[2], w[3]), nn.MaxPool2d(2), nn.Dropout(dropout),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w[3], n_out),
-    )  # fmt: skip
+        conv_bn(n_in, w[0]),
+        conv_bn(w[0], w[1]),
+        nn.MaxPool2d(2),
+        nn.Dropout(dropout),
+        conv_bn(w[1], w[2]),
+        conv_bn(w[2], w[3]),
+        nn.MaxPool2d(2),
+        nn.Dropout(dropout),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(w[3], n_out),
+    )
 
 
 @register
@@ -102,8 +116,16 @@ def resnet9(n_in: int, n_out: int, size: int, widths=(64, 128, 256, 512), scale:
     w = widths
     return nn.Sequential(
         conv_bn(n_in, w[0]),
-        conv_bn(w[0], w[1]), nn.MaxPool2d(2), Residual(w[1]),
-        conv_bn(w[1], w[2]), nn.MaxPool2d(2),
-        conv_bn(w[2], w[3]), nn.MaxPool2d(2), Residual(w[3]),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(w[3], n_out, bias=False), Mul(scale),
-    )  # fmt: skip
+        conv_bn(w[0], w[1]),
+        nn.MaxPool2d(2),
+        Residual(w[1]),
+        conv_bn(w[1], w[2]),
+        nn.MaxPool2d(2),
+        conv_bn(w[2], w[3]),
+        nn.MaxPool2d(2),
+        Residual(w[3]),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(w[3], n_out, bias=False),
+        Mul(scale),
+    )

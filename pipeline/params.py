@@ -7,6 +7,7 @@ Used by every stage's main(): `load_params()` reads params.yaml, `data_params(p)
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,18 @@ def is_int(lo: int | None = None, hi: int | None = None, none_ok: bool = False) 
     return check
 
 
+def as_number(v: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads `1e-3` as text: a string that is a plain decimal or exponent number is that number."""
+    if isinstance(v, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", v):
+        return float(v)
+    return v
+
+
 def is_float(lo: float, hi: float, open_: bool = True) -> Callable[[Any], Any]:
     def check(v):
+        v = as_number(v)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError("expected a number")
+            raise ValueError("expected a number, e.g. 0.001 or 1.0e-3")
         ok = lo < v < hi if open_ else lo <= v <= hi
         if not ok:
             raise ValueError(f"must be in {'(' if open_ else '['}{lo}, {hi}{')' if open_ else ']'}")
@@ -164,8 +173,11 @@ def is_phases(v):
         raise ValueError("expected a non-empty list of [size, epochs] pairs, e.g. [[32, 4], [48, 2]]")
     out = []
     for i, ph in enumerate(v):
-        if (not isinstance(ph, (list, tuple)) or len(ph) != 2 or any(isinstance(a, bool) or not isinstance(a, int)
-                                                                      for a in ph)):  # fmt: skip
+        if (
+            not isinstance(ph, (list, tuple))
+            or len(ph) != 2
+            or any(isinstance(a, bool) or not isinstance(a, int) for a in ph)
+        ):
             raise ValueError(f"phase {i} = {ph!r}: expected [size, epochs] with two integers")
         if not 8 <= ph[0] <= 1024 or ph[1] < 1:
             raise ValueError(f"phase {i} = {ph!r}: size must be in [8, 1024] and epochs ≥ 1")
@@ -192,14 +204,14 @@ def is_dict(v):
 # The `train:` defaults every architecture inherits; keys are fastai's own argument names where fastai has one.
 TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "arch": (None, is_str(none_ok=True)),  # the model name, when the archs key is an alias
-    "epochs": (4, is_int(lo=1)),
+    "epochs": (3, is_int(lo=1)),
     "size": (None, is_int(lo=8, hi=1024, none_ok=True)),  # image side when `phases` is null (null: prepared size)
     "phases": (None, is_phases),  # progressive resizing: [[size, epochs], ...]; replaces `epochs` and `size`
     "freeze_epochs": (1, is_int(lo=0)),
     "bs": (128, is_int(lo=1)),
     "eval_bs": (128, is_int(lo=1)),  # small batches stay in cache on a CPU (bench/levers.py)
     "lr": ("auto", is_lr),
-    "num_it": (100, is_int(lo=10)),  # lr_find iterations
+    "num_it": (50, is_int(lo=10)),  # lr_find iterations
     "lr_mult": (100, is_float(0.0, 1e6)),
     "wd": (0.01, is_float(0.0, 1.0, open_=False)),
     "pct_start": (0.25, is_float(0.0, 1.0)),
@@ -217,15 +229,32 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
 }
 
 
+# An archs key names a DVC stage (`train@<key>`) and the folders models/<key>, preds/<key>, dvclive/<key>.
+KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+
+
+def check_key(key: Any) -> str:
+    """An archs key that is safe as a stage name and a folder name, or an error naming it."""
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key) or ".." in key:
+        raise PipelineError(
+            f"params.yaml: `archs` key {key!r} cannot name a stage and its folders: use letters, digits and _ . + - "
+            "(not starting with . or -, no `/`, `@` or `..`), e.g. `resnet34_s1`; the architecture itself goes in "
+            "`arch:` (e.g. `arch: torchvision.vgg19_bn`)"
+        )
+    return key
+
+
 def arch_names(params: dict) -> list[str]:
+    """The keys of `archs`, each checked before anything is written."""
     archs = params.get("archs")
     if not isinstance(archs, dict) or not archs:
         raise PipelineError("params.yaml: `archs` must be a mapping of one or more architecture names")
-    return list(archs)
+    return [check_key(k) for k in archs]
 
 
 def train_spec(params: dict, key: str) -> dict:
     """`train:` defaults overridden by `archs.<key>`, checked; `arch` is filled with the model name."""
+    check_key(key)
     if key not in arch_names(params):
         near = difflib.get_close_matches(key, arch_names(params), n=3)
         raise PipelineError(
@@ -238,7 +267,27 @@ def train_spec(params: dict, key: str) -> dict:
     check_section(base, TRAIN_SCHEMA, "train")  # errors in defaults name `train.<key>`
     spec = check_section({**base, **entry}, TRAIN_SCHEMA, f"archs.{key}")
     if "epochs" in entry and "phases" in {**base, **entry} and spec["phases"] is not None:
-        raise PipelineError(f"params.yaml: `archs.{key}` sets `epochs` but also has `phases`, which fix the epochs; "
-                            "set one of them")  # fmt: skip
+        raise PipelineError(
+            f"params.yaml: `archs.{key}` sets `epochs` but also has `phases`, which fix the epochs; set one of them"
+        )
     spec["arch"] = spec["arch"] or key
     return spec
+
+
+# The `ensemble:` section (stage ensembles/ensemble.py).
+STRATEGIES = ("accuracy", "uniform", "greedy", "nnls", "stacking")
+ENSEMBLE_SCHEMA = {
+    "threshold": (0.85, is_float(0.0, 1.0, open_=False)),  # members: valid accuracy ≥ threshold ...
+    "per_family": (True, is_bool),  # ... plus the best model of every family
+    "on_empty": ("warn", one_of("warn", "fail")),  # nothing reaches the threshold: best single model, or fail
+    "method": ("accuracy", one_of(*STRATEGIES, "best")),  # which strategy writes submissions/ensemble.csv
+    "greedy_iters": (50, is_int(lo=1)),
+    "folds": (5, is_int(lo=2)),  # cross-fitting of the fitted strategies' validation scores
+    "stack_C": (0.1, is_float(0.0, 1e6)),  # inverse regularisation of the stacking logistic regression
+    "families": ({}, is_dict),  # model name -> family, overriding the name-based guess
+}
+
+
+def ensemble_params(params: dict) -> dict:
+    """The checked `ensemble:` section, with defaults filled in."""
+    return check_section(params.get("ensemble"), ENSEMBLE_SCHEMA, "ensemble")

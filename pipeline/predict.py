@@ -21,27 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pipeline.errors import PipelineError
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+from pipeline.hardware import DTYPES
+from pipeline.images import IMAGE_EXTS, decode, to_channels
 
 
 def to_array(image, size: int, n_in: int) -> np.ndarray:
     """A PIL image, a path or an H×W(×C) uint8 array -> uint8 size×size×n_in, as the prepare stage makes them."""
-    from pipeline.prepare import to_channels
-
-    if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            im.load()
-            image = im.convert("RGB")
-    elif isinstance(image, np.ndarray):
-        image = Image.fromarray(image if image.ndim == 2 or image.shape[2] != 1 else image[..., 0])
-    im = image.convert("RGB")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return to_channels({"x": np.asarray(im, np.uint8)[None]}, n_in)["x"][0]
+    return to_channels({"x": decode(image, size)[None]}, n_in)["x"][0]
 
 
 class Model:
@@ -59,9 +47,22 @@ class Model:
                 raise PipelineError(f"{f}: missing; train the model first (dvc repro train@{folder.name})")
         self.spec = s = json.loads(spec_file.read_text())
         self.name, self.classes, self.device = s["key"], s["classes"], torch.device(device)
-        self.model, _ = archs.build_model(archs.resolve(s["arch"]), s["n_in"], s["n_out"], s["native_size"],
-                                          pretrained=False, ps=s["ps"], model_kwargs=s["model_kwargs"])  # fmt: skip
-        state = load_file(str(weights))
+        self.model, _ = archs.build_model(
+            archs.resolve(s["arch"]),
+            s["n_in"],
+            s["n_out"],
+            s["native_size"],
+            pretrained=False,
+            ps=s["ps"],
+            model_kwargs=s["model_kwargs"],
+        )
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a damaged header or body
+            raise PipelineError(
+                f"{weights}: damaged, cannot be read ({type(e).__name__}: {e}); restore it with "
+                f"`dvc checkout {folder}` or rebuild it with `dvc repro train@{folder.name}`"
+            ) from e
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise PipelineError(
@@ -69,15 +70,17 @@ class Model:
             )
         self.model.to(self.device).eval()
         self.tfm = BatchTfm(s["size"], s["mean"], s["std"], train=False, channels_last=s["channels_last"])
+        # the precision the stage evaluated with (older specs have none: fp32), so predictions match preds/<key>/
+        self.dtype = DTYPES[s.get("precision", "fp32")]
 
     def arrays(self, images: Iterable) -> np.ndarray:
         return np.stack([to_array(im, self.spec["native_size"], self.spec["n_in"]) for im in images])
 
     def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
         """Probabilities for prepared-format uint8 N×H×W×C arrays (as data/prepared holds them)."""
-        from pipeline.train import predict_probs
+        from pipeline.infer import predict_probs
 
-        return predict_probs(self.model, x, self.tfm, bs, self.spec["tta"], self.device, None)
+        return predict_probs(self.model, x, self.tfm, bs, self.spec["tta"], self.device, self.dtype, self.spec["n_out"])
 
     def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:
         return self.predict_arrays(self.arrays(images), bs)
@@ -154,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         files = expand(args.paths)
-        predictor = load_ensemble(args.root, args.device) if args.model == "ensemble" else load_model(args.model, args.root, args.device)  # fmt: skip
+        predictor = (
+            load_ensemble(args.root, args.device)
+            if args.model == "ensemble"
+            else load_model(args.model, args.root, args.device)
+        )
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -165,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         batch, names = [], []
         for f in files[i : i + args.bs]:
             try:
-                with Image.open(f) as im:
-                    im.load()
-                    batch.append(im.convert("RGB"))
+                batch.append(decode(f))
                 names.append(str(f))
             except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
                 bad.append(str(f))
@@ -180,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    print(f"{len(rows)} images predicted with {predictor.name}" + (f"; {len(bad)} unreadable, skipped" if bad else ""),
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"{len(rows)} images predicted with {predictor.name}" + (f"; {len(bad)} unreadable, skipped" if bad else ""),
+        file=sys.stderr,
+    )
     return 0 if rows or not bad else 1
 
 

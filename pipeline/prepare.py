@@ -16,42 +16,12 @@ from PIL import Image
 
 from pipeline import datasets
 from pipeline.errors import PipelineError
+from pipeline.images import to_channels
 from pipeline.io import staged
 from pipeline.params import data_params, load_params, seed_param
+from pipeline.splits import split_valid, stratified_subset
 
 OUT = Path("data/prepared")
-
-
-def stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded subset of n rows with class proportions kept (plain random if impossible)."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    if n >= len(y):
-        return idx
-    try:
-        keep, _ = train_test_split(idx, train_size=n, stratify=y, random_state=seed)
-    except ValueError:  # a class too small to stratify: fall back to a plain seeded draw
-        keep = np.random.default_rng(seed).choice(idx, n, replace=False)
-    return np.sort(keep)
-
-
-def split_valid(y: np.ndarray, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train, valid) indices: a seeded split stratified by class."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    n_valid = max(1, round(len(y) * valid_pct))
-    if n_valid >= len(y):
-        raise PipelineError(f"params.yaml: `data.valid_pct` = {valid_pct} leaves no training images of {len(y)}")
-    try:
-        tr, va = train_test_split(idx, test_size=n_valid, stratify=y, random_state=seed)
-    except ValueError:
-        datasets.warn(
-            f"some class has too few images to stratify a {valid_pct:.0%} validation split; drawing at random"
-        )
-        tr, va = train_test_split(idx, test_size=n_valid, random_state=seed)
-    return np.sort(tr), np.sort(va)
 
 
 def resize_all(x: np.ndarray, size: int) -> np.ndarray:
@@ -67,23 +37,15 @@ def resize_all(x: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def to_channels(splits: dict[str, np.ndarray], channels) -> dict[str, np.ndarray]:
-    """1 or 3 channels as asked; 'auto' keeps 1 channel when every image's colour channels are equal."""
-    c = next(iter(splits.values())).shape[3]
-    if channels == "auto":
-        gray = c == 1 or all((x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all() for x in splits.values())
-        channels = 1 if gray else 3
-    if channels == c:
-        return splits
-    if channels == 3:
-        return {k: np.ascontiguousarray(np.repeat(x, 3, axis=3)) for k, x in splits.items()}
-    # ITU-R 601 luma, as PIL's convert("L") does
-    return {k: np.round(x[..., :3] @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None]
-            for k, x in splits.items()}  # fmt: skip
-
-
-def prepare(raw: datasets.RawData, valid_pct: float, seed: int, limit: int | None = None,
-            test_limit: int | None = None, size: int | None = None, channels="auto") -> tuple[dict, dict]:  # fmt: skip
+def prepare(
+    raw: datasets.RawData,
+    valid_pct: float,
+    seed: int,
+    limit: int | None = None,
+    test_limit: int | None = None,
+    size: int | None = None,
+    channels="auto",
+) -> tuple[dict, dict]:
     """Split, subset, resize and describe a RawData; returns (arrays by file stem, meta)."""
     if len(raw.train_y) == 0:
         raise PipelineError(f"{raw.source.get('path')}: no readable training images")
@@ -105,8 +67,10 @@ def prepare(raw: datasets.RawData, valid_pct: float, seed: int, limit: int | Non
         te_x, ids = np.zeros((0, *tr_x.shape[1:]), np.uint8), []
     if test_limit and test_limit < len(te_x):
         if raw.submission_header:
-            raise PipelineError("params.yaml: `data.test_limit` cannot be used with a sampleSubmission.csv, "
-                                "whose every id the submission must contain")  # fmt: skip
+            raise PipelineError(
+                "params.yaml: `data.test_limit` cannot be used with a sampleSubmission.csv, "
+                "whose every id the submission must contain"
+            )
         keep = stratified_subset(te_y, test_limit, seed) if te_y is not None else np.arange(test_limit)
         te_x, ids = te_x[keep], [ids[i] for i in keep]
         te_y = te_y[keep] if te_y is not None else None
@@ -145,7 +109,7 @@ def prepare(raw: datasets.RawData, valid_pct: float, seed: int, limit: int | Non
             "test_limit": test_limit,
             "size": size,
             "channels": channels,
-        },  # fmt: skip
+        },
     }
     return arrays | {"test_ids": list(ids)}, meta
 
@@ -165,13 +129,16 @@ def main(params_file: str = "params.yaml", out: Path = OUT) -> None:
     params = load_params(params_file)
     data, seed = data_params(params), seed_param(params)
     raw = datasets.read(data, seed)
-    arrays, meta = prepare(raw, data["valid_pct"], seed, data["limit"], data["test_limit"], data["size"],
-                           data["channels"])  # fmt: skip
+    arrays, meta = prepare(
+        raw, data["valid_pct"], seed, data["limit"], data["test_limit"], data["size"], data["channels"]
+    )
     write_prepared(arrays, meta, out)
     c = meta["counts"]
-    print(f"prepared {data['name']}: {c['train']} train / {c['valid']} valid / {c['test']} test, "
-          f"{len(meta['classes'])} classes, images {'×'.join(map(str, meta['image_shape']))}, "
-          f"{meta['bad_images']['count']} bad images skipped -> {out}")  # fmt: skip
+    print(
+        f"prepared {data['name']}: {c['train']} train / {c['valid']} valid / {c['test']} test, "
+        f"{len(meta['classes'])} classes, images {'×'.join(map(str, meta['image_shape']))}, "
+        f"{meta['bad_images']['count']} bad images skipped -> {out}"
+    )
 
 
 if __name__ == "__main__":

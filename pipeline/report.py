@@ -41,26 +41,44 @@ def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
     rows = []
     for name, m in models.items():
         top1 = 100 * (m["test"]["accuracy"] if labeled else m["valid"]["accuracy"])
-        rows.append({"model": name, "top1": round(top1, 3), "top1_err": round(100 - top1, 3),
-                     "valid_top1": round(100 * m["valid"]["accuracy"], 3),
-                     "param_count": round(m["param_count"] / 1e6, 3), "train_s": round(m["train_s"], 1),
-                     "img_per_s": round(m["img_per_s"], 1), "weight": round(ens["models"][name]["weight"], 4)})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "top1": round(top1, 3),
+                "top1_err": round(100 - top1, 3),
+                "valid_top1": round(100 * m["valid"]["accuracy"], 3),
+                "param_count": round(m["param_count"] / 1e6, 3),
+                "train_s": round(m["train_s"], 1),
+                "img_per_s": round(m["img_per_s"], 1),
+                "weight": round(ens["models"][name]["weight"], 4),
+            }
+        )
     for kind, s in ens["strategies"].items():
         used = [n for n, w in s["weights"].items() if w > 0]
         top1 = 100 * (s["test"]["accuracy"] if labeled else s["valid"]["accuracy"])
         star = "*" if kind == ens["chosen"] else ""
-        rows.append({"model": f"ensemble:{kind}{star}", "top1": round(top1, 3), "top1_err": round(100 - top1, 3),
-                     "valid_top1": round(100 * s["valid"]["accuracy"], 3),
-                     "param_count": round(sum(models[n]["param_count"] for n in used) / 1e6, 3),
-                     "train_s": round(sum(models[n]["train_s"] for n in used), 1), "img_per_s": "", "weight": ""})  # fmt: skip
+        rows.append(
+            {
+                "model": f"ensemble:{kind}{star}",
+                "top1": round(top1, 3),
+                "top1_err": round(100 - top1, 3),
+                "valid_top1": round(100 * s["valid"]["accuracy"], 3),
+                "param_count": round(sum(models[n]["param_count"] for n in used) / 1e6, 3),
+                "train_s": round(sum(models[n]["train_s"] for n in used), 1),
+                "img_per_s": "",
+                "weight": "",
+            }
+        )
     return sorted(rows, key=lambda r: (-r["top1"], -r["valid_top1"], r["model"]))
 
 
 def markdown(rows: list[dict], labeled: bool) -> str:
     what = "test" if labeled else "validation (the test split has no labels)"
-    head = (f"Top-1 on the {what} split, in %. `param_count` in millions; an ensemble's cost is the sum of its "
-            "members'. `weight`: the model's weight in the ensemble submission; `*` marks the strategy that wrote "
-            "it.\n\n")  # fmt: skip
+    head = (
+        f"Top-1 on the {what} split, in %. `param_count` in millions; an ensemble's cost is the sum of its "
+        "members'. `weight`: the model's weight in the ensemble submission; `*` marks the strategy that wrote "
+        "it.\n\n"
+    )
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
     return head + "\n".join(lines) + "\n"
@@ -79,8 +97,16 @@ def fig_confusion(path: Path, y: np.ndarray, probs: dict[str, np.ndarray], class
 
     fig, axes = plt.subplots(1, len(probs), figsize=(7.5 * len(probs), 7), squeeze=False)
     for ax, (name, p) in zip(axes[0], probs.items()):
-        ConfusionMatrixDisplay.from_predictions(y, p.argmax(1), labels=range(len(classes)), display_labels=classes,
-                                                ax=ax, colorbar=False, xticks_rotation=90, values_format="d")  # fmt: skip
+        ConfusionMatrixDisplay.from_predictions(
+            y,
+            p.argmax(1),
+            labels=range(len(classes)),
+            display_labels=classes,
+            ax=ax,
+            colorbar=False,
+            xticks_rotation=90,
+            values_format="d",
+        )
         ax.set_title(f"{name}: {split} accuracy {(p.argmax(1) == y).mean():.4f}")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -94,8 +120,9 @@ def fig_top_losses(path: Path, x: np.ndarray, y: np.ndarray, p: np.ndarray, clas
     loss = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))
     idx = np.argsort(-loss, kind="stable")[:k]
     cols = 4
-    fig, axes = plt.subplots((len(idx) + cols - 1) // cols, cols, figsize=(3 * cols, 3.3 * ((len(idx) + cols - 1) // cols)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        (len(idx) + cols - 1) // cols, cols, figsize=(3 * cols, 3.3 * ((len(idx) + cols - 1) // cols)), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, idx):
@@ -109,8 +136,9 @@ def fig_top_losses(path: Path, x: np.ndarray, y: np.ndarray, p: np.ndarray, clas
     plt.close(fig)
 
 
-def fig_predictions(path: Path, x: np.ndarray, y: np.ndarray, p: np.ndarray, classes: list[str], seed: int,
-                    k: int = 8) -> None:  # fmt: skip
+def fig_predictions(
+    path: Path, x: np.ndarray, y: np.ndarray, p: np.ndarray, classes: list[str], seed: int, k: int = 8
+) -> None:
     """Random correct and wrong predictions with their confidence, and the confidence histogram of each."""
     import matplotlib.pyplot as plt
 
@@ -124,8 +152,11 @@ def fig_predictions(path: Path, x: np.ndarray, y: np.ndarray, p: np.ndarray, cla
             ax = fig.add_subplot(3, k, row * k + j + 1)
             _imshow(ax, x[i])
             color = "green" if what == "correct" else "red"
-            ax.set_title(f"{classes[pred[i]]} {conf[i]:.2f}" + ("" if ok[i] else f"\n(is {classes[y[i]]})"),
-                         fontsize=8, color=color)  # fmt: skip
+            ax.set_title(
+                f"{classes[pred[i]]} {conf[i]:.2f}" + ("" if ok[i] else f"\n(is {classes[y[i]]})"),
+                fontsize=8,
+                color=color,
+            )
     ax = fig.add_subplot(3, 1, 3)
     bins = np.linspace(0, 1, 41)
     ax.hist(conf[ok], bins=bins, alpha=0.6, label=f"correct ({ok.sum()})", color="green")
@@ -238,14 +269,23 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             w.writeheader()
             w.writerows(rows)
         (out / "leaderboard.md").write_text(markdown(rows, labeled))
-        fig_confusion(figs / "confusion_matrix.png", y, {best: best_p, f"ensemble ({ens['chosen']})": ens_p}, classes,
-                      split)  # fmt: skip
+        fig_confusion(
+            figs / "confusion_matrix.png", y, {best: best_p, f"ensemble ({ens['chosen']})": ens_p}, classes, split
+        )
         fig_top_losses(figs / "top_losses.png", x, y, ens_p, classes)
         fig_predictions(figs / "predictions.png", x, y, ens_p, classes, seed=0)
-        fig_lr_find(figs / "lr_find.png", {
-            n: (_read_json(root / "dvclive" / n / "plots" / "custom" / "lr_find.json")
-                if (root / "dvclive" / n / "plots" / "custom" / "lr_find.json").is_file() else [],
-                models[n]["lr"] if models[n].get("lr_found") else None) for n in names})  # fmt: skip
+        fig_lr_find(
+            figs / "lr_find.png",
+            {
+                n: (
+                    _read_json(root / "dvclive" / n / "plots" / "custom" / "lr_find.json")
+                    if (root / "dvclive" / n / "plots" / "custom" / "lr_find.json").is_file()
+                    else [],
+                    models[n]["lr"] if models[n].get("lr_found") else None,
+                )
+                for n in names
+            },
+        )
         fig_training(figs / "training_curves.png", {n: root / "dvclive" / n for n in names})
         fig_acc_time(figs / "accuracy_vs_time.png", rows)
     return rows

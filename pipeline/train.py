@@ -14,140 +14,64 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401 - patches Learner with lr_find, fit_one_cycle, fine_tune
 import numpy as np
 import torch
-import torch.nn.functional as F
-from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback
-from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib, rank_distrib
+from fastai.distributed import num_distrib, rank_distrib
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed, trainable_params
 
 from pipeline import archs as archs_mod
-from pipeline.data import BatchTfm, load_prepared, make_dls, to_tensor
-from pipeline.errors import PipelineError
+from pipeline.callbacks import Autocast, StopOnNaN, epoch_logger, live_callback
+from pipeline.data import BatchTfm, load_prepared, make_dls
+from pipeline.distributed import data_parallel, share, single_process
+from pipeline.errors import PipelineError, warn
+from pipeline.hardware import dtype_name, pick_device, pick_dtype
+from pipeline.infer import predict_probs
 from pipeline.io import staged
 from pipeline.params import load_params, seed_param, train_spec
+from pipeline.scores import score
+from pipeline.splits import stratified_subset
 
 
-# --------------------------------------------------------------------------------------------- hardware
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: bfloat16 matmuls and convolutions run natively."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+@dataclass
+class Setup:
+    """What build_learner decided besides the Learner: what fitting and evaluating need next."""
+
+    arch: archs_mod.Arch
+    phases: list[list[int]]  # [[size, epochs], ...]
+    pretrained: bool | str
+    mean: list[float]
+    std: list[float]
+    dtype: torch.dtype | None  # autocast dtype; None = fp32
+    device: torch.device
+    bs: int  # the batch size used: `bs`, or the training set's size when that is smaller
+    n_in: int
+    n_out: int
+    native: int  # the prepared image side
+    arrays: dict[str, np.ndarray]  # after `train_limit`
+    dls_at: Callable[[int], object]  # image side -> DataLoaders
 
 
-def pick_device(name: str, key: str = "") -> torch.device | None:
-    """`device` param -> torch.device; None (auto) lets train_arch take cuda when present. A GPU that is not
-    there is an error before training."""
-    if name == "auto":
-        return None
-    dev = torch.device(name)
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise PipelineError(f"params.yaml: `archs.{key}.device` = {name!r}, but this machine has "
-                            f"{torch.cuda.device_count()} CUDA device(s)")  # fmt: skip
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PipelineError(f"params.yaml: `archs.{key}.device` = 'mps', but MPS is not available here")
-    return dev
+@dataclass
+class TrainResult:
+    """One trained member: the model and everything the stage writes about it."""
 
-
-def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device` (None = fp32)."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        if precision == "fp16":
-            return torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16":
-        raise PipelineError("params.yaml: `precision: fp16` needs a CUDA device; use bf16 or fp32 on a CPU")
-    if precision == "bf16" or cpu_has_bf16():
-        return torch.bfloat16
-    return None
-
-
-class Autocast(Callback):
-    """bfloat16 autocast for forward and loss (as fastai's MixedPrecision, without a grad scaler)."""
-
-    order = 10
-
-    def __init__(self, device_type: str, dtype: torch.dtype):
-        self.device_type, self.dtype = device_type, dtype
-
-    def before_batch(self):
-        self.ctx = torch.autocast(self.device_type, dtype=self.dtype)
-        self.ctx.__enter__()
-
-    def after_pred(self):
-        self.learn.pred = self.pred.float()
-
-    def after_loss(self):
-        self.ctx.__exit__(None, None, None)
-
-
-class StopOnNaN(Callback):
-    """Stop with an error, saying where, as soon as the training loss is not finite."""
-
-    order = 11
-
-    def __init__(self, key: str):
-        self.key = key
-
-    def after_loss(self):
-        if self.training and not torch.isfinite(self.loss).all():
-            raise PipelineError(
-                f"{self.key}: training loss became {self.loss.item()} at epoch {self.epoch + 1}, batch {self.iter + 1}; "
-                "nothing was written. Lower `lr`, or check the data"
-            )
-
-
-def epoch_logger(log) -> None:
-    """One plain line per epoch (and the header) when the console is not a terminal."""
-    print("  ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in log), flush=True)
-
-
-def make_live_callback(live):
-    from dvclive.fastai import DVCLiveCallback
-
-    class PhasedDVCLive(DVCLiveCallback):
-        """dvclive's fastai callback, kept open across fits (phases); the stage ends the Live itself."""
-
-        def after_fit(self):
-            pass
-
-    return PhasedDVCLive(live=live)
-
-
-# --------------------------------------------------------------------------------------------- evaluation
-def predict_probs(model: torch.nn.Module, x: np.ndarray, tfm: BatchTfm, bs: int, tta: bool, device: torch.device,
-                  dtype: torch.dtype | None) -> np.ndarray:  # fmt: skip
-    """Class probabilities for uint8 N×H×W×C images, in row order; tta averages with the mirror image."""
-    model.eval()
-    out = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        for i in range(0, len(x), bs):
-            (xb,) = tfm((to_tensor(x[i : i + bs]).to(device),))
-            p = F.softmax(model(xb).float(), dim=1)
-            if tta:
-                p = (p + F.softmax(model(xb.flip(3)).float(), dim=1)) / 2
-            out.append(p.cpu())
-    n_cls = out[0].shape[1] if out else 0
-    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, n_cls), np.float32)
-
-
-def score(probs: np.ndarray, y: np.ndarray) -> dict:
-    """Accuracy and log-loss of probabilities against labels."""
-    p = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
-    return {"accuracy": float((probs.argmax(1) == y).mean()), "loss": float(-np.log(p).mean())}
+    model: torch.nn.Module
+    lr: float
+    spec: dict | None = None  # models/<key>/spec.json: what pipeline.predict needs to rebuild the model
+    preds: dict[str, np.ndarray] | None = None  # split -> probabilities
+    metrics: dict | None = None  # metrics/<key>.json
+    lr_curve: dict | None = None  # lr_find's curve, when lr was `auto`
 
 
 def versions() -> dict:
@@ -155,15 +79,21 @@ def versions() -> dict:
     import timm
     import torchvision
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "fastai": fastai.__version__, "timm": timm.__version__, "numpy": np.__version__,
-            "machine": platform.machine(), "cuda": torch.version.cuda if torch.cuda.is_available() else None}  # fmt: skip
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "fastai": fastai.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
 
 
-# --------------------------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------------------------- build
 def build_learner(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device: torch.device | None = None):
-    """The fastai Learner of one architecture at its first phase's size, and what training it needs next:
-    (learn, ctx) with ctx = arch, phases, pretrained, mean, std, dtype, device, dls_at (DataLoaders at a size)."""
+    """The fastai Learner of one architecture at its first phase's size, and its Setup."""
     if device is None:  # under torchrun / accelerate launch each process takes its own GPU
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -175,10 +105,12 @@ def build_learner(key: str, spec: dict, arrays: dict, meta: dict, seed: int, dev
     phases = spec["phases"] or [[spec["size"] or h, spec["epochs"]]]
     pretrained = spec["pretrained"]
     if spec["train_limit"] and spec["train_limit"] < len(arrays["train_y"]):
-        from pipeline.prepare import stratified_subset
-
         keep = stratified_subset(arrays["train_y"], spec["train_limit"], seed)
         arrays = {**arrays, "train_x": arrays["train_x"][keep], "train_y": arrays["train_y"][keep]}
+    bs = spec["bs"]
+    if bs > len(arrays["train_y"]):
+        bs = len(arrays["train_y"])
+        warn(f"{key}: `bs` = {spec['bs']} is larger than the training set; using bs {bs} (one batch per epoch)")
     mean, std = archs_mod.norm_stats(arch, pretrained, n_in, meta["train_mean"], meta["train_std"])
     dtype = pick_dtype(spec["precision"], device)
     try:
@@ -196,66 +128,43 @@ def build_learner(key: str, spec: dict, arrays: dict, meta: dict, seed: int, dev
         model = model.to(memory_format=torch.channels_last)
 
     def dls_at(size):
-        return make_dls(arrays, size, spec["bs"], mean, std, spec["flip"], spec["pad"], device, spec["eval_bs"],
-                        spec["channels_last"])  # fmt: skip
+        return make_dls(
+            arrays, size, bs, mean, std, spec["flip"], spec["pad"], device, spec["eval_bs"], spec["channels_last"]
+        )
 
     cbs = [StopOnNaN(key)] + ([Autocast(device.type, dtype)] if dtype is not None else [])
-    learn = Learner(dls_at(phases[0][0]), model, loss_func=CrossEntropyLossFlat(label_smoothing=spec["label_smoothing"]),
-                    metrics=accuracy, wd=spec["wd"], splitter=splitter or trainable_params, cbs=cbs)  # fmt: skip
+    loss = CrossEntropyLossFlat(label_smoothing=spec["label_smoothing"])
+    splitter = splitter or trainable_params
+    learn = Learner(
+        dls_at(phases[0][0]), model, loss_func=loss, metrics=accuracy, wd=spec["wd"], splitter=splitter, cbs=cbs
+    )
     if not sys.stdout.isatty():
         learn.remove_cb(ProgressCallback)
         learn.logger = epoch_logger
-    ctx = {"arch": arch, "phases": phases, "pretrained": pretrained, "mean": mean, "std": std, "dtype": dtype,
-           "device": device, "dls_at": dls_at, "n_in": n_in, "n_out": n_out, "native": h, "arrays": arrays}  # fmt: skip
-    return learn, ctx
+    setup = Setup(arch, phases, pretrained, mean, std, dtype, device, bs, n_in, n_out, h, arrays, dls_at)
+    return learn, setup
 
 
-# --------------------------------------------------------------------------------------------- data-parallel
-class AnyBackendDL(DistributedDL):
-    """fastai's DistributedDL, whose shuffled-order broadcast also works on gloo (CPU processes): fastai sends
-    it through a CUDA tensor, which only nccl needs."""
-
-    def _broadcast(self, t, rank):
-        if torch.distributed.get_backend() == "nccl":
-            return super()._broadcast(t, rank)
-        t = torch.tensor(t, dtype=torch.long)
-        torch.distributed.broadcast(t, rank)
-        return t.tolist()
-
-
-class AnyBackendTrainer(DistributedTrainer):
-    """fastai's DistributedTrainer (DDP through Accelerate) with AnyBackendDL."""
-
-    def _wrap_dl(self, dl):
-        return dl if isinstance(dl, DistributedDL) else AnyBackendDL(dl, device=self.learn.model.device)
-
-
-@contextlib.contextmanager
-def data_parallel(learn: Learner, device: torch.device):
-    """fastai's learn.distrib_ctx() for processes launched by torchrun or `accelerate launch`: NCCL with
-    SyncBatchNorm on GPUs, gloo on CPU processes (Accelerate's cpu=True)."""
-    kw = {"sync_bn": True} if device.type == "cuda" else {"sync_bn": False, "cpu": True}
-    learn.add_cb(AnyBackendTrainer(**kw))
-    if rank_distrib():
-        learn.remove_cb(ProgressCallback)
-    try:
-        yield learn
-    finally:
-        learn.detach_distributed()
-
-
+# --------------------------------------------------------------------------------------------- fit
 def pick_lr(learn: Learner, key: str, spec: dict) -> tuple[float | None, float | None, dict | None]:
     """(lr used, lr_find's valley or None, the lr_find curve or None).
 
-    Data-parallel runs call this before the process group exists, and only rank 0 runs lr_find, as one process
-    (fastai's lr_find restores the weights from a rank-0-only file behind a barrier, and gathers losses across
-    ranks); `share_lr` then gives its result to every rank. Other ranks get (None, None, None) here."""
+    lr_find checkpoints the weights under learn.path/models/: a temporary folder here, never the project's
+    models/ (a killed run would leave it behind there). Data-parallel runs call this before the process group
+    exists, and only rank 0 runs lr_find, as one process (fastai's lr_find restores the weights from a
+    rank-0-only file behind a barrier, and gathers losses across ranks); `share` then gives its result to every
+    rank. Other ranks get (None, None, None) here."""
     lr_found, curve = None, None
     if spec["lr"] == "auto":
         if rank_distrib() > 0:
             return None, None, None
-        with learn.no_logging(), single_process():
-            sugg = learn.lr_find(num_it=spec["num_it"], show_plot=False)
+        old_path = learn.path
+        with tempfile.TemporaryDirectory(prefix="lr_find-") as tmp, learn.no_logging(), single_process():
+            learn.path = Path(tmp)
+            try:
+                sugg = learn.lr_find(num_it=spec["num_it"], show_plot=False)
+            finally:
+                learn.path = old_path
         lr_found = float(sugg.valley)
         curve = {"lr": [float(v) for v in learn.recorder.lrs], "loss": [float(v) for v in learn.recorder.losses]}
         if not math.isfinite(lr_found) or lr_found <= 0:
@@ -263,104 +172,127 @@ def pick_lr(learn: Learner, key: str, spec: dict) -> tuple[float | None, float |
     return (lr_found if lr_found is not None else spec["lr"]), lr_found, curve
 
 
-@contextlib.contextmanager
-def single_process():
-    """Within: fastai sees one process (WORLD_SIZE=1), so rank 0's lr_find neither gathers nor waits on ranks
-    that are not running it. Restored on exit."""
-    old = os.environ.get("WORLD_SIZE")
-    os.environ["WORLD_SIZE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["WORLD_SIZE"]
-        else:
-            os.environ["WORLD_SIZE"] = old
-
-
-def share_lr(found: tuple) -> tuple:
-    """Rank 0's (lr, valley, curve) on every rank: all ranks must follow the same schedule."""
-    box = list(found)
-    torch.distributed.broadcast_object_list(box, src=0)
-    return tuple(box)
-
-
-def fit_phases(learn: Learner, spec: dict, phases: list, fine_tune: bool, lr: float, dls_at) -> tuple[int, float, int]:
+def fit_phases(learn: Learner, spec: dict, setup: Setup, fine_tune: bool, lr: float) -> tuple[int, float, int]:
     """Train through the phases: fine_tune (frozen epochs first) for pretrained nets, one-cycle otherwise.
     Returns (training images seen, start time, frozen epochs)."""
     seen, t0 = 0, time.perf_counter()
     freeze_epochs = spec["freeze_epochs"] if fine_tune else 0
-    for i, (size, epochs) in enumerate(phases):
+    for i, (size, epochs) in enumerate(setup.phases):
         if i:
-            learn.dls = dls_at(size)
+            learn.dls = setup.dls_at(size)
         n_batches = len(learn.dls.train)
         if fine_tune and i == 0 and freeze_epochs:
-            learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, lr_mult=spec["lr_mult"],
-                            pct_start=spec["pct_start"])  # fmt: skip
-            seen += freeze_epochs * n_batches * spec["bs"]
+            learn.fine_tune(
+                epochs, base_lr=lr, freeze_epochs=freeze_epochs, lr_mult=spec["lr_mult"], pct_start=spec["pct_start"]
+            )
+            seen += freeze_epochs * n_batches * setup.bs
         elif fine_tune:
             learn.unfreeze()
             top = lr / 2
             learn.fit_one_cycle(epochs, slice(top / spec["lr_mult"], top), pct_start=spec["pct_start"])
         else:
             learn.fit_one_cycle(epochs, lr, pct_start=spec["pct_start"])
-        seen += epochs * n_batches * spec["bs"]
+        seen += epochs * n_batches * setup.bs
     return seen, t0, freeze_epochs
 
 
-def train_arch(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device: torch.device | None = None,
-               live=None, evaluate: bool = True) -> dict:  # fmt: skip
+def train_arch(
+    key: str,
+    spec: dict,
+    arrays: dict,
+    meta: dict,
+    seed: int,
+    device: torch.device | None = None,
+    live=None,
+    evaluate: bool = True,
+) -> TrainResult:
     """Train one architecture; returns the model, its spec, predictions, metrics and the lr_find curve."""
-    learn, ctx = build_learner(key, spec, arrays, meta, seed, device)
-    arch, phases, pretrained, mean, std = ctx["arch"], ctx["phases"], ctx["pretrained"], ctx["mean"], ctx["std"]
-    dtype, device, dls_at, arrays = ctx["dtype"], ctx["device"], ctx["dls_at"], ctx["arrays"]
-    n_in, n_out, h = ctx["n_in"], ctx["n_out"], ctx["native"]
-    fine_tune = bool(pretrained)
+    learn, setup = build_learner(key, spec, arrays, meta, seed, device)
+    fine_tune = bool(setup.pretrained)
     if fine_tune:
         learn.freeze()
 
     distributed = num_distrib() > 1
     found = pick_lr(learn, key, spec)
-    with data_parallel(learn, device) if distributed else contextlib.nullcontext():
-        lr, lr_found, curve = share_lr(found) if distributed else found
+    with data_parallel(learn, setup.device) if distributed else contextlib.nullcontext():
+        lr, lr_found, curve = share(found) if distributed else found
         if rank_distrib() == 0:
             how = f" ({num_distrib()} processes, data-parallel)" if distributed else ""
-            print(f"{key}: {arch.source} {arch.name}, lr {lr:.2e}{' (lr_find valley)' if lr_found else ''}, "
-                  f"phases {phases}, {'fine-tune' if fine_tune else 'one-cycle'}, precision {dtype or 'fp32'}{how}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{key}: {setup.arch.source} {setup.arch.name}, lr {lr:.2e}{' (lr_find valley)' if lr_found else ''}, "
+                f"phases {setup.phases}, {'fine-tune' if fine_tune else 'one-cycle'}, "
+                f"precision {dtype_name(setup.dtype)}{how}",
+                flush=True,
+            )
         if live is not None:
-            learn.add_cb(make_live_callback(live))
-        seen, t0, freeze_epochs = fit_phases(learn, spec, phases, fine_tune, lr, dls_at)
+            learn.add_cb(live_callback(live))
+        seen, t0, freeze_epochs = fit_phases(learn, spec, setup, fine_tune, lr)
     train_s = time.perf_counter() - t0
     if not evaluate:
-        return {"model": learn.model, "lr": lr}
+        return TrainResult(learn.model, lr)
+    return evaluate_member(learn, key, spec, setup, meta, seed, lr, lr_found, curve, seen, train_s, freeze_epochs)
 
-    size = phases[-1][0]
-    tfm = BatchTfm(size, mean, std, train=False, channels_last=spec["channels_last"])
+
+# --------------------------------------------------------------------------------------------- evaluate
+def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, curve, seen, train_s, freeze_epochs):
+    """Predictions on valid and test, metrics, and the spec pipeline.predict rebuilds the model from."""
+    size = setup.phases[-1][0]
+    tfm = BatchTfm(size, setup.mean, setup.std, train=False, channels_last=spec["channels_last"])
     tta = spec["tta"] and spec["flip"]  # mirror TTA only where mirrored images were trained on
+    arrays = setup.arrays
     t1 = time.perf_counter()
-    preds = {s: predict_probs(learn.model, arrays[f"{s}_x"], tfm, spec["eval_bs"], tta, device, dtype)
-             for s in ("valid", "test")}  # fmt: skip
+    preds = {
+        s: predict_probs(
+            learn.model, arrays[f"{s}_x"], tfm, spec["eval_bs"], tta, setup.device, setup.dtype, setup.n_out
+        )
+        for s in ("valid", "test")
+    }
     eval_s = time.perf_counter() - t1
+    precision = dtype_name(setup.dtype)
     metrics = {
         "valid": score(preds["valid"], arrays["valid_y"]),
         "test": score(preds["test"], arrays["test_y"]) if "test_y" in arrays and len(arrays["test_y"]) else None,
-        "lr": lr, "lr_found": lr_found is not None, "lr_suggested": lr_found,
-        "phases": phases, "freeze_epochs": freeze_epochs,
-        "train_s": round(train_s, 2), "img_per_s": round(seen / train_s, 1), "eval_s": round(eval_s, 2),
+        "lr": lr,
+        "lr_found": lr_found is not None,
+        "lr_suggested": lr_found,
+        "phases": setup.phases,
+        "freeze_epochs": freeze_epochs,
+        "bs": setup.bs,
+        "train_s": round(train_s, 2),
+        "img_per_s": round(seen / train_s, 1),
+        "eval_s": round(eval_s, 2),
         "param_count": sum(p.numel() for p in learn.model.parameters()),
-        "train_images": int(len(arrays["train_y"])), "device": str(device), "precision": str(dtype or "fp32"),
-        "arch": arch.name, "source": arch.source, "pretrained": bool(pretrained),
-    }  # fmt: skip
+        "train_images": int(len(arrays["train_y"])),
+        "device": str(setup.device),
+        "precision": precision,
+        "arch": setup.arch.name,
+        "source": setup.arch.source,
+        "pretrained": bool(setup.pretrained),
+    }
     model_spec = {
-        "key": key, "arch": arch.name, "source": arch.source, "n_in": n_in, "n_out": n_out, "size": size,
-        "native_size": h, "mean": list(map(float, mean)), "std": list(map(float, std)), "classes": meta["classes"],
-        "ps": spec["ps"], "model_kwargs": spec["model_kwargs"], "pretrained": pretrained, "tta": tta,
-        "channels_last": spec["channels_last"], "seed": seed, "train": spec,
-    }  # fmt: skip
-    return {"model": learn.model, "spec": model_spec, "preds": preds, "metrics": metrics, "lr_curve": curve}
+        "key": key,
+        "arch": setup.arch.name,
+        "source": setup.arch.source,
+        "n_in": setup.n_in,
+        "n_out": setup.n_out,
+        "size": size,
+        "native_size": setup.native,
+        "mean": list(map(float, setup.mean)),
+        "std": list(map(float, setup.std)),
+        "classes": meta["classes"],
+        "ps": spec["ps"],
+        "model_kwargs": spec["model_kwargs"],
+        "pretrained": setup.pretrained,
+        "tta": tta,
+        "channels_last": spec["channels_last"],
+        "precision": precision,  # pipeline.predict evaluates with the same autocast, so it reproduces preds/
+        "seed": seed,
+        "train": spec,
+    }
+    return TrainResult(learn.model, lr, model_spec, preds, metrics, curve)
 
 
+# --------------------------------------------------------------------------------------------- write
 def save_lr_plot(curve: dict, path: Path, lr: float) -> None:
     import matplotlib
 
@@ -377,9 +309,32 @@ def save_lr_plot(curve: dict, path: Path, lr: float) -> None:
     plt.close(fig)
 
 
-def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> dict:
-    from dvclive import Live
+def write_member(res: TrainResult, live, model_dir: Path, preds_dir: Path, metrics_file: Path, live_dir: Path) -> None:
+    """Every output of one member, into the (staging) paths given."""
     from safetensors.torch import save_file
+
+    if res.lr_curve:
+        points = [{"lr": a, "loss": b} for a, b in zip(res.lr_curve["lr"], res.lr_curve["loss"])]
+        live.log_plot("lr_find", points, x="lr", y="loss", template="linear", title=f"lr_find: {res.spec['key']}")
+        (live_dir / "plots" / "images").mkdir(parents=True, exist_ok=True)
+        save_lr_plot(res.lr_curve, live_dir / "plots" / "images" / "lr_find.png", res.lr)
+    else:  # a fixed lr: no curve, but the declared plot file exists
+        (live_dir / "plots" / "custom").mkdir(parents=True, exist_ok=True)
+        (live_dir / "plots" / "custom" / "lr_find.json").write_text("[]\n")
+    live.end()
+    model_dir.mkdir(exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in res.model.state_dict().items()}
+    save_file(state, str(model_dir / "model.safetensors"))
+    (model_dir / "spec.json").write_text(json.dumps(res.spec, indent=2) + "\n")
+    (model_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+    preds_dir.mkdir(exist_ok=True)
+    for split, p in res.preds.items():
+        np.save(preds_dir / f"{split}.npy", p, allow_pickle=False)
+    metrics_file.write_text(json.dumps(res.metrics, indent=2) + "\n")
+
+
+def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> TrainResult:
+    from dvclive import Live
 
     params = load_params(params_file)
     spec, seed = train_spec(params, key), seed_param(params)
@@ -392,25 +347,8 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
     with staged(*outs) as (model_dir, preds_dir, metrics_file, live_dir):
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
         res = train_arch(key, spec, arrays, meta, seed, device=device, live=live)
-        if res["lr_curve"]:
-            live.log_plot("lr_find", [{"lr": a, "loss": b} for a, b in zip(res["lr_curve"]["lr"], res["lr_curve"]["loss"])],
-                          x="lr", y="loss", template="linear", title=f"lr_find: {key}")  # fmt: skip
-            (live_dir / "plots" / "images").mkdir(parents=True, exist_ok=True)
-            save_lr_plot(res["lr_curve"], live_dir / "plots" / "images" / "lr_find.png", res["metrics"]["lr"])
-        else:  # a fixed lr: no curve, but the declared plot file exists
-            (live_dir / "plots" / "custom").mkdir(parents=True, exist_ok=True)
-            (live_dir / "plots" / "custom" / "lr_find.json").write_text("[]\n")
-        live.end()
-        model_dir.mkdir(exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in res["model"].state_dict().items()}
-        save_file(state, str(model_dir / "model.safetensors"))
-        (model_dir / "spec.json").write_text(json.dumps(res["spec"], indent=2) + "\n")
-        (model_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
-        preds_dir.mkdir(exist_ok=True)
-        for split, p in res["preds"].items():
-            np.save(preds_dir / f"{split}.npy", p, allow_pickle=False)
-        metrics_file.write_text(json.dumps(res["metrics"], indent=2) + "\n")
-    m = res["metrics"]
+        write_member(res, live, model_dir, preds_dir, metrics_file, live_dir)
+    m = res.metrics
     test = f", test acc {m['test']['accuracy']:.4f}" if m["test"] else ""
     print(f"{key}: valid acc {m['valid']['accuracy']:.4f}{test}, {m['train_s']:.0f} s, {m['img_per_s']:.0f} img/s")
     return res

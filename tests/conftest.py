@@ -1,13 +1,21 @@
-"""Shared fixtures: small files in the real formats, written by the tests themselves."""
+"""Shared helpers and fixtures: small files in the real formats written by the tests themselves, tiny learnable
+data, hand-made stage outputs, and a temporary git + DVC repository of the project."""
 
 import gzip
+import json
 import os
+import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
+
+from pipeline.datasets import digits_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a model hub
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,3 +49,153 @@ def mnist_dir(tmp_path):
         write_idx(d / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(d / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10)
     return d
+
+
+# ------------------------------------------------------------------------------------------------ image data sets
+def make_tiny(root: Path) -> Path:
+    t = root / "tiny-imagenet-200"
+    wnids = ["n01443537", "n01629819", "n01641577"]
+    (t / "wnids.txt").parent.mkdir(parents=True)
+    (t / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (t / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n")
+    ann = []
+    for k, w in enumerate(wnids):
+        for i in range(4):
+            write_image(t / "train" / w / "images" / f"{w}_{i}.JPEG", size=(64, 64), seed=k * 10 + i, fmt="JPEG")
+        (t / "train" / w / f"{w}_boxes.txt").write_text("")
+        for i in range(2):
+            name = f"val_{k * 2 + i}.JPEG"
+            write_image(t / "val" / "images" / name, size=(64, 64), seed=50 + k * 2 + i, fmt="JPEG")
+            ann.append(f"{name}\t{w}\t0\t0\t10\t10")
+    (t / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
+    for i in range(3):
+        write_image(t / "test" / "images" / f"test_{i}.JPEG", size=(64, 64), mode="L", seed=90 + i, fmt="JPEG")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ training
+def synth(n=48, size=16, c=1, k=3, seed=0):
+    """Tiny learnable data: the class sets the brightness of one image quadrant."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    x = rng.integers(0, 60, (n, size, size, c), dtype=np.uint8)
+    for i, cls in enumerate(y):
+        q = size // 2
+        x[i, (cls % 2) * q : (cls % 2 + 1) * q, (cls // 2) * q : (cls // 2 + 1) * q] += 180
+    arrays = {
+        "train_x": x,
+        "train_y": y.astype(np.int64),
+        "valid_x": x[:12],
+        "valid_y": y[:12].astype(np.int64),
+        "test_x": x[:9],
+        "test_y": y[:9].astype(np.int64),
+    }
+    meta = {
+        "image_shape": [size, size, c],
+        "classes": [f"c{i}" for i in range(k)],
+        "train_mean": [float(x.mean() / 255)] * c,
+        "train_std": [float(x.std() / 255)] * c,
+    }
+    return arrays, meta
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A prepared digits folder (200 images) and a writer of params.yaml files: (root, write(archs, **train))."""
+    from pipeline.datasets import read_digits
+    from pipeline.prepare import prepare, write_prepared
+
+    arrays, meta = prepare(read_digits(0), 0.2, 0, limit=200)
+    write_prepared(arrays, meta, tmp_path / "data" / "prepared")
+
+    def write(archs_, **train_):
+        p = tmp_path / "params.yaml"
+        p.write_text(
+            yaml.safe_dump(
+                {
+                    "seed": 0,
+                    "train": {"epochs": 2, "bs": 16, "lr": 0.01, "pad": 0, "flip": False, **train_},
+                    "archs": archs_,
+                }
+            )
+        )
+        return str(p)
+
+    return tmp_path, write
+
+
+# ------------------------------------------------------------------------------------------------ ensemble
+C = 4
+
+
+def onehot(labels, n=C, conf=0.9):
+    """Probabilities putting `conf` on `labels` and the rest spread evenly."""
+    p = np.full((len(labels), n), (1 - conf) / (n - 1))
+    p[np.arange(len(labels)), labels] = conf
+    return p
+
+
+def write_run(root: Path, models: dict, valid_y, test_y, ids=None, header=("id", "label"), classes=None):
+    """A prepared-data folder and preds/metrics per model, as the earlier stages write them."""
+    classes = classes or [f"class{i}" for i in range(C)]
+    prep = root / "data" / "prepared"
+    prep.mkdir(parents=True)
+    ids = ids or [str(i) for i in range(len(test_y))]
+    np.save(prep / "valid_y.npy", np.asarray(valid_y))
+    np.save(prep / "test_y.npy", np.asarray(test_y))
+    (prep / "test_ids.json").write_text(json.dumps(ids))
+    (prep / "meta.json").write_text(
+        json.dumps(
+            {"classes": classes, "class_names": classes, "test_labeled": True, "submission_header": list(header)}
+        )
+    )
+    for name, (arch, source, pv, pt) in models.items():
+        (root / "preds" / name).mkdir(parents=True)
+        np.save(root / "preds" / name / "valid.npy", pv.astype(np.float32))
+        np.save(root / "preds" / name / "test.npy", pt.astype(np.float32))
+        (root / "metrics").mkdir(exist_ok=True)
+        (root / "metrics" / f"{name}.json").write_text(json.dumps({"arch": arch, "source": source}))
+    return {"seed": 0, "archs": {n: {} for n in models}}
+
+
+def noisy(y, acc, rng):
+    return onehot(np.where(rng.random(len(y)) < acc, y, (y + rng.integers(1, C, len(y))) % C), conf=0.6)
+
+
+# ------------------------------------------------------------------------------------------------ dvc repositories
+BIN = Path(sys.executable).parent
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}:{os.environ['PATH']}",
+    "HF_HUB_OFFLINE": "1",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
+TINY = {
+    "seed": 0,
+    "data": {"name": "digits", "path": str(digits_file()), "limit": 300, "test_limit": 100},
+    "train": {"epochs": 1, "bs": 32, "lr": 0.01, "tta": False},
+    "archs": {"logreg": {}, "mlp": {"epochs": 2}},
+    "ensemble": {"threshold": 0.0, "method": "stacking"},
+}
+
+
+def run(cmd: str, cwd: Path) -> str:
+    r = subprocess.run(cmd, shell=True, cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout}\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def make_repo(tmp: Path, params: dict) -> Path:
+    """A git + DVC repository holding the project's code, dvc.yaml and these params."""
+    repo = tmp / "repo"
+    repo.mkdir()
+    for pkg in ("pipeline", "ensembles"):
+        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / f, repo / f)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", repo)
+    return repo

@@ -1,7 +1,8 @@
 """One rank of the distributed test (launched by tests/test_distributed.py through torchrun, 2 CPU processes).
 
 Trains mlp on tiny digits data through the pipeline's own path (build_learner, pick_lr, fit_phases inside
-train.data_parallel, fastai's DistributedTrainer) and saves this rank's weights before and after, for the test to compare.
+pipeline.distributed.data_parallel, fastai's DistributedTrainer) and saves this rank's weights before and after,
+for the test to compare.
 """
 
 import os
@@ -15,20 +16,22 @@ from fastai.distributed import num_distrib, rank_distrib  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from pipeline import datasets, prepare, train  # noqa: E402
+from pipeline.distributed import data_parallel, share  # noqa: E402
 from pipeline.params import TRAIN_SCHEMA, check_section  # noqa: E402
 
 
 def main(out: Path) -> None:
     arrays, meta = prepare.prepare(datasets.read_digits(0), 0.2, 0, limit=400, test_limit=50)
-    spec = check_section({"arch": "cnn4", "epochs": 1, "bs": 16, "lr": "auto", "num_it": 10, "tta": False},
-                         TRAIN_SCHEMA, "cnn4")  # fmt: skip
-    learn, ctx = train.build_learner("cnn4", spec, arrays, meta, seed=0)
+    spec = check_section(
+        {"arch": "cnn4", "epochs": 1, "bs": 16, "lr": "auto", "num_it": 10, "tta": False}, TRAIN_SCHEMA, "cnn4"
+    )
+    learn, setup = train.build_learner("cnn4", spec, arrays, meta, seed=0)
     rank = rank_distrib()
     save_file({k: v.contiguous() for k, v in learn.model.state_dict().items()}, str(out / f"init{rank}.safetensors"))
     found = train.pick_lr(learn, "cnn4", spec)
-    with train.data_parallel(learn, torch.device("cpu")):
-        lr, _, _ = train.share_lr(found)
-        train.fit_phases(learn, spec, ctx["phases"], False, lr, ctx["dls_at"])
+    with data_parallel(learn, torch.device("cpu")):
+        lr, _, _ = share(found)
+        train.fit_phases(learn, spec, setup, False, lr)
     state = {k: v.contiguous() for k, v in learn.model.state_dict().items()}
     save_file(state, str(out / f"rank{rank}.safetensors"))
     (out / f"rank{rank}.txt").write_text(f"{num_distrib()} {lr!r} {len(learn.dls.train)}\n")

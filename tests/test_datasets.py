@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_idx, write_image
+from conftest import make_tiny, write_idx, write_image
 
 from pipeline import datasets
 from pipeline.errors import PipelineError
@@ -23,6 +23,7 @@ def test_idx_round_trip(tmp_path, gz):
     np.testing.assert_array_equal(datasets.read_idx(path), arr)
 
 
+@pytest.mark.bad_input
 def test_truncated_idx_names_file_and_sizes(tmp_path):
     path = write_idx(tmp_path / "x-idx3-ubyte", np.zeros((4, 3, 3), np.uint8), gz=False)
     path.write_bytes(path.read_bytes()[:-5])
@@ -30,6 +31,7 @@ def test_truncated_idx_names_file_and_sizes(tmp_path):
         datasets.read_idx(path)
 
 
+@pytest.mark.bad_input
 def test_truncated_gzip_idx(tmp_path):
     path = write_idx(tmp_path / "x-idx3-ubyte", np.zeros((50, 28, 28), np.uint8))
     path.write_bytes(path.read_bytes()[:40])
@@ -37,6 +39,7 @@ def test_truncated_gzip_idx(tmp_path):
         datasets.read_idx(path)
 
 
+@pytest.mark.bad_input
 def test_not_idx(tmp_path):
     (tmp_path / "f").write_bytes(b"PNG garbage")
     with pytest.raises(PipelineError, match="not an unsigned-byte IDX"):
@@ -52,6 +55,7 @@ def test_fashion_mnist_reader(mnist_dir):
     assert raw.test_ids == [str(i) for i in range(20)]
 
 
+@pytest.mark.bad_input
 def test_missing_offline_message_names_files_places_and_remedy(tmp_path):
     with pytest.raises(PipelineError) as e:
         datasets.read_mnist_like("mnist", tmp_path / "nowhere", download=False)
@@ -60,21 +64,31 @@ def test_missing_offline_message_names_files_places_and_remedy(tmp_path):
     assert "download" in msg
 
 
+@pytest.mark.bad_input
 def test_fashion_missing_mentions_debian_package(tmp_path, monkeypatch):
     monkeypatch.setitem(datasets.DEBIAN_PLACES, "fashion-mnist", tmp_path / "deb")
-    with pytest.raises(PipelineError, match=r"(?s)deb: missing.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(PipelineError, match=r"(?s)p: missing.*apt-get install dataset-fashion-mnist"):
         datasets.read_mnist_like("fashion-mnist", tmp_path / "p", download=False)
 
 
-def test_fashion_found_in_debian_place(mnist_dir, tmp_path, monkeypatch):
+@pytest.mark.bad_input
+def test_an_explicit_path_reads_nothing_else(mnist_dir, tmp_path, monkeypatch):
+    """data.path is the prepare stage's dependency: files elsewhere (Debian's copy) are named, never read."""
     monkeypatch.setitem(datasets.DEBIAN_PLACES, "fashion-mnist", mnist_dir)
-    raw = datasets.read_mnist_like("fashion-mnist", tmp_path / "empty", download=False)
+    with pytest.raises(PipelineError, match=rf"(?s)empty: missing.*`make data` copies them.*data.path: {mnist_dir}"):
+        datasets.read_mnist_like("fashion-mnist", tmp_path / "empty", download=False)
+
+
+def test_fashion_found_in_debian_place_from_python(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(datasets.DEBIAN_PLACES, "fashion-mnist", mnist_dir)
+    monkeypatch.chdir(tmp_path)  # no data/raw/fashion-mnist here
+    raw = datasets.read_mnist_like("fashion-mnist", None, download=False)
     assert raw.source["path"] == str(mnist_dir)
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make setup does it)")
 def test_real_fashion_mnist():
-    raw = datasets.read_mnist_like("fashion-mnist", Path("/nonexistent"), download=False)
+    raw = datasets.read_mnist_like("fashion-mnist", FMNIST, download=False)
     assert raw.train_x.shape == (60000, 28, 28, 1) and raw.test_x.shape == (10000, 28, 28, 1)
     assert np.bincount(raw.train_y).tolist() == [6000] * 10
     assert np.bincount(raw.test_y).tolist() == [1000] * 10
@@ -97,8 +111,10 @@ def make_cifar10(path: Path, n=6, seed=0) -> Path:
             tf.addfile(info, io.BytesIO(blob))
 
         for i in (1, 2):
-            add(f"data_batch_{i}", {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                                    b"labels": [(j + i) % 10 for j in range(n)]})  # fmt: skip
+            add(
+                f"data_batch_{i}",
+                {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [(j + i) % 10 for j in range(n)]},
+            )
         add("test_batch", {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(range(n))})
         add("batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
     return path
@@ -117,8 +133,11 @@ def test_cifar_pixel_layout(tmp_path):
     data = np.zeros((1, 3072), np.uint8)
     data[0, 0], data[0, 1024 + 1], data[0, 2048 + 32] = 10, 20, 30
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tf:
-        for name, obj in (("data_batch_1", {b"data": data, b"labels": [0]}), ("test_batch", {b"data": data, b"labels": [0]}),
-                          ("batches.meta", {b"label_names": [b"a"]})):  # fmt: skip
+        for name, obj in (
+            ("data_batch_1", {b"data": data, b"labels": [0]}),
+            ("test_batch", {b"data": data, b"labels": [0]}),
+            ("batches.meta", {b"label_names": [b"a"]}),
+        ):
             blob = _pickle(obj)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(blob)
@@ -136,8 +155,10 @@ def test_cifar100_fine_and_coarse(tmp_path, mode, first):
             b"fine_labels": [5, 6],
             b"coarse_labels": [1, 2],
         }
-        meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-                b"coarse_label_names": [f"k{i}".encode() for i in range(20)]}  # fmt: skip
+        meta = {
+            b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"k{i}".encode() for i in range(20)],
+        }
         for name, obj in (("train", split), ("test", split), ("meta", meta)):
             blob = _pickle(obj)
             info = tarfile.TarInfo(f"cifar-100-python/{name}")
@@ -148,12 +169,14 @@ def test_cifar100_fine_and_coarse(tmp_path, mode, first):
     assert len(raw.classes) == (100 if mode == "fine" else 20)
 
 
+@pytest.mark.bad_input
 def test_not_a_tarball(tmp_path):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"this is not a tarball")
     with pytest.raises(PipelineError, match="cifar-10-python.tar.gz: not a readable tarball"):
         datasets.read_cifar("cifar10", tmp_path, download=False)
 
 
+@pytest.mark.bad_input
 def test_cifar_pickle_cannot_run_code(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -184,6 +207,7 @@ def make_folder(root: Path, corrupt=True) -> Path:
     return root
 
 
+@pytest.mark.bad_input
 def test_folder_reader_mixed_modes_and_corrupt_file(tmp_path, capsys):
     raw = datasets.read_folder(make_folder(tmp_path / "ds"), size=24, on_bad="skip")
     assert raw.classes == ["cats", "dogs"]
@@ -198,6 +222,7 @@ def test_folder_reader_mixed_modes_and_corrupt_file(tmp_path, capsys):
     assert {"L", "RGBA", "P", "LA"} <= set(raw.source["modes"])
 
 
+@pytest.mark.bad_input
 def test_folder_on_bad_image_fail(tmp_path):
     with pytest.raises(PipelineError, match="broken.jpg: unreadable image"):
         datasets.read_folder(make_folder(tmp_path / "ds"), size=24, on_bad="fail")
@@ -213,6 +238,7 @@ def test_folder_labeled_test(tmp_path):
     assert raw.test_y.tolist() == [0, 1] and raw.test_ids == ["cats/b.png", "dogs/a.png"]
 
 
+@pytest.mark.bad_input
 def test_folder_empty_class(tmp_path):
     root = make_folder(tmp_path / "ds", corrupt=False)
     (root / "train" / "birds").mkdir()
@@ -220,6 +246,7 @@ def test_folder_empty_class(tmp_path):
         datasets.read_folder(root, size=8, on_bad="skip")
 
 
+@pytest.mark.bad_input
 def test_folder_empty_test(tmp_path):
     root = make_folder(tmp_path / "ds", corrupt=False)
     for p in (root / "test").iterdir():
@@ -263,6 +290,7 @@ def test_kaggle_without_sample_sorts_naturally(tmp_path):
     assert raw.test_ids[:3] == ["1", "2", "3"] and raw.test_ids[-1] == "12"
 
 
+@pytest.mark.bad_input
 def test_kaggle_labels_name_missing_files(tmp_path):
     root = make_kaggle(tmp_path / "k")
     (root / "train" / "3.png").unlink()
@@ -271,6 +299,7 @@ def test_kaggle_labels_name_missing_files(tmp_path):
         datasets.read_kaggle_csv(root, size=32, on_bad="skip")
 
 
+@pytest.mark.bad_input
 def test_kaggle_sample_submission_names_missing_test_file(tmp_path):
     root = make_kaggle(tmp_path / "k")
     (root / "test" / "12.png").unlink()
@@ -278,6 +307,7 @@ def test_kaggle_sample_submission_names_missing_test_file(tmp_path):
         datasets.read_kaggle_csv(root, size=32, on_bad="skip")
 
 
+@pytest.mark.bad_input
 def test_kaggle_empty_test(tmp_path):
     root = make_kaggle(tmp_path / "k")
     for p in (root / "test").iterdir():
@@ -286,6 +316,7 @@ def test_kaggle_empty_test(tmp_path):
         datasets.read_kaggle_csv(root, size=32, on_bad="skip")
 
 
+@pytest.mark.bad_input
 def test_kaggle_corrupt_test_image_kept_blank(tmp_path):
     root = make_kaggle(tmp_path / "k")
     (root / "test" / "1.png").write_bytes(b"broken")
@@ -295,27 +326,6 @@ def test_kaggle_corrupt_test_image_kept_blank(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ tiny-imagenet
-def make_tiny(root: Path) -> Path:
-    t = root / "tiny-imagenet-200"
-    wnids = ["n01443537", "n01629819", "n01641577"]
-    (t / "wnids.txt").parent.mkdir(parents=True)
-    (t / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (t / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n")
-    ann = []
-    for k, w in enumerate(wnids):
-        for i in range(4):
-            write_image(t / "train" / w / "images" / f"{w}_{i}.JPEG", size=(64, 64), seed=k * 10 + i, fmt="JPEG")
-        (t / "train" / w / f"{w}_boxes.txt").write_text("")
-        for i in range(2):
-            name = f"val_{k * 2 + i}.JPEG"
-            write_image(t / "val" / "images" / name, size=(64, 64), seed=50 + k * 2 + i, fmt="JPEG")
-            ann.append(f"{name}\t{w}\t0\t0\t10\t10")
-    (t / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
-    for i in range(3):
-        write_image(t / "test" / "images" / f"test_{i}.JPEG", size=(64, 64), mode="L", seed=90 + i, fmt="JPEG")
-    return root
-
-
 def test_tiny_imagenet(tmp_path):
     raw = datasets.read_tiny_imagenet(make_tiny(tmp_path), size=64, on_bad="skip", download=False)
     assert raw.classes == ["n01443537", "n01629819", "n01641577"]
@@ -325,6 +335,7 @@ def test_tiny_imagenet(tmp_path):
     assert raw.test_ids == ["test_0.JPEG", "test_1.JPEG", "test_2.JPEG"] and raw.test_y is None
 
 
+@pytest.mark.bad_input
 def test_tiny_imagenet_bad_annotation(tmp_path):
     root = make_tiny(tmp_path)
     (root / "tiny-imagenet-200" / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99999999\n")

@@ -4,17 +4,17 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ENV, ROOT, TINY, make_repo, run
 from safetensors.torch import load_file
-from test_dvc import ENV, TINY, make_repo, run
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def test_two_processes_train_in_step(tmp_path):
     env = {**ENV, "DIST_OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([*TORCHRUN, str(ROOT / "tests" / "dist_worker.py")], env=env, capture_output=True, text=True,
-                       timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [*TORCHRUN, str(ROOT / "tests" / "dist_worker.py")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     init = load_file(str(tmp_path / "init0.safetensors"))
@@ -31,8 +31,9 @@ def test_torchrun_stage_writes_outputs_once_from_rank_0(tmp_path):
     repo = make_repo(tmp_path, params)
     run("dvc repro prepare", repo)
     env = {**ENV, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([*TORCHRUN, "-m", "pipeline.train", "mlp"], cwd=repo, env=env, capture_output=True, text=True,
-                       timeout=600)  # fmt: skip
+    r = subprocess.run(
+        [*TORCHRUN, "-m", "pipeline.train", "mlp"], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert out.count("mlp: valid acc") == 1 and "(2 processes, data-parallel)" in out

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -10,36 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
-
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "t",
-       "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
-TINY = {
-    "seed": 0,
-    "data": {"name": "digits", "limit": 300, "test_limit": 100},
-    "train": {"epochs": 1, "bs": 32, "lr": 0.01, "tta": False},
-    "archs": {"logreg": {}, "mlp": {"epochs": 2}},
-    "ensemble": {"threshold": 0.0, "method": "stacking"},
-}
-
-
-def run(cmd: str, cwd: Path) -> str:
-    r = subprocess.run(cmd, shell=True, cwd=cwd, env=ENV, capture_output=True, text=True)
-    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout}\n{r.stderr}"
-    return r.stdout + r.stderr
-
-
-def make_repo(tmp: Path, params: dict) -> Path:
-    repo = tmp / "repo"
-    repo.mkdir()
-    for pkg in ("pipeline", "ensembles"):
-        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    for f in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / f, repo / f)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", repo)
-    return repo
+from conftest import ENV, ROOT, TINY, make_repo, run
 
 
 def stages_to_run(repo: Path) -> set[str]:
@@ -137,8 +107,26 @@ def test_predict_rebuilds_models_and_the_ensemble_exactly(repo, tmp_path):
     Image.fromarray(x[1, ..., 0]).convert("RGB").resize((64, 64), Image.NEAREST).save(tmp_path / "sub" / "b.jpg")
     (tmp_path / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "preds.csv"
-    r = subprocess.run([sys.executable, "-m", "pipeline.predict", str(tmp_path), "--model", "ensemble", "--top-k", "3",
-                        "--out", str(out), "--root", str(repo)], capture_output=True, text=True, env=ENV, cwd=ROOT)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.predict",
+            str(tmp_path),
+            "--model",
+            "ensemble",
+            "--top-k",
+            "3",
+            "--out",
+            str(out),
+            "--root",
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert "broken.png" in r.stderr and "2 images predicted" in r.stderr
     rows = list(csv.reader(out.open()))
@@ -150,9 +138,15 @@ def test_predict_rebuilds_models_and_the_ensemble_exactly(repo, tmp_path):
     assert float(rows[1][2]) >= float(rows[1][4]) >= float(rows[1][6])
 
 
+@pytest.mark.bad_input
 def test_predict_unknown_model_is_a_clear_error(repo):
-    r = subprocess.run([sys.executable, "-m", "pipeline.predict", str(repo / "params.yaml"), "--model", "nope",
-                        "--root", str(repo)], capture_output=True, text=True, env=ENV, cwd=ROOT)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.predict", str(repo / "params.yaml"), "--model", "nope", "--root", str(repo)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+    )
     assert r.returncode == 1 and "models/nope/spec.json: missing" in r.stderr
 
 
@@ -198,8 +192,15 @@ def test_queued_experiments_run_in_parallel_and_show_up(tmp_path):
     run("dvc exp run --queue -n mlp-1ep -S archs.mlp.epochs=1", repo)
     run("dvc exp run --queue -n mlp-3ep -S archs.mlp.epochs=3", repo)
     # the workers are daemons that keep stdout open: do not wait on their pipes
-    subprocess.run("dvc queue start --jobs 2", shell=True, cwd=repo, env=ENV, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        "dvc queue start --jobs 2",
+        shell=True,
+        cwd=repo,
+        env=ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     while time.time() < deadline:
         status = run("dvc queue status", repo)

@@ -2,33 +2,33 @@
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import C, noisy, onehot, write_run
 
 from ensembles import ensemble as E
 from ensembles import select as S
 from ensembles import weights as W
 from pipeline.errors import PipelineError
 
-C = 4
-
-
-def onehot(labels, n=C, conf=0.9):
-    """Probabilities putting `conf` on `labels` and the rest spread evenly."""
-    p = np.full((len(labels), n), (1 - conf) / (n - 1))
-    p[np.arange(len(labels)), labels] = conf
-    return p
-
 
 # ------------------------------------------------------------------------------------------------ selection
-@pytest.mark.parametrize("arch,source,fam", [
-    ("vgg19_bn", "timm", "VGG"), ("torchvision.vgg19_bn", "torchvision", "VGG"), ("resnet34", "timm", "ResNet"),
-    ("torchvision.resnet34", "torchvision", "ResNet"), ("densenet121", "timm", "DenseNet"),
-    ("efficientnet_b0", "timm", "EfficientNet"), ("tf_efficientnet_lite0", "timm", "EfficientNet"),
-    ("resnet9", "local", "scratch"), ("cnn4", "local", "scratch"), ("convit_tiny", "timm", "convit"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "arch,source,fam",
+    [
+        ("vgg19_bn", "timm", "VGG"),
+        ("torchvision.vgg19_bn", "torchvision", "VGG"),
+        ("resnet34", "timm", "ResNet"),
+        ("torchvision.resnet34", "torchvision", "ResNet"),
+        ("densenet121", "timm", "DenseNet"),
+        ("efficientnet_b0", "timm", "EfficientNet"),
+        ("tf_efficientnet_lite0", "timm", "EfficientNet"),
+        ("resnet9", "local", "scratch"),
+        ("cnn4", "local", "scratch"),
+        ("convit_tiny", "timm", "convit"),
+    ],
+)
 def test_family(arch, source, fam):
     assert S.family(arch, source) == fam
 
@@ -46,6 +46,7 @@ def test_per_family_adds_the_best_of_each_family_only():
     assert S.select(ACC, FAM, 0.9, per_family=True) == ["d", "a", "c"]  # VGG's only model joins; b and e do not
 
 
+@pytest.mark.bad_input
 def test_nothing_selected_warns_and_takes_the_best_or_fails():
     with pytest.warns(UserWarning, match=r"no model reaches .* 0.99 .*using d alone"):
         assert S.select(ACC, FAM, 0.99, per_family=False) == ["d"]
@@ -117,8 +118,9 @@ def test_crossfit_never_scores_rows_it_was_fitted_on():
 
     def memorise(Ptr, ytr):  # perfect on the rows it saw, uniform elsewhere
         seen = {row.tobytes(): t for row, t in zip(Ptr[0], ytr)}
-        return lambda Q: np.array([onehot([seen[r.tobytes()]])[0] if r.tobytes() in seen else np.full(C, 1 / C)
-                                   for r in Q[0]])  # fmt: skip
+        return lambda Q: np.array(
+            [onehot([seen[r.tobytes()]])[0] if r.tobytes() in seen else np.full(C, 1 / C) for r in Q[0]]
+        )
 
     assert W.accuracy(memorise(P, y)(P), y) == 1.0
     oof = W.crossfit(P, y, memorise, folds=5, seed=0)
@@ -126,37 +128,15 @@ def test_crossfit_never_scores_rows_it_was_fitted_on():
 
 
 # ------------------------------------------------------------------------------------------------ the stage
-def write_run(root: Path, models: dict, valid_y, test_y, ids=None, header=("id", "label"), classes=None):
-    """A prepared-data folder and preds/metrics per model, as the earlier stages write them."""
-    classes = classes or [f"class{i}" for i in range(C)]
-    prep = root / "data" / "prepared"
-    prep.mkdir(parents=True)
-    ids = ids or [str(i) for i in range(len(test_y))]
-    np.save(prep / "valid_y.npy", np.asarray(valid_y))
-    np.save(prep / "test_y.npy", np.asarray(test_y))
-    (prep / "test_ids.json").write_text(json.dumps(ids))
-    (prep / "meta.json").write_text(json.dumps({"classes": classes, "class_names": classes, "test_labeled": True,
-                                                "submission_header": list(header)}))  # fmt: skip
-    for name, (arch, source, pv, pt) in models.items():
-        (root / "preds" / name).mkdir(parents=True)
-        np.save(root / "preds" / name / "valid.npy", pv.astype(np.float32))
-        np.save(root / "preds" / name / "test.npy", pt.astype(np.float32))
-        (root / "metrics").mkdir(exist_ok=True)
-        (root / "metrics" / f"{name}.json").write_text(json.dumps({"arch": arch, "source": source}))
-    return {"seed": 0, "archs": {n: {} for n in models}}
-
-
-def noisy(y, acc, rng):
-    return onehot(np.where(rng.random(len(y)) < acc, y, (y + rng.integers(1, C, len(y))) % C), conf=0.6)
-
-
 @pytest.fixture
 def three(tmp_path):
     rng = np.random.default_rng(4)
     vy, ty = rng.integers(0, C, 300), rng.integers(0, C, 200)
-    models = {"resnet34": ("resnet34", "timm", noisy(vy, 0.9, rng), noisy(ty, 0.9, rng)),
-              "vgg19_bn": ("torchvision.vgg19_bn", "torchvision", noisy(vy, 0.6, rng), noisy(ty, 0.6, rng)),
-              "cnn4": ("cnn4", "local", noisy(vy, 0.8, rng), noisy(ty, 0.8, rng))}  # fmt: skip
+    models = {
+        "resnet34": ("resnet34", "timm", noisy(vy, 0.9, rng), noisy(ty, 0.9, rng)),
+        "vgg19_bn": ("torchvision.vgg19_bn", "torchvision", noisy(vy, 0.6, rng), noisy(ty, 0.6, rng)),
+        "cnn4": ("cnn4", "local", noisy(vy, 0.8, rng), noisy(ty, 0.8, rng)),
+    }
     return tmp_path, models, vy, ty
 
 
@@ -216,8 +196,15 @@ def test_sample_submission_header_and_order_are_followed(tmp_path):
     rng = np.random.default_rng(5)
     vy, ty = rng.integers(0, C, 40), rng.integers(0, C, 7)
     ids = ["img_7.png", "img_3.png", "img_10.png", "a.png", "b.png", "c.png", "d.png"]  # sampleSubmission order
-    params = write_run(tmp_path, {"cnn4": ("cnn4", "local", onehot(vy), onehot(ty))}, vy, ty, ids=ids,
-                       header=("ImageId", "Category"), classes=["cat", "dog", "fox", "owl"])  # fmt: skip
+    params = write_run(
+        tmp_path,
+        {"cnn4": ("cnn4", "local", onehot(vy), onehot(ty))},
+        vy,
+        ty,
+        ids=ids,
+        header=("ImageId", "Category"),
+        classes=["cat", "dog", "fox", "owl"],
+    )
     E.run(params, tmp_path)
     rows = list(csv.reader((tmp_path / "submissions" / "ensemble.csv").open()))
     assert rows[0] == ["ImageId", "Category"] and [r[0] for r in rows[1:]] == ids
@@ -227,10 +214,14 @@ def test_sample_submission_header_and_order_are_followed(tmp_path):
 def test_probability_columns_when_the_sample_has_one_per_class():
     probs = np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]])
     rows = E.submission_rows(probs, ["x", "y"], ["a", "b", "c"], ["id", "c", "a", "b"])
-    assert rows == [["id", "c", "a", "b"], ["x", "0.700000", "0.100000", "0.200000"],
-                    ["y", "0.250000", "0.500000", "0.250000"]]  # fmt: skip
+    assert rows == [
+        ["id", "c", "a", "b"],
+        ["x", "0.700000", "0.100000", "0.200000"],
+        ["y", "0.250000", "0.500000", "0.250000"],
+    ]
 
 
+@pytest.mark.bad_input
 def test_stale_predictions_name_the_model_and_write_nothing(three):
     root, models, vy, ty = three
     arch, src, pv, pt = models["cnn4"]
@@ -241,6 +232,7 @@ def test_stale_predictions_name_the_model_and_write_nothing(three):
     assert not (root / "submissions").exists() and not (root / "ensemble").exists()
 
 
+@pytest.mark.bad_input
 def test_class_mismatch_and_missing_predictions(three):
     root, models, vy, ty = three
     arch, src, pv, pt = models["vgg19_bn"]
@@ -252,6 +244,7 @@ def test_class_mismatch_and_missing_predictions(three):
         E.run(params, root)
 
 
+@pytest.mark.bad_input
 def test_bad_ensemble_params_are_named(three):
     root, models, vy, ty = three
     params = write_run(root, models, vy, ty)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import write_image
+from conftest import make_tiny, write_image
 
 from pipeline import datasets, prepare
 from pipeline.errors import PipelineError
@@ -65,7 +65,6 @@ def test_auto_channels_collapses_gray_rgb(tmp_path):
 
 
 def test_own_validation_split_is_used(tmp_path):
-    from test_datasets import make_tiny
 
     raw = datasets.read_tiny_imagenet(make_tiny(tmp_path), size=16, on_bad="skip", download=False)
     arrays, meta = prepare.prepare(raw, 0.5, seed=0)
@@ -96,6 +95,7 @@ def test_main_same_params_same_bytes(tmp_path):
     assert meta["source"]["name"] == "digits" and meta["counts"]["train"] + meta["counts"]["valid"] == 300
 
 
+@pytest.mark.bad_input
 def test_failure_leaves_previous_output_untouched(tmp_path):
     out = tmp_path / "prepared"
     prepare.main(write_params(tmp_path, limit=100), out)
@@ -108,6 +108,7 @@ def test_failure_leaves_previous_output_untouched(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
 
 
+@pytest.mark.bad_input
 def test_failure_creates_nothing(tmp_path):
     (tmp_path / "f").mkdir()
     with pytest.raises(PipelineError):
@@ -115,6 +116,7 @@ def test_failure_creates_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "data,match",
     [

@@ -4,7 +4,7 @@ import csv
 import json
 
 import numpy as np
-from test_ensemble import C, noisy, write_run
+from conftest import C, noisy, write_run
 
 from ensembles import ensemble as E
 from ensembles import weights as W
@@ -14,17 +14,25 @@ from pipeline import report as R
 def test_report_leaderboard_and_figures(tmp_path):
     rng = np.random.default_rng(0)
     vy, ty = rng.integers(0, C, 200), rng.integers(0, C, 100)
-    models = {"resnet34": ("resnet34", "timm", noisy(vy, 0.9, rng), noisy(ty, 0.9, rng)),
-              "cnn4": ("cnn4", "local", noisy(vy, 0.7, rng), noisy(ty, 0.7, rng))}  # fmt: skip
+    models = {
+        "resnet34": ("resnet34", "timm", noisy(vy, 0.9, rng), noisy(ty, 0.9, rng)),
+        "cnn4": ("cnn4", "local", noisy(vy, 0.7, rng), noisy(ty, 0.7, rng)),
+    }
     params = write_run(tmp_path, models, vy, ty) | {"ensemble": {"threshold": 0.0}}
     prep = tmp_path / "data" / "prepared"
     np.save(prep / "test_x.npy", rng.integers(0, 256, (100, 8, 8, 1), dtype=np.uint8))
     np.save(prep / "valid_x.npy", rng.integers(0, 256, (200, 8, 8, 1), dtype=np.uint8))
     for i, n in enumerate(models):
         m = json.loads((tmp_path / "metrics" / f"{n}.json").read_text())
-        m |= {"valid": {"accuracy": W.accuracy(models[n][2], vy)}, "test": {"accuracy": W.accuracy(models[n][3], ty)},
-              "param_count": 1_000_000 * (i + 1), "train_s": 10.0 * (i + 1), "img_per_s": 100.0, "lr": 1e-3,
-              "lr_found": True}  # fmt: skip
+        m |= {
+            "valid": {"accuracy": W.accuracy(models[n][2], vy)},
+            "test": {"accuracy": W.accuracy(models[n][3], ty)},
+            "param_count": 1_000_000 * (i + 1),
+            "train_s": 10.0 * (i + 1),
+            "img_per_s": 100.0,
+            "lr": 1e-3,
+            "lr_found": True,
+        }
         (tmp_path / "metrics" / f"{n}.json").write_text(json.dumps(m))
     live = tmp_path / "dvclive" / "cnn4" / "plots"
     (live / "custom").mkdir(parents=True)
@@ -46,16 +54,27 @@ def test_report_leaderboard_and_figures(tmp_path):
     md = (tmp_path / "reports" / "leaderboard.md").read_text()
     assert "| model | top1 | top1_err |" in md and "Top-1 on the test split" in md
     figs = {p.name for p in (tmp_path / "reports" / "figures").iterdir()}
-    assert figs == {"confusion_matrix.png", "top_losses.png", "predictions.png", "lr_find.png",
-                    "training_curves.png", "accuracy_vs_time.png"}  # fmt: skip
+    assert figs == {
+        "confusion_matrix.png",
+        "top_losses.png",
+        "predictions.png",
+        "lr_find.png",
+        "training_curves.png",
+        "accuracy_vs_time.png",
+    }
     for f in figs:
         assert (tmp_path / "reports" / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_unlabelled_test_ranks_by_validation():
-    models = {"a": {"valid": {"accuracy": 0.8}, "param_count": 1e6, "train_s": 1.0, "img_per_s": 5.0},
-              "b": {"valid": {"accuracy": 0.9}, "param_count": 2e6, "train_s": 2.0, "img_per_s": 5.0}}  # fmt: skip
-    ens = {"chosen": "uniform", "models": {"a": {"weight": 0.5}, "b": {"weight": 0.5}},
-           "strategies": {"uniform": {"weights": {"a": 0.5, "b": 0.5}, "valid": {"accuracy": 0.85}}}}  # fmt: skip
+    models = {
+        "a": {"valid": {"accuracy": 0.8}, "param_count": 1e6, "train_s": 1.0, "img_per_s": 5.0},
+        "b": {"valid": {"accuracy": 0.9}, "param_count": 2e6, "train_s": 2.0, "img_per_s": 5.0},
+    }
+    ens = {
+        "chosen": "uniform",
+        "models": {"a": {"weight": 0.5}, "b": {"weight": 0.5}},
+        "strategies": {"uniform": {"weights": {"a": 0.5, "b": 0.5}, "valid": {"accuracy": 0.85}}},
+    }
     rows = R.leaderboard(models, ens)
     assert [r["model"] for r in rows] == ["b", "ensemble:uniform*", "a"] and rows[0]["top1"] == 90.0

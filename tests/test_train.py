@@ -7,30 +7,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import synth
 
 from pipeline import archs, models, train
-from pipeline.datasets import read_digits
 from pipeline.errors import PipelineError
 from pipeline.params import TRAIN_SCHEMA, check_section, train_spec
-from pipeline.prepare import prepare, write_prepared
 
 DEFAULT_HEAVY = ["resnet34", "torchvision.vgg19_bn", "densenet121", "efficientnet_b0"]
 PARAMS = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-
-
-def synth(n=48, size=16, c=1, k=3, seed=0):
-    """Tiny learnable data: the class sets the brightness of one image quadrant."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % k
-    x = rng.integers(0, 60, (n, size, size, c), dtype=np.uint8)
-    for i, cls in enumerate(y):
-        q = size // 2
-        x[i, (cls % 2) * q : (cls % 2 + 1) * q, (cls // 2) * q : (cls // 2 + 1) * q] += 180
-    arrays = {"train_x": x, "train_y": y.astype(np.int64), "valid_x": x[:12], "valid_y": y[:12].astype(np.int64),
-              "test_x": x[:9], "test_y": y[:9].astype(np.int64)}  # fmt: skip
-    meta = {"image_shape": [size, size, c], "classes": [f"c{i}" for i in range(k)],
-            "train_mean": [float(x.mean() / 255)] * c, "train_std": [float(x.std() / 255)] * c}  # fmt: skip
-    return arrays, meta
 
 
 def spec(**kw):
@@ -48,8 +32,8 @@ def test_local_nets_any_input_size(name, size):
 def test_local_nets_short_fit(name):
     arrays, meta = synth(c=1)
     res = train.train_arch(name, {**spec(), "arch": name}, arrays, meta, seed=0)
-    assert res["preds"]["valid"].shape == (12, 3) and np.allclose(res["preds"]["valid"].sum(1), 1, atol=1e-4)
-    assert res["metrics"]["param_count"] > 0 and res["metrics"]["source"] == "local"
+    assert res.preds["valid"].shape == (12, 3) and np.allclose(res.preds["valid"].sum(1), 1, atol=1e-4)
+    assert res.metrics["param_count"] > 0 and res.metrics["source"] == "local"
 
 
 @pytest.mark.parametrize("name", DEFAULT_HEAVY)
@@ -57,8 +41,8 @@ def test_local_nets_short_fit(name):
 def test_default_imagenet_archs_build_forward_fit(name, c):
     arrays, meta = synth(n=32, size=32, c=c)
     res = train.train_arch(name, {**spec(bs=16, ps=0.25), "arch": name}, arrays, meta, seed=0)
-    assert res["preds"]["test"].shape == (9, 3)
-    assert res["metrics"]["source"] == ("torchvision" if name.startswith("torchvision.") else "timm")
+    assert res.preds["test"].shape == (9, 3)
+    assert res.metrics["source"] == ("torchvision" if name.startswith("torchvision.") else "timm")
 
 
 def test_default_params_cover_the_benchmark():
@@ -81,25 +65,26 @@ def test_fast_recipe_is_a_default_entry_with_a_fixed_lr():
 def test_scratch_net_learns_and_lr_find_is_recorded():
     arrays, meta = synth(n=96, size=16)
     res = train.train_arch("cnn4", {**spec(epochs=4, lr="auto"), "arch": "cnn4"}, arrays, meta, seed=0)
-    m = res["metrics"]
+    m = res.metrics
     assert m["lr_found"] and m["lr"] == m["lr_suggested"] > 0
-    assert len(res["lr_curve"]["lr"]) == len(res["lr_curve"]["loss"]) > 5
+    assert len(res.lr_curve["lr"]) == len(res.lr_curve["loss"]) > 5
     assert m["valid"]["accuracy"] >= 0.9  # the quadrant task is easy: a broken loop would sit near 1/3
 
 
 def test_progressive_resizing_phases():
     arrays, meta = synth(n=32, size=16)
     res = train.train_arch("resnet9", {**spec(phases=[[12, 1], [20, 1]]), "arch": "resnet9"}, arrays, meta, seed=0)
-    assert res["metrics"]["phases"] == [[12, 1], [20, 1]] and res["spec"]["size"] == 20
+    assert res.metrics["phases"] == [[12, 1], [20, 1]] and res.spec["size"] == 20
 
 
 def test_same_seed_same_predictions():
     arrays, meta = synth()
-    a = train.train_arch("cnn_small", {**spec(), "arch": "cnn_small"}, arrays, meta, seed=3)["preds"]["valid"]
-    b = train.train_arch("cnn_small", {**spec(), "arch": "cnn_small"}, arrays, meta, seed=3)["preds"]["valid"]
+    a = train.train_arch("cnn_small", {**spec(), "arch": "cnn_small"}, arrays, meta, seed=3).preds["valid"]
+    b = train.train_arch("cnn_small", {**spec(), "arch": "cnn_small"}, arrays, meta, seed=3).preds["valid"]
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.bad_input
 def test_unknown_arch_lists_nearest():
     with pytest.raises(PipelineError, match=r"unknown architecture 'resnet43'.*resnet34"):
         archs.resolve("resnet43")
@@ -132,11 +117,13 @@ def test_efficientnet_lite0_weights_map_onto_timm():
     assert archs.norm_stats(archs.resolve("tf_efficientnet_lite0"), False, 1, [0.3], [0.3]) == ([0.3], [0.3])
 
 
+@pytest.mark.bad_input
 def test_weights_that_do_not_fit_name_key_and_shapes():
     with pytest.raises(PipelineError, match=r"weights for `.*` have shape \(.*\), the model needs \(.*\)"):
         archs.build_model(archs.resolve("resnet18"), 3, 10, 32, pretrained=LITE0)
 
 
+@pytest.mark.bad_input
 def test_weights_file_errors(tmp_path):
     with pytest.raises(PipelineError, match="not found"):
         archs.build_model(archs.resolve("resnet18"), 3, 10, 32, pretrained=str(tmp_path / "none.pth"))
@@ -145,6 +132,7 @@ def test_weights_file_errors(tmp_path):
         archs.build_model(archs.resolve("resnet18"), 3, 10, 32, pretrained=str(tmp_path / "bad.pth"))
 
 
+@pytest.mark.bad_input
 def test_pickled_objects_are_refused(tmp_path):
     class Evil:
         def __reduce__(self):
@@ -155,6 +143,7 @@ def test_pickled_objects_are_refused(tmp_path):
         archs.build_model(archs.resolve("resnet18"), 3, 10, 32, pretrained=str(tmp_path / "evil.pth"))
 
 
+@pytest.mark.bad_input
 def test_pretrained_true_offline_fails_before_training(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     arrays, meta = synth(size=32)
@@ -166,25 +155,11 @@ def test_fine_tune_from_file_freezes_then_unfreezes():
     arrays, meta = synth(n=32, size=32, c=1)
     s = {**spec(pretrained=LITE0, freeze_epochs=1), "arch": "tf_efficientnet_lite0"}
     res = train.train_arch("lite0", s, arrays, meta, seed=0)
-    assert res["metrics"]["freeze_epochs"] == 1 and res["metrics"]["pretrained"]
-    assert res["spec"]["mean"] == pytest.approx([0.5], abs=1e-3)  # timm pretrained_cfg stats (TF: [-1, 1]), gray
+    assert res.metrics["freeze_epochs"] == 1 and res.metrics["pretrained"]
+    assert res.spec["mean"] == pytest.approx([0.5], abs=1e-3)  # timm pretrained_cfg stats (TF: [-1, 1]), gray
 
 
 # ------------------------------------------------------------------------------------------ bad input, outputs
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    arrays, meta = prepare(read_digits(0), 0.2, 0, limit=200)
-    write_prepared(arrays, meta, tmp_path / "data" / "prepared")
-
-    def write(archs_, **train_):
-        p = tmp_path / "params.yaml"
-        p.write_text(yaml.safe_dump({"seed": 0, "train": {"epochs": 2, "bs": 16, "lr": 0.01, "pad": 0, "flip": False, **train_},
-                                     "archs": archs_}))  # fmt: skip
-        return str(p)
-
-    return tmp_path, write
-
-
 def test_main_writes_all_outputs(project, capsys):
     root, write = project
     train.main("mlp", write({"mlp": {}}), root)
@@ -197,11 +172,17 @@ def test_main_writes_all_outputs(project, capsys):
     assert "\r" not in capsys.readouterr().out  # one line per epoch, not a terminal progress bar
 
 
+@pytest.mark.bad_input
 def test_nan_loss_stops_with_epoch_and_writes_nothing(project, monkeypatch):
     root, write = project
 
-    monkeypatch.setitem(models.LOCAL, "nan_net", lambda n_in, n_out, size: torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(n_in * size * size, n_out), models.Mul(float("nan"))))  # fmt: skip
+    monkeypatch.setitem(
+        models.LOCAL,
+        "nan_net",
+        lambda n_in, n_out, size: torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(n_in * size * size, n_out), models.Mul(float("nan"))
+        ),
+    )
     with pytest.raises(PipelineError, match=r"nan_net: training loss became nan at epoch 1, batch 1"):
         train.main("nan_net", write({"nan_net": {}}), root)
     for out in ("models/nan_net", "preds/nan_net", "metrics/nan_net.json", "dvclive/nan_net"):
@@ -211,10 +192,10 @@ def test_nan_loss_stops_with_epoch_and_writes_nothing(project, monkeypatch):
     ]
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     "entry,train_,match",
     [
-        ({}, {"bs": 100000}, r"`bs` = 100000 is larger than the training set"),
         ({"phases": []}, {}, r"archs.m.phases` = \[\]: expected a non-empty list"),
         ({"phases": [[32, 0]]}, {}, r"phase 0 = \[32, 0\]"),
         ({"epochs": "two"}, {}, r"archs.m.epochs` = 'two': expected an integer"),

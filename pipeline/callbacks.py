@@ -1,0 +1,60 @@
+"""fastai callbacks of the project: bf16/fp16 autocast, a stop on a non-finite loss, curves across phases."""
+
+from __future__ import annotations
+
+import torch
+from fastai.callback.core import Callback
+
+from pipeline.errors import PipelineError
+
+
+class Autocast(Callback):
+    """Autocast for forward and loss (as fastai's MixedPrecision, without a grad scaler: bf16 needs none)."""
+
+    order = 10
+
+    def __init__(self, device_type: str, dtype: torch.dtype):
+        self.device_type, self.dtype = device_type, dtype
+
+    def before_batch(self):
+        self.ctx = torch.autocast(self.device_type, dtype=self.dtype)
+        self.ctx.__enter__()
+
+    def after_pred(self):
+        self.learn.pred = self.pred.float()
+
+    def after_loss(self):
+        self.ctx.__exit__(None, None, None)
+
+
+class StopOnNaN(Callback):
+    """Stop with an error, saying where, as soon as the training loss is not finite."""
+
+    order = 11
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def after_loss(self):
+        if self.training and not torch.isfinite(self.loss).all():
+            raise PipelineError(
+                f"{self.key}: training loss became {self.loss.item()} at epoch {self.epoch + 1}, "
+                f"batch {self.iter + 1}; "
+                "nothing was written. Lower `lr`, or check the data"
+            )
+
+
+def epoch_logger(log) -> None:
+    """One plain line per epoch (and the header) when the console is not a terminal."""
+    print("  ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in log), flush=True)
+
+
+def live_callback(live):
+    """dvclive's fastai callback, kept open across fits (phases); the stage ends the Live itself."""
+    from dvclive.fastai import DVCLiveCallback
+
+    class PhasedDVCLive(DVCLiveCallback):
+        def after_fit(self):
+            pass
+
+    return PhasedDVCLive(live=live)

@@ -1,0 +1,33 @@
+"""Probabilities of a model on uint8 arrays: shared by the train stage and pipeline.predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.data import BatchTfm, to_tensor
+
+
+def predict_probs(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    tfm: BatchTfm,
+    bs: int,
+    tta: bool,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    n_classes: int,
+) -> np.ndarray:
+    """Class probabilities (N × n_classes, float32) for uint8 N×H×W×C images, in row order; tta averages with the
+    mirror image; `dtype` is the autocast dtype (None: fp32). No rows in, (0, n_classes) out."""
+    model.eval()
+    out = [torch.zeros(0, n_classes)]
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        for i in range(0, len(x), bs):
+            (xb,) = tfm((to_tensor(x[i : i + bs]).to(device),))
+            p = F.softmax(model(xb).float(), dim=1)
+            if tta:
+                p = (p + F.softmax(model(xb.flip(3)).float(), dim=1)) / 2
+            out.append(p.cpu())
+    return torch.cat(out).numpy().astype(np.float32)
