@@ -16,6 +16,7 @@ import csv
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ NO_TEST = (
     "no submission: the prepared data has no test split (e.g. an ImageFolder set without test/); "
     "add test images and rerun `dvc repro` to get one"
 )
+
+
 @dataclass
 class Candidates:
     names: list[str]
@@ -68,14 +71,35 @@ def load_candidates(names: list[str], n_valid: int, n_test: int, n_classes: int,
     return Candidates(names, np.stack(valid), np.stack(test), info)
 
 
-def strategy_weights(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, cfg: dict, seed: int):
-    """(weights, valid probabilities, test predictor) of one strategy fitted on validation rows."""
+@dataclass
+class Fit:
+    """One strategy fitted on validation rows: member weights and how it blends new probabilities."""
+
+    weights: np.ndarray
+    predict: Callable[[np.ndarray], np.ndarray]  # (members, rows, classes) -> (rows, classes)
+    stacker: dict | None = None  # stacking only: the model as plain numbers, for ensemble/model.json
+
+
+@dataclass
+class Outcome:
+    """One strategy's scores (the metrics record) and its blended probabilities."""
+
+    record: dict
+    valid_probs: np.ndarray  # cross-fitted where the strategy is fitted
+    test_probs: np.ndarray
+    stacker: dict | None
+
+
+def fit_strategy(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, cfg: dict, seed: int) -> Fit:
+    """One strategy fitted on validation rows."""
     n_classes = P.shape[2]
     if kind == "stacking":
         model = W.fit_stacker(P, y, cfg["stack_C"], seed)
-        predict = lambda Q: W.stacker_proba(model, Q, n_classes)
-        predict.stacker = W.stacker_to_dict(model)
-        return W.stacker_weights(model, len(P), n_classes), predict
+        return Fit(
+            W.stacker_weights(model, len(P), n_classes),
+            lambda Q: W.stacker_proba(model, Q, n_classes),
+            W.stacker_to_dict(model),
+        )
     if kind == "accuracy":
         w = W.accuracy_weights(accs)
     elif kind == "uniform":
@@ -84,43 +108,41 @@ def strategy_weights(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, 
         w = W.greedy_weights(P, y, cfg["greedy_iters"])
     else:
         w = W.fitted_weights(P, y)
-    return w, lambda Q: W.blend(Q, w)
+    return Fit(w, lambda Q: W.blend(Q, w))
 
 
 def run_strategies(
     P: np.ndarray, y: np.ndarray, T: np.ndarray, test_y: np.ndarray | None, members: list[str], cfg: dict, seed: int
-) -> dict[str, dict]:
+) -> dict[str, Outcome]:
     """Every strategy on the same members: weights, validation and (where labelled) test scores, test probs."""
     accs = np.array([W.accuracy(p, y) for p in P])
     counts = np.bincount(y)
     k_folds = int(min(cfg["folds"], counts[counts > 0].min()))  # no more folds than the rarest class has rows
     out = {}
     for kind in STRATEGIES:
-        w, predict = strategy_weights(kind, P, y, accs, cfg, seed)
+        f = fit_strategy(kind, P, y, accs, cfg, seed)
         fitted = kind in ("greedy", "nnls", "stacking")
         if (fitted and len(P) > 1 or kind == "stacking") and k_folds >= 2:
-            fit = lambda Ptr, ytr, k=kind: strategy_weights(k, Ptr, ytr, accs, cfg, seed)[1]
+            fit = lambda Ptr, ytr, k=kind: fit_strategy(k, Ptr, ytr, accs, cfg, seed).predict
             vp, how = W.crossfit(P, y, fit, k_folds, seed), f"cross-fitted, {k_folds} folds"
         else:
-            vp, how = predict(P), "direct" if not fitted else "direct: a class has < 2 validation rows to cross-fit"
-        tp = predict(T)
+            vp, how = f.predict(P), "direct" if not fitted else "direct: a class has < 2 validation rows to cross-fit"
+        tp = f.predict(T)
         rec = {
             "members": members,
-            "weights": {m: round(float(x), 6) for m, x in zip(members, w)},
+            "weights": {m: round(float(x), 6) for m, x in zip(members, f.weights)},
             "valid": {"accuracy": W.accuracy(vp, y), "loss": W.log_loss(vp, y)},
             "valid_scored": how,
         }
         if test_y is not None:
             rec["test"] = {"accuracy": W.accuracy(tp, test_y), "loss": W.log_loss(tp, test_y)}
-        out[kind] = {"record": rec, "valid_probs": vp, "test_probs": tp, "stacker": getattr(predict, "stacker", None)}
+        out[kind] = Outcome(rec, vp, tp, f.stacker)
     return out
 
 
-def best_strategy(results: dict[str, dict]) -> str:
+def best_strategy(results: dict[str, Outcome]) -> str:
     """Highest validation accuracy (cross-fitted where fitted), then lowest validation log-loss."""
-    return min(
-        results, key=lambda k: (-results[k]["record"]["valid"]["accuracy"], results[k]["record"]["valid"]["loss"])
-    )
+    return min(results, key=lambda k: (-results[k].record["valid"]["accuracy"], results[k].record["valid"]["loss"]))
 
 
 def submission_rows(probs: np.ndarray, ids: list[str], classes: list[str], header: list[str]) -> list[list[Any]]:
@@ -170,7 +192,7 @@ def run(params: dict, root: Path = Path(".")) -> dict:
     idx = [names.index(m) for m in members]
     results = run_strategies(c.valid[idx], y, c.test[idx], test_y, members, cfg, seed)
     chosen = best_strategy(results) if cfg["method"] == "best" else cfg["method"]
-    rec = results[chosen]["record"]
+    rec = results[chosen].record
 
     models = {}
     for i, n in enumerate(names):
@@ -186,7 +208,7 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         "method": cfg["method"],
         "chosen": chosen,
         **rec,
-        "strategies": {k: v["record"] for k, v in results.items()},
+        "strategies": {k: v.record for k, v in results.items()},
         "models": models,
     }
 
@@ -197,7 +219,7 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         "members": rec["members"],
         "weights": rec["weights"],
         "classes": classes,
-        "stacker": results[chosen]["stacker"],
+        "stacker": results[chosen].stacker,
     }
     outs = (
         root / "submissions",
@@ -212,11 +234,11 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         if has_test:
             for i, n in enumerate(names):
                 write_csv(sub / f"{n}.csv", submission_rows(c.test[i], ids, classes, header))
-            write_csv(sub / "ensemble.csv", submission_rows(results[chosen]["test_probs"], ids, classes, header))
+            write_csv(sub / "ensemble.csv", submission_rows(results[chosen].test_probs, ids, classes, header))
         else:
             (sub / "NO_TEST_SPLIT.txt").write_text(NO_TEST + "\n")
-        np.save(pr / "valid.npy", results[chosen]["valid_probs"].astype(np.float32))
-        np.save(pr / "test.npy", results[chosen]["test_probs"].astype(np.float32))
+        np.save(pr / "valid.npy", results[chosen].valid_probs.astype(np.float32))
+        np.save(pr / "test.npy", results[chosen].test_probs.astype(np.float32))
         mf.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -71,10 +71,25 @@ def test_scratch_net_learns_and_lr_find_is_recorded():
     assert m["valid"]["accuracy"] >= 0.9  # the quadrant task is easy: a broken loop would sit near 1/3
 
 
-def test_progressive_resizing_phases():
+def test_progressive_resizing_phases(monkeypatch):
+    """The model sees each phase's image size, in order, for that phase's epochs, and is evaluated at the last."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, n_in, n_out, size):
+            super().__init__()
+            self.body = models.LOCAL["cnn_small"](n_in, n_out, size)
+
+        def forward(self, x):
+            seen.append((self.training, x.shape[0], x.shape[-1]))
+            return self.body(x)
+
+    monkeypatch.setitem(models.LOCAL, "spy", Spy)
     arrays, meta = synth(n=32, size=16)
-    res = train.train_arch("resnet9", {**spec(phases=[[12, 1], [20, 1]]), "arch": "resnet9"}, arrays, meta, seed=0)
-    assert res.metrics["phases"] == [[12, 1], [20, 1]] and res.spec["size"] == 20
+    res = train.train_arch("spy", {**spec(phases=[[12, 1], [20, 2]], bs=8), "arch": "spy"}, arrays, meta, seed=0)
+    trained = [(bs, size) for training, bs, size in seen if training]
+    assert trained == [(8, 12)] * 4 + [(8, 20)] * 8  # 32 images / bs 8 = 4 batches per epoch
+    assert {size for training, _, size in seen if not training} >= {20} and res.spec["size"] == 20
 
 
 def test_same_seed_same_predictions():
@@ -151,11 +166,38 @@ def test_pretrained_true_offline_fails_before_training(monkeypatch):
         train.train_arch("resnet18", {**spec(pretrained=True), "arch": "resnet18"}, arrays, meta, seed=0)
 
 
-def test_fine_tune_from_file_freezes_then_unfreezes():
+def test_fine_tune_from_file_freezes_then_unfreezes(monkeypatch):
+    """During the frozen epochs the body's convolutions keep the pretrained weights and the head learns; after
+    unfreezing the body learns too."""
+    from fastai.learner import Learner
+
+    def convs(model):
+        return {k: v.detach().clone() for k, v in model[0].state_dict().items() if k.endswith("conv_stem.weight")}
+
+    snaps, heads_at_freeze = [], []
+    real_unfreeze, real_freeze = Learner.unfreeze, Learner.freeze
+
+    def freeze(self):
+        heads_at_freeze.append([p.detach().clone() for p in self.model[1].parameters()])
+        return real_freeze(self)
+
+    monkeypatch.setattr(Learner, "freeze", freeze)
+
+    def unfreeze(self):
+        snaps.append((convs(self.model), [p.detach().clone() for p in self.model[1].parameters()]))
+        return real_unfreeze(self)
+
+    monkeypatch.setattr(Learner, "unfreeze", unfreeze)
     arrays, meta = synth(n=32, size=32, c=1)
-    s = {**spec(pretrained=LITE0, freeze_epochs=1), "arch": "tf_efficientnet_lite0"}
+    s = {**spec(pretrained=LITE0, freeze_epochs=1, lr=1e-2), "arch": "tf_efficientnet_lite0"}
+    pre = archs.build_model(archs.resolve("tf_efficientnet_lite0"), 1, 3, 32, pretrained=LITE0)[0]
     res = train.train_arch("lite0", s, arrays, meta, seed=0)
-    assert res.metrics["freeze_epochs"] == 1 and res.metrics["pretrained"]
+    assert res.metrics["freeze_epochs"] == 1 and res.metrics["pretrained"] and snaps
+    body_frozen, head_frozen = snaps[0]
+    for k, v in convs(pre).items():
+        assert torch.equal(body_frozen[k], v), f"{k} changed during the frozen epoch"
+        assert not torch.equal(convs(res.model)[k], v), f"{k} never trained after unfreezing"
+    assert any(not torch.equal(a, b) for a, b in zip(heads_at_freeze[0], head_frozen)), "the head never trained"
     assert res.spec["mean"] == pytest.approx([0.5], abs=1e-3)  # timm pretrained_cfg stats (TF: [-1, 1]), gray
 
 

@@ -1,0 +1,86 @@
+"""The in-memory data path: batch augmentation's index arithmetic, TensorDL's batching, whole-or-nothing outputs."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.data import TensorDL, TensorPair, augment
+from pipeline.io import remove_leftovers, staged
+
+
+def crops(padded: torch.Tensor, h: int, w: int, pad: int) -> dict[tuple[int, int], torch.Tensor]:
+    return {(dy, dx): padded[:, dy : dy + h, dx : dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)}
+
+
+def test_translation_is_a_crop_of_the_reflect_padded_image_per_image():
+    torch.manual_seed(0)
+    n, c, h, w, pad = 64, 2, 6, 5, 2
+    x = torch.arange(n * c * h * w, dtype=torch.float32).view(n, c, h, w)  # every pixel unique
+    out = augment(x, flip=False, pad=pad)
+    padded = F.pad(x, (pad,) * 4, mode="reflect")
+    offsets = []
+    for i in range(n):
+        hits = [o for o, crop in crops(padded[i], h, w, pad).items() if torch.equal(crop, out[i])]
+        assert len(hits) == 1, f"image {i} is not one crop of its own padded image"
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 10  # per-image offsets, not one for the batch
+    assert {o[0] for o in offsets} == set(range(2 * pad + 1)) == {o[1] for o in offsets}
+
+
+def test_flip_mirrors_some_images_and_keeps_the_others():
+    torch.manual_seed(1)
+    x = torch.rand(200, 1, 4, 4)
+    out = augment(x, flip=True, pad=0)
+    same = [torch.equal(out[i], x[i]) for i in range(200)]
+    mirrored = [torch.equal(out[i], x[i].flip(2)) for i in range(200)]
+    assert all(a or b for a, b in zip(same, mirrored))
+    assert 60 < sum(mirrored) < 140
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_tensor_dl_batches_every_row_once(drop_last):
+    x, y = torch.arange(23).view(23, 1, 1, 1).to(torch.uint8), torch.arange(23)
+    dl = TensorDL(TensorPair(x, y), bs=5, shuffle=True, drop_last=drop_last)
+    batches = list(dl)
+    sizes = [len(b[1]) for b in batches]
+    assert sizes == ([5] * 4 if drop_last else [5] * 4 + [3])
+    seen = torch.cat([b[1] for b in batches])
+    assert len(set(seen.tolist())) == len(seen)  # no row twice
+    assert torch.equal(torch.cat([b[0] for b in batches]).view(-1).long(), seen)  # x and y stay paired
+    assert seen.tolist() != sorted(seen.tolist())  # shuffled
+
+
+def test_staged_swaps_every_output_in_or_none(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "m.json"
+    a.mkdir()
+    (a / "old.txt").write_text("old")
+    with staged(a, b) as (ta, tb):
+        (ta / "new.txt").write_text("new")
+        tb.write_text("{}")
+    assert [p.name for p in a.iterdir()] == ["new.txt"] and b.read_text() == "{}"
+    with pytest.raises(RuntimeError), staged(a, b) as (ta, tb):
+        (ta / "half.txt").write_text("half")
+        raise RuntimeError("crash half-way")
+    assert [p.name for p in a.iterdir()] == ["new.txt"] and b.read_text() == "{}"
+    with pytest.raises(FileNotFoundError, match="m.json: the stage did not write it"), staged(a, b) as (ta, tb):
+        (ta / "x.txt").write_text("x")
+    assert [p.name for p in a.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "m.json"]  # no staging folder left
+
+
+def test_leftovers_of_dead_processes_go_live_ones_stay(tmp_path):
+    import os
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".out.tmp-{dead.pid}-abc").mkdir()
+    (tmp_path / f".out.tmp-{os.getpid()}-def").mkdir()  # a run in progress: this process
+    (tmp_path / ".out.tmp-old").mkdir()  # the naming before pids
+    (tmp_path / f".other.tmp-{dead.pid}-x").mkdir()  # another output's
+    removed = {p.name for p in remove_leftovers(tmp_path / "out")}
+    assert removed == {f".out.tmp-{dead.pid}-abc", ".out.tmp-old"}
+    assert np.all(
+        [p.exists() for p in (tmp_path / f".out.tmp-{os.getpid()}-def", tmp_path / f".other.tmp-{dead.pid}-x")]
+    )
