@@ -123,7 +123,7 @@ def test_failure_creates_nothing(tmp_path):
         ({"name": "fashon-mnist"}, r"data.name.*did you mean fashion-mnist"),
         ({"valid_pct": 0}, r"data.valid_pct` = 0: must be in \(0.0, 1.0\)"),
         ({"valid_pct": 1}, r"data.valid_pct` = 1"),
-        ({"valid_pct": "0.1"}, r"data.valid_pct` = '0.1': expected a number"),
+        ({"valid_pct": "ten percent"}, r"data.valid_pct` = 'ten percent': expected a number"),
         ({"limit": 1.5}, r"data.limit` = 1.5: expected an integer"),
         ({"channels": 2}, r"data.channels"),
         ({"vaild_pct": 0.1}, r"unknown key `data.vaild_pct` \(did you mean valid_pct\?\)"),
