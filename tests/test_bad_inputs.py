@@ -144,15 +144,20 @@ def two_class_folder(root: Path, test: bool) -> Path:
     return root
 
 
-def test_folder_without_test_split_runs_to_the_end_and_says_so(tmp_path):
-    data = two_class_folder(tmp_path / "faces", test=False)
+def faces_repo(tmp_path: Path, test: bool) -> tuple[Path, str]:
+    """`dvc repro` of the two-class folder set with stacking; (repo, what it printed)."""
+    data = two_class_folder(tmp_path / "faces", test=test)
     params = {
         **TINY,
         "data": {"name": "folder", "path": str(data), "size": 16, "valid_pct": 0.25},
         "ensemble": {"threshold": 0.0, "method": "stacking"},
     }
     repo = make_repo(tmp_path, params)
-    out = run("dvc repro", repo)
+    return repo, run("dvc repro", repo)
+
+
+def test_folder_without_test_split_runs_to_the_end_and_says_so(tmp_path):
+    repo, out = faces_repo(tmp_path, test=False)
     assert "no submission: the prepared data has no test split" in out
     assert sorted(p.name for p in (repo / "submissions").iterdir()) == ["NO_TEST_SPLIT.txt"]
     m = json.loads((repo / "ensemble/metrics.json").read_text())
@@ -177,14 +182,7 @@ def test_two_class_stacker_gives_probabilities(tmp_path):
 
 
 def test_two_class_ensemble_predicts_from_the_saved_stacker(tmp_path):
-    data = two_class_folder(tmp_path / "faces", test=True)
-    params = {
-        **TINY,
-        "data": {"name": "folder", "path": str(data), "size": 16, "valid_pct": 0.25},
-        "ensemble": {"threshold": 0.0, "method": "stacking"},
-    }
-    repo = make_repo(tmp_path, params)
-    run("dvc repro", repo)
+    repo, _ = faces_repo(tmp_path, test=True)
     ens = predict.load_ensemble(repo)
     assert ens.spec["method"] == "stacking" and ens.classes == ["comic", "real"]
     x = np.load(repo / "data/prepared/test_x.npy")
