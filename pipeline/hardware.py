@@ -8,8 +8,6 @@ instructions it ran ~10x slower; fp32 keeps a default run's results the same whi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from pipeline.errors import PipelineError
@@ -20,15 +18,6 @@ DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "
 def dtype_name(dtype: torch.dtype | None) -> str:
     """None -> 'fp32', torch.bfloat16 -> 'bf16', ...: the word spec.json and metrics record."""
     return next(k for k, v in DTYPES.items() if v == dtype)
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: bfloat16 matmuls and convolutions run natively."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def pick_device(name: str, key: str = "") -> torch.device | None:
