@@ -1,6 +1,5 @@
 """The in-memory data path: batch augmentation's index arithmetic, TensorDL's batching, whole-or-nothing outputs."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,6 +80,4 @@ def test_leftovers_of_dead_processes_go_live_ones_stay(tmp_path):
     (tmp_path / f".other.tmp-{dead.pid}-x").mkdir()  # another output's
     removed = {p.name for p in remove_leftovers(tmp_path / "out")}
     assert removed == {f".out.tmp-{dead.pid}-abc", ".out.tmp-old"}
-    assert np.all(
-        [p.exists() for p in (tmp_path / f".out.tmp-{os.getpid()}-def", tmp_path / f".other.tmp-{dead.pid}-x")]
-    )
+    assert all([p.exists() for p in (tmp_path / f".out.tmp-{os.getpid()}-def", tmp_path / f".other.tmp-{dead.pid}-x")])
