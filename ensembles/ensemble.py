@@ -1,9 +1,10 @@
 """Stage `ensemble`: blend the trained models' predictions; write Kaggle-style submissions.
 
-Reads:  params.yaml (`seed`, `archs`, `ensemble`), data/prepared/{meta.json, valid_y.npy, test_y.npy, test_ids.json},
-        preds/<arch>/{valid,test}.npy and metrics/<arch>.json for every entry of `archs` (never the models).
-Writes: submissions/<arch>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
-        (the chosen strategy's probabilities); ensemble/metrics.json (every strategy's members, weights, scores);
+Reads:  params.yaml (`seed`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json, valid_y.npy, test_y.npy,
+        test_ids.json}, preds/<name>/{valid,test}.npy and metrics/<name>.json for every model (never the models).
+Writes: submissions/<name>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
+        (the chosen strategy's probabilities); ensemble/metrics.json (every strategy's members, weights, scores;
+        the gain over the best model; accuracy against the number of members);
         ensemble/model.json (what pipeline.predict needs to blend: members, weights, or the stacker's numbers).
 Run:    python -m ensembles.ensemble        (or `dvc repro ensemble`)
 
@@ -27,7 +28,7 @@ from ensembles import select as sel
 from ensembles import weights as W
 from pipeline.errors import PipelineError
 from pipeline.io import staged
-from pipeline.params import STRATEGIES, arch_names, ensemble_params, load_params, seed_param
+from pipeline.params import STRATEGIES, ensemble_params, group_of, load_params, model_names, seed_param
 
 NO_TEST = (
     "no submission: the prepared data has no test split (e.g. an ImageFolder set without test/); "
@@ -145,6 +146,25 @@ def best_strategy(results: dict[str, Outcome]) -> str:
     return min(results, key=lambda k: (-results[k].record["valid"]["accuracy"], results[k].record["valid"]["loss"]))
 
 
+def gain(rec: dict, best: dict) -> dict:
+    """Ensemble accuracy minus the best single model's (chosen by validation accuracy), per split."""
+    return {s: rec[s]["accuracy"] - best[s]["accuracy"] for s in ("valid", "test") if s in rec and s in best}
+
+
+def by_size(c: Candidates, names: list[str], valid_acc: dict, y: np.ndarray, test_y: np.ndarray | None) -> list:
+    """Accuracy of the accuracy-weighted blend of the k best models by validation accuracy, k = 1 .. all."""
+    order = sorted(range(len(names)), key=lambda i: (-valid_acc[names[i]], names[i]))
+    out = []
+    for k in range(1, len(order) + 1):
+        top = order[:k]
+        w = W.accuracy_weights([valid_acc[names[i]] for i in top])
+        row = {"k": k, "added": names[top[-1]], "valid": W.accuracy(W.blend(c.valid[top], w), y)}
+        if test_y is not None:
+            row["test"] = W.accuracy(W.blend(c.test[top], w), test_y)
+        out.append(row)
+    return out
+
+
 def submission_rows(probs: np.ndarray, ids: list[str], classes: list[str], header: list[str]) -> list[list[Any]]:
     """Kaggle rows in test-id order: `id,label` (class name), or one probability column per class when the
     sampleSubmission's columns after the id are the class names."""
@@ -171,7 +191,7 @@ def run(params: dict, root: Path = Path(".")) -> dict:
     """The whole stage; returns the metrics it wrote."""
     cfg = ensemble_params(params)
     seed = seed_param(params)
-    names = arch_names(params)
+    names = model_names(params)
     prep = root / "data" / "prepared"
     try:
         meta = json.loads((prep / "meta.json").read_text())
@@ -188,7 +208,9 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         n: str(cfg["families"].get(n) or sel.family(c.info[n].get("arch", n), c.info[n].get("source", "timm")))
         for n in names
     }
-    members = sel.select(valid_acc, families, cfg["threshold"], cfg["per_family"], cfg["on_empty"])
+    members = sel.select(
+        valid_acc, families, cfg["threshold"], cfg["per_family"], cfg["on_empty"], cfg["select"], cfg["margin"]
+    )
     idx = [names.index(m) for m in members]
     results = run_strategies(c.valid[idx], y, c.test[idx], test_y, members, cfg, seed)
     chosen = best_strategy(results) if cfg["method"] == "best" else cfg["method"]
@@ -198,16 +220,21 @@ def run(params: dict, root: Path = Path(".")) -> dict:
     for i, n in enumerate(names):
         m = {
             "family": families[n],
+            "group": group_of(params, n),
             "valid": {"accuracy": valid_acc[n], "loss": W.log_loss(c.valid[i], y)},
             "weight": rec["weights"].get(n, 0.0),
         }
         if test_y is not None:
             m["test"] = {"accuracy": W.accuracy(c.test[i], test_y), "loss": W.log_loss(c.test[i], test_y)}
         models[n] = m
+    best = max(names, key=lambda n: (valid_acc[n], n))  # the best member, by validation accuracy
     metrics = {
         "method": cfg["method"],
         "chosen": chosen,
         **rec,
+        "best_model": best,
+        "gain": gain(rec, models[best]),
+        "by_size": by_size(c, names, valid_acc, y, test_y),
         "strategies": {k: v.record for k, v in results.items()},
         "models": models,
     }
@@ -259,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ensemble ({m['chosen']}): {len(m['members'])} members {', '.join(m['members'])}; "
         f"valid {m['valid']['accuracy']:.4f}{test}"
+    )
+    g = m["gain"]
+    print(
+        f"  gain over the best model ({m['best_model']}, by validation accuracy): "
+        + ", ".join(f"{s} {100 * v:+.2f} points" for s, v in g.items())
     )
     for k, s in m["strategies"].items():
         t = f"  test {s['test']['accuracy']:.4f}" if "test" in s else ""

@@ -226,6 +226,7 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "pretrained": (False, is_pretrained),
     "train_limit": (None, is_int(lo=2, none_ok=True)),  # a stratified subset of the training split, for budgets
     "model_kwargs": ({}, is_dict),
+    "seed": (None, is_int(lo=0, none_ok=True)),  # this model's training seed (init, order, subset); null: `seed`
 }
 
 
@@ -252,32 +253,73 @@ def arch_names(params: dict) -> list[str]:
     return [check_key(k) for k in archs]
 
 
+def variants(params: dict) -> dict[str, dict]:
+    """The `variants:` section: more models of an `archs` entry, each `{of: <entry>, <overrides>}`, checked."""
+    section = params.get("variants") or {}
+    if not isinstance(section, dict):
+        raise PipelineError("params.yaml: `variants` must be a mapping: name -> {of: <archs entry>, ...overrides}")
+    archs = arch_names(params)
+    for key, v in section.items():
+        check_key(key)
+        if key in archs:
+            raise PipelineError(f"params.yaml: `variants.{key}` has the name of an `archs` entry; names must differ")
+        if not isinstance(v, dict) or v.get("of") not in archs:
+            of = v.get("of") if isinstance(v, dict) else None
+            near = difflib.get_close_matches(str(of), archs, n=3)
+            raise PipelineError(
+                f"params.yaml: `variants.{key}` needs `of: <an archs entry>` (got {of!r})"
+                + (f"; did you mean {', '.join(near)}?" if near else f"; entries: {', '.join(archs)}")
+            )
+    return section
+
+
+def model_names(params: dict) -> list[str]:
+    """Every model the pipeline trains: the `archs` entries, then the `variants`."""
+    return arch_names(params) + list(variants(params))
+
+
+def group_of(params: dict, key: str) -> str:
+    """The `archs` entry a model belongs to: itself, or the entry a variant is `of`."""
+    return variants(params).get(key, {}).get("of", key)
+
+
 def train_spec(params: dict, key: str) -> dict:
-    """`train:` defaults overridden by `archs.<key>`, checked; `arch` is filled with the model name."""
+    """`train:` defaults overridden by `archs.<key>` (for a variant: by its entry, then by the variant), checked;
+    `arch` is filled with the model name."""
     check_key(key)
-    if key not in arch_names(params):
-        near = difflib.get_close_matches(key, arch_names(params), n=3)
+    names = model_names(params)
+    if key not in names:
+        near = difflib.get_close_matches(key, names, n=3)
         raise PipelineError(
-            f"params.yaml: no entry `archs.{key}`" + (f" (did you mean {', '.join(near)}?)" if near else "")
+            f"params.yaml: no entry `archs.{key}` or `variants.{key}`"
+            + (f" (did you mean {', '.join(near)}?)" if near else "")
         )
     base = params.get("train") or {}
-    entry = params["archs"][key] or {}
+    group = group_of(params, key)
+    entry = params["archs"][group] or {}
     if not isinstance(base, dict) or not isinstance(entry, dict):
-        raise PipelineError(f"params.yaml: `train` and `archs.{key}` must be mappings")
+        raise PipelineError(f"params.yaml: `train` and `archs.{group}` must be mappings")
     check_section(base, TRAIN_SCHEMA, "train")  # errors in defaults name `train.<key>`
-    spec = check_section({**base, **entry}, TRAIN_SCHEMA, f"archs.{key}")
+    check_section({**base, **entry}, TRAIN_SCHEMA, f"archs.{group}")
+    where = f"archs.{key}"
+    if key != group:
+        entry = {**entry, **{k: v for k, v in params["variants"][key].items() if k != "of"}}
+        where = f"variants.{key}"
+    spec = check_section({**base, **entry}, TRAIN_SCHEMA, where)
     if "epochs" in entry and "phases" in {**base, **entry} and spec["phases"] is not None:
         raise PipelineError(
-            f"params.yaml: `archs.{key}` sets `epochs` but also has `phases`, which fix the epochs; set one of them"
+            f"params.yaml: `{where}` sets `epochs` but also has `phases`, which fix the epochs; set one of them"
         )
-    spec["arch"] = spec["arch"] or key
+    spec["arch"] = spec["arch"] or group
     return spec
 
 
 # The `ensemble:` section (stage ensembles/ensemble.py).
 STRATEGIES = ("accuracy", "uniform", "greedy", "nnls", "stacking")
 ENSEMBLE_SCHEMA = {
-    "threshold": (0.85, is_float(0.0, 1.0, open_=False)),  # members: valid accuracy ≥ threshold ...
+    "select": ("margin", one_of("margin", "threshold")),  # which rule picks the members
+    "margin": (0.01, is_float(0.0, 1.0, open_=False)),  # margin: valid accuracy ≥ the best's − margin
+    "threshold": (0.85, is_float(0.0, 1.0, open_=False)),  # threshold: valid accuracy ≥ threshold ...
     "per_family": (True, is_bool),  # ... plus the best model of every family
     "on_empty": ("warn", one_of("warn", "fail")),  # nothing reaches the threshold: best single model, or fail
     "method": ("accuracy", one_of(*STRATEGIES, "best")),  # which strategy writes submissions/ensemble.csv

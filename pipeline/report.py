@@ -1,10 +1,11 @@
 """Stage `report`: the leaderboard (timm's results-CSV shape) and the figures of a benchmark run.
 
-Reads:  params.yaml (`archs`), data/prepared/, metrics/<arch>.json, preds/<arch>/, ensemble/metrics.json,
-        ensemble/preds/, dvclive/<arch>/plots/ (training curves, lr_find curves).
+Reads:  params.yaml (`archs`, `variants`), data/prepared/, metrics/<name>.json, preds/<name>/,
+        ensemble/metrics.json, ensemble/preds/, dvclive/<name>/plots/ (training curves, lr_find curves).
 Writes: reports/leaderboard.csv and .md (one row per model and per ensemble strategy, best first),
         reports/figures/*.png (confusion matrices, top losses, confident right and wrong predictions,
-        lr_find curves, training curves, accuracy against training time).
+        lr_find curves, training curves, accuracy against training time and against the number of members).
+        The "best model" of the figures is the best by validation accuracy, as the ensemble stage picked it.
 Run:    python -m pipeline.report        (or `dvc repro report`)
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.io import staged
-from pipeline.params import arch_names, load_params
+from pipeline.params import group_of, load_params, model_names
 
 COLUMNS = ["model", "top1", "top1_err", "valid_top1", "param_count", "train_s", "img_per_s", "weight"]
 
@@ -84,7 +85,65 @@ def markdown(rows: list[dict], labeled: bool) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def gain_line(ens: dict) -> str:
+    """What the ensemble adds over the best single model, chosen by validation accuracy."""
+    if "gain" not in ens:
+        return ""
+    g = ", ".join(f"{100 * v:+.2f} points on {s}" for s, v in ens["gain"].items())
+    return f"\nEnsemble gain over the best model ({ens['best_model']}, by validation accuracy): {g}.\n"
+
+
+def groups(models: dict[str, dict], group: dict[str, str], labeled: bool) -> list[dict]:
+    """Mean ± std (over its models) of every `archs` entry with variants."""
+    out = []
+    for g in dict.fromkeys(group.values()):
+        ns = [n for n in models if group[n] == g]
+        if len(ns) < 2:
+            continue
+        row = {"group": g, "models": len(ns)}
+        for split in ("valid", "test") if labeled else ("valid",):
+            a = 100 * np.array([models[n][split]["accuracy"] for n in ns])
+            row[split] = (round(float(a.mean()), 3), round(float(a.std(ddof=1)), 3))
+        out.append(row)
+    return out
+
+
+def markdown_groups(rows: list[dict], labeled: bool) -> str:
+    if not rows:
+        return ""
+    splits = ("valid", "test") if labeled else ("valid",)
+    lines = [
+        "\nModels of one `archs` entry (the entry and its `variants`), top-1 % mean ± std:\n",
+        "| entry | models | " + " | ".join(splits) + " |",
+        "|---|---|" + "---|" * len(splits),
+    ]
+    lines += [
+        f"| {r['group']} | {r['models']} | " + " | ".join(f"{r[s][0]:.2f} ± {r[s][1]:.2f}" for s in splits) + " |"
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------- figures
+def fig_members(path: Path, by_size: list[dict]) -> None:
+    """Accuracy of the accuracy-weighted blend of the k best models (by validation accuracy) against k."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    k = [r["k"] for r in by_size]
+    for split, style in (("valid", "o-"), ("test", "s--")):
+        if all(split in r for r in by_size):
+            ax.plot(k, [100 * r[split] for r in by_size], style, label=split)
+    ax.set_xticks(k, [f"{r['k']}\n{r['added']}" for r in by_size], fontsize=7)
+    ax.set(xlabel="models (best first by validation accuracy; the one added)", ylabel="top-1 %")
+    ax.set_title("accuracy-weighted ensemble of the k best models")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def _imshow(ax, img: np.ndarray) -> None:
     ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
     ax.set_xticks([])
@@ -243,7 +302,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
     import matplotlib
 
     matplotlib.use("Agg")
-    names = arch_names(params)
+    names = model_names(params)
     models = {n: _read_json(root / "metrics" / f"{n}.json") for n in names}
     ens = _read_json(root / "ensemble" / "metrics.json")
     missing = sorted(set(names) - set(ens["models"]))
@@ -256,7 +315,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
     x = np.load(prep / f"{split}_x.npy", mmap_mode="r")
     y = np.load(prep / f"{split}_y.npy")
     ens_p = np.load(root / "ensemble" / "preds" / f"{split}.npy")
-    best = max(names, key=lambda n: (models[n][split]["accuracy"], n))
+    best = ens.get("best_model") or max(names, key=lambda n: (models[n]["valid"]["accuracy"], n))  # by validation
     best_p = np.load(root / "preds" / best / f"{split}.npy")
     rows = leaderboard(models, ens)
     classes = meta["class_names"]
@@ -268,7 +327,12 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             w.writerows(rows)
-        (out / "leaderboard.md").write_text(markdown(rows, labeled))
+        group_rows = groups(models, {n: group_of(params, n) for n in names}, labeled)
+        (out / "leaderboard.md").write_text(
+            markdown(rows, labeled) + gain_line(ens) + markdown_groups(group_rows, labeled)
+        )
+        if ens.get("by_size"):
+            fig_members(figs / "accuracy_vs_members.png", ens["by_size"])
         fig_confusion(
             figs / "confusion_matrix.png", y, {best: best_p, f"ensemble ({ens['chosen']})": ens_p}, classes, split
         )

@@ -337,7 +337,8 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
     from dvclive import Live
 
     params = load_params(params_file)
-    spec, seed = train_spec(params, key), seed_param(params)
+    spec = train_spec(params, key)
+    seed = seed_param(params) if spec["seed"] is None else spec["seed"]
     archs_mod.resolve(spec["arch"])  # unknown names fail before loading data
     device = pick_device(spec["device"], key)
     arrays, meta = load_prepared(root / "data/prepared")
@@ -356,7 +357,7 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m pipeline.train <key of archs: in params.yaml>")
+        sys.exit("usage: python -m pipeline.train <a key of `archs:` or `variants:` in params.yaml>")
     try:
         main(sys.argv[1])
     except PipelineError as e:

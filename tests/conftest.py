@@ -178,7 +178,7 @@ TINY = {
     "data": {"name": "digits", "path": str(digits_file()), "limit": 300, "test_limit": 100},
     "train": {"epochs": 1, "bs": 32, "lr": 0.01, "tta": False, "flip": False, "pad": 0},  # digits: no mirror images
     "archs": {"logreg": {}, "mlp": {"epochs": 2}},
-    "ensemble": {"threshold": 0.0, "method": "stacking"},
+    "ensemble": {"select": "threshold", "threshold": 0.0, "method": "stacking"},
 }
 
 
@@ -196,6 +196,7 @@ def make_repo(tmp: Path, params: dict) -> Path:
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     for f in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / f, repo / f)
+    params = {**params, "variants": params.get("variants") or {}}  # dvc.yaml's `foreach: ${variants}` needs one
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", repo)
     return repo

@@ -151,7 +151,7 @@ def faces_repo(tmp_path: Path, test: bool) -> tuple[Path, str]:
     params = {
         **TINY,
         "data": {"name": "folder", "path": str(data), "size": 16, "valid_pct": 0.25},
-        "ensemble": {"threshold": 0.0, "method": "stacking"},
+        "ensemble": {"select": "threshold", "threshold": 0.0, "method": "stacking"},
     }
     repo = make_repo(tmp_path, params)
     return repo, run("dvc repro", repo)

@@ -57,6 +57,23 @@ def test_one_entry_reruns_one_stage_and_train_reruns_all(repo):
         run("git checkout params.yaml", repo)
 
 
+def test_variants_are_stages_of_their_own_that_follow_their_entry(tmp_path):
+    """A `variants` entry is one more model of an `archs` entry: its own stage, outputs and seed; rerun when the
+    entry or the variant changes, alone when only the variant does; grouped with its entry in the report."""
+    repo = make_repo(tmp_path, {**TINY, "variants": {"mlp-s1": {"of": "mlp", "seed": 1}}})
+    run("dvc repro", repo)
+    run("git add -A && git commit -qm run", repo)
+    a, b = (json.loads((repo / "models" / k / "spec.json").read_text()) for k in ("mlp", "mlp-s1"))
+    assert (a["seed"], b["seed"]) == (0, 1) and a["train"]["epochs"] == b["train"]["epochs"] == 2
+    assert (repo / "preds" / "mlp-s1" / "test.npy").is_file() and (repo / "submissions" / "mlp-s1.csv").is_file()
+    assert "| mlp | 2 |" in (repo / "reports" / "leaderboard.md").read_text()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "archs": {"logreg": {}, "mlp": {"epochs": 3}}}))
+    assert stages_to_run(repo) == {"train@mlp", "variant@mlp-s1", "ensemble", "report"}
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "variants": {"mlp-s1": {"of": "mlp", "seed": 2}}}))
+    assert stages_to_run(repo) == {"variant@mlp-s1", "ensemble", "report"}
+
+
 def test_metrics_and_plots_are_declared(repo):
     shown = json.loads(run("dvc metrics show --json", repo))
     files = next(iter(shown.values()))["data"]

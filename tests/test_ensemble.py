@@ -46,6 +46,12 @@ def test_per_family_adds_the_best_of_each_family_only():
     assert S.select(ACC, FAM, 0.9, per_family=True) == ["d", "a", "c"]  # VGG's only model joins; b and e do not
 
 
+def test_margin_keeps_only_the_models_near_the_best_whatever_their_family():
+    assert S.select(ACC, FAM, 0.0, per_family=True, rule="margin", margin=0.05) == ["d", "a"]
+    assert S.select(ACC, FAM, 0.0, per_family=True, rule="margin", margin=0.0) == ["d"]
+    assert S.select(ACC, FAM, 0.0, per_family=True, rule="margin", margin=1.0) == ["d", "a", "b", "e", "c"]
+
+
 @pytest.mark.bad_input
 def test_nothing_selected_warns_and_takes_the_best_or_fails():
     with pytest.warns(UserWarning, match=r"no model reaches .* 0.99 .*using d alone"):
@@ -142,7 +148,9 @@ def three(tmp_path):
 
 def test_stage_writes_submissions_and_every_strategy(three):
     root, models, vy, ty = three
-    params = write_run(root, models, vy, ty) | {"ensemble": {"threshold": 0.7, "per_family": False}}
+    params = write_run(root, models, vy, ty) | {
+        "ensemble": {"select": "threshold", "threshold": 0.7, "per_family": False}
+    }
     m = E.run(params, root)
     assert m["members"] == ["resnet34", "cnn4"] and m["chosen"] == "accuracy"
     accs = [m["models"][n]["valid"]["accuracy"] for n in m["members"]]
@@ -163,7 +171,7 @@ def test_stage_writes_submissions_and_every_strategy(three):
 
 def test_test_labels_change_no_weight(three, tmp_path_factory):
     root, models, vy, ty = three
-    cfg = {"ensemble": {"threshold": 0.0, "method": "best"}}
+    cfg = {"ensemble": {"select": "threshold", "threshold": 0.0, "method": "best"}}
     a = E.run(write_run(root, models, vy, ty) | cfg, root)
     other = tmp_path_factory.mktemp("shuffled")
     b = E.run(write_run(other, models, vy, np.random.default_rng(9).permutation(ty)) | cfg, other)
@@ -175,6 +183,33 @@ def test_test_labels_change_no_weight(three, tmp_path_factory):
     assert (root / "submissions" / "ensemble.csv").read_text() == (other / "submissions" / "ensemble.csv").read_text()
 
 
+def test_default_selection_gain_and_accuracy_by_number_of_members(three):
+    """The default rule leaves out the models far behind the best; the gain and the k-best curve are reported
+    against the best model by validation accuracy."""
+    root, models, vy, ty = three
+    m = E.run(write_run(root, models, vy, ty), root)
+    assert m["members"] == ["resnet34"]  # cnn4 (~0.8) and vgg19_bn (~0.6) are not within 1 point of ~0.9
+    assert m["best_model"] == "resnet34"
+    assert m["gain"]["test"] == pytest.approx(m["test"]["accuracy"] - m["models"]["resnet34"]["test"]["accuracy"])
+    assert m["gain"]["valid"] == pytest.approx(0.0)
+    assert [r["added"] for r in m["by_size"]] == ["resnet34", "cnn4", "vgg19_bn"]
+    assert m["by_size"][0]["test"] == pytest.approx(m["models"]["resnet34"]["test"]["accuracy"])
+    acc = [W.accuracy(models[n][2], vy) for n in ("resnet34", "cnn4", "vgg19_bn")]
+    all3 = W.blend(np.stack([models[n][3] for n in ("resnet34", "cnn4", "vgg19_bn")]), np.array(acc) / sum(acc))
+    assert m["by_size"][2]["test"] == pytest.approx(W.accuracy(all3, ty))
+
+
+def test_the_best_model_is_chosen_on_validation_not_test(tmp_path):
+    rng = np.random.default_rng(7)
+    vy, ty = rng.integers(0, C, 300), rng.integers(0, C, 300)
+    models = {
+        "a": ("resnet34", "timm", noisy(vy, 0.9, rng), noisy(ty, 0.6, rng)),  # best on valid, worse on test
+        "b": ("cnn4", "local", noisy(vy, 0.8, rng), noisy(ty, 0.95, rng)),
+    }
+    m = E.run(write_run(tmp_path, models, vy, ty), tmp_path)
+    assert m["best_model"] == "a" and m["members"] == ["a"]
+
+
 def test_best_picks_the_highest_validation_accuracy(three):
     root, models, vy, ty = three
     m = E.run(write_run(root, models, vy, ty) | {"ensemble": {"method": "best"}}, root)
@@ -184,7 +219,10 @@ def test_best_picks_the_highest_validation_accuracy(three):
 
 def test_one_member(three):
     root, models, vy, ty = three
-    m = E.run(write_run(root, models, vy, ty) | {"ensemble": {"threshold": 0.85, "per_family": False}}, root)
+    m = E.run(
+        write_run(root, models, vy, ty) | {"ensemble": {"select": "threshold", "threshold": 0.85, "per_family": False}},
+        root,
+    )
     assert m["members"] == ["resnet34"]
     for k in ("accuracy", "uniform", "greedy", "nnls"):
         assert m["strategies"][k]["weights"] == {"resnet34": 1.0}

@@ -4,7 +4,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from pipeline.params import DATA_SCHEMA, ENSEMBLE_SCHEMA, TRAIN_SCHEMA
+from pipeline.errors import PipelineError
+from pipeline.params import DATA_SCHEMA, ENSEMBLE_SCHEMA, TRAIN_SCHEMA, group_of, model_names, train_spec
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # data.path names where the benchmark's raw files are; the schema cannot default it (it depends on data.name)
@@ -21,3 +22,33 @@ def test_params_yaml_states_the_schema_defaults(section, schema):
     drift = {k: (v, schema[k][0]) for k, v in written.items() if (section, k) not in CHOICES and schema[k][0] != v}
     assert drift == {}, f"params.yaml `{section}` vs pipeline/params.py (yaml, schema): {drift}"
     assert set(written) <= set(schema)
+
+
+BASE = {"seed": 3, "train": {"epochs": 2}, "archs": {"fast": {"arch": "resnet9", "lr": 0.005}, "mlp": {}}}
+
+
+def test_a_variant_is_its_entry_with_a_few_keys_overridden():
+    params = {**BASE, "variants": {"fast-s1": {"of": "fast", "seed": 1, "flip": False}}}
+    assert model_names(params) == ["fast", "mlp", "fast-s1"]
+    assert group_of(params, "fast-s1") == "fast" and group_of(params, "mlp") == "mlp"
+    entry, variant = train_spec(params, "fast"), train_spec(params, "fast-s1")
+    assert {k for k in entry if entry[k] != variant[k]} == {"seed", "flip"}
+    assert variant["arch"] == "resnet9" and variant["lr"] == 0.005 and variant["seed"] == 1 and entry["seed"] is None
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "variants,match",
+    [
+        ({"fast-s1": {"seed": 1}}, r"variants.fast-s1. needs `of: <an archs entry>` \(got None\); entries: fast, mlp"),
+        ({"fast-s1": {"of": "fsat"}}, r"got 'fsat'\); did you mean fast"),
+        ({"mlp": {"of": "fast"}}, r"`variants.mlp` has the name of an `archs` entry"),
+        ({"fast-s1": {"of": "fast", "epoch": 3}}, r"unknown key `variants.fast-s1.epoch` \(did you mean epochs"),
+        ({"fast/1": {"of": "fast"}}, r"key 'fast/1' cannot name a stage"),
+        ([1, 2], r"`variants` must be a mapping"),
+    ],
+)
+def test_bad_variants_name_the_key(variants, match):
+    with pytest.raises(PipelineError, match=match):
+        train_spec({**BASE, "variants": variants}, "fast")
+        train_spec({**BASE, "variants": variants}, "fast-s1")

@@ -18,7 +18,7 @@ def test_report_leaderboard_and_figures(tmp_path):
         "resnet34": ("resnet34", "timm", noisy(vy, 0.9, rng), noisy(ty, 0.9, rng)),
         "cnn4": ("cnn4", "local", noisy(vy, 0.7, rng), noisy(ty, 0.7, rng)),
     }
-    params = write_run(tmp_path, models, vy, ty) | {"ensemble": {"threshold": 0.0}}
+    params = write_run(tmp_path, models, vy, ty) | {"ensemble": {"select": "threshold", "threshold": 0.0}}
     prep = tmp_path / "data" / "prepared"
     np.save(prep / "test_x.npy", rng.integers(0, 256, (100, 8, 8, 1), dtype=np.uint8))
     np.save(prep / "valid_x.npy", rng.integers(0, 256, (200, 8, 8, 1), dtype=np.uint8))
@@ -53,6 +53,11 @@ def test_report_leaderboard_and_figures(tmp_path):
     assert by["ensemble:accuracy*"]["train_s"] == 30.0 and by["ensemble:accuracy*"]["param_count"] == 3.0
     md = (tmp_path / "reports" / "leaderboard.md").read_text()
     assert "| model | top1 | top1_err |" in md and "Top-1 on the test split" in md
+    g = 100 * (ens["test"]["accuracy"] - ens["models"]["resnet34"]["test"]["accuracy"])
+    assert (
+        f"Ensemble gain over the best model (resnet34, by validation accuracy): " in md
+        and f"{g:+.2f} points on test" in md
+    )
     figs = {p.name for p in (tmp_path / "reports" / "figures").iterdir()}
     assert figs == {
         "confusion_matrix.png",
@@ -61,6 +66,7 @@ def test_report_leaderboard_and_figures(tmp_path):
         "lr_find.png",
         "training_curves.png",
         "accuracy_vs_time.png",
+        "accuracy_vs_members.png",
     }
     for f in figs:
         assert (tmp_path / "reports" / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -78,3 +84,12 @@ def test_unlabelled_test_ranks_by_validation():
     }
     rows = R.leaderboard(models, ens)
     assert [r["model"] for r in rows] == ["b", "ensemble:uniform*", "a"] and rows[0]["top1"] == 90.0
+
+
+def test_groups_report_mean_and_std_of_an_entry_and_its_variants():
+    models = {
+        n: {"valid": {"accuracy": a}, "test": {"accuracy": a - 0.01}} for n, a in [("f", 0.9), ("f2", 0.92), ("m", 0.5)]
+    }
+    rows = R.groups(models, {"f": "f", "f2": "f", "m": "m"}, labeled=True)
+    assert rows == [{"group": "f", "models": 2, "valid": (91.0, 1.414), "test": (90.0, 1.414)}]
+    assert "| f | 2 | 91.00 ± 1.41 | 90.00 ± 1.41 |" in R.markdown_groups(rows, labeled=True)

@@ -1,0 +1,116 @@
+"""Benchmark 5: which models are worth ensembling — each model's validation and test accuracy, and what the
+accuracy-weighted ensemble of the first k models (ordered by validation accuracy) adds over the best of them.
+
+Models are params.yaml entries (`archs` or `variants`) or ad-hoc variants written `name=of:key=value;key=value`,
+e.g. `fast-noflip=fast:flip=false` or `fast-32=fast:size=32;seed=1` (values are YAML). Each model is trained
+through the pipeline's own train_arch on data/prepared (what `dvc repro train@<name>` runs, without DVC) and its
+predictions are kept in bench/cache/members/<name>-<hash of its spec>/, so a rerun trains only new or changed models.
+Every choice is made on validation: the order, the weights; test accuracy is printed beside it, never used.
+Writes bench/results/members_<tag>.{json,md}.
+Run:    python bench/members.py fast fast-noflip=fast:flip=false --tag flip   (needs data/prepared)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from ensembles import weights as W  # noqa: E402
+from pipeline import train  # noqa: E402
+from pipeline.data import load_prepared  # noqa: E402
+from pipeline.params import load_params, seed_param, train_spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "bench" / "cache" / "members"
+
+
+def parse_model(arg: str, params: dict) -> str:
+    """`name` (already in params) or `name=of:k=v;k=v` (added to params['variants']); returns the name."""
+    if "=" not in arg:
+        return arg
+    name, rest = arg.split("=", 1)
+    of, _, kvs = rest.partition(":")
+    v = {"of": of}
+    for kv in filter(None, kvs.split(";")):
+        k, _, val = kv.partition("=")
+        v[k] = yaml.safe_load(val)
+    params.setdefault("variants", {})[name] = v
+    return name
+
+
+def trained(name: str, params: dict, arrays: dict, meta: dict) -> dict:
+    spec = train_spec(params, name)
+    seed = seed_param(params) if spec["seed"] is None else spec["seed"]
+    h = hashlib.sha1(json.dumps([spec, seed, len(arrays["train_y"]), meta["classes"]], sort_keys=True).encode())
+    d = CACHE / f"{name}-{h.hexdigest()[:10]}"
+    if not (d / "metrics.json").exists():
+        res = train.train_arch(name, spec, arrays, meta, seed)
+        d.mkdir(parents=True, exist_ok=True)
+        for split, p in res.preds.items():
+            np.save(d / f"{split}.npy", p)
+        (d / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
+    m = json.loads((d / "metrics.json").read_text())
+    return {"valid": np.load(d / "valid.npy"), "test": np.load(d / "test.npy"), "metrics": m, "spec": spec}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+", help="params entries, or name=of:key=value;key=value")
+    ap.add_argument("--tag", default="run")
+    args = ap.parse_args()
+    params = load_params(ROOT / "params.yaml")
+    names = [parse_model(a, params) for a in args.models]
+    arrays, meta = load_prepared(ROOT / "data" / "prepared")
+    yv, yt = arrays["valid_y"], arrays["test_y"]
+    runs = {n: trained(n, params, arrays, meta) for n in names}
+    acc = {n: (W.accuracy(r["valid"], yv), W.accuracy(r["test"], yt)) for n, r in runs.items()}
+    order = sorted(names, key=lambda n: -acc[n][0])
+    lines = [
+        f"`python bench/members.py {' '.join(args.models)} --tag {args.tag}`",
+        "",
+        "| model | valid acc | test acc | train s | overrides |",
+        "|---|---|---|---|---|",
+    ]
+    for n in order:
+        over = {k: v for k, v in params.get("variants", {}).get(n, {}).items()}
+        lines.append(
+            f"| {n} | {acc[n][0]:.4f} | {acc[n][1]:.4f} | {runs[n]['metrics']['train_s']:.0f} | {over or ''} |"
+        )
+    lines += [
+        "",
+        "Accuracy-weighted ensemble of the k best models by validation accuracy:",
+        "",
+        "| k | models | valid acc | test acc | gain over the best member (valid / test) |",
+        "|---|---|---|---|---|",
+    ]
+    table = []
+    for k in range(1, len(order) + 1):
+        top = order[:k]
+        w = W.accuracy_weights([acc[n][0] for n in top])
+        pv = W.blend(np.stack([runs[n]["valid"] for n in top]), w)
+        pt = W.blend(np.stack([runs[n]["test"] for n in top]), w)
+        va, ta = W.accuracy(pv, yv), W.accuracy(pt, yt)
+        best_v, best_t = acc[order[0]]
+        table.append({"k": k, "models": top, "valid": va, "test": ta})
+        lines.append(f"| {k} | {', '.join(top)} | {va:.4f} | {ta:.4f} | {va - best_v:+.4f} / {ta - best_t:+.4f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = ROOT / "bench" / "results" / f"members_{args.tag}"
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(
+        json.dumps({"models": {n: {"valid": a[0], "test": a[1]} for n, a in acc.items()}, "top_k": table}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
