@@ -55,7 +55,7 @@ def test_report_leaderboard_and_figures(tmp_path):
     assert "| model | top1 | top1_err |" in md and "Top-1 on the test split" in md
     g = 100 * (ens["test"]["accuracy"] - ens["models"]["resnet34"]["test"]["accuracy"])
     assert (
-        f"Ensemble gain over the best model (resnet34, by validation accuracy): " in md
+        "Ensemble gain over the best model (resnet34, by validation accuracy): " in md
         and f"{g:+.2f} points on test" in md
     )
     figs = {p.name for p in (tmp_path / "reports" / "figures").iterdir()}
