@@ -76,6 +76,12 @@ def main() -> None:
     if rc:
         sys.exit(f"dvc repro failed with exit code {rc}")
     ens = json.loads((ROOT / "ensemble" / "metrics.json").read_text())
+    for name, s in stages.items():  # each model's accuracy beside its cost
+        key = name.split("@", 1)[-1]
+        if "@" in name and (ROOT / "metrics" / f"{key}.json").is_file():
+            m = json.loads((ROOT / "metrics" / f"{key}.json").read_text())
+            s |= {"valid_acc": m["valid"]["accuracy"], "test_acc": (m.get("test") or {}).get("accuracy")}
+            s["precision"] = m.get("precision")
     result = {
         "command": " ".join(cmd),
         "total_s": round(total, 1),
@@ -85,23 +91,47 @@ def main() -> None:
             "members": ens["members"],
             "test": ens.get("test"),
             "valid": ens["valid"],
+            "best_model": ens.get("best_model"),
+            "gain": ens.get("gain"),
+            "strategies": {
+                k: {s: v[s]["accuracy"] for s in ("valid", "test") if s in v} for k, v in ens["strategies"].items()
+            },
         },
         "machine": {
             "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "avx512_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+            if Path("/proc/cpuinfo").exists()
+            else None,
         },
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "default_run.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    def pct(v):
+        return f"{100 * v:.2f}" if v is not None else ""
+
     test = f"{100 * ens['test']['accuracy']:.2f} %" if ens.get("test") else "n/a"
+    gain = ", ".join(f"{100 * v:+.2f} points on {k}" for k, v in (ens.get("gain") or {}).items())
+    precisions = sorted({s["precision"] for s in stages.values() if s.get("precision")})
     md = (
         f"`python bench/default_run.py` (`{result['command']}`), default params, Fashion-MNIST\n\n"
-        f"Total: {total / 60:.1f} min; ensemble ({ens['chosen']}, {len(ens['members'])} members) test accuracy {test}; "
-        f"largest peak memory {max(s['peak_rss_mib'] for s in stages.values()) / 1024:.2f} GiB\n\n"
-        "| stage | wall s | peak memory MiB |\n|---|---|---|\n"
-        + "".join(f"| {k} | {v['wall_s']} | {v['peak_rss_mib']} |\n" for k, v in stages.items())
-        + f"\nMachine: {result['machine']}\n"
+        f"Total: {total / 60:.1f} min; ensemble ({ens['chosen']}, {len(ens['members'])} members: "
+        f"{', '.join(ens['members'])}) validation {pct(ens['valid']['accuracy'])} %, test {test}; "
+        f"gain over the best model ({ens.get('best_model')}, by validation): {gain}; "
+        f"largest peak memory {max(s['peak_rss_mib'] for s in stages.values()) / 1024:.2f} GiB; "
+        f"precision {', '.join(precisions)}\n\n"
+        "| stage | wall s | peak memory MiB | valid acc % | test acc % |\n|---|---|---|---|---|\n"
+        + "".join(
+            f"| {k} | {v['wall_s']} | {v['peak_rss_mib']} | {pct(v.get('valid_acc'))} | {pct(v.get('test_acc'))} |\n"
+            for k, v in stages.items()
+        )
+        + "\nEnsemble strategies (valid / test %): "
+        + "; ".join(
+            f"{k} {pct(v.get('valid'))} / {pct(v.get('test'))}" for k, v in result["ensemble"]["strategies"].items()
+        )
+        + f"\n\nMachine: {result['machine']}\n"
     )
     (OUT / "default_run.md").write_text(md)
     print(md)

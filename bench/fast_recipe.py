@@ -108,11 +108,11 @@ def main() -> None:
     cmd = "python bench/fast_recipe.py " + " ".join(sys.argv[1:])
     (dest / f"fast_recipe_{args.recipe}_{tag}.json").write_text(json.dumps({**out, "command": cmd}, indent=2) + "\n")
     md = (
-        f"`{cmd.strip()}`\n\n| recipe | phases (size × epochs) | train s | test acc | img/s | train GFLOP/s | "
-        "of fp32 matmul | of bf16 matmul |\n|---|---|---|---|---|---|---|---|\n"
+        f"`{cmd.strip()}`\n\n| recipe | phases (size × epochs) | train s | valid acc | test acc | img/s | train GFLOP/s | "
+        "of fp32 matmul | of bf16 matmul |\n|---|---|---|---|---|---|---|---|---|\n"
         f"| {args.recipe} | {', '.join(f'{sz} × {ep}' for sz, ep in m['phases'])} ({epochs} epochs) | "
         f"{m['train_s']:.0f} | "
-        f"{m['test']['accuracy']:.4f} | {m['img_per_s']:.0f} | {achieved / 1e9:.1f} | "
+        f"{m['valid']['accuracy']:.4f} | {m['test']['accuracy']:.4f} | {m['img_per_s']:.0f} | {achieved / 1e9:.1f} | "
         f"{out['fraction_of_matmul']['fp32']:.2f} | {out['fraction_of_matmul']['bf16']:.2f} |\n"
         f"\nmatmul 1024²: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; "
         f"{torch.get_num_threads()} threads, device {m['device']}, precision {m['precision']}; "

@@ -78,7 +78,10 @@ def main() -> None:
 
     def summary(rs):
         accs = [r["test_acc"] for r in rs]
+        valid = [r["valid_acc"] for r in rs]
         return {
+            "valid_acc_mean": statistics.mean(valid),
+            "valid_acc_std": statistics.pstdev(valid),
             "test_acc_mean": statistics.mean(accs),
             "test_acc_std": statistics.pstdev(accs),
             "n": len(accs),
@@ -98,8 +101,12 @@ def main() -> None:
         f"EfficientNet-Lite0 (`{args.arch}`) on Fashion-MNIST ({args.train} train+valid, "
         f"{args.test} test images, {args.size} px, "
         f"{args.epochs} epochs in total, seeds {args.seeds}), `python bench/pretrained_vs_scratch.py`\n\n"
-        "| start | test accuracy (mean ± std) |\n|---|---|\n"
-        + "".join(f"| {k} | {v['test_acc_mean']:.4f} ± {v['test_acc_std']:.4f} |\n" for k, v in s.items())
+        "| start | validation accuracy (mean ± std) | test accuracy (mean ± std) |\n|---|---|---|\n"
+        + "".join(
+            f"| {k} | {v['valid_acc_mean']:.4f} ± {v['valid_acc_std']:.4f} | "
+            f"{v['test_acc_mean']:.4f} ± {v['test_acc_std']:.4f} |\n"
+            for k, v in s.items()
+        )
         + f"\nMachine: {result['machine']}\n"
     )
     (OUT / "pretrained_vs_scratch.md").write_text(md)
