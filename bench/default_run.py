@@ -4,7 +4,7 @@ Runs `dvc repro --force --no-run-cache` (every stage executes; nothing is restor
 follows its output to know which stage runs, and samples the resident memory of the whole process tree
 (dvc and the stage's python) every 0.2 s with psutil. Writes bench/results/default_run.{json,md} with the
 ensemble's accuracy from ensemble/metrics.json.
-Run:    python bench/default_run.py          (from the project root, in the virtual environment)
+Run:    python -m bench.default_run          (from the project root, in the virtual environment)
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_name  # noqa: E402
+from bench.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
@@ -116,7 +115,7 @@ def main() -> None:
     gain = ", ".join(f"{100 * v:+.2f} points on {k}" for k, v in (ens.get("gain") or {}).items())
     precisions = sorted({s["precision"] for s in stages.values() if s.get("precision")})
     md = (
-        f"`python bench/default_run.py` (`{result['command']}`), default params, Fashion-MNIST\n\n"
+        f"`python -m bench.default_run` (`{result['command']}`), default params, Fashion-MNIST\n\n"
         f"Total: {total / 60:.1f} min; ensemble ({ens['chosen']}, {len(ens['members'])} members: "
         f"{', '.join(ens['members'])}) validation {pct(ens['valid']['accuracy'])} %, test {test}; "
         f"gain over the best model ({ens.get('best_model')}, by validation): {gain}; "

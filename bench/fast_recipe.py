@@ -7,7 +7,7 @@ Reports training seconds (lr_find excluded: the recipes fix their lr), test accu
 FLOP/s (3 × forward FLOPs per image, counted by torch.utils.flop_counter, × images/s) as a fraction of a
 matrix multiply's FLOP/s measured in the same run, in fp32 and bf16.
 Writes bench/results/fast_recipe_<name>_<size>px<epochs>ep[-...]-bs<bs>.{json,md}.
-Run:    python bench/fast_recipe.py [--recipe fast] [--epochs N | --phases 20:2,28:3] [--bs B]
+Run:    python -m bench.fast_recipe [--recipe fast] [--epochs N | --phases 20:2,28:3] [--bs B]
         (needs data/prepared: `dvc repro prepare`)
 """
 
@@ -20,15 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline import archs, train  # noqa: E402
-from pipeline.data import load_prepared  # noqa: E402
-from pipeline.params import TRAIN_SCHEMA, check_section, load_params, train_spec  # noqa: E402
+from pipeline import archs, train
+from pipeline.data import load_prepared
+from pipeline.params import TRAIN_SCHEMA, check_section, load_params, train_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +104,7 @@ def main() -> None:
     # file tag: 28px5ep-bs128, 20px2ep-28px3ep-bs64, ...
     tag = "-".join(f"{size}px{ep}ep" for size, ep in m["phases"]) + f"-bs{spec['bs']}"
     epochs = sum(ep for _, ep in m["phases"])
-    cmd = "python bench/fast_recipe.py " + " ".join(sys.argv[1:])
+    cmd = "python -m bench.fast_recipe " + " ".join(sys.argv[1:])
     (dest / f"fast_recipe_{args.recipe}_{tag}.json").write_text(json.dumps({**out, "command": cmd}, indent=2) + "\n")
     md = (
         f"`{cmd.strip()}`\n\n| recipe | phases (size × epochs) | train s | valid acc | test acc | img/s | train GFLOP/s | "

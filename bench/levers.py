@@ -11,7 +11,7 @@ figure is the median of `--rounds`. Measured:
   - training batch size: 64 and 256 against 128 (images/s only; accuracy per epoch is another matter);
   - evaluation batch size (inference images/s, no grad): 128, 256, 4096 against 1024, for the fast net and ResNet34.
 Writes bench/results/levers.{json,md}.
-Run:    python bench/levers.py [--batches 20] [--rounds 3] [--skip-compile]
+Run:    python -m bench.levers [--batches 20] [--rounds 3] [--skip-compile]
 """
 
 from __future__ import annotations
@@ -20,23 +20,20 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # a fresh inductor cache: the compile time reported is a cold compile's, as a new machine or a changed model pays
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="levers-inductor-"))
 
-import torch  # noqa: E402
-from fast_recipe import recipe  # noqa: E402
-from overhead import machine  # noqa: E402
+import torch
+from fast_recipe import recipe
+from overhead import machine
 
-from pipeline import archs, datasets  # noqa: E402
-from pipeline.data import BatchTfm, to_tensor  # noqa: E402
+from pipeline import archs, datasets
+from pipeline.data import BatchTfm, to_tensor
 
 OUT = Path(__file__).parent / "results"
 MEAN, STD = [0.286], [0.353]  # Fashion-MNIST's pixel statistics (throughput does not depend on them)
@@ -192,7 +189,7 @@ def main() -> None:
     (OUT / "levers.json").write_text(json.dumps(out, indent=2) + "\n")
     md = (
         f"Levers on the fast recipe's network (training img/s unless noted; median of {args.rounds} alternating "
-        f"rounds of {args.batches} batches of {args.bs}), `python bench/levers.py`\n\n"
+        f"rounds of {args.batches} batches of {args.bs}), `python -m bench.levers`\n\n"
         "| lever | baseline img/s | variant img/s | variant / baseline | |\n|---|---|---|---|---|\n"
     )
     for r in rows:

@@ -3,7 +3,7 @@
 Trains one params.yaml entry (its own settings, with `train_limit` and `epochs` overridden) on the prepared data
 once per lr and reports valid/test accuracy. Backs the `lr:` choices in params.yaml.
 Writes bench/results/lr_sweep_<arch>.{json,md}.
-Run:    python bench/lr_sweep.py fast --lrs auto 2e-3 5e-3 1e-2 [--train-limit 12000] [--epochs 2]
+Run:    python -m bench.lr_sweep fast --lrs auto 2e-3 5e-3 1e-2 [--train-limit 12000] [--epochs 2]
         (needs data/prepared: `dvc repro prepare`)
 """
 
@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline import train  # noqa: E402
-from pipeline.data import load_prepared  # noqa: E402
-from pipeline.params import load_params, train_spec  # noqa: E402
+from pipeline import train
+from pipeline.data import load_prepared
+from pipeline.params import load_params, train_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +57,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"lr_sweep_{args.arch}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
     md = (
-        f"`python bench/lr_sweep.py {args.arch} --lrs {' '.join(args.lrs)} --train-limit {args.train_limit} "
+        f"`python -m bench.lr_sweep {args.arch} --lrs {' '.join(args.lrs)} --train-limit {args.train_limit} "
         f"--epochs {args.epochs}` (seed {args.seed})\n\n"
         "| lr | used | valid acc | test acc | train s |\n|---|---|---|---|---|\n"
         + "".join(

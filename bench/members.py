@@ -7,7 +7,7 @@ through the pipeline's own train_arch on data/prepared (what `dvc repro train@<n
 predictions are kept in bench/cache/members/<name>-<hash of its spec>/, so a rerun trains only new or changed models.
 Every choice is made on validation: the order, the weights; test accuracy is printed beside it, never used.
 Writes bench/results/members_<tag>.{json,md}.
-Run:    python bench/members.py fast fast-noflip=fast:flip=false --tag flip   (needs data/prepared)
+Run:    python -m bench.members fast fast-noflip=fast:flip=false --tag flip   (needs data/prepared)
 """
 
 from __future__ import annotations
@@ -16,19 +16,17 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+import numpy as np
+import yaml
 
-from ensembles import weights as W  # noqa: E402
-from pipeline import train  # noqa: E402
-from pipeline.data import load_prepared  # noqa: E402
-from pipeline.params import load_params, seed_param, train_spec  # noqa: E402
+from ensembles import weights as W
+from pipeline import train
+from pipeline.data import load_prepared
+from pipeline.params import load_params, seed_param, train_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / "cache" / "members"
@@ -76,7 +74,7 @@ def main() -> None:
     acc = {n: (W.accuracy(r["valid"], yv), W.accuracy(r["test"], yt)) for n, r in runs.items()}
     order = sorted(names, key=lambda n: -acc[n][0])
     lines = [
-        f"`python bench/members.py {' '.join(args.models)} --tag {args.tag}`",
+        f"`python -m bench.members {' '.join(args.models)} --tag {args.tag}`",
         "",
         "| model | valid acc | test acc | train s | overrides |",
         "|---|---|---|---|---|",

@@ -5,7 +5,7 @@ also applies the pipeline's batch transform (uint8 -> float, flip, translation, 
 the learner's own overhead (callbacks, recorder, metrics, fastai's DataLoader). Runs alternate in one process,
 pipeline then bare, `--rounds` times; the ratio is of the medians. Only the training loop is timed (fastai's
 before_train/after_train), not validation. Writes bench/results/overhead.{json,md}.
-Run:    python bench/overhead.py [--images 4000] [--rounds 3] [--archs resnet34:32 fast:28]
+Run:    python -m bench.overhead [--images 4000] [--rounds 3] [--archs resnet34:32 fast:28]
 """
 
 from __future__ import annotations
@@ -14,22 +14,19 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from fast_recipe import recipe  # noqa: E402
-from fastai.callback.core import Callback  # noqa: E402
-from machine import cpu_name  # noqa: E402
+import torch
+from fast_recipe import recipe
+from fastai.callback.core import Callback
 
-from pipeline import datasets, prepare, train  # noqa: E402
-from pipeline.data import BatchTfm, to_tensor  # noqa: E402
-from pipeline.params import TRAIN_SCHEMA, arch_names, check_section, load_params  # noqa: E402
+from bench.machine import cpu_name
+from pipeline import datasets, prepare, train
+from pipeline.data import BatchTfm, to_tensor
+from pipeline.params import TRAIN_SCHEMA, arch_names, check_section, load_params
 
 OUT = Path(__file__).parent / "results"
 
@@ -128,7 +125,7 @@ def main() -> None:
     (OUT / "overhead.json").write_text(json.dumps(out, indent=2) + "\n")
     md = (
         f"Pipeline learner vs bare PyTorch loop, training images/s (median of {args.rounds} alternating rounds, "
-        f"{args.images} images, bs {args.bs}), `python bench/overhead.py`\n\n"
+        f"{args.images} images, bs {args.bs}), `python -m bench.overhead`\n\n"
         "| model @ size | precision | pipeline img/s | bare img/s | ratio (goal ≥ 0.95) |\n|---|---|---|---|---|\n"
     )
     for k, v in results.items():

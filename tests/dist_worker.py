@@ -1,4 +1,5 @@
-"""One rank of the distributed test (launched by tests/test_distributed.py through torchrun, 2 CPU processes).
+"""One rank of the distributed test (launched by tests/test_distributed.py: torchrun -m tests.dist_worker, 2 CPU
+processes, from the project root).
 
 Trains mlp on tiny digits data through the pipeline's own path (build_learner, pick_lr, fit_phases inside
 pipeline.distributed.data_parallel, fastai's DistributedTrainer) and saves this rank's weights before and after,
@@ -6,18 +7,15 @@ for the test to compare.
 """
 
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from fastai.distributed import num_distrib, rank_distrib
+from safetensors.torch import save_file
 
-import torch  # noqa: E402
-from fastai.distributed import num_distrib, rank_distrib  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-from pipeline import datasets, prepare, train  # noqa: E402
-from pipeline.distributed import data_parallel, share  # noqa: E402
-from pipeline.params import TRAIN_SCHEMA, check_section  # noqa: E402
+from pipeline import datasets, prepare, train
+from pipeline.distributed import data_parallel, share
+from pipeline.params import TRAIN_SCHEMA, check_section
 
 
 def main(out: Path) -> None:

@@ -13,7 +13,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def test_two_processes_train_in_step(tmp_path):
     env = {**ENV, "DIST_OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     r = subprocess.run(
-        [*TORCHRUN, str(ROOT / "tests" / "dist_worker.py")], env=env, capture_output=True, text=True, timeout=600
+        [*TORCHRUN, "-m", "tests.dist_worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert r.returncode == 0, r.stdout + r.stderr
     w0, w1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
