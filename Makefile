@@ -1,5 +1,6 @@
 # make repro : set up (virtual environment, requirements, the default data set), then `dvc repro`
-# make test  : the test suite (sets up first if needed)
+# make test  : the whole test suite, as CI runs it (sets up first if needed)
+# make quick : the suite without the slow end-to-end tests (real `dvc repro`, torchrun): a quick answer
 # make lint  : ruff check and format check
 # The virtual environment lives outside the clone, keyed by a hash of requirements.txt, so fresh clones
 # reuse it; .venv is a link to it. Override with VENV=path.
@@ -40,10 +41,13 @@ data:  ## put Fashion-MNIST in data/raw/fashion-mnist (from Debian's dataset-fas
 repro: setup  ## set up, then run the default benchmark with `dvc repro`
 	dvc repro
 
-test: setup  ## run the test suite (CPU only, no network)
+test: setup  ## the whole test suite (CPU only, no network), as CI runs it
+	HF_HUB_OFFLINE=1 python -m pytest -m "not gpu"
+
+quick: setup  ## the suite without the tests marked slow (real dvc repro, torchrun): a quick answer
 	HF_HUB_OFFLINE=1 python -m pytest
 
 lint: setup  ## ruff lint and format check
 	ruff check . && ruff format --check .
 
-.PHONY: help setup data repro test lint
+.PHONY: help setup data repro test quick lint

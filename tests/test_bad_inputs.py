@@ -75,6 +75,7 @@ def test_a_changed_raw_file_reruns_prepare(tmp_path, where):
     assert sorted(y.tolist()) == sorted(((np.arange(30) + 1) % 10).tolist())
 
 
+@pytest.mark.slow
 def test_a_killed_stage_leaves_nothing_behind(tmp_path):
     """kill -9 of the training process during train@mlp, then `dvc repro`: no staging folder anywhere, and the
     pipeline is up to date."""
@@ -157,6 +158,7 @@ def faces_repo(tmp_path: Path, test: bool) -> tuple[Path, str]:
     return repo, run("dvc repro", repo)
 
 
+@pytest.mark.slow
 def test_folder_without_test_split_runs_to_the_end_and_says_so(tmp_path):
     repo, out = faces_repo(tmp_path, test=False)
     assert "no submission: the prepared data has no test split" in out
@@ -182,6 +184,7 @@ def test_two_class_stacker_gives_probabilities(tmp_path):
     assert 0.8 < W.accuracy(saved, y)
 
 
+@pytest.mark.slow
 def test_two_class_ensemble_predicts_from_the_saved_stacker(tmp_path):
     repo, _ = faces_repo(tmp_path, test=True)
     ens = predict.load_ensemble(repo)

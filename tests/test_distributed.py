@@ -4,8 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ENV, ROOT, TINY, make_repo, run
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow  # real `dvc repro` / torchrun runs: `make test` runs them, `make quick` does not
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from conftest import ENV, ROOT, TINY, make_repo, run
 
+pytestmark = pytest.mark.slow  # real `dvc repro` / torchrun runs: `make test` runs them, `make quick` does not
+
 
 def stages_to_run(repo: Path) -> set[str]:
     out = json.loads(run("dvc status --json", repo))
