@@ -27,12 +27,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import archs, train
 from pipeline.data import load_prepared
-from pipeline.params import TRAIN_SCHEMA, check_section, load_params, train_spec
+from pipeline.params import TrainSpec, load_params, make_spec, train_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def recipe(name: str = "fast", params_file: Path = ROOT / "params.yaml") -> dict:
+def recipe(name: str = "fast", params_file: Path = ROOT / "params.yaml") -> TrainSpec:
     """The checked train spec of `archs.<name>` in params.yaml."""
     return train_spec(load_params(params_file), name)
 
@@ -49,8 +49,8 @@ def matmul_flops(dtype: torch.dtype, n: int = 1024, seconds: float = 3.0) -> flo
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def forward_flops(spec: dict, n_in: int, n_out: int, size: int) -> float:
-    model, _ = archs.build_model(archs.resolve(spec["arch"]), n_in, n_out, size, model_kwargs=spec.get("model_kwargs"))
+def forward_flops(spec: TrainSpec, n_in: int, n_out: int, size: int) -> float:
+    model, _ = archs.build_model(archs.resolve(spec.arch), n_in, n_out, size, model_kwargs=spec.model_kwargs)
     x = torch.randn(8, n_in, size, size)
     with FlopCounterMode(display=False) as fc:
         model(x)
@@ -73,11 +73,11 @@ def main() -> None:
         overrides["bs"] = args.bs
     if args.phases:
         overrides["phases"] = [[int(v) for v in p.split(":")] for p in args.phases.split(",")]
-    spec = check_section({**recipe(args.recipe), **overrides}, TRAIN_SCHEMA, args.recipe)
+    spec = make_spec({**recipe(args.recipe).to_dict(), **overrides}, args.recipe)
     h, _, n_in = meta["image_shape"]
     res = train.train_arch(args.recipe, spec, arrays, meta, args.seed)
     m = res.metrics
-    per_epoch = m["train_images"] - m["train_images"] % spec["bs"]  # drop_last
+    per_epoch = m["train_images"] - m["train_images"] % spec.bs  # drop_last
     train_flops = sum(
         3 * forward_flops(spec, n_in, len(meta["classes"]), sz) * ep * per_epoch for sz, ep in m["phases"]
     )
@@ -102,7 +102,7 @@ def main() -> None:
     dest = ROOT / "bench" / "results"
     dest.mkdir(parents=True, exist_ok=True)
     # file tag: 28px5ep-bs128, 20px2ep-28px3ep-bs64, ...
-    tag = "-".join(f"{size}px{ep}ep" for size, ep in m["phases"]) + f"-bs{spec['bs']}"
+    tag = "-".join(f"{size}px{ep}ep" for size, ep in m["phases"]) + f"-bs{spec.bs}"
     epochs = sum(ep for _, ep in m["phases"])
     cmd = "python -m bench.fast_recipe " + " ".join(sys.argv[1:])
     (dest / f"fast_recipe_{args.recipe}_{tag}.json").write_text(json.dumps({**out, "command": cmd}, indent=2) + "\n")

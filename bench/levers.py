@@ -40,8 +40,8 @@ MEAN, STD = [0.286], [0.353]  # Fashion-MNIST's pixel statistics (throughput doe
 EPOCH_IMAGES = 54_000  # one epoch of the fast recipe: the training split of Fashion-MNIST less 10 % validation
 
 
-def make_model(spec: dict, channels_last: bool) -> torch.nn.Module:
-    model = archs.build_model(archs.resolve(spec["arch"]), 1, 10, 28, model_kwargs=spec["model_kwargs"])[0]
+def make_model(spec, channels_last: bool) -> torch.nn.Module:
+    model = archs.build_model(archs.resolve(spec.arch), 1, 10, 28, model_kwargs=spec.model_kwargs)[0]
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,13 +36,13 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     rows = []
     for lr in args.lrs:
-        spec = {
-            **train_spec(params, args.arch),
-            "train_limit": args.train_limit,
-            "epochs": args.epochs,
-            "phases": None,
-            "lr": lr if lr == "auto" else float(lr),
-        }
+        spec = replace(
+            train_spec(params, args.arch),
+            train_limit=args.train_limit,
+            epochs=args.epochs,
+            phases=None,
+            lr=lr if lr == "auto" else float(lr),
+        )
         m = train.train_arch(args.arch, spec, arrays, meta, args.seed).metrics
         rows.append(
             {

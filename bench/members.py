@@ -48,8 +48,10 @@ def parse_model(arg: str, params: dict) -> str:
 
 def trained(name: str, params: dict, arrays: dict, meta: dict) -> dict:
     spec = train_spec(params, name)
-    seed = seed_param(params) if spec["seed"] is None else spec["seed"]
-    h = hashlib.sha1(json.dumps([spec, seed, len(arrays["train_y"]), meta["classes"]], sort_keys=True).encode())
+    seed = seed_param(params) if spec.seed is None else spec.seed
+    h = hashlib.sha1(
+        json.dumps([spec.to_dict(), seed, len(arrays["train_y"]), meta["classes"]], sort_keys=True).encode()
+    )
     d = CACHE / f"{name}-{h.hexdigest()[:10]}"
     if not (d / "metrics.json").exists():
         res = train.train_arch(name, spec, arrays, meta, seed)
@@ -58,7 +60,7 @@ def trained(name: str, params: dict, arrays: dict, meta: dict) -> dict:
             np.save(d / f"{split}.npy", p)
         (d / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
     m = json.loads((d / "metrics.json").read_text())
-    return {"valid": np.load(d / "valid.npy"), "test": np.load(d / "test.npy"), "metrics": m, "spec": spec}
+    return {"valid": np.load(d / "valid.npy"), "test": np.load(d / "test.npy"), "metrics": m, "spec": spec.to_dict()}
 
 
 def main() -> None:

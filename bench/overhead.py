@@ -26,7 +26,7 @@ from fastai.callback.core import Callback
 from bench.machine import cpu_name
 from pipeline import datasets, prepare, train
 from pipeline.data import BatchTfm, to_tensor
-from pipeline.params import TRAIN_SCHEMA, arch_names, check_section, load_params
+from pipeline.params import arch_names, load_params, make_spec
 
 OUT = Path(__file__).parent / "results"
 
@@ -91,19 +91,21 @@ def main() -> None:
     for item in args.archs:
         name, size = item.split(":")
         base = (
-            {k: v for k, v in recipe(name).items() if k in ("arch", "model_kwargs")} if name in keys else {"arch": name}
+            {k: v for k, v in recipe(name).to_dict().items() if k in ("arch", "model_kwargs")}
+            if name in keys
+            else {"arch": name}
         )
-        spec = check_section({**base, "size": int(size), "epochs": 1, "bs": args.bs, "lr": 1e-3}, TRAIN_SCHEMA, name)
+        spec = make_spec({**base, "size": int(size), "epochs": 1, "bs": args.bs, "lr": 1e-3}, name)
         learn, setup = train.build_learner(name, spec, arrays, meta, seed=0, device=device)
         timer = TrainTimer()
         learn.add_cb(timer)
         dtype = setup.dtype
         bare_model = train.archs_mod.build_model(
-            setup.arch, setup.n_in, setup.n_out, setup.native, model_kwargs=spec["model_kwargs"]
+            setup.arch, setup.n_in, setup.n_out, setup.native, model_kwargs=spec.model_kwargs
         )[0]
         bare_model = bare_model.to(device, memory_format=torch.channels_last)
         x, y = to_tensor(setup.arrays["train_x"]), torch.from_numpy(setup.arrays["train_y"])
-        tfm = BatchTfm(int(size), setup.mean, setup.std, True, spec["flip"], spec["pad"], spec["channels_last"])
+        tfm = BatchTfm(int(size), setup.mean, setup.std, True, spec.flip, spec.pad, spec.channels_last)
         n = len(y) - len(y) % args.bs
         pipe, bare = [], []
         with learn.no_logging():

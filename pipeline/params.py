@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,48 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
 }
 
 
+@dataclass
+class TrainSpec:
+    """One model's training recipe: the `train:` defaults overridden by its `archs` entry (and its variant), checked.
+
+    The defaults and checks live in TRAIN_SCHEMA (a test keeps the fields and the schema's keys equal); build one
+    with `train_spec(params, key)` or `make_spec(entry)`. Saved as `train` in models/<key>/spec.json.
+    """
+
+    arch: str | None  # the model name (the archs key unless `arch:` names it)
+    epochs: int
+    size: int | None
+    phases: list[list[int]] | None  # [[size, epochs], ...]
+    freeze_epochs: int
+    bs: int
+    eval_bs: int
+    lr: float | str  # a number, or "auto"
+    num_it: int
+    lr_mult: float
+    wd: float
+    pct_start: float
+    ps: float
+    label_smoothing: float
+    flip: bool
+    pad: int
+    tta: bool
+    precision: str
+    device: str
+    channels_last: bool
+    pretrained: bool | str
+    train_limit: int | None
+    model_kwargs: dict
+    seed: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_spec(entry: dict, where: str = "spec") -> TrainSpec:
+    """A TrainSpec from `entry` (keys of `train:`), defaults filled in; `where` names it in errors."""
+    return TrainSpec(**check_section(entry, TRAIN_SCHEMA, where))
+
+
 # An archs key names a DVC stage (`train@<key>`) and the folders models/<key>, preds/<key>, dvclive/<key>.
 KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
@@ -283,7 +326,7 @@ def group_of(params: dict, key: str) -> str:
     return variants(params).get(key, {}).get("of", key)
 
 
-def train_spec(params: dict, key: str) -> dict:
+def train_spec(params: dict, key: str) -> TrainSpec:
     """`train:` defaults overridden by `archs.<key>` (for a variant: by its entry, then by the variant), checked;
     `arch` is filled with the model name."""
     check_key(key)
@@ -306,12 +349,12 @@ def train_spec(params: dict, key: str) -> dict:
         entry = {**entry, **{k: v for k, v in params["variants"][key].items() if k != "of"}}
         where = f"variants.{key}"
     spec = check_section({**base, **entry}, TRAIN_SCHEMA, where)
-    if "epochs" in entry and "phases" in {**base, **entry} and spec["phases"] is not None:
+    if "epochs" in entry and spec["phases"] is not None:
         raise PipelineError(
             f"params.yaml: `{where}` sets `epochs` but also has `phases`, which fix the epochs; set one of them"
         )
     spec["arch"] = spec["arch"] or group
-    return spec
+    return TrainSpec(**spec)
 
 
 # The `ensemble:` section (stage ensembles/ensemble.py).

@@ -21,6 +21,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.io import staged
 from pipeline.params import group_of, load_params, model_names
+from pipeline.scores import row_losses
 
 COLUMNS = ["model", "top1", "top1_err", "valid_top1", "param_count", "train_s", "img_per_s", "weight"]
 
@@ -176,7 +177,7 @@ def fig_top_losses(path: Path, x: np.ndarray, y: np.ndarray, p: np.ndarray, clas
     """fastai's plot_top_losses, from arrays: the k rows with the highest loss, predicted/actual/loss/probability."""
     import matplotlib.pyplot as plt
 
-    loss = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))
+    loss = row_losses(p, y)
     idx = np.argsort(-loss, kind="stable")[:k]
     cols = 4
     fig, axes = plt.subplots(

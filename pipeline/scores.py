@@ -7,9 +7,14 @@ import numpy as np
 EPS = 1e-12
 
 
+def row_losses(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each row's negative log-likelihood of its true class (probabilities clipped at 1e-12)."""
+    return -np.log(np.clip(probs[np.arange(len(y)), y], EPS, None))
+
+
 def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class (probabilities clipped at 1e-12)."""
-    return float(-np.log(np.clip(probs[np.arange(len(y)), y], EPS, None)).mean())
+    """Mean negative log-likelihood of the true class."""
+    return float(row_losses(probs, y).mean())
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:

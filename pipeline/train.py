@@ -38,7 +38,7 @@ from pipeline.errors import PipelineError, warn
 from pipeline.hardware import dtype_name, pick_device, pick_dtype
 from pipeline.infer import predict_probs
 from pipeline.io import staged
-from pipeline.params import load_params, seed_param, train_spec
+from pipeline.params import TrainSpec, load_params, seed_param, train_spec
 from pipeline.scores import score
 from pipeline.splits import stratified_subset
 
@@ -92,29 +92,29 @@ def versions() -> dict:
 
 
 # --------------------------------------------------------------------------------------------- build
-def build_learner(key: str, spec: dict, arrays: dict, meta: dict, seed: int, device: torch.device | None = None):
+def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int, device: torch.device | None = None):
     """The fastai Learner of one architecture at its first phase's size, and its Setup."""
     if device is None:  # under torchrun / accelerate launch each process takes its own GPU
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     set_seed(seed, reproducible=True)
-    arch = archs_mod.resolve(spec["arch"])
+    arch = archs_mod.resolve(spec.arch)
     h, _, n_in = meta["image_shape"]
     n_out = len(meta["classes"])
-    phases = spec["phases"] or [[spec["size"] or h, spec["epochs"]]]
-    pretrained = spec["pretrained"]
-    if spec["train_limit"] and spec["train_limit"] < len(arrays["train_y"]):
-        keep = stratified_subset(arrays["train_y"], spec["train_limit"], seed)
+    phases = spec.phases or [[spec.size or h, spec.epochs]]
+    pretrained = spec.pretrained
+    if spec.train_limit and spec.train_limit < len(arrays["train_y"]):
+        keep = stratified_subset(arrays["train_y"], spec.train_limit, seed)
         arrays = {**arrays, "train_x": arrays["train_x"][keep], "train_y": arrays["train_y"][keep]}
-    bs = spec["bs"]
+    bs = spec.bs
     if bs > len(arrays["train_y"]):
         bs = len(arrays["train_y"])
-        warn(f"{key}: `bs` = {spec['bs']} is larger than the training set; using bs {bs} (one batch per epoch)")
+        warn(f"{key}: `bs` = {spec.bs} is larger than the training set; using bs {bs} (one batch per epoch)")
     mean, std = archs_mod.norm_stats(arch, pretrained, n_in, meta["train_mean"], meta["train_std"])
-    dtype = pick_dtype(spec["precision"], device)
+    dtype = pick_dtype(spec.precision, device)
     try:
-        model, splitter = archs_mod.build_model(arch, n_in, n_out, h, pretrained, spec["ps"], spec["model_kwargs"])
+        model, splitter = archs_mod.build_model(arch, n_in, n_out, h, pretrained, spec.ps, spec.model_kwargs)
     except PipelineError:
         raise
     except Exception as e:  # noqa: BLE001 - e.g. a hub download refused offline
@@ -124,19 +124,17 @@ def build_learner(key: str, spec: dict, arrays: dict, meta: dict, seed: int, dev
             else ""
         )
         raise PipelineError(f"{key}: cannot build {arch.name}{how}: {type(e).__name__}: {e}") from e
-    if spec["channels_last"]:
+    if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     def dls_at(size):
-        return make_dls(
-            arrays, size, bs, mean, std, spec["flip"], spec["pad"], device, spec["eval_bs"], spec["channels_last"]
-        )
+        return make_dls(arrays, size, bs, mean, std, spec.flip, spec.pad, device, spec.eval_bs, spec.channels_last)
 
     cbs = [StopOnNaN(key)] + ([Autocast(device.type, dtype)] if dtype is not None else [])
-    loss = CrossEntropyLossFlat(label_smoothing=spec["label_smoothing"])
+    loss = CrossEntropyLossFlat(label_smoothing=spec.label_smoothing)
     splitter = splitter or trainable_params
     learn = Learner(
-        dls_at(phases[0][0]), model, loss_func=loss, metrics=accuracy, wd=spec["wd"], splitter=splitter, cbs=cbs
+        dls_at(phases[0][0]), model, loss_func=loss, metrics=accuracy, wd=spec.wd, splitter=splitter, cbs=cbs
     )
     if not sys.stdout.isatty():
         learn.remove_cb(ProgressCallback)
@@ -146,7 +144,7 @@ def build_learner(key: str, spec: dict, arrays: dict, meta: dict, seed: int, dev
 
 
 # --------------------------------------------------------------------------------------------- fit
-def pick_lr(learn: Learner, key: str, spec: dict) -> tuple[float | None, float | None, dict | None]:
+def pick_lr(learn: Learner, key: str, spec: TrainSpec) -> tuple[float | None, float | None, dict | None]:
     """(lr used, lr_find's valley or None, the lr_find curve or None).
 
     lr_find checkpoints the weights under learn.path/models/: a temporary folder here, never the project's
@@ -155,50 +153,50 @@ def pick_lr(learn: Learner, key: str, spec: dict) -> tuple[float | None, float |
     rank-0-only file behind a barrier, and gathers losses across ranks); `share` then gives its result to every
     rank. Other ranks get (None, None, None) here."""
     lr_found, curve = None, None
-    if spec["lr"] == "auto":
+    if spec.lr == "auto":
         if rank_distrib() > 0:
             return None, None, None
         old_path = learn.path
         with tempfile.TemporaryDirectory(prefix="lr_find-") as tmp, learn.no_logging(), single_process():
             learn.path = Path(tmp)
             try:
-                sugg = learn.lr_find(num_it=spec["num_it"], show_plot=False)
+                sugg = learn.lr_find(num_it=spec.num_it, show_plot=False)
             finally:
                 learn.path = old_path
         lr_found = float(sugg.valley)
         curve = {"lr": [float(v) for v in learn.recorder.lrs], "loss": [float(v) for v in learn.recorder.losses]}
         if not math.isfinite(lr_found) or lr_found <= 0:
             raise PipelineError(f"{key}: lr_find gave no usable learning rate ({lr_found}); set `lr` to a number")
-    return (lr_found if lr_found is not None else spec["lr"]), lr_found, curve
+    return (lr_found if lr_found is not None else spec.lr), lr_found, curve
 
 
-def fit_phases(learn: Learner, spec: dict, setup: Setup, fine_tune: bool, lr: float) -> tuple[int, float, int]:
+def fit_phases(learn: Learner, spec: TrainSpec, setup: Setup, fine_tune: bool, lr: float) -> tuple[int, float, int]:
     """Train through the phases: fine_tune (frozen epochs first) for pretrained nets, one-cycle otherwise.
     Returns (training images seen, start time, frozen epochs)."""
     seen, t0 = 0, time.perf_counter()
-    freeze_epochs = spec["freeze_epochs"] if fine_tune else 0
+    freeze_epochs = spec.freeze_epochs if fine_tune else 0
     for i, (size, epochs) in enumerate(setup.phases):
         if i:
             learn.dls = setup.dls_at(size)
         n_batches = len(learn.dls.train)
         if fine_tune and i == 0 and freeze_epochs:
             learn.fine_tune(
-                epochs, base_lr=lr, freeze_epochs=freeze_epochs, lr_mult=spec["lr_mult"], pct_start=spec["pct_start"]
+                epochs, base_lr=lr, freeze_epochs=freeze_epochs, lr_mult=spec.lr_mult, pct_start=spec.pct_start
             )
             seen += freeze_epochs * n_batches * setup.bs
         elif fine_tune:
             learn.unfreeze()
             top = lr / 2
-            learn.fit_one_cycle(epochs, slice(top / spec["lr_mult"], top), pct_start=spec["pct_start"])
+            learn.fit_one_cycle(epochs, slice(top / spec.lr_mult, top), pct_start=spec.pct_start)
         else:
-            learn.fit_one_cycle(epochs, lr, pct_start=spec["pct_start"])
+            learn.fit_one_cycle(epochs, lr, pct_start=spec.pct_start)
         seen += epochs * n_batches * setup.bs
     return seen, t0, freeze_epochs
 
 
 def train_arch(
     key: str,
-    spec: dict,
+    spec: TrainSpec,
     arrays: dict,
     meta: dict,
     seed: int,
@@ -237,14 +235,12 @@ def train_arch(
 def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, curve, seen, train_s, freeze_epochs):
     """Predictions on valid and test, metrics, and the spec pipeline.predict rebuilds the model from."""
     size = setup.phases[-1][0]
-    tfm = BatchTfm(size, setup.mean, setup.std, train=False, channels_last=spec["channels_last"])
-    tta = spec["tta"] and spec["flip"]  # mirror TTA only where mirrored images were trained on
+    tfm = BatchTfm(size, setup.mean, setup.std, train=False, channels_last=spec.channels_last)
+    tta = spec.tta and spec.flip  # mirror TTA only where mirrored images were trained on
     arrays = setup.arrays
     t1 = time.perf_counter()
     preds = {
-        s: predict_probs(
-            learn.model, arrays[f"{s}_x"], tfm, spec["eval_bs"], tta, setup.device, setup.dtype, setup.n_out
-        )
+        s: predict_probs(learn.model, arrays[f"{s}_x"], tfm, spec.eval_bs, tta, setup.device, setup.dtype, setup.n_out)
         for s in ("valid", "test")
     }
     eval_s = time.perf_counter() - t1
@@ -280,14 +276,14 @@ def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, cu
         "mean": list(map(float, setup.mean)),
         "std": list(map(float, setup.std)),
         "classes": meta["classes"],
-        "ps": spec["ps"],
-        "model_kwargs": spec["model_kwargs"],
+        "ps": spec.ps,
+        "model_kwargs": spec.model_kwargs,
         "pretrained": setup.pretrained,
         "tta": tta,
-        "channels_last": spec["channels_last"],
+        "channels_last": spec.channels_last,
         "precision": precision,  # pipeline.predict evaluates with the same autocast, so it reproduces preds/
         "seed": seed,
-        "train": spec,
+        "train": spec.to_dict(),
     }
     return TrainResult(learn.model, lr, model_spec, preds, metrics, curve)
 
@@ -338,9 +334,9 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
 
     params = load_params(params_file)
     spec = train_spec(params, key)
-    seed = seed_param(params) if spec["seed"] is None else spec["seed"]
-    archs_mod.resolve(spec["arch"])  # unknown names fail before loading data
-    device = pick_device(spec["device"], key)
+    seed = seed_param(params) if spec.seed is None else spec.seed
+    archs_mod.resolve(spec.arch)  # unknown names fail before loading data
+    device = pick_device(spec.device, key)
     arrays, meta = load_prepared(root / "data/prepared")
     if rank_distrib() > 0:  # data-parallel: the other ranks train in step; rank 0 alone evaluates and writes
         return train_arch(key, spec, arrays, meta, seed, device=device, evaluate=False)

@@ -15,14 +15,12 @@ from safetensors.torch import save_file
 
 from pipeline import datasets, prepare, train
 from pipeline.distributed import data_parallel, share
-from pipeline.params import TRAIN_SCHEMA, check_section
+from pipeline.params import make_spec
 
 
 def main(out: Path) -> None:
     arrays, meta = prepare.prepare(datasets.read_digits(0), 0.2, 0, limit=400, test_limit=50)
-    spec = check_section(
-        {"arch": "cnn4", "epochs": 1, "bs": 16, "lr": "auto", "num_it": 10, "tta": False}, TRAIN_SCHEMA, "cnn4"
-    )
+    spec = make_spec({"arch": "cnn4", "epochs": 1, "bs": 16, "lr": "auto", "num_it": 10, "tta": False}, "cnn4")
     learn, setup = train.build_learner("cnn4", spec, arrays, meta, seed=0)
     rank = rank_distrib()
     save_file({k: v.contiguous() for k, v in learn.model.state_dict().items()}, str(out / f"init{rank}.safetensors"))

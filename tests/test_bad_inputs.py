@@ -299,7 +299,7 @@ def test_lr_written_as_1e_minus_3_is_a_number():
     params = yaml.safe_load("train: {lr: 1e-3}\narchs: {mlp: {wd: 1e-2}}\n")
     assert params["train"]["lr"] == "1e-3"  # PyYAML reads it as text: the reason for the fix
     s = train_spec(params, "mlp")
-    assert s["lr"] == 0.001 and s["wd"] == 0.01
+    assert s.lr == 0.001 and s.wd == 0.01
     with pytest.raises(PipelineError, match=r"`test.lr` = 'fast': expected a number, e.g. 0.001"):
         check_section({"lr": "fast"}, TRAIN_SCHEMA, "test")
 

@@ -1,11 +1,22 @@
 """params.yaml and the schemas in pipeline/params.py: each default is defined once, and they cannot drift."""
 
+from dataclasses import fields
+
 import pytest
 import yaml
 from conftest import ROOT
 
 from pipeline.errors import PipelineError
-from pipeline.params import DATA_SCHEMA, ENSEMBLE_SCHEMA, TRAIN_SCHEMA, group_of, model_names, train_spec
+from pipeline.params import (
+    DATA_SCHEMA,
+    ENSEMBLE_SCHEMA,
+    TRAIN_SCHEMA,
+    TrainSpec,
+    group_of,
+    make_spec,
+    model_names,
+    train_spec,
+)
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 # data.path names where the benchmark's raw files are; the schema cannot default it (it depends on data.name)
@@ -31,9 +42,18 @@ def test_a_variant_is_its_entry_with_a_few_keys_overridden():
     params = {**BASE, "variants": {"fast-s1": {"of": "fast", "seed": 1, "flip": False}}}
     assert model_names(params) == ["fast", "mlp", "fast-s1"]
     assert group_of(params, "fast-s1") == "fast" and group_of(params, "mlp") == "mlp"
-    entry, variant = train_spec(params, "fast"), train_spec(params, "fast-s1")
+    entry, variant = train_spec(params, "fast").to_dict(), train_spec(params, "fast-s1").to_dict()
     assert {k for k in entry if entry[k] != variant[k]} == {"seed", "flip"}
     assert variant["arch"] == "resnet9" and variant["lr"] == 0.005 and variant["seed"] == 1 and entry["seed"] is None
+
+
+def test_train_spec_fields_are_the_schema_keys():
+    """TrainSpec names the fields; TRAIN_SCHEMA holds their defaults and checks: one cannot gain a key alone."""
+    assert [f.name for f in fields(TrainSpec)] == list(TRAIN_SCHEMA)
+    spec = make_spec({"epochs": 2})
+    assert spec.epochs == 2 and spec.bs == TRAIN_SCHEMA["bs"][0]
+    with pytest.raises(AttributeError):
+        spec.epoch  # noqa: B018 - a typo fails at once, where a dict's .get would have returned None
 
 
 @pytest.mark.bad_input

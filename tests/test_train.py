@@ -11,14 +11,14 @@ from conftest import synth
 
 from pipeline import archs, models, train
 from pipeline.errors import PipelineError
-from pipeline.params import TRAIN_SCHEMA, check_section, train_spec
+from pipeline.params import make_spec, train_spec
 
 DEFAULT_HEAVY = ["resnet34", "torchvision.vgg19_bn", "densenet121", "efficientnet_b0"]
 PARAMS = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
 
 
 def spec(**kw):
-    return check_section({"epochs": 1, "bs": 16, "lr": 1e-3, "flip": False, "pad": 0, **kw}, TRAIN_SCHEMA, "test")
+    return make_spec({"epochs": 1, "bs": 16, "lr": 1e-3, "flip": False, "pad": 0, **kw}, "test")
 
 
 @pytest.mark.parametrize("name", sorted(models.LOCAL))
@@ -46,7 +46,7 @@ def test_default_imagenet_archs_build_forward_fit(name, c):
 
 
 def test_default_params_cover_the_benchmark():
-    names = {train_spec(PARAMS, k)["arch"] for k in PARAMS["archs"]}
+    names = {train_spec(PARAMS, k).arch for k in PARAMS["archs"]}
     assert {"resnet34", "densenet121", "efficientnet_b0"} <= names
     assert any("vgg19" in n for n in names)
     assert len(names & set(models.LOCAL)) >= 2
@@ -57,8 +57,8 @@ def test_default_params_cover_the_benchmark():
 def test_fast_recipe_is_a_default_entry_with_a_fixed_lr():
     """Issue 5's fast recipe is selectable by name: `dvc repro train@fast`, `python bench/fast_recipe.py`."""
     fast = train_spec(PARAMS, "fast")
-    assert fast["arch"] in models.LOCAL and isinstance(fast["lr"], float) and not fast["pretrained"]
-    model = archs.build_model(archs.resolve(fast["arch"]), 1, 10, 28, model_kwargs=fast["model_kwargs"])[0]
+    assert fast.arch in models.LOCAL and isinstance(fast.lr, float) and not fast.pretrained
+    model = archs.build_model(archs.resolve(fast.arch), 1, 10, 28, model_kwargs=fast.model_kwargs)[0]
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
