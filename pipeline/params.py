@@ -228,6 +228,8 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "train_limit": (None, is_int(lo=2, none_ok=True)),  # a stratified subset of the training split, for budgets
     "model_kwargs": ({}, is_dict),
     "seed": (None, is_int(lo=0, none_ok=True)),  # this model's training seed (init, order, subset); null: `seed`
+    "opt": ("adam", one_of("adam", "sgd", "rmsprop", "lamb", "ranger", "qhadam")),  # fastai's optimizers
+    "schedule": ("one_cycle", one_of("one_cycle", "flat_cos", "sgdr", "constant")),  # fastai's fit_* functions
 }
 
 
@@ -263,6 +265,8 @@ class TrainSpec:
     train_limit: int | None
     model_kwargs: dict
     seed: int | None
+    opt: str
+    schedule: str
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401 - patches Learner with lr_find, fit_one_cycle, fine_tune
@@ -28,6 +29,7 @@ from fastai.distributed import num_distrib, rank_distrib
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
+from fastai.optimizer import SGD, Adam, Lamb, QHAdam, RMSProp, ranger
 from fastai.torch_core import set_seed, trainable_params
 
 from pipeline import archs as archs_mod
@@ -134,7 +136,14 @@ def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
     loss = CrossEntropyLossFlat(label_smoothing=spec.label_smoothing)
     splitter = splitter or trainable_params
     learn = Learner(
-        dls_at(phases[0][0]), model, loss_func=loss, metrics=accuracy, wd=spec.wd, splitter=splitter, cbs=cbs
+        dls_at(phases[0][0]),
+        model,
+        loss_func=loss,
+        opt_func=OPTIMIZERS[spec.opt],
+        metrics=accuracy,
+        wd=spec.wd,
+        splitter=splitter,
+        cbs=cbs,
     )
     if not sys.stdout.isatty():
         learn.remove_cb(ProgressCallback)
@@ -144,6 +153,31 @@ def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
 
 
 # --------------------------------------------------------------------------------------------- fit
+# `opt`: fastai's optimizers (SGD with momentum 0.9, as the notebooks used it; fastai's own default is 0).
+OPTIMIZERS: dict[str, Callable] = {
+    "adam": Adam,
+    "sgd": partial(SGD, mom=0.9),
+    "rmsprop": RMSProp,
+    "lamb": Lamb,
+    "ranger": ranger,
+    "qhadam": QHAdam,
+}
+
+
+def fit_schedule(learn: Learner, epochs: int, lr, spec: TrainSpec) -> None:
+    """`schedule`: fastai's fit functions. one_cycle: warm-up for `pct_start` of the steps, then cosine decay;
+    flat_cos: flat for `pct_start`, then cosine decay; sgdr: a cosine cycle per epoch, restarting at `lr`
+    (warm restarts); constant: `lr` throughout."""
+    if spec.schedule == "one_cycle":
+        learn.fit_one_cycle(epochs, lr, pct_start=spec.pct_start)
+    elif spec.schedule == "flat_cos":
+        learn.fit_flat_cos(epochs, lr, pct_start=spec.pct_start)
+    elif spec.schedule == "sgdr":
+        learn.fit_sgdr(epochs, 1, lr_max=lr, cycle_mult=1)
+    else:
+        learn.fit(epochs, lr)
+
+
 def pick_lr(learn: Learner, key: str, spec: TrainSpec) -> tuple[float | None, float | None, dict | None]:
     """(lr used, lr_find's valley or None, the lr_find curve or None).
 
@@ -171,7 +205,8 @@ def pick_lr(learn: Learner, key: str, spec: TrainSpec) -> tuple[float | None, fl
 
 
 def fit_phases(learn: Learner, spec: TrainSpec, setup: Setup, fine_tune: bool, lr: float) -> tuple[int, float, int]:
-    """Train through the phases: fine_tune (frozen epochs first) for pretrained nets, one-cycle otherwise.
+    """Train through the phases: fastai's fine_tune (frozen epochs first, then one-cycle) for the first phase of a
+    pretrained net; `schedule` otherwise.
     Returns (training images seen, start time, frozen epochs)."""
     seen, t0 = 0, time.perf_counter()
     freeze_epochs = spec.freeze_epochs if fine_tune else 0
@@ -187,9 +222,9 @@ def fit_phases(learn: Learner, spec: TrainSpec, setup: Setup, fine_tune: bool, l
         elif fine_tune:
             learn.unfreeze()
             top = lr / 2
-            learn.fit_one_cycle(epochs, slice(top / spec.lr_mult, top), pct_start=spec.pct_start)
+            fit_schedule(learn, epochs, slice(top / spec.lr_mult, top), spec)
         else:
-            learn.fit_one_cycle(epochs, lr, pct_start=spec.pct_start)
+            fit_schedule(learn, epochs, lr, spec)
         seen += epochs * n_batches * setup.bs
     return seen, t0, freeze_epochs
 

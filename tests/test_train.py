@@ -31,7 +31,7 @@ def test_local_nets_any_input_size(name, size):
 @pytest.mark.parametrize("name", sorted(models.LOCAL))
 def test_local_nets_short_fit(name):
     arrays, meta = synth(c=1)
-    res = train.train_arch(name, {**spec(), "arch": name}, arrays, meta, seed=0)
+    res = train.train_arch(name, spec(arch=name), arrays, meta, seed=0)
     assert res.preds["valid"].shape == (12, 3) and np.allclose(res.preds["valid"].sum(1), 1, atol=1e-4)
     assert res.metrics["param_count"] > 0 and res.metrics["source"] == "local"
 
@@ -40,7 +40,7 @@ def test_local_nets_short_fit(name):
 @pytest.mark.parametrize("c", [1, 3])
 def test_default_imagenet_archs_build_forward_fit(name, c):
     arrays, meta = synth(n=32, size=32, c=c)
-    res = train.train_arch(name, {**spec(bs=16, ps=0.25), "arch": name}, arrays, meta, seed=0)
+    res = train.train_arch(name, spec(bs=16, ps=0.25, arch=name), arrays, meta, seed=0)
     assert res.preds["test"].shape == (9, 3)
     assert res.metrics["source"] == ("torchvision" if name.startswith("torchvision.") else "timm")
 
@@ -64,7 +64,7 @@ def test_fast_recipe_is_a_default_entry_with_a_fixed_lr():
 
 def test_scratch_net_learns_and_lr_find_is_recorded():
     arrays, meta = synth(n=96, size=16)
-    res = train.train_arch("cnn4", {**spec(epochs=4, lr="auto"), "arch": "cnn4"}, arrays, meta, seed=0)
+    res = train.train_arch("cnn4", spec(epochs=4, lr="auto", arch="cnn4"), arrays, meta, seed=0)
     m = res.metrics
     assert m["lr_found"] and m["lr"] == m["lr_suggested"] > 0
     assert len(res.lr_curve["lr"]) == len(res.lr_curve["loss"]) > 5
@@ -86,16 +86,50 @@ def test_progressive_resizing_phases(monkeypatch):
 
     monkeypatch.setitem(models.LOCAL, "spy", Spy)
     arrays, meta = synth(n=32, size=16)
-    res = train.train_arch("spy", {**spec(phases=[[12, 1], [20, 2]], bs=8), "arch": "spy"}, arrays, meta, seed=0)
+    res = train.train_arch("spy", spec(phases=[[12, 1], [20, 2]], bs=8, arch="spy"), arrays, meta, seed=0)
     trained = [(bs, size) for training, bs, size in seen if training]
     assert trained == [(8, 12)] * 4 + [(8, 20)] * 8  # 32 images / bs 8 = 4 batches per epoch
     assert {size for training, _, size in seen if not training} >= {20} and res.spec["size"] == 20
 
 
+@pytest.mark.parametrize("schedule", ["one_cycle", "flat_cos", "sgdr", "constant"])
+def test_schedule_shapes_the_learning_rate(schedule):
+    """`schedule` picks fastai's fit function: the lr of every training batch over 2 epochs of 4 batches."""
+    arrays, meta = synth(n=32, size=8)
+    s = spec(epochs=2, bs=8, lr=0.01, schedule=schedule, arch="cnn_small")
+    learn, setup = train.build_learner("x", s, arrays, meta, seed=0)
+    train.fit_phases(learn, s, setup, False, 0.01)
+    lrs = np.array(learn.recorder.lrs)
+    assert len(lrs) == 8
+    if schedule == "one_cycle":  # warm-up from lr/25, then cosine decay to ~0
+        assert lrs[0] == pytest.approx(0.01 / 25) and lrs.max() == pytest.approx(0.01, rel=0.05) and lrs[-1] < 1e-4
+    elif schedule == "flat_cos":  # flat, then cosine decay
+        assert lrs[0] == pytest.approx(0.01) and lrs[-1] < 1e-4
+    elif schedule == "sgdr":  # a cosine cycle per epoch, restarting at lr
+        assert lrs[0] == pytest.approx(0.01) and lrs[4] == pytest.approx(0.01) and lrs[3] < 0.003
+    else:
+        np.testing.assert_allclose(lrs, 0.01)
+
+
+@pytest.mark.parametrize("opt,kind", [("adam", "sqr_mom"), ("sgd", "mom"), ("ranger", "Lookahead")])
+def test_opt_picks_fastai_s_optimizer(opt, kind):
+    arrays, meta = synth(n=16, size=8)
+    s = spec(bs=8, opt=opt, arch="cnn_small")
+    learn, setup = train.build_learner("x", s, arrays, meta, seed=0)
+    train.fit_phases(learn, s, setup, False, 0.01)
+    hypers = learn.opt.hypers[-1]
+    if opt == "adam":
+        assert "sqr_mom" in hypers
+    elif opt == "sgd":  # momentum SGD: no second moment
+        assert "sqr_mom" not in hypers and "mom" in hypers and type(learn.opt).__name__ == "Optimizer"
+    else:
+        assert type(learn.opt).__name__ == kind
+
+
 def test_same_seed_same_predictions():
     arrays, meta = synth()
-    a = train.train_arch("cnn_small", {**spec(), "arch": "cnn_small"}, arrays, meta, seed=3).preds["valid"]
-    b = train.train_arch("cnn_small", {**spec(), "arch": "cnn_small"}, arrays, meta, seed=3).preds["valid"]
+    a = train.train_arch("cnn_small", spec(arch="cnn_small"), arrays, meta, seed=3).preds["valid"]
+    b = train.train_arch("cnn_small", spec(arch="cnn_small"), arrays, meta, seed=3).preds["valid"]
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -163,7 +197,7 @@ def test_pretrained_true_offline_fails_before_training(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     arrays, meta = synth(size=32)
     with pytest.raises(PipelineError, match=r"resnet18: cannot build resnet18 \(pretrained: true downloads"):
-        train.train_arch("resnet18", {**spec(pretrained=True), "arch": "resnet18"}, arrays, meta, seed=0)
+        train.train_arch("resnet18", spec(pretrained=True, arch="resnet18"), arrays, meta, seed=0)
 
 
 def test_fine_tune_from_file_freezes_then_unfreezes(monkeypatch):
@@ -189,7 +223,7 @@ def test_fine_tune_from_file_freezes_then_unfreezes(monkeypatch):
 
     monkeypatch.setattr(Learner, "unfreeze", unfreeze)
     arrays, meta = synth(n=32, size=32, c=1)
-    s = {**spec(pretrained=LITE0, freeze_epochs=1, lr=1e-2), "arch": "tf_efficientnet_lite0"}
+    s = spec(pretrained=LITE0, freeze_epochs=1, lr=1e-2, arch="tf_efficientnet_lite0")
     pre = archs.build_model(archs.resolve("tf_efficientnet_lite0"), 1, 3, 32, pretrained=LITE0)[0]
     res = train.train_arch("lite0", s, arrays, meta, seed=0)
     assert res.metrics["freeze_epochs"] == 1 and res.metrics["pretrained"] and snaps
