@@ -167,12 +167,15 @@ def by_size(c: Candidates, names: list[str], valid_acc: dict, y: np.ndarray, tes
 
 def submission_rows(probs: np.ndarray, ids: list[str], classes: list[str], header: list[str]) -> list[list[Any]]:
     """Kaggle rows in test-id order: `id,label` (class name), or one probability column per class when the
-    sampleSubmission's columns after the id are the class names."""
+    sampleSubmission's columns after the id are the class names (a superset of them with `data.classes`)."""
     if len(probs) != len(ids):
         raise PipelineError(f"submission: {len(probs)} predictions for {len(ids)} test ids")
-    if len(header) > 2 and set(header[1:]) == set(classes):
-        order = [classes.index(c) for c in header[1:]]
-        return [header] + [[i, *(f"{p:.6f}" for p in row[order])] for i, row in zip(ids, probs)]
+    if len(header) > 2 and set(classes) <= set(header[1:]):
+        # a class the run left out (`data.classes`) gets probability 0 in its column
+        cols = [classes.index(c) if c in classes else None for c in header[1:]]
+        return [header] + [
+            [i, *(f"{row[k]:.6f}" if k is not None else "0.000000" for k in cols)] for i, row in zip(ids, probs)
+        ]
     if len(header) != 2:
         raise PipelineError(
             f"submission header {header}: expected `id,label` or an id column then one column per "

@@ -17,7 +17,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -556,8 +556,69 @@ def read_digits(seed: int, path: Path | None = None) -> RawData:
     )
 
 
+def subset_classes(raw: RawData, wanted: int | list | None) -> RawData:
+    """`data.classes`: keep a count of classes (the first N in the data set's order) or the classes a list names
+    (codes or display names); labels are renumbered 0..k-1 in the data set's order. Training and validation rows
+    of other classes are dropped, and test rows too where the test split is labelled; an unlabelled test split is
+    kept whole, so its submission still has every id."""
+    if wanted is None:
+        return raw
+    names = raw.class_names or raw.classes
+    where = raw.source.get("path") or raw.source.get("name") or "the data set"
+    if isinstance(wanted, int):
+        if not 2 <= wanted <= len(raw.classes):
+            raise PipelineError(
+                f"params.yaml: `data.classes` = {wanted}: {where} has {len(raw.classes)} classes; keep 2 to "
+                f"{len(raw.classes)}"
+            )
+        keep = list(range(wanted))
+    else:
+        keep = []
+        for w in map(str, wanted):
+            if w not in raw.classes and w not in names:
+                raise PipelineError(
+                    f"params.yaml: `data.classes` names {w!r}, not a class of {where}; its classes: "
+                    + ", ".join(names[:30])
+                    + (" …" if len(names) > 30 else "")
+                )
+            keep.append(raw.classes.index(w) if w in raw.classes else names.index(w))
+        keep = sorted(set(keep))
+        if len(keep) < 2:
+            raise PipelineError(f"params.yaml: `data.classes` = {wanted!r}: name at least 2 different classes")
+    remap = np.full(len(raw.classes), -1, np.int64)
+    remap[keep] = np.arange(len(keep))
+
+    def rows(x, y):
+        if x is None or y is None:
+            return x, y, None
+        m = remap[y] >= 0
+        return x[m], remap[y[m]], np.flatnonzero(m)
+
+    train_x, train_y, _ = rows(raw.train_x, raw.train_y)
+    valid_x, valid_y, _ = rows(raw.valid_x, raw.valid_y)
+    test_x, test_y, kept = rows(raw.test_x, raw.test_y)
+    test_ids = raw.test_ids if kept is None or raw.test_ids is None else [raw.test_ids[i] for i in kept]
+    return replace(
+        raw,
+        classes=[raw.classes[i] for i in keep],
+        class_names=[raw.class_names[i] for i in keep] if raw.class_names else None,
+        train_x=train_x,
+        train_y=train_y,
+        valid_x=valid_x,
+        valid_y=valid_y,
+        test_x=test_x,
+        test_y=test_y,
+        test_ids=test_ids,
+    )
+
+
 def read(data: dict, seed: int) -> RawData:
-    """Dispatch on data.name; `data` is the checked params section."""
+    """The data set data.name names, with `data.classes` applied; `data` is the checked params section."""
+    return subset_classes(read_all(data, seed), data["classes"])
+
+
+def read_all(data: dict, seed: int) -> RawData:
+    """Dispatch on data.name."""
     name = data["name"]
     path = Path(data["path"]) if data["path"] else None
     size = data["size"] or DEFAULT_FILE_SIZE

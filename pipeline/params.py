@@ -99,6 +99,14 @@ def is_bool(v):
     return v
 
 
+def is_classes(v):
+    if v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 2:
+        return v
+    if isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str | int) and not isinstance(c, bool) for c in v):
+        return v
+    raise ValueError("expected null (every class), a count ≥ 2 (the first N classes) or a list of ≥ 2 class names")
+
+
 # key: (default, checker, why). `path: null` means data/raw/<name>.
 DATA_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "name": ("fashion-mnist", one_of(*DATASETS)),
@@ -108,6 +116,7 @@ DATA_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "test_limit": (None, is_int(lo=1, none_ok=True)),
     "size": (None, is_int(lo=4, hi=1024, none_ok=True)),
     "channels": ("auto", one_of("auto", 1, 3)),
+    "classes": (None, is_classes),  # a subset: the first N classes, or a list of class names
     "label_mode": ("fine", one_of("fine", "coarse")),
     "on_bad_image": ("skip", one_of("skip", "fail")),
     "download": (True, is_bool),

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny, write_idx, write_image
+from conftest import digits_file, make_tiny, write_idx, write_image
 
 from pipeline import datasets
 from pipeline.errors import PipelineError
+from pipeline.params import data_params
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -347,3 +348,48 @@ def test_digits():
     raw = datasets.read_digits(seed=0)
     assert raw.train_x.shape == (1437, 8, 8, 1) and raw.test_x.shape == (360, 8, 8, 1)
     assert raw.train_x.max() == 255 and len(raw.classes) == 10
+
+
+# ------------------------------------------------------------------------------------------ data.classes
+@pytest.mark.parametrize("name", ["fashion-mnist", "cifar10", "tiny-imagenet", "folder", "kaggle-csv", "digits"])
+def test_a_class_subset_for_every_reader(name, tmp_path, mnist_dir):
+    """`data.classes` (a count or names, codes or display names) keeps those classes' rows, renumbered in the data
+    set's order; a labelled test split is filtered too, an unlabelled one kept whole (every id is submitted)."""
+    path, wanted, expect = {
+        "fashion-mnist": (mnist_dir, 3, ["T-shirt/top", "Trouser", "Pullover"]),
+        "cifar10": (lambda: make_cifar10(tmp_path / "cifar-10-python.tar.gz").parent, ["c3", "c1"], ["c1", "c3"]),
+        "tiny-imagenet": (lambda: make_tiny(tmp_path), ["n01641577", "goldfish"], ["n01443537", "n01641577"]),
+        "folder": (lambda: make_folder(tmp_path / "ds", corrupt=False), ["dogs", "cats"], ["cats", "dogs"]),
+        "kaggle-csv": (lambda: make_kaggle(tmp_path / "k"), 2, ["frog", "truck"]),
+        "digits": (digits_file(), ["7", "2", "5"], ["2", "5", "7"]),
+    }[name]
+    path = path() if callable(path) else path
+    data = {"name": name, "path": str(path), "download": False, "size": 16}
+    full = datasets.read(data_params({"data": data}), 0)
+    raw = datasets.read(data_params({"data": {**data, "classes": wanted}}), 0)
+    assert raw.classes == expect
+    keep = [full.classes.index(c) for c in expect]
+    mask = np.isin(full.train_y, keep)
+    assert raw.train_y.tolist() == [keep.index(v) for v in full.train_y[mask]]
+    np.testing.assert_array_equal(raw.train_x, full.train_x[mask])
+    if full.test_y is None:
+        assert raw.test_ids == full.test_ids and len(raw.test_x) == len(full.test_x)
+    else:
+        m = np.isin(full.test_y, keep)
+        assert raw.test_y.tolist() == [keep.index(v) for v in full.test_y[m]]
+        assert raw.test_ids == [i for i, k in zip(full.test_ids, m) if k]
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "wanted,match",
+    [
+        (11, r"`data.classes` = 11: .* has 10 classes; keep 2 to 10"),
+        (["3", "eleven"], r"`data.classes` names 'eleven', not a class of .*; its classes: 0, 1, 2"),
+        (["3", "3"], r"name at least 2 different classes"),
+        (1, r"`data.classes` = 1: expected null \(every class\), a count ≥ 2"),
+    ],
+)
+def test_a_bad_class_subset_names_the_value(wanted, match):
+    with pytest.raises(PipelineError, match=match):
+        datasets.read(data_params({"data": {"name": "digits", "path": str(digits_file()), "classes": wanted}}), 0)

@@ -299,3 +299,14 @@ def test_saved_stacker_reproduces_the_fitted_one_without_pickle():
     model = W.fit_stacker(P, y)
     d = json.loads(json.dumps(W.stacker_to_dict(model)))
     np.testing.assert_allclose(W.stacker_apply(d, P, C), W.stacker_proba(model, P, C), atol=1e-9)
+
+
+def test_probability_columns_of_classes_left_out_are_zero():
+    """A sampleSubmission with a column per class, on a run of a class subset (`data.classes`)."""
+    probs = np.array([[0.25, 0.75], [0.6, 0.4]])
+    rows = E.submission_rows(probs, ["a", "b"], ["cat", "frog"], ["id", "bird", "cat", "frog"])
+    assert rows == [
+        ["id", "bird", "cat", "frog"],
+        ["a", "0.000000", "0.250000", "0.750000"],
+        ["b", "0.000000", "0.600000", "0.400000"],
+    ]
