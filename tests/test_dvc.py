@@ -235,3 +235,10 @@ def test_queued_experiments_run_in_parallel_and_show_up(tmp_path):
         data = exps[name]["revs"][0]["data"]
         assert data["params"]["params.yaml"]["data"]["archs"]["mlp"]["epochs"] == epochs
         assert "metrics/mlp.json" in data["metrics"] and "ensemble/metrics.json" in data["metrics"]
+    # the sweep's table: every finished experiment and the baseline, by validation accuracy, with what was swept
+    out = run("python -m pipeline.sweep --metric metrics/mlp.json:valid.accuracy", repo)
+    rows = list(csv.DictReader((repo / "sweep" / "table.csv").open()))
+    assert {r["experiment"] for r in rows} >= {"mlp-1ep", "mlp-3ep"} and "archs.mlp.epochs" in rows[0]
+    accs = [float(r["metrics/mlp.json:valid.accuracy"]) for r in rows]
+    assert accs == sorted(accs, reverse=True) and "swept: archs.mlp.epochs" in out
+    assert (repo / "sweep" / "accuracy_vs_params.png").is_file()

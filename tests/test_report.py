@@ -4,11 +4,13 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from conftest import C, noisy, write_run
 
 from ensembles import ensemble as E
 from ensembles import weights as W
 from pipeline import report as R
+from pipeline.errors import PipelineError
 
 
 def test_report_leaderboard_and_figures(tmp_path):
@@ -93,3 +95,43 @@ def test_groups_report_mean_and_std_of_an_entry_and_its_variants():
     rows = R.groups(models, {"f": "f", "f2": "f", "m": "m"}, labeled=True)
     assert rows == [{"group": "f", "models": 2, "valid": (91.0, 1.414), "test": (90.0, 1.414)}]
     assert "| f | 2 | 91.00 ± 1.41 | 90.00 ± 1.41 |" in R.markdown_groups(rows, labeled=True)
+
+
+def exp(name, lr, bs, acc):
+    """One experiment as `dvc exp show --json` lists it."""
+    data = {
+        "params": {"params.yaml": {"data": {"seed": 0, "archs": {"fast": {"lr": lr, "bs": bs}}}}},
+        "metrics": {"ensemble/metrics.json": {"data": {"valid": {"accuracy": acc}, "test": {"accuracy": acc - 0.01}}}},
+    }
+    return {"name": name, "revs": [{"rev": "abc1234", "data": data, "error": None}]}
+
+
+def test_sweep_table_sorts_by_validation_and_keeps_the_swept_params(tmp_path):
+    from pipeline import sweep
+
+    base = exp("x", 0.005, 128, 0.90)["revs"][0]
+    shown = [
+        {"rev": "workspace", "data": base["data"], "experiments": None},
+        {
+            "rev": "f" * 40,
+            "name": "main",
+            "data": base["data"],
+            "experiments": [exp("a", 0.002, 64, 0.91), exp("b", 0.01, 128, 0.93), {"name": "queued", "revs": [{}]}],
+        },
+    ]
+    rows = sweep.run(shown, sweep.METRIC, tmp_path / "sweep")
+    assert [r["experiment"] for r in rows] == ["b", "a", "baseline main"]  # workspace and unfinished left out
+    assert set(rows[0]) == {
+        "experiment",
+        sweep.METRIC,
+        "ensemble/metrics.json:test.accuracy",
+        "archs.fast.lr",
+        "archs.fast.bs",
+    }
+    assert rows[0]["archs.fast.lr"] == 0.01 and rows[1]["archs.fast.bs"] == 64
+    md = (tmp_path / "sweep" / "table.md").read_text()
+    assert "| b | 93.00 | 92.00 |" in md and "swept: archs.fast.bs, archs.fast.lr" in md
+    assert (tmp_path / "sweep" / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(PipelineError, match=r"--metric 'metrics/x.json:valid.accuracy' is in no experiment"):
+        sweep.run(shown, "metrics/x.json:valid.accuracy", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
