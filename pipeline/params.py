@@ -239,6 +239,7 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "seed": (None, is_int(lo=0, none_ok=True)),  # this model's training seed (init, order, subset); null: `seed`
     "opt": ("adam", one_of("adam", "sgd", "rmsprop", "lamb", "ranger", "qhadam")),  # fastai's optimizers
     "schedule": ("one_cycle", one_of("one_cycle", "flat_cos", "sgdr", "constant")),  # fastai's fit_* functions
+    "cam_layer": (None, is_str(none_ok=True)),  # Grad-CAM's layer (a model.named_modules() name); null: last conv
 }
 
 
@@ -276,6 +277,7 @@ class TrainSpec:
     seed: int | None
     opt: str
     schedule: str
+    cam_layer: str | None
 
     def to_dict(self) -> dict:
         return asdict(self)

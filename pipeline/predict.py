@@ -3,7 +3,7 @@
 Reads:  models/<arch>/{spec.json, model.safetensors} (rebuilt from the spec: no pickled learners, no code from
         model files); for `--model ensemble`, ensemble/model.json (members and weights, or the stacker's numbers).
 Writes: a CSV: file, then label_1, prob_1, ..., label_k, prob_k.
-Run:    python -m pipeline.predict PATH... [--model ensemble|<arch>] [--top-k 3] [--out preds.csv]
+Run:    python -m pipeline.predict PATH... [--model ensemble|<arch>] [--top-k 3] [--out preds.csv] [--cam DIR]
 Python: load_ensemble() or load_model("resnet9") -> .predict(images) -> probabilities (N × classes)
 
 Images are preprocessed exactly as in training: any mode PIL reads -> RGB -> the prepared size (bilinear,
@@ -73,6 +73,22 @@ class Model:
         # the precision the stage evaluated with (older specs have none: fp32), so predictions match preds/<key>/
         self.dtype = DTYPES[s.get("precision", "fp32")]
 
+    def inputs(self, x: np.ndarray) -> torch.Tensor:
+        """Prepared-format uint8 arrays -> the normalised batch the network takes."""
+        from pipeline.data import to_tensor
+
+        (xb,) = self.tfm((to_tensor(x).to(self.device),))
+        return xb
+
+    def cam(self, x: np.ndarray, targets: np.ndarray | None = None) -> np.ndarray:
+        """Grad-CAM heatmaps (N × size × size, in [0, 1]) of prepared-format uint8 arrays, for `targets` (default:
+        the predicted classes), at the entry's `cam_layer` or the last convolution."""
+        from pipeline.cam import grad_cam, pick_layer
+
+        _, layer = pick_layer(self.model, (self.spec.get("train") or {}).get("cam_layer"))
+        t = None if targets is None else torch.as_tensor(targets, device=self.device)
+        return grad_cam(self.model, self.inputs(x), layer, t)
+
     def arrays(self, images: Iterable) -> np.ndarray:
         return np.stack([to_array(im, self.spec["native_size"], self.spec["n_in"]) for im in images])
 
@@ -141,6 +157,28 @@ def top_k_rows(files: list[str], probs: np.ndarray, classes: list[str], k: int) 
     return [[f, *sum(([classes[j], f"{p[j]:.6f}"] for j in o), [])] for f, p, o in zip(files, probs, order)]
 
 
+def write_cams(out: Path, names: list[str], images: list, predictor: Model | Ensemble, used: set[str]) -> None:
+    """One Grad-CAM overlay per image, `out/<stem>.png` (`<stem>-2.png`, … where stems repeat in `used`)."""
+    from PIL import Image
+
+    from pipeline.cam import overlay
+
+    model = predictor.members[0] if isinstance(predictor, Ensemble) else predictor
+    x = model.arrays(images)
+    cams = model.cam(x)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, img, cam in zip(names, x, cams):
+        side = max(128, img.shape[0])
+        big = np.asarray(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).resize((side, side)))
+        big = big[..., None] if big.ndim == 2 else big
+        stem, n = Path(name).stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{Path(name).stem}-{n}"
+        used.add(stem)
+        Image.fromarray(overlay(big, cam)).save(out / f"{stem}.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (walked recursively)")
@@ -150,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bs", type=int, default=256, help="images per batch")
     ap.add_argument("--root", default=".", help="the project folder holding models/ and ensemble/")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--cam",
+        metavar="DIR",
+        help="also write a Grad-CAM overlay per image into DIR (<file stem>.png), from the model, or for the "
+        "ensemble from its best member by validation accuracy",
+    )
     args = ap.parse_args(argv)
     if args.top_k < 1:
         ap.error("--top-k must be ≥ 1")
@@ -162,12 +206,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.model == "ensemble"
             else load_model(args.model, args.root, args.device)
         )
+        if args.cam:
+            from pipeline.cam import pick_layer
+
+            looked_at = predictor.members[0] if isinstance(predictor, Ensemble) else predictor
+            pick_layer(looked_at.model, (looked_at.spec.get("train") or {}).get("cam_layer"))  # fails before any work
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     k = min(args.top_k, len(predictor.classes))
     header = ["file"] + sum(([f"label_{i + 1}", f"prob_{i + 1}"] for i in range(k)), [])
-    rows, bad = [], []
+    rows, bad, cam_names = [], [], set()
     for i in tqdm(range(0, len(files), args.bs), desc="predict", unit="batch", file=sys.stderr, disable=None):
         batch, names = [], []
         for f in files[i : i + args.bs]:
@@ -179,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: skipping unreadable image {f} ({type(e).__name__}: {e})", file=sys.stderr)
         if batch:
             rows += top_k_rows(names, predictor.predict(batch, args.bs), predictor.classes, k)
+            if args.cam:
+                write_cams(Path(args.cam), names, batch, predictor, cam_names)
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # noqa: SIM115
     try:
         csv.writer(out).writerows([header, *rows])

@@ -1,10 +1,11 @@
 """Stage `report`: the leaderboard (timm's results-CSV shape) and the figures of a benchmark run.
 
-Reads:  params.yaml (`archs`, `variants`), data/prepared/, metrics/<name>.json, preds/<name>/,
+Reads:  params.yaml (`archs`, `variants`), data/prepared/, metrics/<name>.json, preds/<name>/, models/<best>/,
         ensemble/metrics.json, ensemble/preds/, dvclive/<name>/plots/ (training curves, lr_find curves).
 Writes: reports/leaderboard.csv and .md (one row per model and per ensemble strategy, best first),
         reports/figures/*.png (confusion matrices, top losses, confident right and wrong predictions,
-        lr_find curves, training curves, accuracy against training time and against the number of members).
+        lr_find curves, training curves, accuracy against training time and against the number of members,
+        Grad-CAM of the best model on right and wrong images, its feature maps after an early and a late conv).
         The "best model" of the figures is the best by validation accuracy, as the ensemble stage picked it.
 Run:    python -m pipeline.report        (or `dvc repro report`)
 """
@@ -281,6 +282,76 @@ def fig_training(path: Path, live: dict[str, Path]) -> None:
     plt.close(fig)
 
 
+def look_inside(figs: Path, folder: Path, x, y, p: np.ndarray, classes: list[str], split: str) -> None:
+    """gradcam.png and feature_maps.png of the model in `folder`; a note instead where the model is absent
+    (predictions pulled without their models) or has no convolution (logreg, mlp)."""
+    from pipeline.cam import conv_layers
+    from pipeline.predict import Model
+
+    if not (folder / "spec.json").is_file():
+        print(f"note: {folder} is absent: no Grad-CAM or feature-map figures", file=sys.stderr)
+        return
+    model = Model(folder)
+    if not conv_layers(model.model):
+        print(f"note: {model.name} has no convolution: no Grad-CAM or feature-map figures", file=sys.stderr)
+        return
+    fig_gradcam(figs / "gradcam.png", x, y, p, model, classes, split)
+    fig_feature_maps(figs / "feature_maps.png", np.asarray(x[:1]), model)
+
+
+def fig_gradcam(path: Path, x, y, p: np.ndarray, model, classes: list[str], split: str, k: int = 8) -> None:
+    """Grad-CAM of the best model on k right and k wrong images of the split (seeded choice), each titled
+    predicted/actual: where the network looked for the class it chose."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.cam import overlay
+
+    rng = np.random.default_rng(0)
+    pred = p.argmax(1)
+    right, wrong = np.flatnonzero(pred == y), np.flatnonzero(pred != y)
+    idx = [*rng.permutation(right)[:k], *rng.permutation(wrong)[:k]]
+    if not idx:
+        return
+    imgs = np.asarray(x[np.sort(idx)])
+    cams = model.cam(imgs)
+    cols = 8
+    fig, axes = plt.subplots((len(idx) + cols - 1) // cols, cols, figsize=(2 * cols, 2.3 * ((len(idx) + 7) // 8)))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, i, img, cam in zip(np.ravel(axes), np.sort(idx), imgs, cams):
+        ax.imshow(overlay(img, cam))
+        ok = pred[i] == y[i]
+        ax.set_title(f"{classes[pred[i]]}/{classes[y[i]]}", fontsize=8, color="green" if ok else "red")
+    fig.suptitle(f"Grad-CAM of {model.name} on {split} images (predicted/actual; green right, red wrong)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def fig_feature_maps(path: Path, img: np.ndarray, model, n: int = 8) -> None:
+    """The first n channels after the first and after the last convolution (the Grad-CAM layer) for one image."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.cam import conv_layers, feature_maps, pick_layer
+
+    xb = model.inputs(img)
+    layers = [pick_layer(model.model, conv_layers(model.model)[0]), pick_layer(model.model, None)]
+    fig, axes = plt.subplots(len(layers), n + 1, figsize=(2 * (n + 1), 2.2 * len(layers)))
+    for row, (name, layer) in zip(axes, layers):
+        maps = feature_maps(model.model, xb, layer)
+        _imshow(row[0], img[0])
+        row[0].set_title("input", fontsize=8)
+        for j, ax in enumerate(row[1:]):
+            ax.axis("off")
+            if j < len(maps):
+                ax.imshow(maps[j], cmap="viridis")
+                ax.set_title(f"{name} #{j}", fontsize=7)
+    fig.suptitle(f"{model.name}: feature maps after an early and a late convolution")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def fig_acc_time(path: Path, rows: list[dict]) -> None:
     """Accuracy against training time (log scale): which models are worth their cost."""
     import matplotlib.pyplot as plt
@@ -353,6 +424,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         )
         fig_training(figs / "training_curves.png", {n: root / "dvclive" / n for n in names})
         fig_acc_time(figs / "accuracy_vs_time.png", rows)
+        look_inside(figs, root / "models" / best, x, y, best_p, classes, split)
     return rows
 
 

@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 from conftest import C, noisy, write_run
+from safetensors.torch import save_file
 
 from ensembles import ensemble as E
 from ensembles import weights as W
+from pipeline import archs
 from pipeline import report as R
 from pipeline.errors import PipelineError
 
@@ -42,6 +44,14 @@ def test_report_leaderboard_and_figures(tmp_path):
     (live / "metrics" / "train").mkdir(parents=True)
     (live / "metrics" / "train" / "loss.tsv").write_text("step\tloss\n0\t1.0\n1\t0.5\n")
     ens = E.run(params, tmp_path)
+    # the best model by validation (resnet34 here) as a small untrained CNN: for Grad-CAM and the feature maps
+    net, _ = archs.build_model(archs.resolve("cnn_small"), 1, C, 8)
+    (tmp_path / "models" / "resnet34").mkdir(parents=True)
+    save_file(net.state_dict(), str(tmp_path / "models" / "resnet34" / "model.safetensors"))
+    spec = {"key": "resnet34", "arch": "cnn_small", "n_in": 1, "n_out": C, "size": 8, "native_size": 8, "ps": 0.5}
+    spec |= {"mean": [0.5], "std": [0.25], "classes": [f"class{i}" for i in range(C)], "model_kwargs": {}}
+    spec |= {"tta": False, "channels_last": True, "precision": "fp32", "train": {}}
+    (tmp_path / "models" / "resnet34" / "spec.json").write_text(json.dumps(spec))
 
     rows = R.run(params, tmp_path)
     on_disk = list(csv.DictReader((tmp_path / "reports" / "leaderboard.csv").open()))
@@ -69,6 +79,8 @@ def test_report_leaderboard_and_figures(tmp_path):
         "training_curves.png",
         "accuracy_vs_time.png",
         "accuracy_vs_members.png",
+        "gradcam.png",
+        "feature_maps.png",
     }
     for f in figs:
         assert (tmp_path / "reports" / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
