@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import fastai.callback.schedule  # noqa: F401 - patches Learner with lr_find, fit_one_cycle, fine_tune
 import numpy as np
 import torch
 from fastai.callback.progress import ProgressCallback
+from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds  # also patches Learner: lr_find, fit_*
 from fastai.distributed import num_distrib, rank_distrib
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
@@ -172,8 +172,13 @@ def fit_schedule(learn: Learner, epochs: int, lr, spec: TrainSpec) -> None:
         learn.fit_one_cycle(epochs, lr, pct_start=spec.pct_start)
     elif spec.schedule == "flat_cos":
         learn.fit_flat_cos(epochs, lr, pct_start=spec.pct_start)
-    elif spec.schedule == "sgdr":
-        learn.fit_sgdr(epochs, 1, lr_max=lr, cycle_mult=1)
+    elif spec.schedule == "sgdr":  # fastai's fit_sgdr doubles each cycle; here every epoch is one cycle
+        if learn.opt is None:
+            learn.create_opt()
+        learn.opt.set_hyper("lr", lr)  # a slice spreads over the parameter groups, as fit_sgdr does
+        top = np.array([h["lr"] for h in learn.opt.hypers])
+        cycles = combine_scheds([1 / epochs] * epochs, [SchedCos(top, top / 1e5)] * epochs)
+        learn.fit(epochs, cbs=ParamScheduler({"lr": cycles}))
     else:
         learn.fit(epochs, lr)
 

@@ -178,6 +178,7 @@ TINY = {
     "data": {"name": "digits", "path": str(digits_file()), "limit": 300, "test_limit": 100},
     "train": {"epochs": 1, "bs": 32, "lr": 0.01, "tta": False, "flip": False, "pad": 0},  # digits: no mirror images
     "archs": {"logreg": {}, "mlp": {"epochs": 2}},
+    "variants": {},  # dvc.yaml's `foreach: ${variants}` needs the section, empty or not
     "ensemble": {"select": "threshold", "threshold": 0.0, "method": "stacking"},
 }
 
