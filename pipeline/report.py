@@ -296,7 +296,7 @@ def look_inside(figs: Path, folder: Path, x, y, p: np.ndarray, classes: list[str
         print(f"note: {model.name} has no convolution: no Grad-CAM or feature-map figures", file=sys.stderr)
         return
     fig_gradcam(figs / "gradcam.png", x, y, p, model, classes, split)
-    fig_feature_maps(figs / "feature_maps.png", np.asarray(x[:1]), model)
+    fig_feature_maps(figs / "feature_maps.png", np.array(x[:1]), model)  # a writable copy of the memmap
 
 
 def fig_gradcam(path: Path, x, y, p: np.ndarray, model, classes: list[str], split: str, k: int = 8) -> None:
