@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import yaml
 
+from ensembles import ensemble as E
 from ensembles import weights as W
 from pipeline import train
 from pipeline.data import load_prepared
@@ -74,7 +75,7 @@ def main() -> None:
     yv, yt = arrays["valid_y"], arrays["test_y"]
     runs = {n: trained(n, params, arrays, meta) for n in names}
     acc = {n: (W.accuracy(r["valid"], yv), W.accuracy(r["test"], yt)) for n, r in runs.items()}
-    order = sorted(names, key=lambda n: -acc[n][0])
+    order = sorted(names, key=lambda n: (-acc[n][0], n))  # as E.by_size orders them
     lines = [
         f"`python -m bench.members {' '.join(args.models)} --tag {args.tag}`",
         "",
@@ -93,16 +94,18 @@ def main() -> None:
         "| k | models | valid acc | test acc | gain over the best member (valid / test) |",
         "|---|---|---|---|---|",
     ]
+    curve = E.by_size(
+        order, np.stack([runs[n]["valid"] for n in order]), yv, np.stack([runs[n]["test"] for n in order]), yt
+    )
+    best_v, best_t = acc[order[0]]
     table = []
-    for k in range(1, len(order) + 1):
-        top = order[:k]
-        w = W.accuracy_weights([acc[n][0] for n in top])
-        pv = W.blend(np.stack([runs[n]["valid"] for n in top]), w)
-        pt = W.blend(np.stack([runs[n]["test"] for n in top]), w)
-        va, ta = W.accuracy(pv, yv), W.accuracy(pt, yt)
-        best_v, best_t = acc[order[0]]
-        table.append({"k": k, "models": top, "valid": va, "test": ta})
-        lines.append(f"| {k} | {', '.join(top)} | {va:.4f} | {ta:.4f} | {va - best_v:+.4f} / {ta - best_t:+.4f} |")
+    for r in curve:
+        top = order[: r["k"]]
+        table.append({"k": r["k"], "models": top, "valid": r["valid"], "test": r["test"]})
+        lines.append(
+            f"| {r['k']} | {', '.join(top)} | {r['valid']:.4f} | {r['test']:.4f} | "
+            f"{r['valid'] - best_v:+.4f} / {r['test'] - best_t:+.4f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     out = ROOT / "bench" / "results" / f"members_{args.tag}"

@@ -151,16 +151,18 @@ def gain(rec: dict, best: dict) -> dict:
     return {s: rec[s]["accuracy"] - best[s]["accuracy"] for s in ("valid", "test") if s in rec and s in best}
 
 
-def by_size(c: Candidates, names: list[str], valid_acc: dict, y: np.ndarray, test_y: np.ndarray | None) -> list:
-    """Accuracy of the accuracy-weighted blend of the k best models by validation accuracy, k = 1 .. all."""
-    order = sorted(range(len(names)), key=lambda i: (-valid_acc[names[i]], names[i]))
+def by_size(names: list[str], valid: np.ndarray, y: np.ndarray, test=None, test_y=None) -> list[dict]:
+    """Accuracy of the accuracy-weighted blend of the k best models by validation accuracy, k = 1 .. all;
+    `valid`/`test` are (models, rows, classes) in the order of `names`."""
+    acc = [W.accuracy(p, y) for p in valid]
+    order = sorted(range(len(names)), key=lambda i: (-acc[i], names[i]))
     out = []
     for k in range(1, len(order) + 1):
         top = order[:k]
-        w = W.accuracy_weights([valid_acc[names[i]] for i in top])
-        row = {"k": k, "added": names[top[-1]], "valid": W.accuracy(W.blend(c.valid[top], w), y)}
+        w = W.accuracy_weights([acc[i] for i in top])
+        row = {"k": k, "added": names[top[-1]], "valid": W.accuracy(W.blend(valid[top], w), y)}
         if test_y is not None:
-            row["test"] = W.accuracy(W.blend(c.test[top], w), test_y)
+            row["test"] = W.accuracy(W.blend(test[top], w), test_y)
         out.append(row)
     return out
 
@@ -237,7 +239,7 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         **rec,
         "best_model": best,
         "gain": gain(rec, models[best]),
-        "by_size": by_size(c, names, valid_acc, y, test_y),
+        "by_size": by_size(names, c.valid, y, c.test, test_y),
         "strategies": {k: v.record for k, v in results.items()},
         "models": models,
     }

@@ -119,8 +119,12 @@ def run(shown: list[dict], metric: str, out: Path) -> list[dict]:
             w.writeheader()
             w.writerows(rows)
 
-        def cell(v):
-            return f"{100 * v:.2f}" if isinstance(v, float) and v <= 1 else json.dumps(v) if isinstance(v, list) else v
+        scores = set(cols[1 : len(cols) - len(swept)])  # the metric and its test twin: percentages; params as written
+
+        def cell(col, v):
+            if col in scores and isinstance(v, int | float):
+                return f"{100 * v:.2f}"
+            return json.dumps(v) if isinstance(v, list) else v
 
         md = [
             f"Experiments sorted by `{metric}` (accuracies in %); swept: {', '.join(swept) or 'nothing'}.",
@@ -128,7 +132,7 @@ def run(shown: list[dict], metric: str, out: Path) -> list[dict]:
             "| " + " | ".join(cols) + " |",
             "|" + "---|" * len(cols),
         ]
-        md += ["| " + " | ".join(str(cell(r[c])) for c in cols) + " |" for r in rows]
+        md += ["| " + " | ".join(str(cell(c, r[c])) for c in cols) + " |" for r in rows]
         (d / "table.md").write_text("\n".join(md) + "\n")
         plot(d / "accuracy_vs_params.png", swept, rows, metric)
     return rows

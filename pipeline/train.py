@@ -1,9 +1,10 @@
-"""Stage `train@<key>`: train one architecture from params.yaml `archs.<key>` (over `train:` defaults).
+"""Stages `train@<key>` and `variant@<key>`: train one model from params.yaml `archs.<key>`, or `variants.<key>`
+(its `archs` entry with a few keys overridden), over the `train:` defaults.
 
-Reads:  data/prepared/, params.yaml (`seed`, `train`, `archs.<key>`).
+Reads:  data/prepared/, params.yaml (`seed`, `train`, `archs.<key>`, `variants.<key>`).
 Writes: models/<key>/ (model.safetensors, spec.json, versions.json), preds/<key>/{valid,test}.npy,
         metrics/<key>.json, dvclive/<key>/ (training curves, lr_find curve) — all whole or not at all.
-Run:    dvc repro train@<key>    (or: python -m pipeline.train <key>)
+Run:    dvc repro train@<key> / variant@<key>    (or: python -m pipeline.train <key>)
 """
 
 from __future__ import annotations

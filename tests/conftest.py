@@ -183,6 +183,12 @@ TINY = {
 }
 
 
+def predict_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline.predict ARGS` as a user runs it, from the project root; output captured."""
+    cmd = [sys.executable, "-m", "pipeline.predict", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT)
+
+
 def run(cmd: str, cwd: Path) -> str:
     r = subprocess.run(cmd, shell=True, cwd=cwd, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout}\n{r.stderr}"

@@ -8,7 +8,6 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ENV, ROOT, TINY, make_repo, run, write_idx, write_image
+from conftest import ENV, ROOT, TINY, make_repo, predict_cli, run, write_idx, write_image
 from PIL import Image
 
 from ensembles import weights as W
@@ -322,11 +321,5 @@ def test_truncated_weights_name_the_file_and_the_remedy(project):
         predict.load_model("mlp", root)
     msg = str(e.value)
     assert str(f) in msg and "damaged" in msg and "dvc checkout" in msg and "dvc repro train@mlp" in msg
-    r = subprocess.run(
-        [sys.executable, "-m", "pipeline.predict", str(root / "data"), "--model", "mlp", "--root", str(root)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=ROOT,
-    )
+    r = predict_cli(str(root / "data"), "--model", "mlp", "--root", str(root))
     assert r.returncode == 1 and "damaged" in r.stderr and "Traceback" not in r.stderr

@@ -4,12 +4,11 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, ROOT, TINY, make_repo, run
+from conftest import ENV, TINY, make_repo, predict_cli, run
 
 pytestmark = pytest.mark.slow  # real `dvc repro` / torchrun runs: `make test` runs them, `make quick` does not
 
@@ -127,26 +126,7 @@ def test_predict_rebuilds_models_and_the_ensemble_exactly(repo, tmp_path):
     Image.fromarray(x[1, ..., 0]).convert("RGB").resize((64, 64), Image.NEAREST).save(tmp_path / "sub" / "b.jpg")
     (tmp_path / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "preds.csv"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.predict",
-            str(tmp_path),
-            "--model",
-            "ensemble",
-            "--top-k",
-            "3",
-            "--out",
-            str(out),
-            "--root",
-            str(repo),
-        ],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=ROOT,
-    )
+    r = predict_cli(str(tmp_path), "--model", "ensemble", "--top-k", "3", "--out", str(out), "--root", str(repo))
     assert r.returncode == 0, r.stderr
     assert "broken.png" in r.stderr and "2 images predicted" in r.stderr
     rows = list(csv.reader(out.open()))
@@ -160,13 +140,7 @@ def test_predict_rebuilds_models_and_the_ensemble_exactly(repo, tmp_path):
 
 @pytest.mark.bad_input
 def test_predict_unknown_model_is_a_clear_error(repo):
-    r = subprocess.run(
-        [sys.executable, "-m", "pipeline.predict", str(repo / "params.yaml"), "--model", "nope", "--root", str(repo)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=ROOT,
-    )
+    r = predict_cli(str(repo / "params.yaml"), "--model", "nope", "--root", str(repo))
     assert r.returncode == 1 and "models/nope/spec.json: missing" in r.stderr
 
 

@@ -142,7 +142,7 @@ def test_sweep_table_sorts_by_validation_and_keeps_the_swept_params(tmp_path):
     }
     assert rows[0]["archs.fast.lr"] == 0.01 and rows[1]["archs.fast.bs"] == 64
     md = (tmp_path / "sweep" / "table.md").read_text()
-    assert "| b | 93.00 | 92.00 |" in md and "swept: archs.fast.bs, archs.fast.lr" in md
+    assert "| b | 93.00 | 92.00 | 128 | 0.01 |" in md and "swept: archs.fast.bs, archs.fast.lr" in md  # lr as written
     assert (tmp_path / "sweep" / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(PipelineError, match=r"--metric 'metrics/x.json:valid.accuracy' is in no experiment"):
         sweep.run(shown, "metrics/x.json:valid.accuracy", tmp_path / "other")
