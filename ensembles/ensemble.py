@@ -1,14 +1,17 @@
 """Stage `ensemble`: blend the trained models' predictions; write Kaggle-style submissions.
 
-Reads:  params.yaml (`seed`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json, valid_y.npy, test_y.npy,
-        test_ids.json}, preds/<name>/{valid,test}.npy and metrics/<name>.json for every model (never the models).
+Reads:  params.yaml (`seed`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json, train_y.npy, valid_y.npy,
+        test_y.npy, test_ids.json}, preds/<name>/{valid,test}.npy (and oof.npy, oof_rows.npy of `folds` entries)
+        and metrics/<name>.json for every model (never the models).
 Writes: submissions/<name>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
         (the chosen strategy's probabilities); ensemble/metrics.json (every strategy's members, weights, scores;
         the gain over the best model; accuracy against the number of members);
         ensemble/model.json (what pipeline.predict needs to blend: members, weights, or the stacker's numbers).
 Run:    python -m ensembles.ensemble        (or `dvc repro ensemble`)
 
-Selection and weights use the validation split only; test labels are read only to report test scores.
+Selection uses the validation split. Weights and the stacker fit on the validation split, or, when every member
+is a `folds` entry, on their out-of-fold predictions over the training split (the validation split then scores
+them untouched). Test labels are read only to report test scores.
 """
 
 from __future__ import annotations
@@ -42,11 +45,14 @@ class Candidates:
     valid: np.ndarray  # (models, rows, classes)
     test: np.ndarray
     info: dict[str, dict]  # metrics/<name>.json
+    oof: dict[str, tuple[np.ndarray, np.ndarray]]  # `folds` entries: name -> (training rows, their OOF probabilities)
 
 
-def load_candidates(names: list[str], n_valid: int, n_test: int, n_classes: int, root: Path = Path(".")) -> Candidates:
+def load_candidates(
+    names: list[str], n_valid: int, n_test: int, n_classes: int, root: Path = Path("."), n_train: int = 0
+) -> Candidates:
     """Every model's predictions, checked against the prepared data and each other."""
-    valid, test, info = [], [], {}
+    valid, test, info, oof = [], [], {}, {}
     for name in names:
         arrays = {}
         for split, rows in (("valid", n_valid), ("test", n_test)):
@@ -69,7 +75,44 @@ def load_candidates(names: list[str], n_valid: int, n_test: int, n_classes: int,
             raise PipelineError(f"{mf}: cannot read model metrics ({e})") from e
         valid.append(arrays["valid"])
         test.append(arrays["test"])
-    return Candidates(names, np.stack(valid), np.stack(test), info)
+        if (root / "preds" / name / "oof.npy").is_file():
+            oof[name] = load_oof(root / "preds" / name, n_train, n_classes)
+    return Candidates(names, np.stack(valid), np.stack(test), info, oof)
+
+
+def load_oof(folder: Path, n_train: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A `folds` entry's out-of-fold probabilities and the training rows they belong to, checked."""
+    try:
+        rows = np.load(folder / "oof_rows.npy", allow_pickle=False)
+        p = np.load(folder / "oof.npy", allow_pickle=False).astype(np.float64)
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{folder}: cannot read oof.npy / oof_rows.npy ({e}); rerun its train stage") from e
+    if p.shape != (len(rows), n_classes) or len(rows) and (rows.min() < 0 or rows.max() >= n_train):
+        raise PipelineError(
+            f"{folder}/oof.npy: shape {p.shape} for {len(rows)} rows of a {n_train}-row training split with "
+            f"{n_classes} classes: trained on other data (a stale stage); rerun its train stage"
+        )
+    return rows, p
+
+
+def oof_fit_rows(c: Candidates, members: list[str]) -> np.ndarray | None:
+    """The training rows every member has out-of-fold predictions for (each `folds` entry), or None when a member
+    has none: then the fitted strategies fit on the validation split."""
+    if not all(m in c.oof for m in members):
+        return None
+    rows = c.oof[members[0]][0]
+    for m in members[1:]:
+        rows = np.intersect1d(rows, c.oof[m][0])
+    return rows if len(rows) else None
+
+
+def oof_matrix(c: Candidates, members: list[str], rows: np.ndarray) -> np.ndarray:
+    """(members, rows, classes): each member's out-of-fold probabilities on `rows`."""
+    out = []
+    for m in members:
+        have, p = c.oof[m]
+        out.append(p[np.searchsorted(have, rows)])  # oof_rows are sorted: the pool's order
+    return np.stack(out)
 
 
 @dataclass
@@ -113,20 +156,35 @@ def fit_strategy(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, cfg:
 
 
 def run_strategies(
-    P: np.ndarray, y: np.ndarray, T: np.ndarray, test_y: np.ndarray | None, members: list[str], cfg: dict, seed: int
+    P: np.ndarray,
+    y: np.ndarray,
+    T: np.ndarray,
+    test_y: np.ndarray | None,
+    members: list[str],
+    cfg: dict,
+    seed: int,
+    fit_on: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Outcome]:
-    """Every strategy on the same members: weights, validation and (where labelled) test scores, test probs."""
+    """Every strategy on the same members: weights, validation and (where labelled) test scores, test probs.
+
+    `fit_on`: (members' out-of-fold probabilities, labels) on training rows, when every member is a `folds` entry:
+    the fitted strategies fit there (more rows than the validation split) and are scored on the whole validation
+    split, which none of them saw. Otherwise they fit on the validation split, scored by cross-fitting."""
     accs = np.array([W.accuracy(p, y) for p in P])
     counts = np.bincount(y)
     k_folds = int(min(cfg["folds"], counts[counts > 0].min()))  # no more folds than the rarest class has rows
     out = {}
     for kind in STRATEGIES:
-        f = fit_strategy(kind, P, y, accs, cfg, seed)
         fitted = kind in ("greedy", "nnls", "stacking")
-        if (fitted and len(P) > 1 or kind == "stacking") and k_folds >= 2:
+        if fitted and fit_on is not None:
+            f = fit_strategy(kind, *fit_on, accs, cfg, seed)
+            vp, how = f.predict(P), f"fitted on {len(fit_on[1])} out-of-fold training rows; valid held out"
+        elif (fitted and len(P) > 1 or kind == "stacking") and k_folds >= 2:
+            f = fit_strategy(kind, P, y, accs, cfg, seed)
             fit = lambda Ptr, ytr, k=kind: fit_strategy(k, Ptr, ytr, accs, cfg, seed).predict
             vp, how = W.crossfit(P, y, fit, k_folds, seed), f"cross-fitted, {k_folds} folds"
         else:
+            f = fit_strategy(kind, P, y, accs, cfg, seed)
             vp, how = f.predict(P), "direct" if not fitted else "direct: a class has < 2 validation rows to cross-fit"
         tp = f.predict(T)
         rec = {
@@ -206,7 +264,12 @@ def run(params: dict, root: Path = Path(".")) -> dict:
     except (OSError, ValueError) as e:
         raise PipelineError(f"{prep}: cannot read the prepared data ({e}); run `dvc repro prepare`") from e
     classes = meta["classes"]
-    c = load_candidates(names, len(y), len(ids), len(classes), root)
+    has_oof = any((root / "preds" / n / "oof.npy").is_file() for n in names)
+    try:  # the labels of `folds` entries' out-of-fold rows
+        train_y = np.load(prep / "train_y.npy") if has_oof else np.zeros(0, np.int64)
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{prep}/train_y.npy: cannot read ({e}); run `dvc repro prepare`") from e
+    c = load_candidates(names, len(y), len(ids), len(classes), root, n_train=len(train_y))
 
     valid_acc = {n: W.accuracy(p, y) for n, p in zip(names, c.valid)}
     families = {
@@ -217,7 +280,9 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         valid_acc, families, cfg["threshold"], cfg["per_family"], cfg["on_empty"], cfg["select"], cfg["margin"]
     )
     idx = [names.index(m) for m in members]
-    results = run_strategies(c.valid[idx], y, c.test[idx], test_y, members, cfg, seed)
+    rows = oof_fit_rows(c, members)
+    fit_on = None if rows is None else (oof_matrix(c, members, rows), train_y[rows])
+    results = run_strategies(c.valid[idx], y, c.test[idx], test_y, members, cfg, seed, fit_on)
     chosen = best_strategy(results) if cfg["method"] == "best" else cfg["method"]
     rec = results[chosen].record
 
@@ -237,6 +302,9 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         "method": cfg["method"],
         "chosen": chosen,
         **rec,
+        "fitted_on": "validation split (cross-fitted scores)"
+        if fit_on is None
+        else f"out-of-fold predictions on {len(rows)} training rows (valid held out)",
         "best_model": best,
         "gain": gain(rec, models[best]),
         "by_size": by_size(names, c.valid, y, c.test, test_y),
@@ -293,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         f"valid {m['valid']['accuracy']:.4f}{test}"
     )
     g = m["gain"]
+    print(f"  weights and stacker fitted on the {m['fitted_on']}")
     print(
         f"  gain over the best model ({m['best_model']}, by validation accuracy): "
         + ", ".join(f"{s} {100 * v:+.2f} points" for s, v in g.items())

@@ -240,6 +240,8 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "opt": ("adam", one_of("adam", "sgd", "rmsprop", "lamb", "ranger", "qhadam")),  # fastai's optimizers
     "schedule": ("one_cycle", one_of("one_cycle", "flat_cos", "sgdr", "constant")),  # fastai's fit_* functions
     "cam_layer": (None, is_str(none_ok=True)),  # Grad-CAM's layer (a model.named_modules() name); null: last conv
+    "folds": (None, is_int(lo=2, none_ok=True)),  # stratified K-fold of the training split: K models, OOF preds
+    "refit": (False, is_bool),  # retrain on train + valid with the validated lr/epochs; that model predicts test
 }
 
 
@@ -278,6 +280,8 @@ class TrainSpec:
     opt: str
     schedule: str
     cam_layer: str | None
+    folds: int | None
+    refit: bool
 
     def to_dict(self) -> dict:
         return asdict(self)

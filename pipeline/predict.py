@@ -42,11 +42,18 @@ class Model:
         from pipeline.data import BatchTfm
 
         spec_file, weights = folder / "spec.json", folder / "model.safetensors"
-        for f in (spec_file, weights):
-            if not f.is_file():
-                raise PipelineError(f"{f}: missing; train the model first (dvc repro train@{folder.name})")
+        if not spec_file.is_file():
+            raise PipelineError(f"{spec_file}: missing; train the model first (dvc repro train@{folder.name})")
         self.spec = s = json.loads(spec_file.read_text())
         self.name, self.classes, self.device = s["key"], s["classes"], torch.device(device)
+        # `folds: K`: the entry is its K fold models, averaged as the train stage averaged them; Grad-CAM looks at
+        # the first one
+        self.folds = [Model(folder / f, device) for f in s.get("folds") or []]
+        if self.folds:
+            self.model, self.tfm, self.dtype = self.folds[0].model, self.folds[0].tfm, self.folds[0].dtype
+            return
+        if not weights.is_file():
+            raise PipelineError(f"{weights}: missing; train the model first (dvc repro train@{s['key']})")
         self.model, _ = archs.build_model(
             archs.resolve(s["arch"]),
             s["n_in"],
@@ -61,7 +68,7 @@ class Model:
         except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a damaged header or body
             raise PipelineError(
                 f"{weights}: damaged, cannot be read ({type(e).__name__}: {e}); restore it with "
-                f"`dvc checkout {folder}` or rebuild it with `dvc repro train@{folder.name}`"
+                f"`dvc checkout {folder}` or rebuild it with `dvc repro train@{s['key']}`"
             ) from e
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -96,6 +103,8 @@ class Model:
         """Probabilities for prepared-format uint8 N×H×W×C arrays (as data/prepared holds them)."""
         from pipeline.infer import predict_probs
 
+        if self.folds:
+            return np.mean([m.predict_arrays(x, bs) for m in self.folds], axis=0)
         return predict_probs(self.model, x, self.tfm, bs, self.spec["tta"], self.device, self.dtype, self.spec["n_out"])
 
     def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:

@@ -88,11 +88,12 @@ def markdown(rows: list[dict], labeled: bool) -> str:
 
 
 def gain_line(ens: dict) -> str:
-    """What the ensemble adds over the best single model, chosen by validation accuracy."""
+    """What the ensemble adds over the best single model, chosen by validation accuracy; what its weights fit on."""
     if "gain" not in ens:
         return ""
     g = ", ".join(f"{100 * v:+.2f} points on {s}" for s, v in ens["gain"].items())
-    return f"\nEnsemble gain over the best model ({ens['best_model']}, by validation accuracy): {g}.\n"
+    fitted = f" Fitted strategies (greedy, nnls, stacking) fit on the {ens['fitted_on']}." if "fitted_on" in ens else ""
+    return f"\nEnsemble gain over the best model ({ens['best_model']}, by validation accuracy): {g}.{fitted}\n"
 
 
 def groups(models: dict[str, dict], group: dict[str, str], labeled: bool) -> list[dict]:
@@ -123,6 +124,45 @@ def markdown_groups(rows: list[dict], labeled: bool) -> str:
         f"| {r['group']} | {r['models']} | " + " | ".join(f"{r[s][0]:.2f} ± {r[s][1]:.2f}" for s in splits) + " |"
         for r in rows
     ]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_folds(models: dict[str, dict]) -> str:
+    """`folds` entries: cross-validation accuracy (each fold model on its held-out fold) and the fold models'
+    validation accuracy, mean ± std, beside the validation accuracy of their average (the entry's prediction)."""
+    rows = [(n, m["folds"], m["valid"]["accuracy"]) for n, m in models.items() if m.get("folds")]
+    if not rows:
+        return ""
+    lines = [
+        "\nStratified K-fold entries (the training split in K folds; top-1 %, mean ± std over the K fold models):\n",
+        "| model | folds | CV (held-out folds) | fold models on valid | their average on valid |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n} | {f['k']} | {100 * f['cv_mean']:.2f} ± {100 * f['cv_std']:.2f} | "
+        f"{100 * f['valid_mean']:.2f} ± {100 * f['valid_std']:.2f} | {100 * v:.2f} |"
+        for n, f, v in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_refit(models: dict[str, dict], labeled: bool) -> str:
+    """`refit` entries: which figure comes from which model."""
+    rows = [(n, m) for n, m in models.items() if m.get("refit")]
+    if not rows:
+        return ""
+    lines = [
+        "\nRefit entries: `valid_top1` is the validated model's (trained without the validation split); the test "
+        "figures and the submission are the model refit on train + valid with the validated lr and epochs:\n",
+        "| model | valid (validated model) | images | test (validated model) | test (refit model) | images |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, m in rows:
+        t = (f"{100 * m['test_validated']['accuracy']:.2f}", f"{100 * m['test']['accuracy']:.2f}")
+        lines.append(
+            f"| {n} | {100 * m['valid']['accuracy']:.2f} | {m['train_images']} | "
+            f"{t[0] if labeled else '-'} | {t[1] if labeled else '-'} | {m['refit']['train_images']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -401,7 +441,11 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             w.writerows(rows)
         group_rows = groups(models, {n: group_of(params, n) for n in names}, labeled)
         (out / "leaderboard.md").write_text(
-            markdown(rows, labeled) + gain_line(ens) + markdown_groups(group_rows, labeled)
+            markdown(rows, labeled)
+            + gain_line(ens)
+            + markdown_groups(group_rows, labeled)
+            + markdown_folds(models)
+            + markdown_refit(models, labeled)
         )
         if ens.get("by_size"):
             fig_members(figs / "accuracy_vs_members.png", ens["by_size"])

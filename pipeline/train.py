@@ -4,6 +4,9 @@
 Reads:  data/prepared/, params.yaml (`seed`, `train`, `archs.<key>`, `variants.<key>`).
 Writes: models/<key>/ (model.safetensors, spec.json, versions.json), preds/<key>/{valid,test}.npy,
         metrics/<key>.json, dvclive/<key>/ (training curves, lr_find curve) — all whole or not at all.
+        `folds: K`: models/<key>/fold<i>/ (one model per fold; spec.json names them), preds/<key>/oof.npy and
+        oof_rows.npy (out-of-fold probabilities and the training rows they belong to); valid/test from their
+        average. `refit: true`: models/<key>/ and preds/<key>/test.npy come from the model refit on train + valid.
 Run:    dvc repro train@<key> / variant@<key>    (or: python -m pipeline.train <key>)
 """
 
@@ -18,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -75,6 +78,7 @@ class TrainResult:
     preds: dict[str, np.ndarray] | None = None  # split -> probabilities
     metrics: dict | None = None  # metrics/<key>.json
     lr_curve: dict | None = None  # lr_find's curve, when lr was `auto`
+    folds: list[TrainResult] | None = None  # `folds: K`: the K fold models, saved as models/<key>/fold<i>/
 
 
 def versions() -> dict:
@@ -279,16 +283,19 @@ def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, cu
     tfm = BatchTfm(size, setup.mean, setup.std, train=False, channels_last=spec.channels_last)
     tta = spec.tta and spec.flip  # mirror TTA only where mirrored images were trained on
     arrays = setup.arrays
+    # valid is empty for a refit (trained on it); oof: a fold model's held-out rows of the training split
+    splits = (["valid"] if len(arrays["valid_y"]) else []) + ["test"] + (["oof"] if "oof_x" in arrays else [])
     t1 = time.perf_counter()
     preds = {
         s: predict_probs(learn.model, arrays[f"{s}_x"], tfm, spec.eval_bs, tta, setup.device, setup.dtype, setup.n_out)
-        for s in ("valid", "test")
+        for s in splits
     }
     eval_s = time.perf_counter() - t1
     precision = dtype_name(setup.dtype)
     metrics = {
-        "valid": score(preds["valid"], arrays["valid_y"]),
+        "valid": score(preds["valid"], arrays["valid_y"]) if "valid" in preds else None,
         "test": score(preds["test"], arrays["test_y"]) if "test_y" in arrays and len(arrays["test_y"]) else None,
+        **({"oof": score(preds["oof"], arrays["oof_y"])} if "oof" in preds else {}),
         "lr": lr,
         "lr_found": lr_found is not None,
         "lr_suggested": lr_found,
@@ -329,6 +336,141 @@ def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, cu
     return TrainResult(learn.model, lr, model_spec, preds, metrics, curve)
 
 
+# --------------------------------------------------------------------------------------------- folds, refit
+def training_pool(arrays: dict, spec: TrainSpec, seed: int) -> np.ndarray:
+    """Rows of the training split the entry learns from: all of them, or its seeded `train_limit` subset."""
+    n = len(arrays["train_y"])
+    if spec.train_limit and spec.train_limit < n:
+        return stratified_subset(arrays["train_y"], spec.train_limit, seed)
+    return np.arange(n)
+
+
+def fold_splits(key: str, y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's StratifiedKFold of the pool's labels: (train, held-out) positions per fold."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < k:
+        raise PipelineError(
+            f"{key}: `folds` = {k}, but a class has only {counts[counts > 0].min()} training images; "
+            "each class needs at least one image per fold: lower `folds` or raise `train_limit`"
+        )
+    return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+
+
+def sd(a) -> float:
+    """Sample standard deviation (ddof 1), as the report's groups table; 0 for a single value."""
+    return float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
+
+
+def train_folds(key, spec: TrainSpec, arrays, meta, seed, device, live, evaluate) -> TrainResult:
+    """`folds: K`: K models, each trained on K-1 folds of the pool and predicting its held-out fold (out-of-fold),
+    the validation and the test split. The first fold fixes the lr (lr_find when `auto`); the others reuse it."""
+    pool = training_pool(arrays, spec, seed)
+    py = arrays["train_y"][pool]
+    splits = fold_splits(key, py, spec.folds, seed)
+    base = replace(spec, folds=None, refit=False, train_limit=None)
+    results: list[TrainResult] = []
+    for i, (tr, te) in enumerate(splits):
+        a = {
+            **arrays,
+            "train_x": arrays["train_x"][pool[tr]],
+            "train_y": py[tr],
+            "oof_x": arrays["train_x"][pool[te]],
+            "oof_y": py[te],
+        }
+        if rank_distrib() == 0:
+            print(f"{key}: fold {i + 1}/{spec.folds}: {len(tr)} training images, {len(te)} held out", flush=True)
+        s = base if i == 0 else replace(base, lr=results[0].lr)
+        results.append(train_arch(key, s, a, meta, seed, device, live, evaluate))
+    if not evaluate:
+        return results[0]
+    return combine_folds(results, pool, splits, arrays)
+
+
+def combine_folds(results: list[TrainResult], pool, splits, arrays) -> TrainResult:
+    """The entry's outputs from its fold models: valid and test predicted by their average, the out-of-fold
+    predictions over the pool, and mean ± std of the fold models' held-out (CV) and validation accuracies."""
+    first = results[0]
+    preds = {s: np.mean([r.preds[s] for r in results], axis=0) for s in ("valid", "test")}
+    oof = np.zeros((len(pool), first.preds["oof"].shape[1]), dtype=first.preds["oof"].dtype)
+    for (_, te), r in zip(splits, results):
+        oof[te] = r.preds["oof"]
+    preds["oof"], preds["oof_rows"] = oof, pool.astype(np.int64)
+    cv = [r.metrics["oof"]["accuracy"] for r in results]
+    va = [r.metrics["valid"]["accuracy"] for r in results]
+    train_s = sum(r.metrics["train_s"] for r in results)
+    seen = sum(r.metrics["train_s"] * r.metrics["img_per_s"] for r in results)
+    m = {k: v for k, v in first.metrics.items() if k != "oof"}
+    m.update(
+        valid=score(preds["valid"], arrays["valid_y"]),
+        test=score(preds["test"], arrays["test_y"]) if "test_y" in arrays and len(arrays["test_y"]) else None,
+        train_s=round(train_s, 2),
+        img_per_s=round(seen / train_s, 1) if train_s else 0.0,
+        eval_s=round(sum(r.metrics["eval_s"] for r in results), 2),
+        train_images=len(pool),
+        folds={
+            "k": len(results),
+            "cv_accuracy": cv,  # each fold model on its held-out fold
+            "cv_mean": float(np.mean(cv)),
+            "cv_std": sd(cv),
+            "oof": score(oof, arrays["train_y"][pool]),  # all out-of-fold predictions together
+            "valid_accuracy": va,  # each fold model on the validation split (`valid` is their average's)
+            "valid_mean": float(np.mean(va)),
+            "valid_std": sd(va),
+        },
+    )
+    spec = {**first.spec, "folds": [f"fold{i}" for i in range(len(results))]}
+    return TrainResult(first.model, first.lr, spec, preds, m, first.lr_curve, folds=results)
+
+
+def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed, device, evaluate) -> TrainResult:
+    """`refit: true`: a fresh model with the validated recipe (its lr, epochs, phases) trained on the validated
+    run's training images plus the validation split; it predicts test. Nothing is validated on it: the
+    validation figures stay the validated run's, and the test score of the validated model is kept beside it."""
+    pool = training_pool(arrays, spec, seed)
+    a = {
+        **{k: v for k, v in arrays.items() if not k.startswith("oof")},
+        "train_x": np.concatenate([arrays["train_x"][pool], arrays["valid_x"]]),
+        "train_y": np.concatenate([arrays["train_y"][pool], arrays["valid_y"]]),
+        "valid_x": arrays["valid_x"][:0],  # fastai needs a validation loader; an empty one costs nothing
+        "valid_y": arrays["valid_y"][:0],
+    }
+    if rank_distrib() == 0:
+        print(f"{key}: refit on train + valid: {len(a['train_y'])} images, lr {validated.lr:.2e}", flush=True)
+    s = replace(spec, lr=validated.lr, folds=None, refit=False, train_limit=None)
+    r = train_arch(key, s, a, meta, seed, device, None, evaluate)
+    if not evaluate:
+        return r
+    m = dict(validated.metrics)
+    m["test_validated"] = m["test"]  # the validated model's test score, for comparison
+    m["test"] = r.metrics["test"]
+    m["train_s"] = round(m["train_s"] + r.metrics["train_s"], 2)
+    m["refit"] = {
+        "train_images": r.metrics["train_images"],
+        "lr": r.lr,
+        "phases": r.metrics["phases"],
+        "train_s": r.metrics["train_s"],
+        "figures": "valid: the validated run (its model never saw the validation split); test and the "
+        "submission: the refit model",
+    }
+    preds = {**validated.preds, "test": r.preds["test"]}
+    model_spec = {**r.spec, "refit": {"train_images": r.metrics["train_images"], "validated_lr": validated.lr}}
+    model_spec["train"] = spec.to_dict()
+    return TrainResult(r.model, validated.lr, model_spec, preds, m, validated.lr_curve)
+
+
+def train_entry(key, spec: TrainSpec, arrays, meta, seed, device=None, live=None, evaluate=True) -> TrainResult:
+    """One `archs`/`variants` entry: one model, or K fold models (`folds`), then the refit (`refit`)."""
+    if spec.folds:
+        res = train_folds(key, spec, arrays, meta, seed, device, live, evaluate)
+    else:
+        res = train_arch(key, spec, arrays, meta, seed, device, live, evaluate)
+    if spec.refit:
+        res = train_refit(key, spec, res, arrays, meta, seed, device, evaluate)
+    return res
+
+
 # --------------------------------------------------------------------------------------------- write
 def save_lr_plot(curve: dict, path: Path, lr: float) -> None:
     import matplotlib
@@ -360,9 +502,14 @@ def write_member(res: TrainResult, live, model_dir: Path, preds_dir: Path, metri
         (live_dir / "plots" / "custom" / "lr_find.json").write_text("[]\n")
     live.end()
     model_dir.mkdir(exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in res.model.state_dict().items()}
-    save_file(state, str(model_dir / "model.safetensors"))
-    (model_dir / "spec.json").write_text(json.dumps(res.spec, indent=2) + "\n")
+    saved = list(zip(res.spec["folds"], res.folds)) if res.folds else [(".", res)]
+    for sub, r in saved:
+        folder = model_dir / sub
+        folder.mkdir(exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in r.model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "spec.json").write_text(json.dumps(r.spec, indent=2) + "\n")
+    (model_dir / "spec.json").write_text(json.dumps(res.spec, indent=2) + "\n")  # with folds: names their folders
     (model_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
     preds_dir.mkdir(exist_ok=True)
     for split, p in res.preds.items():
@@ -380,15 +527,24 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
     device = pick_device(spec.device, key)
     arrays, meta = load_prepared(root / "data/prepared")
     if rank_distrib() > 0:  # data-parallel: the other ranks train in step; rank 0 alone evaluates and writes
-        return train_arch(key, spec, arrays, meta, seed, device=device, evaluate=False)
+        return train_entry(key, spec, arrays, meta, seed, device=device, evaluate=False)
     outs = [root / "models" / key, root / "preds" / key, root / "metrics" / f"{key}.json", root / "dvclive" / key]
     with staged(*outs) as (model_dir, preds_dir, metrics_file, live_dir):
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
-        res = train_arch(key, spec, arrays, meta, seed, device=device, live=live)
+        res = train_entry(key, spec, arrays, meta, seed, device=device, live=live)
         write_member(res, live, model_dir, preds_dir, metrics_file, live_dir)
     m = res.metrics
     test = f", test acc {m['test']['accuracy']:.4f}" if m["test"] else ""
-    print(f"{key}: valid acc {m['valid']['accuracy']:.4f}{test}, {m['train_s']:.0f} s, {m['img_per_s']:.0f} img/s")
+    refit = " (refit model)" if "refit" in m else ""
+    print(
+        f"{key}: valid acc {m['valid']['accuracy']:.4f}{test}{refit}, {m['train_s']:.0f} s, {m['img_per_s']:.0f} img/s"
+    )
+    if "folds" in m:
+        f = m["folds"]
+        print(
+            f"{key}: {f['k']}-fold CV acc {f['cv_mean']:.4f} ± {f['cv_std']:.4f} (held-out folds), fold models on "
+            f"valid {f['valid_mean']:.4f} ± {f['valid_std']:.4f}, their average {m['valid']['accuracy']:.4f}"
+        )
     return res
 
 
