@@ -75,6 +75,29 @@ def test_variants_are_stages_of_their_own_that_follow_their_entry(tmp_path):
     assert stages_to_run(repo) == {"variant@mlp-s1", "ensemble", "report"}
 
 
+def test_kfold_and_refit_entries_under_dvc_repro(tmp_path):
+    """`folds` and `refit` run as ordinary stages: the ensembler fits on the out-of-fold rows (every member has
+    them), pipeline.predict rebuilds the fold average and the refit model exactly, and nothing reruns after."""
+    import numpy as np
+
+    from pipeline import predict
+
+    archs = {"logreg": {"folds": 2, "refit": True}, "mlp": {"epochs": 2, "folds": 2}}
+    repo = make_repo(tmp_path, {**TINY, "archs": archs})
+    run("dvc repro", repo)
+    run("git add -A && git commit -qm run", repo)
+    assert (repo / "models/mlp/fold1/model.safetensors").is_file() and (repo / "preds/mlp/oof.npy").is_file()
+    m = json.loads((repo / "ensemble/metrics.json").read_text())
+    n_train = len(np.load(repo / "data/prepared/train_y.npy"))
+    assert m["fitted_on"] == f"out-of-fold predictions on {n_train} training rows (valid held out)"
+    x = np.load(repo / "data/prepared/test_x.npy")
+    ens = predict.load_ensemble(repo)
+    np.testing.assert_allclose(ens.predict_arrays(x), np.load(repo / "ensemble/preds/test.npy"), atol=1e-4)
+    board = (repo / "reports/leaderboard.md").read_text()
+    assert "| mlp | 2 |" in board and "| logreg |" in board.split("Refit entries")[1]
+    assert stages_to_run(repo) == set()
+
+
 def test_metrics_and_plots_are_declared(repo):
     shown = json.loads(run("dvc metrics show --json", repo))
     files = next(iter(shown.values()))["data"]
