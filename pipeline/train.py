@@ -385,10 +385,10 @@ def train_folds(key, spec: TrainSpec, arrays, meta, seed, device, live, evaluate
         results.append(train_arch(key, s, a, meta, seed, device, live, evaluate))
     if not evaluate:
         return results[0]
-    return combine_folds(results, pool, splits, arrays)
+    return combine_folds(results, pool, splits, arrays, spec)
 
 
-def combine_folds(results: list[TrainResult], pool, splits, arrays) -> TrainResult:
+def combine_folds(results: list[TrainResult], pool, splits, arrays, spec: TrainSpec) -> TrainResult:
     """The entry's outputs from its fold models: valid and test predicted by their average, the out-of-fold
     predictions over the pool, and mean ± std of the fold models' held-out (CV) and validation accuracies."""
     first = results[0]
@@ -420,8 +420,8 @@ def combine_folds(results: list[TrainResult], pool, splits, arrays) -> TrainResu
             "valid_std": sd(va),
         },
     )
-    spec = {**first.spec, "folds": [f"fold{i}" for i in range(len(results))]}
-    return TrainResult(first.model, first.lr, spec, preds, m, first.lr_curve, folds=results)
+    model_spec = {**first.spec, "folds": [f"fold{i}" for i in range(len(results))], "train": spec.to_dict()}
+    return TrainResult(first.model, first.lr, model_spec, preds, m, first.lr_curve, folds=results)
 
 
 def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed, device, evaluate) -> TrainResult:
