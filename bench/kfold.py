@@ -94,9 +94,10 @@ def figure(path: Path, metrics: dict[str, dict], fits: dict, data: str) -> None:
     x = np.arange(len(kinds))
     for j, (where, label) in enumerate([("valid", "fitted on valid (cross-fitted)"), ("oof", "fitted on OOF rows")]):
         b.bar(x + (j - 0.5) * 0.38, [100 * fits[where][k]["test"]["accuracy"] for k in kinds], 0.38, label=label)
-    lo = min(100 * fits[w][k]["test"]["accuracy"] for w in fits for k in kinds)
-    b.set(xticks=x, xticklabels=kinds, ylim=(lo - 2, 100), ylabel="test top-1 %", title="ensemble of the 3 entries")
-    b.legend(fontsize=7, loc="lower right")
+    accs = [100 * fits[w][k]["test"]["accuracy"] for w in fits for k in kinds]
+    b.set(xticks=x, xticklabels=kinds, ylim=(min(accs) - 1.5, max(accs) + 1), ylabel="test top-1 %")
+    b.set_title("ensemble of the 3 entries: fitted strategies")
+    b.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -106,7 +107,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.kfold", description=__doc__.split("\n\n")[0])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--data", choices=list(DATA), default="digits", help="fashion-mnist: a 6000-image subset")
+    ap.add_argument("--replot", action="store_true", help="only redraw the figure from bench/results/kfold_<data>.json")
     args = ap.parse_args()
+    if args.replot:
+        saved = json.loads((ROOT / "bench" / "results" / f"kfold_{args.data}.json").read_text())
+        fits = {"valid": saved["on_valid"], "oof": {k: saved["ensemble"][k] for k in saved["on_valid"]}}
+        figure(ROOT / "docs" / f"kfold_{args.data}.png", saved["entries"], fits, args.data)
+        return
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     p = params(args.data, args.folds)
