@@ -158,10 +158,10 @@ def markdown_refit(models: dict[str, dict], labeled: bool) -> str:
         "|---|---|---|---|---|---|",
     ]
     for n, m in rows:
-        t = (f"{100 * m['test_validated']['accuracy']:.2f}", f"{100 * m['test']['accuracy']:.2f}")
+        t = [f"{100 * m[k]['accuracy']:.2f}" if labeled else "-" for k in ("test_validated", "test")]
         lines.append(
-            f"| {n} | {100 * m['valid']['accuracy']:.2f} | {m['train_images']} | "
-            f"{t[0] if labeled else '-'} | {t[1] if labeled else '-'} | {m['refit']['train_images']} |"
+            f"| {n} | {100 * m['valid']['accuracy']:.2f} | {m['train_images']} | {t[0]} | {t[1]} | "
+            f"{m['refit']['train_images']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -177,3 +177,5 @@ def test_report_says_which_figure_comes_from_which_model():
     refit = report.markdown_refit(models, labeled=True)
     assert "| r | 80.00 | 100 | 82.00 | 85.00 | 120 |" in refit and "refit on train + valid" in refit
     assert report.markdown_folds({"plain": models["plain"]}) == report.markdown_refit({}, True) == ""
+    unlabelled = {**models["r"], "test": None, "test_validated": None}  # a test split without labels
+    assert "| r | 80.00 | 100 | - | - | 120 |" in report.markdown_refit({"r": unlabelled}, labeled=False)
