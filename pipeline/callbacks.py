@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelValidException
 
 from pipeline.errors import PipelineError
 
@@ -42,6 +42,16 @@ class StopOnNaN(Callback):
                 f"batch {self.iter + 1}; "
                 "nothing was written. Lower `lr`, or check the data"
             )
+
+
+class NoValidation(Callback):
+    """Skip the validation pass (a refit has no held-out rows: its validation loader is empty, which fastai's
+    DistributedDL cannot even iterate)."""
+
+    order = 0
+
+    def before_validate(self):
+        raise CancelValidException
 
 
 def epoch_logger(log) -> None:

@@ -37,7 +37,7 @@ from fastai.optimizer import SGD, Adam, Lamb, QHAdam, RMSProp, ranger
 from fastai.torch_core import set_seed, trainable_params
 
 from pipeline import archs as archs_mod
-from pipeline.callbacks import Autocast, StopOnNaN, epoch_logger, live_callback
+from pipeline.callbacks import Autocast, NoValidation, StopOnNaN, epoch_logger, live_callback
 from pipeline.data import BatchTfm, load_prepared, make_dls
 from pipeline.distributed import data_parallel, share, single_process
 from pipeline.errors import PipelineError, warn
@@ -138,6 +138,8 @@ def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
         return make_dls(arrays, size, bs, mean, std, spec.flip, spec.pad, device, spec.eval_bs, spec.channels_last)
 
     cbs = [StopOnNaN(key)] + ([Autocast(device.type, dtype)] if dtype is not None else [])
+    if not len(arrays["valid_y"]):  # a refit: nothing to validate on
+        cbs.append(NoValidation())
     loss = CrossEntropyLossFlat(label_smoothing=spec.label_smoothing)
     splitter = splitter or trainable_params
     learn = Learner(
@@ -433,7 +435,7 @@ def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed
         **{k: v for k, v in arrays.items() if not k.startswith("oof")},
         "train_x": np.concatenate([arrays["train_x"][pool], arrays["valid_x"]]),
         "train_y": np.concatenate([arrays["train_y"][pool], arrays["valid_y"]]),
-        "valid_x": arrays["valid_x"][:0],  # fastai needs a validation loader; an empty one costs nothing
+        "valid_x": arrays["valid_x"][:0],  # fastai needs a validation loader: an empty one, skipped (NoValidation)
         "valid_y": arrays["valid_y"][:0],
     }
     if rank_distrib() == 0:

@@ -43,3 +43,20 @@ def test_torchrun_stage_writes_outputs_once_from_rank_0(tmp_path):
     m = json.loads((repo / "metrics" / "mlp.json").read_text())
     assert m["lr_found"] and 0 <= m["valid"]["accuracy"] <= 1
     assert sorted(p.name for p in (repo / "models").iterdir() if not p.name.startswith(".git")) == ["mlp"]
+
+
+def test_torchrun_folds_and_refit_train_in_step_and_write_once(tmp_path):
+    """`folds` and `refit` under torchrun: every rank runs the same sequence of fits (K folds, then the refit, lr
+    from rank 0's lr_find on the first fold); rank 0 alone evaluates and writes."""
+    archs = {"mlp": {"epochs": 1, "folds": 2, "refit": True, "lr": "auto", "num_it": 10}}
+    repo = make_repo(tmp_path, {**TINY, "archs": archs})
+    run("dvc repro prepare", repo)
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [*TORCHRUN, "-m", "pipeline.train", "mlp"], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert out.count("mlp: valid acc") == 1 and out.count("(2 processes, data-parallel)") == 3  # 2 folds + refit
+    m = json.loads((repo / "metrics" / "mlp.json").read_text())
+    assert m["folds"]["k"] == 2 and m["refit"]["lr"] == m["lr"] and m["lr_found"]
