@@ -29,16 +29,22 @@ def test_two_processes_train_in_step(tmp_path):
     assert n0 == n1 == "2" and lr0 == lr1  # rank 0's lr_find result reached rank 1
 
 
-def test_torchrun_stage_writes_outputs_once_from_rank_0(tmp_path):
-    params = {**TINY, "train": {**TINY["train"], "lr": "auto", "num_it": 10}}
-    repo = make_repo(tmp_path, params)
+def torchrun_train(repo, key: str) -> str:
+    """`dvc repro prepare`, then `torchrun --nproc_per_node 2 -m pipeline.train <key>` in the repo; its output."""
     run("dvc repro prepare", repo)
     env = {**ENV, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(
-        [*TORCHRUN, "-m", "pipeline.train", "mlp"], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+        [*TORCHRUN, "-m", "pipeline.train", key], cwd=repo, env=env, capture_output=True, text=True, timeout=600
     )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
+    return out
+
+
+def test_torchrun_stage_writes_outputs_once_from_rank_0(tmp_path):
+    params = {**TINY, "train": {**TINY["train"], "lr": "auto", "num_it": 10}}
+    repo = make_repo(tmp_path, params)
+    out = torchrun_train(repo, "mlp")
     assert out.count("mlp: valid acc") == 1 and "(2 processes, data-parallel)" in out
     m = json.loads((repo / "metrics" / "mlp.json").read_text())
     assert m["lr_found"] and 0 <= m["valid"]["accuracy"] <= 1
@@ -50,13 +56,7 @@ def test_torchrun_folds_and_refit_train_in_step_and_write_once(tmp_path):
     from rank 0's lr_find on the first fold); rank 0 alone evaluates and writes."""
     archs = {"mlp": {"epochs": 1, "folds": 2, "refit": True, "lr": "auto", "num_it": 10}}
     repo = make_repo(tmp_path, {**TINY, "archs": archs})
-    run("dvc repro prepare", repo)
-    env = {**ENV, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [*TORCHRUN, "-m", "pipeline.train", "mlp"], cwd=repo, env=env, capture_output=True, text=True, timeout=600
-    )
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
+    out = torchrun_train(repo, "mlp")
     assert out.count("mlp: valid acc") == 1 and out.count("(2 processes, data-parallel)") == 3  # 2 folds + refit
     m = json.loads((repo / "metrics" / "mlp.json").read_text())
     assert m["folds"]["k"] == 2 and m["refit"]["lr"] == m["lr"] and m["lr_found"]
