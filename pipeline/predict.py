@@ -35,7 +35,7 @@ def to_array(image, size: int, n_in: int) -> np.ndarray:
 class Model:
     """One trained architecture, rebuilt from models/<key>/spec.json and its safetensors weights."""
 
-    def __init__(self, folder: Path, device: str | torch.device = "cpu"):
+    def __init__(self, folder: Path, device: str | torch.device = "cpu", stage_key: str | None = None):
         from safetensors.torch import load_file
 
         from pipeline import archs
@@ -43,12 +43,14 @@ class Model:
 
         spec_file, weights = folder / "spec.json", folder / "model.safetensors"
         if not spec_file.is_file():
-            raise PipelineError(f"{spec_file}: missing; train the model first (dvc repro train@{folder.name})")
+            raise PipelineError(
+                f"{spec_file}: missing; train the model first (dvc repro train@{stage_key or folder.name})"
+            )
         self.spec = s = json.loads(spec_file.read_text())
         self.name, self.classes, self.device = s["key"], s["classes"], torch.device(device)
         # `folds: K`: the entry is its K fold models, averaged as the train stage averaged them; Grad-CAM looks at
         # the first one
-        self.folds = [Model(folder / f, device) for f in s.get("folds") or []]
+        self.folds = [Model(folder / f, device, s["key"]) for f in s.get("folds") or []]
         if self.folds:
             self.model, self.tfm, self.dtype = self.folds[0].model, self.folds[0].tfm, self.folds[0].dtype
             return
