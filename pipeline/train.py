@@ -99,6 +99,14 @@ def versions() -> dict:
 
 
 # --------------------------------------------------------------------------------------------- build
+def training_pool(arrays: dict, spec: TrainSpec, seed: int) -> np.ndarray:
+    """Rows of the training split the entry learns from: all of them, or its seeded `train_limit` subset."""
+    n = len(arrays["train_y"])
+    if spec.train_limit and spec.train_limit < n:
+        return stratified_subset(arrays["train_y"], spec.train_limit, seed)
+    return np.arange(n)
+
+
 def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int, device: torch.device | None = None):
     """The fastai Learner of one architecture at its first phase's size, and its Setup."""
     if device is None:  # under torchrun / accelerate launch each process takes its own GPU
@@ -111,8 +119,8 @@ def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
     n_out = len(meta["classes"])
     phases = spec.phases or [[spec.size or h, spec.epochs]]
     pretrained = spec.pretrained
-    if spec.train_limit and spec.train_limit < len(arrays["train_y"]):
-        keep = stratified_subset(arrays["train_y"], spec.train_limit, seed)
+    keep = training_pool(arrays, spec, seed)
+    if len(keep) < len(arrays["train_y"]):
         arrays = {**arrays, "train_x": arrays["train_x"][keep], "train_y": arrays["train_y"][keep]}
     bs = spec.bs
     if bs > len(arrays["train_y"]):
@@ -279,6 +287,11 @@ def train_arch(
 
 
 # --------------------------------------------------------------------------------------------- evaluate
+def score_on_test(probs: np.ndarray, arrays: dict) -> dict | None:
+    """Accuracy and loss on the test split, or None where it has no labels (or no rows)."""
+    return score(probs, arrays["test_y"]) if "test_y" in arrays and len(arrays["test_y"]) else None
+
+
 def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, curve, seen, train_s, freeze_epochs):
     """Predictions on valid and test, metrics, and the spec pipeline.predict rebuilds the model from."""
     size = setup.phases[-1][0]
@@ -296,7 +309,7 @@ def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, cu
     precision = dtype_name(setup.dtype)
     metrics = {
         "valid": score(preds["valid"], arrays["valid_y"]) if "valid" in preds else None,
-        "test": score(preds["test"], arrays["test_y"]) if "test_y" in arrays and len(arrays["test_y"]) else None,
+        "test": score_on_test(preds["test"], arrays),
         **({"oof": score(preds["oof"], arrays["oof_y"])} if "oof" in preds else {}),
         "lr": lr,
         "lr_found": lr_found is not None,
@@ -339,14 +352,6 @@ def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, cu
 
 
 # --------------------------------------------------------------------------------------------- folds, refit
-def training_pool(arrays: dict, spec: TrainSpec, seed: int) -> np.ndarray:
-    """Rows of the training split the entry learns from: all of them, or its seeded `train_limit` subset."""
-    n = len(arrays["train_y"])
-    if spec.train_limit and spec.train_limit < n:
-        return stratified_subset(arrays["train_y"], spec.train_limit, seed)
-    return np.arange(n)
-
-
 def fold_splits(key: str, y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """scikit-learn's StratifiedKFold of the pool's labels: (train, held-out) positions per fold."""
     from sklearn.model_selection import StratifiedKFold
@@ -406,7 +411,7 @@ def combine_folds(results: list[TrainResult], pool, splits, arrays, spec: TrainS
     m = {k: v for k, v in first.metrics.items() if k != "oof"}
     m.update(
         valid=score(preds["valid"], arrays["valid_y"]),
-        test=score(preds["test"], arrays["test_y"]) if "test_y" in arrays and len(arrays["test_y"]) else None,
+        test=score_on_test(preds["test"], arrays),
         train_s=round(train_s, 2),
         img_per_s=round(seen / train_s, 1) if train_s else 0.0,
         eval_s=round(sum(r.metrics["eval_s"] for r in results), 2),
