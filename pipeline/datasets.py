@@ -1,7 +1,10 @@
-"""Readers: one function per `data.name`, each returning a RawData (uint8 N×H×W×C arrays, labels, classes).
+"""Readers: one function per `data.name`, each returning a RawData (images, labels, classes).
 
-Readers find files (data.path, then known install places, then a download where allowed), decode them,
-and report bad images by path. They never write into data/prepared; pipeline/prepare.py does that.
+Readers find files (data.path, then known install places, then a download where allowed). Array formats
+(IDX, CIFAR, digits) come back as uint8 N×H×W×C arrays; image-file formats (folder, kaggle-csv, tiny-imagenet)
+come back as `Files`, a list of paths not decoded yet, so `data.classes`, `limit` and `test_limit` choose rows
+before any decoding. `decode_files` decodes a Files in parallel, in a fixed order, and reports bad images by
+path. Readers never write into data/prepared; pipeline/prepare.py does that.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import multiprocessing
+import os
 import pickle
 import re
 import struct
@@ -17,6 +22,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import PipelineError, warn
-from pipeline.images import IMAGE_EXTS, decode
+from pipeline.images import IMAGE_EXTS, decode, is_gray, luma, open_image
 
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -54,17 +60,43 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 DEFAULT_FILE_SIZE = 64  # side for data sets read from image files when data.size is null
 
 
+@dataclass(frozen=True)
+class Files:
+    """A split of image files, not decoded yet: decoded to uint8 size×size RGB by `decode_files`. A file that
+    cannot be read is skipped (`on_bad: skip`, a training or validation image), kept as a black image
+    (`keep_bad`: a test image, so the submission keeps its id) or an error (`on_bad: fail`)."""
+
+    paths: list[Path]
+    size: int
+    on_bad: str = "skip"
+    keep_bad: bool = False
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, idx) -> Files:
+        return replace(self, paths=[self.paths[i] for i in idx])
+
+
+Images = np.ndarray | Files
+
+
+def take(x: Images, idx) -> Images:
+    """Rows idx of an array or of a Files (still not decoded)."""
+    return x.take(idx) if isinstance(x, Files) else x[idx]
+
+
 @dataclass
 class RawData:
     """What a reader returns; valid_* is the data set's own validation split, if it has one."""
 
     classes: list[str]
-    train_x: np.ndarray
+    train_x: Images
     train_y: np.ndarray
-    test_x: np.ndarray | None = None
+    test_x: Images | None = None
     test_y: np.ndarray | None = None
     test_ids: list[str] | None = None
-    valid_x: np.ndarray | None = None
+    valid_x: Images | None = None
     valid_y: np.ndarray | None = None
     class_names: list[str] | None = None  # display names where `classes` are codes (tiny-imagenet wnids)
     source: dict = field(default_factory=dict)
@@ -256,40 +288,87 @@ def read_cifar(name: str, path: Path | None, download: bool, label_mode: str = "
 
 
 # --------------------------------------------------------------------------------------------- image files
-class ImageLoader:
-    """Decodes image files to uint8 RGB size×size, collecting unreadable ones by path."""
-
-    def __init__(self, size: int, on_bad: str):
-        self.size, self.on_bad, self.bad, self.modes = size, on_bad, [], set()
-
-    def __call__(self, path: Path) -> np.ndarray | None:
+def decode_chunk(paths: list[Path], size: int, on_bad: str, channels) -> tuple[np.ndarray, np.ndarray, list, set]:
+    """Decode image files to uint8 size×size (RGB; luma for channels 1): (images, per-image gray flags,
+    [(row, reason)] of unreadable files (black rows), the PIL modes met). Runs in a worker process."""
+    c = 1 if channels == 1 else 3
+    out = np.zeros((len(paths), size, size, c), np.uint8)
+    gray, bad, modes = np.ones(len(paths), bool), [], set()
+    for i, p in enumerate(paths):
         try:
-            with Image.open(path) as im:
-                im.load()
-                self.modes.add(im.mode)
-                return decode(im, self.size)
+            im, mode = open_image(p, size)
+            with im:
+                rgb = decode(im, size)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-            if self.on_bad == "fail":
-                raise PipelineError(f"{path}: unreadable image ({e}); set data.on_bad_image: skip to skip it") from e
-            warn(f"skipping unreadable image {path} ({type(e).__name__}: {e})")
-            self.bad.append(str(path))
-            return None
+            if on_bad == "fail":
+                raise PipelineError(f"{p}: unreadable image ({e}); set data.on_bad_image: skip to skip it") from e
+            bad.append((i, f"{type(e).__name__}: {e}"))
+            continue
+        modes.add(mode)
+        if c == 1:
+            out[i] = luma(rgb)
+        else:
+            out[i] = rgb
+            gray[i] = is_gray(rgb[None])[0]
+    return out, gray, bad, modes
 
-    def many(self, paths: list[Path], labels: list[int] | None = None, keep_bad: bool = False):
-        """Decode paths; bad ones are dropped (train/valid) or kept as black images (test, keep_bad=True)."""
-        xs, ys, kept = [], [], []
-        for i, p in enumerate(paths):
-            x = self(p)
-            if x is None:
-                if not keep_bad:
-                    continue
-                x = np.zeros((self.size, self.size, 3), np.uint8)
-            xs.append(x)
-            kept.append(i)
-            if labels is not None:
-                ys.append(labels[i])
-        x = np.stack(xs) if xs else np.zeros((0, self.size, self.size, 3), np.uint8)
-        return x, (np.asarray(ys, np.int64) if labels is not None else None), kept
+
+def _decode_task(task):
+    return decode_chunk(*task)
+
+
+def cpu_count() -> int:
+    """The cores this process may use (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+CHUNK = 256  # images per worker task: large enough to amortise the pickling, small enough to keep cores busy
+
+
+def decode_files(
+    files: Files, channels="auto", workers: int | None = None, chunk: int = CHUNK, desc: str = "decode"
+) -> Iterator[tuple[np.ndarray, np.ndarray, list, set]]:
+    """Chunks of decode_chunk's results, in file order, decoded by a pool of `workers` processes (default: every
+    core this process may use; one process for a single chunk). The order and the bytes do not depend on the
+    number of workers. A progress bar with images/s goes to stderr for long decodes. Bad rows come back with
+    their index in `files` and are warned about here, by path."""
+    tasks = [(files.paths[i : i + chunk], files.size, files.on_bad, channels) for i in range(0, len(files), chunk)]
+    n_workers = max(1, min(workers or cpu_count(), len(tasks)))
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(files), desc=desc, unit="img", file=sys.stderr, disable=len(files) < 5000, mininterval=2, delay=2
+    )
+    pool = multiprocessing.get_context("spawn").Pool(n_workers) if n_workers > 1 else None
+    try:
+        results = pool.imap(_decode_task, tasks) if pool else map(_decode_task, tasks)
+        for k, (x, gray, bad, modes) in enumerate(results):
+            start = k * chunk
+            for i, why in bad:
+                warn(f"skipping unreadable image {files.paths[start + i]} ({why})")
+            yield x, gray, [start + i for i, _ in bad], modes
+            bar.update(len(x))
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+            pool.join()
+
+
+def decoded(files: Files, channels="auto", workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A Files decoded in memory (for small sets; the prepare stage streams into files instead): (images,
+    the rows kept, the bad files' paths). Bad rows are dropped, or kept black where files.keep_bad."""
+    parts, bad = [], []
+    for x, _, bad_rows, _ in decode_files(files, channels, workers):
+        parts.append(x)
+        bad += bad_rows
+    c = 1 if channels == 1 else 3
+    x = np.concatenate(parts) if parts else np.zeros((0, files.size, files.size, c), np.uint8)
+    kept = np.arange(len(x)) if files.keep_bad else np.setdiff1d(np.arange(len(x)), bad)
+    return x[kept], kept, [str(files.paths[i]) for i in bad]
 
 
 def image_files(folder: Path) -> tuple[list[Path], int]:
@@ -340,12 +419,13 @@ def read_folder(
     if path is None:
         raise PipelineError("params.yaml: `data.path` must name the folder for data.name: folder")
     root = need_dir(path, "data set")
-    load = ImageLoader(size, on_bad)
     paths, labels, classes, ignored = class_tree(need_dir(root / train_dir, "training"))
-    raw = RawData(classes, *load.many(paths, labels)[:2], source={"name": "folder", "path": str(root)})
+    raw = RawData(
+        classes, Files(paths, size, on_bad), np.asarray(labels, np.int64), source={"name": "folder", "path": str(root)}
+    )
     if (root / valid_dir).is_dir():
         vp, vl, _, ign = class_tree(root / valid_dir, classes)
-        raw.valid_x, raw.valid_y, _ = load.many(vp, vl)
+        raw.valid_x, raw.valid_y = Files(vp, size, on_bad), np.asarray(vl, np.int64)
         ignored += ign
     test = root / test_dir
     if test.is_dir():
@@ -353,15 +433,15 @@ def read_folder(
         flat = [p for p in test.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
         if subdirs and not flat:
             tp, tl, _, ign = class_tree(test, classes)
-            raw.test_x, raw.test_y, _ = load.many(tp, tl, keep_bad=True)
+            raw.test_x, raw.test_y = Files(tp, size, on_bad, keep_bad=True), np.asarray(tl, np.int64)
         else:
             tp, ign = image_files(test)
             if not tp:
                 raise PipelineError(f"{test}: test folder has no images")
-            raw.test_x, _, _ = load.many(tp, keep_bad=True)
+            raw.test_x = Files(tp, size, on_bad, keep_bad=True)
         raw.test_ids = [str(p.relative_to(test)) for p in tp]
         ignored += ign
-    raw.bad_images, raw.ignored_files, raw.source["modes"] = load.bad, ignored, sorted(load.modes)
+    raw.ignored_files = ignored
     return raw
 
 
@@ -391,8 +471,8 @@ def read_kaggle_csv(
             + (" …" if len(missing) > 10 else "")
         )
     classes = sorted({r[1] for r in rows}, key=natural_key)
-    load = ImageLoader(size, on_bad)
-    x, y, _ = load.many([by_id[r[0]] for r in rows], [classes.index(r[1]) for r in rows])
+    x = Files([by_id[r[0]] for r in rows], size, on_bad)
+    y = np.asarray([classes.index(r[1]) for r in rows], np.int64)
     raw = RawData(classes, x, y, source={"name": "kaggle-csv", "path": str(root), "labels_csv": str(csv_path)})
     test = need_dir(root / test_dir, "test images")
     test_files, _ = image_files(test)
@@ -409,8 +489,7 @@ def read_kaggle_csv(
         raw.source["sample_submission"] = str(sub)
     else:
         ids = [p.stem for p in test_files]
-    raw.test_x, _, _ = load.many([test_by_id[i] for i in ids], keep_bad=True)
-    raw.test_ids, raw.bad_images, raw.source["modes"] = ids, load.bad, sorted(load.modes)
+    raw.test_x, raw.test_ids = Files([test_by_id[i] for i in ids], size, on_bad, keep_bad=True), ids
     return raw
 
 
@@ -481,7 +560,6 @@ def read_tiny_imagenet(path: Path | None, size: int, on_bad: str, download: bool
         for line in (root / "words.txt").read_text().splitlines():
             wnid, _, text = line.partition("\t")
             words[wnid] = text.split(",")[0].strip()
-    load = ImageLoader(size, on_bad)
     paths, labels = [], []
     for i, wnid in enumerate(classes):
         files, _ = image_files(need_dir(root / "train" / wnid / "images", f"class {wnid}'s image"))
@@ -491,7 +569,8 @@ def read_tiny_imagenet(path: Path | None, size: int, on_bad: str, download: bool
         labels += [i] * len(files)
     raw = RawData(
         classes,
-        *load.many(paths, labels)[:2],
+        Files(paths, size, on_bad),
+        np.asarray(labels, np.int64),
         class_names=[words.get(w, w) for w in classes],
         source={"name": "tiny-imagenet", "path": str(root)},
     )
@@ -507,15 +586,14 @@ def read_tiny_imagenet(path: Path | None, size: int, on_bad: str, download: bool
         missing = [str(p) for p in vp if not p.is_file()]
         if missing:
             raise PipelineError(f"{ann}: {len(missing)} listed files do not exist: {', '.join(missing[:5])}")
-        raw.valid_x, raw.valid_y, _ = load.many(vp, vl)
+        raw.valid_x, raw.valid_y = Files(vp, size, on_bad), np.asarray(vl, np.int64)
     test = root / "test" / "images"
     if test.is_dir():
         tp, _ = image_files(test)
         if not tp:
             raise PipelineError(f"{test}: test folder has no images")
-        raw.test_x, _, _ = load.many(tp, keep_bad=True)
+        raw.test_x = Files(tp, size, on_bad, keep_bad=True)
         raw.test_ids = [p.name for p in tp]
-    raw.bad_images, raw.source["modes"] = load.bad, sorted(load.modes)
     return raw
 
 
@@ -591,8 +669,8 @@ def subset_classes(raw: RawData, wanted: int | list | None) -> RawData:
     def rows(x, y):
         if x is None or y is None:
             return x, y, None
-        m = remap[y] >= 0
-        return x[m], remap[y[m]], np.flatnonzero(m)
+        m = np.flatnonzero(remap[y] >= 0)
+        return take(x, m), remap[y[m]], m
 
     train_x, train_y, _ = rows(raw.train_x, raw.train_y)
     valid_x, valid_y, _ = rows(raw.valid_x, raw.valid_y)

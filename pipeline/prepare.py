@@ -3,25 +3,33 @@
 Reads:  params.yaml (`data`, `seed`), the data set's files (see pipeline/datasets.py).
 Writes: data/prepared/{train,valid,test}_x.npy (uint8 N×H×W×C), *_y.npy (int64), test_ids.json, meta.json.
 Run:    dvc repro prepare    (or: python -m pipeline.prepare)
+
+Memory stays near one copy of the prepared arrays whatever the data set's size: rows (`limit`, `test_limit`,
+`data.classes`) are chosen from the file list and labels before anything is decoded, image files are decoded in
+parallel and streamed chunk by chunk into the .npy files of the staging folder, and the channel statistics are
+integer sums over chunks of the written training file.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pipeline import datasets
+from pipeline.datasets import Files, take
 from pipeline.errors import PipelineError
-from pipeline.images import to_channels
+from pipeline.images import luma, to_channels
 from pipeline.io import staged
 from pipeline.params import data_params, load_params, seed_param
 from pipeline.splits import split_valid, stratified_subset
 
 OUT = Path("data/prepared")
+ROWS_PER_CHUNK = 4096  # rows read at a time when a written file is converted, compacted or summed
 
 
 def resize_all(x: np.ndarray, size: int) -> np.ndarray:
@@ -37,16 +45,90 @@ def resize_all(x: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def prepare(
-    raw: datasets.RawData,
-    valid_pct: float,
-    seed: int,
-    limit: int | None = None,
-    test_limit: int | None = None,
-    size: int | None = None,
-    channels="auto",
-) -> tuple[dict, dict]:
-    """Split, subset, resize and describe a RawData; returns (arrays by file stem, meta)."""
+# --------------------------------------------------------------------------------------------- .npy streams
+class NpyWriter:
+    """Rows appended to an .npy file whose shape is known up front; the bytes are np.save's."""
+
+    def __init__(self, path: Path, shape: tuple, dtype=np.uint8):
+        self.path, self.shape, self.dtype, self.n = path, tuple(shape), np.dtype(dtype), 0
+        self.f = open(path, "wb")  # noqa: SIM115 - closed in close()
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self.f, header)
+
+    def write(self, rows: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(rows, self.dtype).tobytes())
+        self.n += len(rows)
+
+    def close(self) -> None:
+        self.f.close()
+        if self.n != self.shape[0]:
+            raise RuntimeError(f"{self.path}: wrote {self.n} rows of {self.shape[0]}")
+
+
+def save(path: Path, a: np.ndarray) -> None:
+    w = NpyWriter(path, a.shape, a.dtype)
+    w.write(a)
+    w.close()
+
+
+def read_chunks(path: Path, rows: int = ROWS_PER_CHUNK):
+    """(start, rows) of an .npy file read with plain reads, not a memory map: nothing stays resident."""
+    with open(path, "rb") as f:
+        shape, _, dtype = read_header(f)
+        row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            yield start, np.frombuffer(f.read(n * row), dtype).reshape(n, *shape[1:])
+
+
+def read_header(f) -> tuple:
+    """(shape, fortran_order, dtype) of an open .npy file, which is left at its first data byte."""
+    major, _ = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    return read(f)
+
+
+def npy_shape(path: Path) -> tuple:
+    with open(path, "rb") as f:
+        return read_header(f)[0]
+
+
+def rewrite(path: Path, fn, keep: np.ndarray | None = None) -> None:
+    """Rewrite an image .npy chunk by chunk: only the rows `keep` (sorted), each chunk mapped by fn."""
+    shape = npy_shape(path)
+    n = shape[0] if keep is None else len(keep)
+    first = fn(np.zeros((1, *shape[1:]), np.uint8))
+    tmp = path.with_name(path.name + ".part")
+    w = NpyWriter(tmp, (n, *first.shape[1:]))
+    for start, x in read_chunks(path):
+        if keep is not None:
+            sel = keep[(keep >= start) & (keep < start + len(x))] - start
+            x = x[sel]
+        w.write(fn(x))
+    w.close()
+    tmp.replace(path)
+
+
+def channel_stats(path: Path) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a uint8 image file in [0, 1], from exact integer sums over chunks."""
+    s = ss = 0
+    n = 0
+    for _, x in read_chunks(path):
+        flat = x.reshape(-1, x.shape[-1]).astype(np.int64)
+        s = s + flat.sum(axis=0)
+        ss = ss + (flat * flat).sum(axis=0)
+        n += len(flat)
+    if n == 0:
+        return [0.0], [0.0]
+    mean = np.asarray(s, np.float64) / n
+    var = np.maximum(np.asarray(ss, np.float64) / n - mean * mean, 0.0)
+    return list(mean / 255), list(np.sqrt(var) / 255)
+
+
+# --------------------------------------------------------------------------------------------- the stage
+def select_rows(raw: datasets.RawData, valid_pct: float, seed: int, limit: int | None, test_limit: int | None):
+    """Train / valid / test rows (images not decoded yet where they are Files): the data set's own validation
+    split or a seeded stratified one, `limit` and `test_limit` as seeded stratified subsets."""
     if len(raw.train_y) == 0:
         raise PipelineError(f"{raw.source.get('path')}: no readable training images")
     if raw.valid_x is not None:  # the data set's own validation split
@@ -54,52 +136,123 @@ def prepare(
         if limit:
             n_va = max(1, round(limit * len(va_y) / (len(tr_y) + len(va_y))))
             t, v = stratified_subset(tr_y, limit - n_va, seed), stratified_subset(va_y, n_va, seed)
-            tr_x, tr_y, va_x, va_y = tr_x[t], tr_y[t], va_x[v], va_y[v]
+            tr_x, tr_y, va_x, va_y = take(tr_x, t), tr_y[t], take(va_x, v), va_y[v]
     else:
         x, y = raw.train_x, raw.train_y
         if limit:
             keep = stratified_subset(y, limit, seed)
-            x, y = x[keep], y[keep]
+            x, y = take(x, keep), y[keep]
         t, v = split_valid(y, valid_pct, seed)
-        tr_x, tr_y, va_x, va_y = x[t], y[t], x[v], y[v]
+        tr_x, tr_y, va_x, va_y = take(x, t), y[t], take(x, v), y[v]
     te_x, te_y, ids = raw.test_x, raw.test_y, raw.test_ids
     if te_x is None:
-        te_x, ids = np.zeros((0, *tr_x.shape[1:]), np.uint8), []
-    if test_limit and test_limit < len(te_x):
+        ids = []
+    if te_x is not None and test_limit and test_limit < len(te_x):
         if raw.submission_header:
             raise PipelineError(
                 "params.yaml: `data.test_limit` cannot be used with a sampleSubmission.csv, "
                 "whose every id the submission must contain"
             )
         keep = stratified_subset(te_y, test_limit, seed) if te_y is not None else np.arange(test_limit)
-        te_x, ids = te_x[keep], [ids[i] for i in keep]
+        te_x, ids = take(te_x, keep), [ids[i] for i in keep]
         te_y = te_y[keep] if te_y is not None else None
+    return {"train": tr_x, "valid": va_x, "test": te_x}, {"train": tr_y, "valid": va_y, "test": te_y}, list(ids)
 
-    xs = to_channels({"train": tr_x, "valid": va_x, "test": te_x}, channels)
+
+def write_arrays(folder: Path, xs: dict, size: int | None, channels) -> list[int]:
+    """Array data sets (IDX, CIFAR, digits: in memory already): channels, size, then each split's file."""
+    shape = next(x.shape for x in xs.values() if x is not None)
+    xs = {k: (x if x is not None else np.zeros((0, *shape[1:]), np.uint8)) for k, x in xs.items()}
+    xs = to_channels(xs, channels)
     if size:
         xs = {k: resize_all(x, size) for k, x in xs.items()}
-    ys = {"train": tr_y, "valid": va_y, "test": te_y}
+    for k, x in xs.items():
+        save(folder / f"{k}_x.npy", x)
+    return list(xs["train"].shape[1:])
+
+
+def write_files(folder: Path, xs: dict, ys: dict, channels, workers: int | None) -> tuple[list[int], list, list]:
+    """File data sets: each split's Files decoded in parallel straight into its .npy file. Unreadable training
+    and validation images are then dropped (their labels too), test ones stay black; with `channels: auto` the
+    files become one channel when every image's colour channels are equal. Returns (image shape, bad paths,
+    PIL modes)."""
+    size = next(x.size for x in xs.values() if isinstance(x, Files))
+    c = 1 if channels == 1 else 3
+    all_gray, bad_paths, modes = True, [], set()
+    for k, files in xs.items():
+        path = folder / f"{k}_x.npy"
+        if not isinstance(files, Files):  # no such split
+            save(path, np.zeros((0, size, size, c), np.uint8))
+            continue
+        w = NpyWriter(path, (len(files), size, size, c))
+        bad = []
+        for x, gray, bad_rows, m in datasets.decode_files(files, channels, workers, desc=f"decode {k}"):
+            w.write(x)
+            good = np.ones(len(x), bool)
+            good[np.asarray(bad_rows, np.int64) - (w.n - len(x))] = False
+            all_gray &= bool(gray[good].all())
+            bad += bad_rows
+            modes |= m
+        w.close()
+        bad_paths += [str(files.paths[i]) for i in bad]
+        if bad and not files.keep_bad:
+            keep = np.setdiff1d(np.arange(len(files)), bad)
+            rewrite(path, lambda a: a, keep)
+            ys[k] = ys[k][keep]
+    if channels == "auto" and all_gray and c == 3:
+        for k in xs:
+            rewrite(folder / f"{k}_x.npy", luma)
+        c = 1
+    return [size, size, c], bad_paths, sorted(modes)
+
+
+def prepare_to(
+    folder: Path,
+    raw: datasets.RawData,
+    valid_pct: float,
+    seed: int,
+    limit: int | None = None,
+    test_limit: int | None = None,
+    size: int | None = None,
+    channels="auto",
+    workers: int | None = None,
+) -> dict:
+    """Split, subset, decode, resize and describe a RawData into `folder` (its .npy files, test_ids.json,
+    meta.json); returns meta."""
+    xs, ys, ids = select_rows(raw, valid_pct, seed, limit, test_limit)
     n_cls = len(raw.classes)
     for k, y in ys.items():
         if y is not None and len(y) and (y.min() < 0 or y.max() >= n_cls):
             raise PipelineError(f"{raw.source.get('path')}: {k} label {int(y.max())} outside 0..{n_cls - 1}")
-    x = xs["train"].astype(np.float64) / 255
-    mean, std = x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
-    arrays = {f"{k}_x": np.ascontiguousarray(v) for k, v in xs.items()}
-    arrays.update({f"{k}_y": v.astype(np.int64) for k, v in ys.items() if v is not None})
+    source, bad_images = dict(raw.source), list(raw.bad_images)
+    if any(isinstance(x, Files) for x in xs.values()):
+        image_shape, bad, modes = write_files(folder, xs, ys, channels, workers)
+        bad_images += bad
+        source["modes"] = modes
+    else:
+        image_shape = write_arrays(folder, xs, size, channels)
+    if len(ys["train"]) == 0:
+        raise PipelineError(f"{raw.source.get('path')}: no readable training images")
+    for k, y in ys.items():
+        if y is not None:
+            save(folder / f"{k}_y.npy", y.astype(np.int64))
+    counts = {k: int(npy_shape(folder / f"{k}_x.npy")[0]) for k in xs}
+    test_labeled = ys["test"] is not None and counts["test"] > 0
+    (folder / "test_ids.json").write_text(json.dumps(list(ids)) + "\n")
+    mean, std = channel_stats(folder / "train_x.npy")
     meta = {
-        "source": raw.source,
+        "source": source,
         "classes": list(raw.classes),
         "class_names": list(raw.class_names or raw.classes),
-        "image_shape": list(xs["train"].shape[1:]),
-        "counts": {k: len(v) for k, v in xs.items()},
+        "image_shape": image_shape,
+        "counts": counts,
         "counts_per_class": {
             k: {c: int((y == i).sum()) for i, c in enumerate(raw.classes)} for k, y in ys.items() if y is not None
         },
-        "test_labeled": te_y is not None and len(te_x) > 0,
+        "test_labeled": test_labeled,
         "train_mean": [round(float(m), 6) for m in mean],
         "train_std": [round(float(s), 6) for s in std],
-        "bad_images": {"count": len(raw.bad_images), "files": raw.bad_images},
+        "bad_images": {"count": len(bad_images), "files": bad_images},
         "ignored_files": raw.ignored_files,
         "submission_header": raw.submission_header or ["id", "label"],
         "params": {
@@ -111,34 +264,54 @@ def prepare(
             "channels": channels,
         },
     }
-    return arrays | {"test_ids": list(ids)}, meta
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def prepare(raw: datasets.RawData, valid_pct: float, seed: int, **kw) -> tuple[dict, dict]:
+    """prepare_to into a temporary folder, read back into memory: (arrays by file stem + test_ids, meta). For
+    small data sets, tests and notebooks; the stage itself writes straight into its staging folder."""
+    with tempfile.TemporaryDirectory() as d:
+        meta = prepare_to(Path(d), raw, valid_pct, seed, **kw)
+        arrays = {p.stem: np.load(p, allow_pickle=False) for p in sorted(Path(d).glob("*.npy"))}
+        arrays["test_ids"] = json.loads((Path(d) / "test_ids.json").read_text())
+    return arrays, meta
 
 
 def write_prepared(arrays: dict, meta: dict, out: Path = OUT) -> None:
-    """Write every file of data/prepared; out is whole or untouched."""
+    """Write in-memory arrays and meta as data/prepared; out is whole or untouched."""
     with staged(out) as (tmp,):
         for name, value in arrays.items():
             if name == "test_ids":
                 (tmp / "test_ids.json").write_text(json.dumps(value) + "\n")
             else:
-                np.save(tmp / f"{name}.npy", value, allow_pickle=False)
+                save(tmp / f"{name}.npy", value)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def main(params_file: str = "params.yaml", out: Path = OUT) -> None:
+def main(params_file: str = "params.yaml", out: Path = OUT, workers: int | None = None) -> dict:
     params = load_params(params_file)
     data, seed = data_params(params), seed_param(params)
     raw = datasets.read(data, seed)
-    arrays, meta = prepare(
-        raw, data["valid_pct"], seed, data["limit"], data["test_limit"], data["size"], data["channels"]
-    )
-    write_prepared(arrays, meta, out)
+    with staged(out) as (tmp,):
+        meta = prepare_to(
+            tmp,
+            raw,
+            data["valid_pct"],
+            seed,
+            limit=data["limit"],
+            test_limit=data["test_limit"],
+            size=data["size"],
+            channels=data["channels"],
+            workers=workers,
+        )
     c = meta["counts"]
     print(
         f"prepared {data['name']}: {c['train']} train / {c['valid']} valid / {c['test']} test, "
         f"{len(meta['classes'])} classes, images {'×'.join(map(str, meta['image_shape']))}, "
         f"{meta['bad_images']['count']} bad images skipped -> {out}"
     )
+    return meta
 
 
 if __name__ == "__main__":

@@ -15,10 +15,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.datasets import digits_file
+from pipeline.datasets import Files, decoded, digits_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a model hub
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pixels(x):
+    """A reader's images as an array: an array as is, a Files decoded (bad training images dropped)."""
+    return decoded(x)[0] if isinstance(x, Files) else x
 
 
 def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> Path:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import digits_file, make_tiny, write_idx, write_image
+from conftest import digits_file, make_tiny, pixels, write_idx, write_image
 
-from pipeline import datasets
+from pipeline import datasets, prepare
 from pipeline.errors import PipelineError
 from pipeline.params import data_params
 
@@ -212,21 +212,27 @@ def make_folder(root: Path, corrupt=True) -> Path:
 def test_folder_reader_mixed_modes_and_corrupt_file(tmp_path, capsys):
     raw = datasets.read_folder(make_folder(tmp_path / "ds"), size=24, on_bad="skip")
     assert raw.classes == ["cats", "dogs"]
-    assert raw.train_x.shape == (11, 24, 24, 3)  # 5 + big.jpg cats, 5 dogs; broken.jpg skipped
-    assert raw.train_y.tolist() == [0] * 6 + [1] * 5
-    assert raw.valid_x.shape == (2, 24, 24, 3)
-    assert raw.test_x.shape == (3, 24, 24, 3) and raw.test_y is None
+    assert isinstance(raw.train_x, datasets.Files) and len(raw.train_x) == 12  # listed, not decoded yet
+    x, kept, bad = datasets.decoded(raw.train_x)
+    assert x.shape == (11, 24, 24, 3)  # 5 + big.jpg cats, 5 dogs; broken.jpg skipped
+    assert raw.train_y[kept].tolist() == [0] * 6 + [1] * 5
+    assert pixels(raw.valid_x).shape == (2, 24, 24, 3)
+    assert pixels(raw.test_x).shape == (3, 24, 24, 3) and raw.test_y is None
     assert raw.test_ids == ["img0.png", "img1.png", "img2.png"]
-    assert len(raw.bad_images) == 1 and raw.bad_images[0].endswith("broken.jpg")
+    assert len(bad) == 1 and bad[0].endswith("broken.jpg")
     assert raw.ignored_files == 1
     assert "broken.jpg" in capsys.readouterr().err
-    assert {"L", "RGBA", "P", "LA"} <= set(raw.source["modes"])
+    arrays, meta = prepare.prepare(raw, 0.25, 0)  # the stage drops it too, and names it
+    assert meta["bad_images"]["count"] == 1 and meta["bad_images"]["files"][0].endswith("broken.jpg")
+    assert len(arrays["train_y"]) + len(arrays["valid_y"]) == 13 and len(arrays["train_x"]) == len(arrays["train_y"])
+    assert {"L", "RGBA", "P", "LA"} <= set(meta["source"]["modes"])
 
 
 @pytest.mark.bad_input
 def test_folder_on_bad_image_fail(tmp_path):
+    raw = datasets.read_folder(make_folder(tmp_path / "ds"), size=24, on_bad="fail")
     with pytest.raises(PipelineError, match="broken.jpg: unreadable image"):
-        datasets.read_folder(make_folder(tmp_path / "ds"), size=24, on_bad="fail")
+        prepare.prepare(raw, 0.25, 0)
 
 
 def test_folder_labeled_test(tmp_path):
@@ -278,12 +284,12 @@ def test_kaggle_follows_sample_submission(tmp_path):
     assert raw.train_y.tolist() == [1, 0, 1, 0, 1, 0, 1, 0]
     assert raw.test_ids[:4] == ["3", "1", "12", "2"] and len(raw.test_ids) == 12
     assert raw.submission_header == ["id", "label"]
-    assert raw.test_x.shape == (12, 32, 32, 3)
+    assert pixels(raw.test_x).shape == (12, 32, 32, 3)
     # row k of the test array is the image named by id k of the submission
     from PIL import Image
 
     first = np.asarray(Image.open(tmp_path / "k" / "test" / "3.png").convert("RGB"))
-    np.testing.assert_array_equal(raw.test_x[0], first)
+    np.testing.assert_array_equal(pixels(raw.test_x)[0], first)
 
 
 def test_kaggle_without_sample_sorts_naturally(tmp_path):
@@ -322,8 +328,9 @@ def test_kaggle_corrupt_test_image_kept_blank(tmp_path):
     root = make_kaggle(tmp_path / "k")
     (root / "test" / "1.png").write_bytes(b"broken")
     raw = datasets.read_kaggle_csv(root, size=32, on_bad="skip")
-    assert len(raw.test_ids) == 12 and raw.test_x[1].max() == 0  # id 1 is second in the sample order
-    assert raw.bad_images[0].endswith("1.png")
+    x, _, bad = datasets.decoded(raw.test_x)
+    assert len(raw.test_ids) == 12 and len(x) == 12 and x[1].max() == 0  # id 1 is second in the sample order
+    assert bad[0].endswith("1.png")
 
 
 # ------------------------------------------------------------------------------------------ tiny-imagenet
@@ -331,8 +338,8 @@ def test_tiny_imagenet(tmp_path):
     raw = datasets.read_tiny_imagenet(make_tiny(tmp_path), size=64, on_bad="skip", download=False)
     assert raw.classes == ["n01443537", "n01629819", "n01641577"]
     assert raw.class_names == ["goldfish", "European fire salamander", "n01641577"]
-    assert raw.train_x.shape == (12, 64, 64, 3) and raw.train_y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    assert raw.valid_x.shape == (6, 64, 64, 3) and raw.valid_y.tolist() == [0, 0, 1, 1, 2, 2]
+    assert pixels(raw.train_x).shape == (12, 64, 64, 3) and raw.train_y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert pixels(raw.valid_x).shape == (6, 64, 64, 3) and raw.valid_y.tolist() == [0, 0, 1, 1, 2, 2]
     assert raw.test_ids == ["test_0.JPEG", "test_1.JPEG", "test_2.JPEG"] and raw.test_y is None
 
 
@@ -371,7 +378,7 @@ def test_a_class_subset_for_every_reader(name, tmp_path, mnist_dir):
     keep = [full.classes.index(c) for c in expect]
     mask = np.isin(full.train_y, keep)
     assert raw.train_y.tolist() == [keep.index(v) for v in full.train_y[mask]]
-    np.testing.assert_array_equal(raw.train_x, full.train_x[mask])
+    np.testing.assert_array_equal(pixels(raw.train_x), pixels(full.train_x)[mask])
     if full.test_y is None:
         assert raw.test_ids == full.test_ids and len(raw.test_x) == len(full.test_x)
     else:

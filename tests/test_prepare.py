@@ -58,7 +58,7 @@ def test_auto_channels_collapses_gray_rgb(tmp_path):
         for i in range(4):
             write_image(tmp_path / "train" / c / f"{i}.png", mode="L", seed=i)
     raw = datasets.read_folder(tmp_path, size=8, on_bad="skip")
-    assert raw.train_x.shape[-1] == 3
+    assert datasets.decoded(raw.train_x)[0].shape[-1] == 3
     arrays, meta = prepare.prepare(raw, 0.25, seed=0)
     assert arrays["train_x"].shape[-1] == 1 and meta["image_shape"] == [8, 8, 1]
     assert meta["counts"]["test"] == 0
