@@ -1,7 +1,9 @@
-"""Prepared arrays -> fastai DataLoaders, all in memory.
+"""Prepared arrays -> fastai DataLoaders.
 
-Images stay uint8 tensors (N×C×H×W); each batch is converted, resized to the phase's size, augmented
-(random flip, random translation) and normalised with whole-batch torch ops on the training device.
+The prepared image files are memory-mapped, never loaded or copied whole: a training subset, a fold or a refit's
+train + valid is a `Rows` view (index arrays over the maps), and each batch gathers its rows from the map. A
+batch is then converted, resized to the phase's size, augmented (random flip, random translation) and normalised
+with whole-batch torch ops on the training device.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from pipeline.errors import PipelineError
 PREPARED = Path("data/prepared")
 
 
-def load_prepared(folder: Path = PREPARED) -> tuple[dict[str, np.ndarray], dict]:
-    """Arrays by stem (train_x, train_y, valid_x, ...) and meta.json; missing files name themselves."""
+def load_prepared(folder: Path = PREPARED) -> tuple[dict, dict]:
+    """Arrays by stem (train_x, train_y, valid_x, ...) and meta.json; missing files name themselves. Images are
+    `Rows` over read-only memory maps; labels are loaded (small)."""
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         raise PipelineError(f"{meta_path} not found: run the prepare stage first (dvc repro prepare)")
@@ -31,15 +34,75 @@ def load_prepared(folder: Path = PREPARED) -> tuple[dict[str, np.ndarray], dict]
         for k in ("x", "y"):
             p = folder / f"{split}_{k}.npy"
             if p.is_file():
-                arrays[f"{split}_{k}"] = np.load(p, allow_pickle=False)
+                a = np.load(p, allow_pickle=False, mmap_mode="r" if k == "x" else None)
+                arrays[f"{split}_{k}"] = Rows.of(a) if k == "x" else a
             elif not (split == "test" and k == "y"):
                 raise PipelineError(f"{p} not found: data/prepared is incomplete; rerun the prepare stage")
     return arrays, meta
 
 
+class Rows:
+    """Rows of uint8 N×H×W×C arrays (memory maps, typically) chosen by index arrays, without copying them: parts
+    [(array, row indices)] laid end to end. `take` makes a sub-view; indexing with a slice or an index array
+    gathers those rows into a new array; `concat` lays views end to end (a refit's train + valid)."""
+
+    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray]]):
+        self.parts = [(x, np.asarray(idx, np.int64)) for x, idx in parts]
+        self.ends = np.cumsum([len(i) for _, i in self.parts], dtype=np.int64)
+        first = self.parts[0][0]
+        self.shape, self.dtype = (int(self.ends[-1]) if len(self.ends) else 0, *first.shape[1:]), first.dtype
+
+    @classmethod
+    def of(cls, x) -> Rows:
+        return x if isinstance(x, Rows) else cls([(x, np.arange(len(x)))])
+
+    @classmethod
+    def concat(cls, *views) -> Rows:
+        return cls([p for v in views for p in cls.of(v).parts])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(part, source row) of each of ids."""
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(f"row index out of range 0..{len(self) - 1}")
+        part = np.searchsorted(self.ends, ids, side="right")
+        starts = np.concatenate([[0], self.ends[:-1]])
+        src = np.empty(len(ids), np.int64)
+        for p, (_, idx) in enumerate(self.parts):
+            m = part == p
+            src[m] = idx[ids[m] - starts[p]]
+        return part, src
+
+    def take(self, ids) -> Rows:
+        """The view of rows ids (in that order)."""
+        ids = np.asarray(ids, np.int64)
+        part, src = self._locate(ids)
+        cuts = np.flatnonzero(np.diff(part)) + 1  # runs of one part keep their order
+        runs = zip(np.split(part, cuts), np.split(src, cuts))
+        return Rows([(self.parts[p[0]][0], s) for p, s in runs if len(p)] or [(self.parts[0][0], src)])
+
+    def __getitem__(self, key) -> np.ndarray:
+        ids = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, np.int64)
+        part, src = self._locate(ids)
+        out = np.empty((len(ids), *self.shape[1:]), self.dtype)
+        for p, (x, _) in enumerate(self.parts):
+            m = part == p
+            if m.all():
+                return np.asarray(x[src])
+            if m.any():
+                out[m] = x[src[m]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+
 def to_tensor(x: np.ndarray) -> torch.Tensor:
     """uint8 N×H×W×C -> uint8 N×C×H×W."""
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
 
 
 class BatchTfm:
@@ -86,16 +149,17 @@ def augment(x: torch.Tensor, flip: bool, pad: int) -> torch.Tensor:
 
 
 class TensorPair:
-    """A dataset of two tensors indexed together."""
+    """Images (Rows or an array, uint8 N×H×W×C) and labels indexed together: a batch is gathered from the (memory-
+    mapped) rows and becomes a uint8 N×C×H×W tensor."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+    def __init__(self, x, y: np.ndarray):
+        self.x, self.y = Rows.of(x), torch.from_numpy(np.asarray(y, np.int64))
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i):
-        return self.x[i], self.y[i]
+        return to_tensor(self.x[np.asarray(i)]), self.y[i]
 
 
 class TensorDL(DataLoader):
@@ -125,8 +189,8 @@ def make_dls(
     n_train = len(arrays["train_y"])
     if bs > n_train:
         raise PipelineError(f"params.yaml: `bs` = {bs} is larger than the training set ({n_train} images)")
-    train = TensorPair(to_tensor(arrays["train_x"]), torch.from_numpy(arrays["train_y"]))
-    valid = TensorPair(to_tensor(arrays["valid_x"]), torch.from_numpy(arrays["valid_y"]))
+    train = TensorPair(arrays["train_x"], arrays["train_y"])
+    valid = TensorPair(arrays["valid_x"], arrays["valid_y"])
     tr = TensorDL(
         train,
         bs=bs,

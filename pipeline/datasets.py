@@ -329,12 +329,13 @@ CHUNK = 256  # images per worker task: large enough to amortise the pickling, sm
 
 
 def decode_files(
-    files: Files, channels="auto", workers: int | None = None, chunk: int = CHUNK, desc: str = "decode"
+    files: Files, channels="auto", workers: int | None = None, chunk: int | None = None, desc: str = "decode"
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list, set]]:
     """Chunks of decode_chunk's results, in file order, decoded by a pool of `workers` processes (default: every
     core this process may use; one process for a single chunk). The order and the bytes do not depend on the
     number of workers. A progress bar with images/s goes to stderr for long decodes. Bad rows come back with
     their index in `files` and are warned about here, by path."""
+    chunk = chunk or CHUNK
     tasks = [(files.paths[i : i + chunk], files.size, files.on_bad, channels) for i in range(0, len(files), chunk)]
     n_workers = max(1, min(workers or cpu_count(), len(tasks)))
     from tqdm import tqdm

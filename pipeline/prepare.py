@@ -71,11 +71,11 @@ def save(path: Path, a: np.ndarray) -> None:
     w.close()
 
 
-def read_chunks(path: Path, rows: int = ROWS_PER_CHUNK):
+def read_chunks(path: Path, rows: int | None = None):
     """(start, rows) of an .npy file read with plain reads, not a memory map: nothing stays resident."""
     with open(path, "rb") as f:
         shape, _, dtype = read_header(f)
-        row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        row, rows = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize, rows or ROWS_PER_CHUNK
         for start in range(0, shape[0], rows):
             n = min(rows, shape[0] - start)
             yield start, np.frombuffer(f.read(n * row), dtype).reshape(n, *shape[1:])

@@ -38,7 +38,7 @@ from fastai.torch_core import set_seed, trainable_params
 
 from pipeline import archs as archs_mod
 from pipeline.callbacks import Autocast, NoValidation, StopOnNaN, epoch_logger, live_callback
-from pipeline.data import BatchTfm, load_prepared, make_dls
+from pipeline.data import BatchTfm, Rows, load_prepared, make_dls
 from pipeline.distributed import data_parallel, share, single_process
 from pipeline.errors import PipelineError, warn
 from pipeline.hardware import dtype_name, pick_device, pick_dtype
@@ -121,7 +121,7 @@ def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
     pretrained = spec.pretrained
     keep = training_pool(arrays, spec, seed)
     if len(keep) < len(arrays["train_y"]):
-        arrays = {**arrays, "train_x": arrays["train_x"][keep], "train_y": arrays["train_y"][keep]}
+        arrays = {**arrays, "train_x": Rows.of(arrays["train_x"]).take(keep), "train_y": arrays["train_y"][keep]}
     bs = spec.bs
     if bs > len(arrays["train_y"]):
         bs = len(arrays["train_y"])
@@ -381,9 +381,9 @@ def train_folds(key, spec: TrainSpec, arrays, meta, seed, device, live, evaluate
     for i, (tr, te) in enumerate(splits):
         a = {
             **arrays,
-            "train_x": arrays["train_x"][pool[tr]],
+            "train_x": Rows.of(arrays["train_x"]).take(pool[tr]),
             "train_y": py[tr],
-            "oof_x": arrays["train_x"][pool[te]],
+            "oof_x": Rows.of(arrays["train_x"]).take(pool[te]),
             "oof_y": py[te],
         }
         if rank_distrib() == 0:
@@ -438,9 +438,9 @@ def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed
     pool = training_pool(arrays, spec, seed)
     a = {
         **{k: v for k, v in arrays.items() if not k.startswith("oof")},
-        "train_x": np.concatenate([arrays["train_x"][pool], arrays["valid_x"]]),
+        "train_x": Rows.concat(Rows.of(arrays["train_x"]).take(pool), arrays["valid_x"]),
         "train_y": np.concatenate([arrays["train_y"][pool], arrays["valid_y"]]),
-        "valid_x": arrays["valid_x"][:0],  # fastai needs a validation loader: an empty one, skipped (NoValidation)
+        "valid_x": Rows.of(arrays["valid_x"]).take([]),  # fastai needs a validation loader: an empty one, skipped (NoValidation)
         "valid_y": arrays["valid_y"][:0],
     }
     if rank_distrib() == 0:
