@@ -31,12 +31,15 @@ from ensembles import select as sel
 from ensembles import weights as W
 from pipeline.errors import PipelineError
 from pipeline.io import staged
-from pipeline.params import STRATEGIES, ensemble_params, group_of, load_params, model_names, seed_param
+from pipeline.params import STRATEGIES, ensemble_params, group_of, load_params, model_names, seed_param  # noqa: F401
 
 NO_TEST = (
     "no submission: the prepared data has no test split (e.g. an ImageFolder set without test/); "
     "add test images and rerun `dvc repro` to get one"
 )
+
+
+FITTED = ("greedy", "nnls", "stacking")  # strategies fitted on rows (cross-fitted scores), not given by a rule
 
 
 @dataclass
@@ -138,7 +141,10 @@ def fit_strategy(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, cfg:
     """One strategy fitted on validation rows."""
     n_classes = P.shape[2]
     if kind == "stacking":
-        model = W.fit_stacker(P, y, cfg["stack_C"], seed)
+        if stacking_form(len(P), n_classes, cfg) == "tied":
+            model = W.fit_tied_stacker(P, y, cfg["stack_C"])
+        else:
+            model = W.fit_stacker(P, y, cfg["stack_C"], seed)
         return Fit(
             W.stacker_weights(model, len(P), n_classes),
             lambda Q: W.stacker_proba(model, Q, n_classes),
@@ -153,6 +159,11 @@ def fit_strategy(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, cfg:
     else:
         w = W.fitted_weights(P, y)
     return Fit(w, lambda Q: W.blend(Q, w))
+
+
+def stacking_form(members: int, n_classes: int, cfg: dict) -> str:
+    """`full`: a logistic regression on members × classes features; `tied` beyond `stack_max_features` of them."""
+    return "full" if members * n_classes <= cfg["stack_max_features"] else "tied"
 
 
 def run_strategies(
@@ -174,8 +185,8 @@ def run_strategies(
     counts = np.bincount(y)
     k_folds = int(min(cfg["folds"], counts[counts > 0].min()))  # no more folds than the rarest class has rows
     out = {}
-    for kind in STRATEGIES:
-        fitted = kind in ("greedy", "nnls", "stacking")
+    for kind in cfg["strategies"]:
+        fitted = kind in FITTED
         if fitted and fit_on is not None:
             f = fit_strategy(kind, *fit_on, accs, cfg, seed)
             vp, how = f.predict(P), f"fitted on {len(fit_on[1])} out-of-fold training rows; valid held out"
@@ -185,7 +196,13 @@ def run_strategies(
             vp, how = W.crossfit(P, y, fit, k_folds, seed), f"cross-fitted, {k_folds} folds"
         else:
             f = fit_strategy(kind, P, y, accs, cfg, seed)
-            vp, how = f.predict(P), "direct" if not fitted else "direct: a class has < 2 validation rows to cross-fit"
+            if not fitted:
+                how = "direct"
+            elif k_folds < 2:
+                how = "direct: a class has fewer than 2 validation rows, too few to cross-fit"
+            else:
+                how = "direct: one member, nothing to fit"
+            vp = f.predict(P)
         tp = f.predict(T)
         rec = {
             "members": members,
@@ -193,6 +210,8 @@ def run_strategies(
             "valid": {"accuracy": W.accuracy(vp, y), "loss": W.log_loss(vp, y)},
             "valid_scored": how,
         }
+        if kind == "stacking":
+            rec["form"] = stacking_form(len(P), P.shape[2], cfg)
         if test_y is not None:
             rec["test"] = {"accuracy": W.accuracy(tp, test_y), "loss": W.log_loss(tp, test_y)}
         out[kind] = Outcome(rec, vp, tp, f.stacker)

@@ -82,8 +82,60 @@ def fit_stacker(P: np.ndarray, y: np.ndarray, C: float = 0.1, seed: int = 0):
     return model.fit(stack_features(P), y)
 
 
+def tied_features(P: np.ndarray) -> np.ndarray:
+    """(members + 1, rows, classes): each member's log-probabilities and the log of their plain average."""
+    L = np.log(np.clip(P, EPS, None))
+    return np.concatenate([L, np.log(np.clip(P.mean(0, keepdims=True), EPS, None))])
+
+
+class TiedStacker:
+    """Stacking for many classes: logits_c = sum_m a_m · log p_m,c + a_avg · log mean_m p_m,c, weights shared by
+    every class: a fitted mix of the geometric pool (NN logit averaging) and the arithmetic one, sharpness
+    included, by L-BFGS on the multinomial log-loss with an L2 penalty 1/(2·C·rows). members + 1 parameters instead
+    of the full logistic regression's (members · classes) · classes: seconds, not minutes, at 200 classes. No
+    per-class bias: at 200 classes a validation split has tens of rows a class, too few to fit one."""
+
+    def __init__(self, C: float = 0.1):
+        self.C = C
+
+    def fit(self, P: np.ndarray, y: np.ndarray) -> TiedStacker:
+        from scipy.optimize import minimize
+
+        F = tied_features(P)
+        m, n, k = F.shape
+        onehot = np.zeros((n, k))
+        onehot[np.arange(n), y] = 1
+        lam = 1.0 / (self.C * n)
+
+        def f(a):
+            z = np.tensordot(a, F, axes=1)
+            z -= z.max(1, keepdims=True)
+            lse = np.log(np.exp(z).sum(1, keepdims=True))
+            q = np.exp(z - lse)
+            loss = -(z[np.arange(n), y] - lse[:, 0]).mean() + 0.5 * lam * (a @ a)
+            return loss, np.einsum("mnk,nk->m", F, (q - onehot) / n) + lam * a
+
+        start = np.r_[np.zeros(m - 1), 1.0]  # the plain average
+        self.a = minimize(f, start, jac=True, method="L-BFGS-B", options={"maxiter": 500}).x
+        return self
+
+    def member_weights(self) -> np.ndarray:
+        """Each member's share: its own weight plus its part of the average's, in absolute value."""
+        w = np.abs(self.a[:-1]) + abs(self.a[-1]) / (len(self.a) - 1)
+        return w / w.sum() if w.sum() > 0 else uniform_weights(len(w))
+
+    def to_dict(self) -> dict:
+        return {"form": "tied", "a": self.a.tolist()}
+
+
+def fit_tied_stacker(P: np.ndarray, y: np.ndarray, C: float = 0.1) -> TiedStacker:
+    return TiedStacker(C).fit(P, y)
+
+
 def stacker_proba(model, P: np.ndarray, n_classes: int) -> np.ndarray:
     """Probabilities for every class, also those the stacker never saw in its fold."""
+    if isinstance(model, TiedStacker):
+        return stacker_apply(model.to_dict(), P, n_classes)
     out = np.zeros((P.shape[1], n_classes))
     if P.shape[1]:  # scikit-learn refuses zero rows (a data set without a test split)
         out[:, model.classes_] = model.predict_proba(stack_features(P))
@@ -92,6 +144,8 @@ def stacker_proba(model, P: np.ndarray, n_classes: int) -> np.ndarray:
 
 def stacker_weights(model, m: int, n_classes: int) -> np.ndarray:
     """Each member's share of the stacker's absolute coefficients: a rough importance, not a blend weight."""
+    if isinstance(model, TiedStacker):
+        return model.member_weights()
     coef = model[-1].coef_
     c = np.abs(coef).reshape(len(coef), m, n_classes).sum(axis=(0, 2))
     return c / c.sum() if c.sum() > 0 else uniform_weights(m)
@@ -99,6 +153,8 @@ def stacker_weights(model, m: int, n_classes: int) -> np.ndarray:
 
 def stacker_to_dict(model) -> dict:
     """The fitted stacker as plain numbers (no pickle): scaler, coefficients, intercepts, classes."""
+    if isinstance(model, TiedStacker):
+        return model.to_dict()
     scaler, lr = model[0], model[-1]
     return {
         "mean": scaler.mean_.tolist(),
@@ -111,6 +167,11 @@ def stacker_to_dict(model) -> dict:
 
 def stacker_apply(d: dict, P: np.ndarray, n_classes: int) -> np.ndarray:
     """Probabilities from a stacker saved by stacker_to_dict, with numpy alone; equals stacker_proba."""
+    if d.get("form") == "tied":
+        z = np.tensordot(np.asarray(d["a"]), tied_features(P), axes=1)
+        z -= z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
     z = (stack_features(P) - np.asarray(d["mean"])) / np.asarray(d["scale"])
     logits = z @ np.asarray(d["coef"]).T + np.asarray(d["intercept"])
     if logits.shape[1] == 1:  # two classes: scikit-learn keeps one logit z for the second; softmax([0, z]) = sigmoid
@@ -130,7 +191,7 @@ def crossfit(P: np.ndarray, y: np.ndarray, fit, folds: int, seed: int) -> np.nda
     counts = np.bincount(y)
     k = int(min(folds, counts[counts > 0].min()))
     if k < 2:
-        raise ValueError("every class needs at least 2 validation rows to cross-fit")
+        raise ValueError("a class has fewer than 2 validation rows: cannot cross-fit")
     out = np.zeros(P.shape[1:])
     for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
         out[te] = fit(P[:, tr], y[tr])(P[:, te])

@@ -613,6 +613,13 @@ def read_digits(seed: int, path: Path | None = None) -> RawData:
 
     f = path or digits_file()
     f = f / "digits.csv.gz" if f.is_dir() else f
+    if path is not None and not f.exists() and digits_file().is_file():
+        # e.g. `dvc exp run -S data.name=digits` with data.path still naming another data set's folder
+        warn(
+            f"{f} does not exist: reading scikit-learn's bundled copy instead; set `data.path: {digits_file()}` "
+            "(or null) so that DVC tracks the file the stage reads"
+        )
+        f = digits_file()
     try:
         d = np.loadtxt(f, delimiter=",", ndmin=2)
     except (OSError, ValueError, EOFError) as e:

@@ -388,10 +388,32 @@ ENSEMBLE_SCHEMA = {
     "greedy_iters": (50, is_int(lo=1)),
     "folds": (5, is_int(lo=2)),  # cross-fitting of the fitted strategies' validation scores
     "stack_C": (0.1, is_float(0.0, 1e6)),  # inverse regularisation of the stacking logistic regression
+    # stacking's logistic regression on members × classes features costs minutes at 200 classes; beyond this many
+    # features it takes the tied form (one weight per member, shared by the classes): seconds
+    "stack_max_features": (256, is_int(lo=1)),
+    "strategies": ("all", lambda v: is_strategies(v)),  # which strategies are fitted and scored
     "families": ({}, is_dict),  # model name -> family, overriding the name-based guess
 }
 
 
+def is_strategies(v):
+    if v == "all":
+        return list(STRATEGIES)
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"expected `all` or a list of strategies from {', '.join(STRATEGIES)}")
+    for k in v:
+        one_of(*STRATEGIES)(k)
+    return [k for k in STRATEGIES if k in v]  # the registry's order
+
+
 def ensemble_params(params: dict) -> dict:
     """The checked `ensemble:` section, with defaults filled in."""
-    return check_section(params.get("ensemble"), ENSEMBLE_SCHEMA, "ensemble")
+    cfg = check_section(params.get("ensemble"), ENSEMBLE_SCHEMA, "ensemble")
+    if cfg["method"] != "best" and cfg["method"] not in cfg["strategies"]:
+        raise PipelineError(
+            f"params.yaml: `ensemble.method` = {cfg['method']!r} is not among `ensemble.strategies` "
+            f"({', '.join(cfg['strategies'])}): add it there, or pick one of those"
+        )
+    return cfg

@@ -228,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     k = min(args.top_k, len(predictor.classes))
     header = ["file"] + sum(([f"label_{i + 1}", f"prob_{i + 1}"] for i in range(k)), [])
     rows, bad, cam_names = [], [], set()
+    # decoded straight at the model's input size (a JPEG in draft mode): a folder of photos never sits in memory
+    # at full resolution; the result is what to_array makes of the full image, within JPEG's DCT scaling
+    size = (predictor.members[0] if isinstance(predictor, Ensemble) else predictor).spec["native_size"]
     for i in tqdm(range(0, len(files), args.bs), desc="predict", unit="batch", file=sys.stderr, disable=None):
         batch, names = [], []
         for f in files[i : i + args.bs]:
             try:
-                batch.append(decode(f))
+                batch.append(decode(f, size))
                 names.append(str(f))
             except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
                 bad.append(str(f))

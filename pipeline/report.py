@@ -75,8 +75,13 @@ def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["top1"], -r["valid_top1"], r["model"]))
 
 
-def markdown(rows: list[dict], labeled: bool) -> str:
-    what = "test" if labeled else "validation (the test split has no labels)"
+def markdown(rows: list[dict], labeled: bool, n_test: int = 1) -> str:
+    if labeled:
+        what = "test"
+    elif n_test:
+        what = "validation (the test split has no labels)"
+    else:
+        what = "validation (the data set has no test split)"
     head = (
         f"Top-1 on the {what} split, in %. `param_count` in millions; an ensemble's cost is the sum of its "
         "members'. `weight`: the model's weight in the ensemble submission; `*` marks the strategy that wrote "
@@ -192,26 +197,72 @@ def _imshow(ax, img: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def fig_confusion(path: Path, y: np.ndarray, probs: dict[str, np.ndarray], classes: list[str], split: str) -> None:
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
+NUMBERED_CLASSES = 30  # up to this many classes the confusion matrix prints its counts; beyond, a heatmap
 
+
+def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """n × n counts, rows the true class, columns the predicted one."""
+    return np.bincount(y * n + pred, minlength=n * n).reshape(n, n)
+
+
+def fig_confusion(path: Path, y: np.ndarray, probs: dict[str, np.ndarray], classes: list[str], split: str) -> None:
+    """Counts in the cells up to NUMBERED_CLASSES classes; beyond, a heatmap of each true class's share (log
+    colour scale, so off-diagonal mistakes stay visible beside the diagonal) and the most-confused pairs go to
+    the leaderboard's table instead."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    n = len(classes)
     fig, axes = plt.subplots(1, len(probs), figsize=(7.5 * len(probs), 7), squeeze=False)
     for ax, (name, p) in zip(axes[0], probs.items()):
-        ConfusionMatrixDisplay.from_predictions(
-            y,
-            p.argmax(1),
-            labels=range(len(classes)),
-            display_labels=classes,
-            ax=ax,
-            colorbar=False,
-            xticks_rotation=90,
-            values_format="d",
-        )
-        ax.set_title(f"{name}: {split} accuracy {(p.argmax(1) == y).mean():.4f}")
+        acc = (p.argmax(1) == y).mean()
+        if n <= NUMBERED_CLASSES:
+            from sklearn.metrics import ConfusionMatrixDisplay
+
+            ConfusionMatrixDisplay.from_predictions(
+                y,
+                p.argmax(1),
+                labels=range(n),
+                display_labels=classes,
+                ax=ax,
+                colorbar=False,
+                xticks_rotation=90,
+                values_format="d",
+            )
+        else:
+            cm = confusion(y, p.argmax(1), n).astype(np.float64)
+            share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+            floor = 1.0 / max(int(cm.sum(1).max()), 1)
+            im = ax.imshow(np.where(share > 0, share, np.nan), cmap="viridis", norm=LogNorm(floor, 1.0))
+            ax.set_facecolor("black")
+            ax.set(xlabel="predicted class (index)", ylabel="true class (index)")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class (log)")
+        ax.set_title(f"{name}: {split} accuracy {acc:.4f}")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def confused_pairs(y: np.ndarray, p: np.ndarray, classes: list[str], k: int = 15) -> list[dict]:
+    """The k most frequent (true, predicted) mistakes, with their share of the true class's rows."""
+    n = len(classes)
+    cm = confusion(y, p.argmax(1), n)
+    np.fill_diagonal(cm, 0)
+    support = np.bincount(y, minlength=n)
+    flat = np.argsort(-cm, axis=None, kind="stable")[:k]
+    return [
+        {"true": classes[i], "predicted": classes[j], "count": int(cm[i, j]), "share": cm[i, j] / support[i]}
+        for i, j in zip(*np.unravel_index(flat, cm.shape))
+        if cm[i, j] > 0
+    ]
+
+
+def markdown_confused(pairs: list[dict], name: str, split: str) -> str:
+    if not pairs:
+        return ""
+    lines = ["| true | predicted | rows | share of true class |", "|---|---|---|---|"]
+    lines += [f"| {r['true']} | {r['predicted']} | {r['count']} | {100 * r['share']:.1f} % |" for r in pairs]
+    return f"\nMost-confused classes of {name} on the {split} split:\n\n" + "\n".join(lines) + "\n"
 
 
 def fig_top_losses(path: Path, x: np.ndarray, y: np.ndarray, p: np.ndarray, classes: list[str], k: int = 16) -> None:
@@ -441,11 +492,16 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             w.writerows(rows)
         group_rows = groups(models, {n: group_of(params, n) for n in names}, labeled)
         (out / "leaderboard.md").write_text(
-            markdown(rows, labeled)
+            markdown(rows, labeled, meta.get("counts", {}).get("test", 1))
             + gain_line(ens)
             + markdown_groups(group_rows, labeled)
             + markdown_folds(models)
             + markdown_refit(models, labeled)
+            + (
+                markdown_confused(confused_pairs(y, ens_p, classes), f"the ensemble ({ens['chosen']})", split)
+                if len(classes) > NUMBERED_CLASSES
+                else ""
+            )
         )
         if ens.get("by_size"):
             fig_members(figs / "accuracy_vs_members.png", ens["by_size"])

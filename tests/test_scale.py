@@ -129,3 +129,100 @@ def test_channel_stats_are_exact_sums(tmp_path):
     f = x.astype(np.float64) / 255
     np.testing.assert_allclose(mean, f.mean(axis=(0, 1, 2)), rtol=1e-12)
     np.testing.assert_allclose(std, f.std(axis=(0, 1, 2)), rtol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ many classes
+def many_class_run(tmp_path, n_classes=200, rows=2000, members=2):
+    from conftest import write_run
+
+    rng = np.random.default_rng(0)
+    vy, ty = rng.integers(0, n_classes, rows), rng.integers(0, n_classes, rows // 2)
+
+    def noisy(y, acc):
+        p = rng.dirichlet(np.full(n_classes, 0.3), len(y)) * 0.3
+        hit = np.where(rng.random(len(y)) < acc, y, rng.integers(0, n_classes, len(y)))
+        p[np.arange(len(y)), hit] += 0.7
+        return p / p.sum(1, keepdims=True)
+
+    classes = [f"n{i:08d}" for i in range(n_classes)]
+    models = {f"m{i}": ("resnet34", "timm", noisy(vy, 0.6 + 0.05 * i), noisy(ty, 0.6 + 0.05 * i)) for i in range(members)}
+    params = write_run(tmp_path, models, vy, ty, classes=classes)
+    return params, vy, ty, models
+
+
+def test_stacking_takes_the_tied_form_at_200_classes(tmp_path):
+    from ensembles import ensemble as E
+    from ensembles import weights as W
+
+    params, vy, ty, models = many_class_run(tmp_path)
+    params["ensemble"] = {"select": "threshold", "threshold": 0.0, "method": "stacking"}
+    m = E.run(params, tmp_path)
+    s = m["strategies"]["stacking"]
+    assert s["form"] == "tied" and s["valid_scored"].startswith("cross-fitted")
+    best_member = max(W.accuracy(v[2], vy) for v in models.values())
+    assert s["valid"]["accuracy"] > best_member - 0.02  # a sensible blend, not a broken fit
+    import json
+
+    saved = json.loads((tmp_path / "ensemble" / "model.json").read_text())
+    P = np.stack([models[n][3] for n in saved["members"]])
+    np.testing.assert_allclose(W.stacker_apply(saved["stacker"], P, 200), np.load(tmp_path / "ensemble" / "preds" / "test.npy"), atol=1e-5)
+
+
+def test_strategies_are_choosable_and_method_must_be_among_them(tmp_path):
+    from ensembles import ensemble as E
+    from pipeline.errors import PipelineError
+
+    params, *_ = many_class_run(tmp_path, n_classes=20, rows=400)
+    params["ensemble"] = {"select": "threshold", "threshold": 0.0, "strategies": ["accuracy", "greedy"]}
+    m = E.run(params, tmp_path)
+    assert list(m["strategies"]) == ["accuracy", "greedy"]
+    params["ensemble"]["method"] = "stacking"
+    with pytest.raises(PipelineError, match=r"ensemble.method` = 'stacking' is not among `ensemble.strategies"):
+        E.run(params, tmp_path)
+
+
+def test_one_member_says_why_nothing_is_cross_fitted(tmp_path):
+    from ensembles import ensemble as E
+
+    params, *_ = many_class_run(tmp_path, n_classes=20, rows=400, members=1)
+    params["ensemble"] = {"select": "threshold", "threshold": 0.0}
+    m = E.run(params, tmp_path)
+    assert m["strategies"]["greedy"]["valid_scored"] == "direct: one member, nothing to fit"
+    assert "validation rows" not in m["strategies"]["nnls"]["valid_scored"]
+
+
+def test_confusion_at_200_classes_is_a_heatmap_with_a_pairs_table(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pipeline import report as R
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 200, 3000)
+    p = np.full((3000, 200), 1e-3)
+    pred = np.where(rng.random(3000) < 0.7, y, (y + 1) % 200)
+    p[np.arange(3000), pred] = 1
+    classes = [f"c{i}" for i in range(200)]
+    texts = []
+    import matplotlib.axes
+
+    real_text = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, *a, **k: texts.append(a) or real_text(self, *a, **k))
+    R.fig_confusion(tmp_path / "cm.png", y, {"m": p}, classes, "test")
+    assert (tmp_path / "cm.png").stat().st_size > 10_000 and len(texts) == 0  # no number in 40 000 cells
+    pairs = R.confused_pairs(y, p, classes, k=5)
+    assert len(pairs) == 5 and all(r["predicted"] == classes[(classes.index(r["true"]) + 1) % 200] for r in pairs)
+    assert "| true | predicted |" in R.markdown_confused(pairs, "m", "test")
+    R.fig_confusion(tmp_path / "cm10.png", y % 10, {"m": p[:, :10]}, classes[:10], "test")
+    assert len(texts) == 100  # at 10 classes every cell has its count
+
+
+def test_digits_with_another_data_sets_path_finds_the_bundled_file(tmp_path, capsys):
+    """`dvc exp run -S data.name=digits` on a clone: data.path still names the Fashion-MNIST folder."""
+    from pipeline.params import data_params
+
+    (tmp_path / "fashion-mnist").mkdir()
+    raw = datasets.read(data_params({"data": {"name": "digits", "path": str(tmp_path / "fashion-mnist")}}), 0)
+    assert len(raw.train_y) == 1437
+    err = capsys.readouterr().err
+    assert f"set `data.path: {datasets.digits_file()}`" in err
