@@ -44,6 +44,39 @@ class StopOnNaN(Callback):
             )
 
 
+def _glibc():
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # musl and others: no malloc_trim
+        return None
+
+
+class TrimHeap(Callback):
+    """Give glibc's freed heap pages back every `every` training batches. Batch-sized buffers (MBs) freed between
+    steps leave glibc's heap fragmented once its dynamic mmap threshold has risen past them: logreg on 100 000
+    images of 64 px grew to 5.5 GiB over one epoch without this, 2.3 GiB with it, at the same speed (a fixed
+    M_MMAP_THRESHOLD bounds it too, but page faults made the steps 40 % slower)."""
+
+    order = 100
+
+    def __init__(self, every: int = 50):
+        self.every, self.libc = every, _glibc()
+
+    def after_batch(self):
+        if self.libc is not None and self.training and self.iter % self.every == 0:
+            self.libc.malloc_trim(0)
+
+    def after_epoch(self):
+        if self.libc is not None:
+            self.libc.malloc_trim(0)
+
+
 class NoValidation(Callback):
     """Skip the validation pass (a refit has no held-out rows: its validation loader is empty, which fastai's
     DistributedDL cannot even iterate)."""

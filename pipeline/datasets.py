@@ -9,6 +9,7 @@ path. Readers never write into data/prepared; pipeline/prepare.py does that.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -325,25 +326,49 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def pool_context():
+    """fork where the platform has it (Linux): no re-import per worker, and it works from a notebook or stdin,
+    where spawn cannot find the main module; spawn elsewhere (macOS, Windows)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
+
+
 CHUNK = 256  # images per worker task: large enough to amortise the pickling, small enough to keep cores busy
 
 
+@contextlib.contextmanager
+def decoder_pool(workers: int | None, n_files: int) -> Iterator:
+    """A pool of `workers` processes (default: every core this process may use) for decode_files, or None where
+    one process will do (a single chunk of files); one pool serves every split."""
+    n = max(1, min(workers or cpu_count(), -(-n_files // CHUNK)))
+    if n == 1:
+        yield None
+        return
+    pool = pool_context().Pool(n)
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
 def decode_files(
-    files: Files, channels="auto", workers: int | None = None, chunk: int | None = None, desc: str = "decode"
+    files: Files, channels="auto", workers: int | None = None, desc: str = "decode", pool=None
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list, set]]:
-    """Chunks of decode_chunk's results, in file order, decoded by a pool of `workers` processes (default: every
-    core this process may use; one process for a single chunk). The order and the bytes do not depend on the
-    number of workers. A progress bar with images/s goes to stderr for long decodes. Bad rows come back with
-    their index in `files` and are warned about here, by path."""
-    chunk = chunk or CHUNK
+    """Chunks of decode_chunk's results, in file order, decoded by `pool` (or a decoder_pool of `workers`). The
+    order and the bytes do not depend on the number of workers. A progress bar with images/s goes to stderr for
+    long decodes. Bad rows come back with their index in `files` and are warned about here, by path."""
+    if pool is None and len(files) > CHUNK:
+        with decoder_pool(workers, len(files)) as own:
+            yield from decode_files(files, channels, workers, desc, own or False)
+        return
+    chunk = CHUNK
     tasks = [(files.paths[i : i + chunk], files.size, files.on_bad, channels) for i in range(0, len(files), chunk)]
-    n_workers = max(1, min(workers or cpu_count(), len(tasks)))
     from tqdm import tqdm
 
     bar = tqdm(
         total=len(files), desc=desc, unit="img", file=sys.stderr, disable=len(files) < 5000, mininterval=2, delay=2
     )
-    pool = multiprocessing.get_context("spawn").Pool(n_workers) if n_workers > 1 else None
     try:
         results = pool.imap(_decode_task, tasks) if pool else map(_decode_task, tasks)
         for k, (x, gray, bad, modes) in enumerate(results):
@@ -354,9 +379,6 @@ def decode_files(
             bar.update(len(x))
     finally:
         bar.close()
-        if pool:
-            pool.terminate()
-            pool.join()
 
 
 def decoded(files: Files, channels="auto", workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:

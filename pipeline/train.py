@@ -37,7 +37,7 @@ from fastai.optimizer import SGD, Adam, Lamb, QHAdam, RMSProp, ranger
 from fastai.torch_core import set_seed, trainable_params
 
 from pipeline import archs as archs_mod
-from pipeline.callbacks import Autocast, NoValidation, StopOnNaN, epoch_logger, live_callback
+from pipeline.callbacks import Autocast, NoValidation, StopOnNaN, TrimHeap, epoch_logger, live_callback
 from pipeline.data import BatchTfm, Rows, load_prepared, make_dls
 from pipeline.distributed import data_parallel, share, single_process
 from pipeline.errors import PipelineError, warn
@@ -145,7 +145,7 @@ def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
     def dls_at(size):
         return make_dls(arrays, size, bs, mean, std, spec.flip, spec.pad, device, spec.eval_bs, spec.channels_last)
 
-    cbs = [StopOnNaN(key)] + ([Autocast(device.type, dtype)] if dtype is not None else [])
+    cbs = [StopOnNaN(key), TrimHeap()] + ([Autocast(device.type, dtype)] if dtype is not None else [])
     if not len(arrays["valid_y"]):  # a refit: nothing to validate on
         cbs.append(NoValidation())
     loss = CrossEntropyLossFlat(label_smoothing=spec.label_smoothing)

@@ -226,3 +226,31 @@ def test_digits_with_another_data_sets_path_finds_the_bundled_file(tmp_path, cap
     assert len(raw.train_y) == 1437
     err = capsys.readouterr().err
     assert f"set `data.path: {datasets.digits_file()}`" in err
+
+
+@pytest.mark.slow
+def test_bench_scale_smallest_mode_runs(tmp_path):
+    """`python -m bench.scale --small`: both layouts written, `dvc repro` through the measuring wrapper, every
+    stage's wall time and peak memory recorded in the results files."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "--small", "--out", str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for name in ("tiny", "photos"):
+        res = json.loads((tmp_path / f"scale_{name}_small.json").read_text())
+        assert set(res["stages"]) == {"prepare", "train@logreg", "train@fast", "ensemble", "report"}
+        for s in res["stages"].values():
+            assert s["wall_s"] > 0 and s["peak_rss_gib"] > 0.01
+        assert res["stages"]["prepare"]["img_per_s"] > 0 and res["dvc_repro_s"] > 0
+        assert "| prepare |" in (tmp_path / f"scale_{name}_small.md").read_text()
+    assert json.loads((tmp_path / "scale_tiny_small.json").read_text())["classes"] == 20
