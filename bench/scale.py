@@ -21,6 +21,7 @@ import argparse
 import colorsys
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -245,14 +246,14 @@ def make_project(folder: Path, p: dict, stages_log: Path) -> Path:
     return repo
 
 
-def sh(cmd: str, cwd: Path) -> float:
+def sh(cmd: str, cwd: Path) -> tuple[float, str]:
     t0 = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env |= {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
     r = subprocess.run(cmd, shell=True, cwd=cwd, env=env, text=True, capture_output=True)
     if r.returncode:
         sys.exit(f"{cmd} failed in {cwd}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, r.stdout + r.stderr
 
 
 def stage_name(cmd: str) -> str:
@@ -264,7 +265,7 @@ def stage_name(cmd: str) -> str:
     )
 
 
-def run_set(name: str, small: bool, workers: int) -> dict:
+def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
     raw, src = raw_data(name, small, workers)
     folder = raw.parent
     log = folder / "stages.jsonl"
@@ -272,8 +273,9 @@ def run_set(name: str, small: bool, workers: int) -> dict:
     p = params(name, raw, small)
     repo = make_project(folder, p, log)
     n_files = sum(1 for q in raw.rglob("*") if q.is_file() and not q.name.startswith("."))
-    repro_s = sh("dvc repro", repo)
-    status_s = sh("dvc status", repo)
+    repro_s, out = sh(f"dvc repro {target}".strip(), repo)
+    status_s, _ = sh("dvc status", repo)
+    decoded = re.search(r"decoded (\d+) image files in ([\d.]+) s \((\d+) img/s, (\d+) processes\)", out)
     recs = [json.loads(line) for line in log.read_text().splitlines()]
     prep = repo / "data" / "prepared"
     meta = json.loads((prep / "meta.json").read_text())
@@ -288,11 +290,13 @@ def run_set(name: str, small: bool, workers: int) -> dict:
         rec["peak_minus_arrays_gib"] = (r["peak_rss"] - all_bytes) / 2**30
         if s == "prepare":
             rec["img_per_s"] = n_images / r["wall_s"]
+            if decoded:
+                rec["decode_img_per_s"], rec["decode_processes"] = int(decoded.group(3)), int(decoded.group(4))
         if s.startswith("train@"):
             m = json.loads((repo / "metrics" / f"{s.split('@')[1]}.json").read_text())
             rec |= {"valid_acc": m["valid"]["accuracy"], "train_images": m["train_images"], "img_per_s": m["img_per_s"]}
         stages[s] = rec
-    ens = json.loads((repo / "ensemble" / "metrics.json").read_text())
+    ens = json.loads((repo / "ensemble" / "metrics.json").read_text()) if not target else None
     from bench.machine import cpu_name
 
     import psutil
@@ -312,9 +316,9 @@ def run_set(name: str, small: bool, workers: int) -> dict:
         "dvc_repro_s": round(repro_s, 1),
         "dvc_overhead_s": round(repro_s - sum(r["wall_s"] for r in recs), 1),
         "dvc_status_s": round(status_s, 1),
-        "ensemble": {"chosen": ens["chosen"], "valid": ens["valid"]["accuracy"],
-                     "strategies": {k: v["valid"]["accuracy"] for k, v in ens["strategies"].items()},
-                     "stacking_form": ens["strategies"].get("stacking", {}).get("form")},
+        "ensemble": ens and {"chosen": ens["chosen"], "valid": ens["valid"]["accuracy"],
+                             "strategies": {k: v["valid"]["accuracy"] for k, v in ens["strategies"].items()},
+                             "stacking_form": ens["strategies"].get("stacking", {}).get("form")},
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30)},
     }
 
@@ -337,12 +341,25 @@ def markdown(r: dict) -> str:
             f"| {s} | {v['wall_s']:.1f} | {ips} | {v['peak_rss_gib']:.2f} | {v['peak_over_arrays']:.2f} | "
             f"{v['peak_minus_arrays_gib']:+.2f} | {v['peak_tree_gib']:.2f} | {acc} |"
         )
-    e = r["ensemble"]
-    tail = (
+    e, p = r["ensemble"], r["stages"]["prepare"]
+    decode = (
+        f"\n\nprepare's images/s is over the stage's whole wall time (Python start, listing, splitting, statistics); "
+        f"its decoding alone ran at {p['decode_img_per_s']} img/s on {p['decode_processes']} processes."
+        if "decode_img_per_s" in p
+        else ""
+    )
+    ensemble = (
         f"\n\nEnsemble ({e['chosen']}, chosen by validation): valid {100 * e['valid']:.2f} %; strategies (valid): "
         + ", ".join(f"{k} {100 * v:.2f} %" for k, v in e["strategies"].items())
         + (f"; stacking form: {e['stacking_form']}" if e["stacking_form"] else "")
-        + f".\n\n`dvc repro` {r['dvc_repro_s']:.0f} s in all, of which DVC itself (hashing the {r['raw_files']}-file "
+        + "."
+        if e
+        else ""
+    )
+    tail = (
+        decode
+        + ensemble
+        + f"\n\n`dvc repro` {r['dvc_repro_s']:.0f} s in all, of which DVC itself (hashing the {r['raw_files']}-file "
         f"raw folder and the outputs, checks, caching) {r['dvc_overhead_s']:.0f} s; a `dvc status` after it "
         f"{r['dvc_status_s']:.1f} s.\n"
     )
@@ -357,11 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", nargs="+", default=["tiny", "photos"], choices=list(SIZES))
     ap.add_argument("--small", action="store_true", help="a few dozen images per set: the test's mode")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--target", default="", help="a stage to reproduce (and what it needs), e.g. prepare; default all")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes writing the data")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.sets:
-        r = run_set(name, args.small, args.workers)
+        r = run_set(name, args.small, args.workers, args.target)
         stem = f"scale_{name}{'_small' if args.small else ''}"
         (args.out / f"{stem}.json").write_text(json.dumps(r, indent=2) + "\n")
         md = markdown(r)
