@@ -37,10 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / "cache" / "scale"
 FAST = {"arch": "resnet9", "model_kwargs": {"widths": [16, 32, 64, 128]}, "size": 32, "lr": 0.005, "tta": False}
 SIZES = {  # set -> (full, small)
-    "tiny": ({"classes": 200, "per_class": 500, "val": 10_000, "test": 10_000}, {"classes": 20, "per_class": 12,
-                                                                                  "val": 40, "test": 20}),
-    "photos": ({"classes": 10, "per_class": 300, "test_per_class": 50, "wh": (640, 480)},
-               {"classes": 2, "per_class": 10, "test_per_class": 3, "wh": (320, 240)}),
+    "tiny": (
+        {"classes": 200, "per_class": 500, "val": 10_000, "test": 10_000},
+        {"classes": 20, "per_class": 12, "val": 40, "test": 20},
+    ),
+    "photos": (
+        {"classes": 10, "per_class": 300, "test_per_class": 50, "wh": (640, 480)},
+        {"classes": 2, "per_class": 10, "test_per_class": 3, "wh": (320, 240)},
+    ),
 }
 
 
@@ -90,8 +94,9 @@ def source_images(small: bool) -> tuple[np.ndarray, np.ndarray, str]:
     from PIL import Image
 
     raw = datasets.read_digits(0)
-    x = np.stack([np.asarray(Image.fromarray(im[..., 0]).resize((28, 28), Image.Resampling.BILINEAR)) for im in
-                  raw.train_x])
+    x = np.stack(
+        [np.asarray(Image.fromarray(im[..., 0]).resize((28, 28), Image.Resampling.BILINEAR)) for im in raw.train_x]
+    )
     return x, raw.train_y, "digits"
 
 
@@ -297,9 +302,9 @@ def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
             rec |= {"valid_acc": m["valid"]["accuracy"], "train_images": m["train_images"], "img_per_s": m["img_per_s"]}
         stages[s] = rec
     ens = json.loads((repo / "ensemble" / "metrics.json").read_text()) if not target else None
-    from bench.machine import cpu_name
-
     import psutil
+
+    from bench.machine import cpu_name
 
     return {
         "set": name,
@@ -316,10 +321,18 @@ def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
         "dvc_repro_s": round(repro_s, 1),
         "dvc_overhead_s": round(repro_s - sum(r["wall_s"] for r in recs), 1),
         "dvc_status_s": round(status_s, 1),
-        "ensemble": ens and {"chosen": ens["chosen"], "valid": ens["valid"]["accuracy"],
-                             "strategies": {k: v["valid"]["accuracy"] for k, v in ens["strategies"].items()},
-                             "stacking_form": ens["strategies"].get("stacking", {}).get("form")},
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30)},
+        "ensemble": ens
+        and {
+            "chosen": ens["chosen"],
+            "valid": ens["valid"]["accuracy"],
+            "strategies": {k: v["valid"]["accuracy"] for k, v in ens["strategies"].items()},
+            "stacking_form": ens["strategies"].get("stacking", {}).get("form"),
+        },
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30),
+        },
     }
 
 
@@ -332,8 +345,11 @@ def markdown(r: dict) -> str:
         f"arrays {gib:.2f} GiB. Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, "
         f"{r['machine']['memory_gib']} GiB.\n\n"
     )
-    rows = ["| stage | wall s | images/s | peak RSS GiB (stage process) | × arrays | − arrays GiB | "
-            "peak GiB (process tree) | valid acc |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| stage | wall s | images/s | peak RSS GiB (stage process) | × arrays | − arrays GiB | "
+        "peak GiB (process tree) | valid acc |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s, v in r["stages"].items():
         ips = f"{v['img_per_s']:.0f}" if "img_per_s" in v else ""
         acc = f"{100 * v['valid_acc']:.2f} %" if "valid_acc" in v else ""

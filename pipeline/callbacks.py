@@ -28,18 +28,46 @@ class Autocast(Callback):
 
 
 class StopOnNaN(Callback):
-    """Stop with an error, saying where, as soon as the training loss is not finite."""
+    """Stop with an error, saying where, once the training loss is not finite. On a GPU the check stays on the
+    device and is read every `every` batches and at each epoch's end (reading it each batch would stall the stream);
+    on a CPU, every batch. Under data-parallel training the ranks agree on it first (an all-reduce), so a rank's NaN
+    stops every rank and none is left waiting."""
 
     order = 11
 
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, key: str, every: int = 50):
+        self.key, self.every = key, every
+
+    def before_fit(self):
+        self.bad, self.first = None, None
 
     def after_loss(self):
-        if self.training and not torch.isfinite(self.loss).all():
+        if not self.training:
+            return
+        flag = ~torch.isfinite(self.loss.detach()).all()
+        if self.bad is None:
+            self.bad = flag
+        else:
+            self.bad |= flag
+        if self.loss.device.type != "cuda" or self.iter % self.every == 0:
+            self.check()
+
+    def after_epoch(self):
+        self.check()
+
+    def check(self):
+        if self.bad is None:
+            return
+        from fastai.distributed import num_distrib
+
+        bad = self.bad.to(torch.int32)
+        if num_distrib() > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item():
+            where = "" if self.loss.device.type != "cuda" else f" (or up to {self.every - 1} batches earlier)"
             raise PipelineError(
                 f"{self.key}: training loss became {self.loss.item()} at epoch {self.epoch + 1}, "
-                f"batch {self.iter + 1}; "
+                f"batch {self.iter + 1}{where}; "
                 "nothing was written. Lower `lr`, or check the data"
             )
 

@@ -51,7 +51,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer: nn.Module, targets: torch
     cam = F.relu((weights * acts).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     top = cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
-    return (cam / top).numpy()
+    return (cam / top).detach().cpu().numpy()
 
 
 def feature_maps(model: nn.Module, x: torch.Tensor, layer: nn.Module) -> np.ndarray:
@@ -59,7 +59,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer: nn.Module) -> np.ndar
     model.eval()
     with torch.inference_mode(), hook_output(layer) as hook:
         model(x)
-    return hook.stored[0].float().numpy()
+    return hook.stored[0].float().detach().cpu().numpy()
 
 
 def overlay(img: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -148,18 +148,48 @@ def augment(x: torch.Tensor, flip: bool, pad: int) -> torch.Tensor:
     return x
 
 
+def upload(x, device: torch.device, rows: int = 4096) -> torch.Tensor:
+    """uint8 N×H×W×C rows (Rows or an array) copied chunk by chunk into one tensor on `device`."""
+    x = Rows.of(x)
+    out = torch.empty(x.shape, dtype=torch.uint8, device=device)
+    for s in range(0, len(x), rows):
+        out[s : s + rows] = torch.from_numpy(x[s : s + rows]).to(device)
+    return out
+
+
+def fits_on(device: torch.device, nbytes: int, share: float = 0.25) -> bool:
+    """Do `nbytes` fit in a quarter of the GPU's free memory (room to spare for the model and activations)?"""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= share * free
+
+
 class TensorPair:
     """Images (Rows or an array, uint8 N×H×W×C) and labels indexed together: a batch is gathered from the (memory-
-    mapped) rows and becomes a uint8 N×C×H×W tensor."""
+    mapped) rows and becomes a uint8 N×C×H×W tensor. On a GPU: with `resident`, the rows are uploaded once and each
+    batch is gathered there; otherwise a batch is gathered on the host into pinned memory and copied without
+    blocking. Either way the batch arrives on the device and fastai's own transfer is a no-op."""
 
-    def __init__(self, x, y: np.ndarray):
+    def __init__(self, x, y: np.ndarray, device: torch.device | None = None, resident: bool = False):
         self.x, self.y = Rows.of(x), torch.from_numpy(np.asarray(y, np.int64))
+        self.device = device if device is not None and device.type == "cuda" else None
+        self.gpu_x = upload(self.x, device) if self.device is not None and resident else None
+        if self.device is not None:
+            self.y = self.y.to(device)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i):
-        return to_tensor(self.x[np.asarray(i)]), self.y[i]
+        if self.gpu_x is not None:
+            i = torch.as_tensor(i, device=self.device)
+            return self.gpu_x[i].permute(0, 3, 1, 2).contiguous(), self.y[i]
+        xb = to_tensor(self.x[np.asarray(i)])
+        if self.device is not None:
+            xb = xb.pin_memory().to(self.device, non_blocking=True)
+            return xb, self.y[torch.as_tensor(i, device=self.device)]
+        return xb, self.y[i]
 
 
 class TensorDL(DataLoader):
@@ -189,8 +219,11 @@ def make_dls(
     n_train = len(arrays["train_y"])
     if bs > n_train:
         raise PipelineError(f"params.yaml: `bs` = {bs} is larger than the training set ({n_train} images)")
-    train = TensorPair(arrays["train_x"], arrays["train_y"])
-    valid = TensorPair(arrays["valid_x"], arrays["valid_y"])
+    device = torch.device(device) if device is not None else None
+    nbytes = sum(int(np.prod(Rows.of(arrays[k]).shape)) for k in ("train_x", "valid_x"))
+    resident = device is not None and fits_on(device, nbytes)
+    train = TensorPair(arrays["train_x"], arrays["train_y"], device, resident)
+    valid = TensorPair(arrays["valid_x"], arrays["valid_y"], device, resident)
     tr = TensorDL(
         train,
         bs=bs,

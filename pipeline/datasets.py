@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pipeline.errors import PipelineError, warn
 from pipeline.images import IMAGE_EXTS, decode, is_gray, luma, open_image

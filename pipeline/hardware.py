@@ -1,18 +1,30 @@
 """Which device and which precision a stage runs with: the `device` and `precision` params -> torch objects.
 
-`precision: auto` is bf16 autocast on CUDA and fp32 on a CPU: on CPUs with AVX512-BF16 bf16 ran the fast net
-2.07x faster but cost cnn4 a point and mlp three (issue 13's measurements), and on CPUs without those
-instructions it ran ~10x slower; fp32 keeps a default run's results the same whichever CPU ran it.
-`precision: bf16` forces bf16 autocast on any CPU (correct everywhere, fast only with AVX512-BF16/AMX).
+Devices: `auto` is the GPU of this process (cuda:LOCAL_RANK under torchrun) where CUDA is usable, else the CPU, and
+a torch built with CUDA that finds no usable GPU says so in one line, with torch's reason; `cuda` is that GPU too,
+`cuda:N` pins one; asking for CUDA where there is none is an error naming the key. Every stage's log line names
+the device and its precision (`describe`).
+
+Precision: `auto` is fp32 on a CPU: on CPUs with AVX512-BF16 bf16 ran the fast net 2.07x faster but cost cnn4 a
+point and mlp three (issue 13's measurements), and on CPUs without those instructions it ran ~10x slower; fp32
+keeps a default run's results the same whichever CPU ran it. On a GPU `auto` is bf16 autocast where the GPU runs
+bf16 natively (compute capability >= 8.0: A100, H100, RTX 30xx and newer), fp16 with a gradient scaler (fastai's
+MixedPrecision) on older ones (T4, V100, P100), whose bf16 torch would only emulate. `precision: bf16` forces bf16
+autocast on any CPU (correct everywhere, fast only with AVX512-BF16/AMX); `fp16` needs CUDA.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, warn
 
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_said: set[str] = set()
 
 
 def dtype_name(dtype: torch.dtype | None) -> str:
@@ -20,20 +32,59 @@ def dtype_name(dtype: torch.dtype | None) -> str:
     return next(k for k, v in DTYPES.items() if v == dtype)
 
 
-def pick_device(name: str, key: str = "") -> torch.device | None:
-    """`device` param -> torch.device; None (auto) lets training take cuda when present. A GPU that is not
-    there is an error before training."""
-    if name == "auto":
-        return None
-    dev = torch.device(name)
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise PipelineError(
-            f"params.yaml: `archs.{key}.device` = {name!r}, but this machine has "
-            f"{torch.cuda.device_count()} CUDA device(s)"
+def cuda_usable() -> tuple[bool, str]:
+    """(is CUDA usable, why not): torch.cuda.is_available() with the reason torch gives (it warns, e.g. 'The NVIDIA
+    driver on your system is too old') or the plain one."""
+    if torch.version.cuda is None:
+        return False, "this torch is a CPU-only build"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = torch.cuda.is_available()
+    if ok:
+        return True, ""
+    told = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()]
+    return False, told[0] if told else "no NVIDIA GPU or driver found"
+
+
+def _note_cpu_fallback(why: str) -> None:
+    if torch.version.cuda is not None and "fallback" not in _said:
+        _said.add("fallback")
+        print(
+            f"note: torch {torch.__version__} (a CUDA {torch.version.cuda} build) found no usable GPU ({why}): "
+            "running on the CPU",
+            file=sys.stderr,
+            flush=True,
         )
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PipelineError(f"params.yaml: `archs.{key}.device` = 'mps', but MPS is not available here")
-    return dev
+
+
+def pick_device(name: str, key: str = "", where: str | None = None) -> torch.device:
+    """`device` param -> a concrete torch.device (cuda:N, cpu or mps); under torchrun `auto` and `cuda` are this
+    process's GPU (LOCAL_RANK). A GPU that is not there is an error before any work, naming `where` (default: the
+    params key)."""
+    where = where or f"params.yaml: `{f'archs.{key}.device' if key else 'device'}`"
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    if name == "auto":
+        ok, why = cuda_usable()
+        if ok:
+            return torch.device(f"cuda:{rank % max(torch.cuda.device_count(), 1)}")
+        _note_cpu_fallback(why)
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        ok, why = cuda_usable()
+        if not ok:
+            raise PipelineError(f"{where} = {name!r}, but CUDA is not usable here ({why}); set it to auto or cpu")
+        index = rank if name == "cuda" else int(name.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise PipelineError(f"{where} = {name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device(f"cuda:{index}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise PipelineError(f"{where} = 'mps', but MPS is not available here")
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does this GPU run bf16 in hardware (compute capability >= 8.0), not by emulation?"""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -43,9 +94,43 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         if precision == "fp16":
             return torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if precision == "bf16":
+            if not native_bf16(device) and "bf16" not in _said:
+                _said.add("bf16")
+                warn(f"{torch.cuda.get_device_name(device)} has no native bf16 (compute capability < 8.0): emulated")
+            return torch.bfloat16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     if precision == "fp16":
         raise PipelineError("params.yaml: `precision: fp16` needs a CUDA device; use bf16 or fp32 on a CPU")
     if precision == "bf16":
         return torch.bfloat16
     return None  # auto on a CPU: fp32 (see the module docstring)
+
+
+def eval_dtype(trained: str, trained_on: str, device: torch.device) -> torch.dtype | None:
+    """The precision to evaluate a model with on `device`: the training precision on the device type it was trained
+    on (so predictions reproduce the stage's own), otherwise that device's sensible one (`auto`): a model trained in
+    bf16 on a GPU is evaluated in fp32 on a CPU, where bf16 may run ~10x slower."""
+    if torch.device(trained_on).type == device.type:
+        return DTYPES[trained]
+    return pick_dtype("auto", device)
+
+
+def describe(device: torch.device, dtype: torch.dtype | None) -> str:
+    """The log line's words for where a stage runs: `cuda:0 NVIDIA H200, bf16` or `cpu, 2 threads, fp32`."""
+    if device.type == "cuda":
+        return f"{device} {torch.cuda.get_device_name(device)}, {dtype_name(dtype)}"
+    if device.type == "cpu":
+        return f"cpu, {torch.get_num_threads()} threads, {dtype_name(dtype)}"
+    return f"{device}, {dtype_name(dtype)}"
+
+
+def configure(device: torch.device, deterministic: bool) -> None:
+    """Speed settings of a GPU run: cuDNN autotuning and TF32 matmuls and convolutions, unless `deterministic`
+    (bit-reproducible GPU runs: autotuning off, deterministic cuDNN kernels, full fp32). Nothing changes on a CPU."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic

@@ -232,6 +232,7 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "tta": (True, is_bool),
     "precision": ("auto", one_of("auto", "fp32", "bf16", "fp16")),
     "device": ("auto", is_device),  # auto: cuda when present, else cpu; or cpu, cuda, cuda:N (pin a job to a GPU)
+    "deterministic": (False, is_bool),  # GPU: bit-reproducible runs (no cuDNN autotuning, no TF32); CPU: always
     "channels_last": (True, is_bool),
     "pretrained": (False, is_pretrained),
     "train_limit": (None, is_int(lo=2, none_ok=True)),  # a stratified subset of the training split, for budgets
@@ -272,6 +273,7 @@ class TrainSpec:
     tta: bool
     precision: str
     device: str
+    deterministic: bool
     channels_last: bool
     pretrained: bool | str
     train_limit: int | None

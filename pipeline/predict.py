@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.hardware import DTYPES
+from pipeline.hardware import eval_dtype, pick_device
 from pipeline.images import IMAGE_EXTS, decode, to_channels
 
 
@@ -79,8 +79,9 @@ class Model:
             )
         self.model.to(self.device).eval()
         self.tfm = BatchTfm(s["size"], s["mean"], s["std"], train=False, channels_last=s["channels_last"])
-        # the precision the stage evaluated with (older specs have none: fp32), so predictions match preds/<key>/
-        self.dtype = DTYPES[s.get("precision", "fp32")]
+        # on the device type it trained on, the precision the stage evaluated with (older specs: fp32, cpu), so
+        # predictions match preds/<key>/; on another, that device's own (a GPU's bf16 model runs fp32 on a CPU)
+        self.dtype = eval_dtype(s.get("precision", "fp32"), s.get("device", "cpu"), self.device)
 
     def inputs(self, x: np.ndarray) -> torch.Tensor:
         """Prepared-format uint8 arrays -> the normalised batch the network takes."""
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="-", help="CSV file (default: stdout)")
     ap.add_argument("--bs", type=int, default=256, help="images per batch")
     ap.add_argument("--root", default=".", help="the project folder holding models/ and ensemble/")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (the GPU where CUDA is usable, else cpu), cpu, cuda:N")
     ap.add_argument(
         "--cam",
         metavar="DIR",
@@ -212,10 +213,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         files = expand(args.paths)
+        device = pick_device(args.device, where="--device")
         predictor = (
-            load_ensemble(args.root, args.device)
-            if args.model == "ensemble"
-            else load_model(args.model, args.root, args.device)
+            load_ensemble(args.root, device) if args.model == "ensemble" else load_model(args.model, args.root, device)
         )
         if args.cam:
             from pipeline.cam import pick_layer

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import platform
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds  # also patches Learner: lr_find, fit_*
 from fastai.distributed import num_distrib, rank_distrib
@@ -41,7 +41,7 @@ from pipeline.callbacks import Autocast, NoValidation, StopOnNaN, TrimHeap, epoc
 from pipeline.data import BatchTfm, Rows, load_prepared, make_dls
 from pipeline.distributed import data_parallel, share, single_process
 from pipeline.errors import PipelineError, warn
-from pipeline.hardware import dtype_name, pick_device, pick_dtype
+from pipeline.hardware import configure, describe, dtype_name, pick_device, pick_dtype
 from pipeline.infer import predict_probs
 from pipeline.io import staged
 from pipeline.params import TrainSpec, load_params, seed_param, train_spec
@@ -110,10 +110,12 @@ def training_pool(arrays: dict, spec: TrainSpec, seed: int) -> np.ndarray:
 def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int, device: torch.device | None = None):
     """The fastai Learner of one architecture at its first phase's size, and its Setup."""
     if device is None:  # under torchrun / accelerate launch each process takes its own GPU
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        device = pick_device("auto")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    set_seed(seed, reproducible=True)
+    # CPU runs are reproducible whatever the flag; on a GPU autotuning and TF32 unless `deterministic`
+    set_seed(seed, reproducible=device.type != "cuda" or spec.deterministic)
+    configure(device, spec.deterministic)
     arch = archs_mod.resolve(spec.arch)
     h, _, n_in = meta["image_shape"]
     n_out = len(meta["classes"])
@@ -145,7 +147,7 @@ def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
     def dls_at(size):
         return make_dls(arrays, size, bs, mean, std, spec.flip, spec.pad, device, spec.eval_bs, spec.channels_last)
 
-    cbs = [StopOnNaN(key), TrimHeap()] + ([Autocast(device.type, dtype)] if dtype is not None else [])
+    cbs = [StopOnNaN(key), TrimHeap(), *precision_callbacks(dtype, device)]
     if not len(arrays["valid_y"]):  # a refit: nothing to validate on
         cbs.append(NoValidation())
     loss = CrossEntropyLossFlat(label_smoothing=spec.label_smoothing)
@@ -165,6 +167,14 @@ def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
         learn.logger = epoch_logger
     setup = Setup(arch, phases, pretrained, mean, std, dtype, device, bs, n_in, n_out, h, arrays, dls_at)
     return learn, setup
+
+
+def precision_callbacks(dtype: torch.dtype | None, device: torch.device) -> list:
+    """fp16 needs a gradient scaler against underflow: fastai's MixedPrecision (CUDA only); bf16 has fp32's range:
+    autocast alone; fp32: nothing."""
+    if dtype == torch.float16:
+        return [MixedPrecision(amp_mode="fp16")]
+    return [] if dtype is None else [Autocast(device.type, dtype)]
 
 
 # --------------------------------------------------------------------------------------------- fit
@@ -274,7 +284,7 @@ def train_arch(
             print(
                 f"{key}: {setup.arch.source} {setup.arch.name}, lr {lr:.2e}{' (lr_find valley)' if lr_found else ''}, "
                 f"phases {setup.phases}, {'fine-tune' if fine_tune else 'one-cycle'}, "
-                f"precision {dtype_name(setup.dtype)}{how}",
+                f"{describe(setup.device, setup.dtype)}{how}",
                 flush=True,
             )
         if live is not None:
@@ -324,6 +334,9 @@ def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, cu
         "train_images": int(len(arrays["train_y"])),
         "device": str(setup.device),
         "precision": precision,
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated(setup.device) / 2**20)
+        if setup.device.type == "cuda"
+        else None,
         "arch": setup.arch.name,
         "source": setup.arch.source,
         "pretrained": bool(setup.pretrained),
@@ -344,7 +357,8 @@ def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, cu
         "pretrained": setup.pretrained,
         "tta": tta,
         "channels_last": spec.channels_last,
-        "precision": precision,  # pipeline.predict evaluates with the same autocast, so it reproduces preds/
+        "precision": precision,  # pipeline.predict evaluates with the same autocast on the same device type,
+        "device": str(setup.device),  # so it reproduces preds/; elsewhere with that device's own precision
         "seed": seed,
         "train": spec.to_dict(),
     }
@@ -440,7 +454,9 @@ def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed
         **{k: v for k, v in arrays.items() if not k.startswith("oof")},
         "train_x": Rows.concat(Rows.of(arrays["train_x"]).take(pool), arrays["valid_x"]),
         "train_y": np.concatenate([arrays["train_y"][pool], arrays["valid_y"]]),
-        "valid_x": Rows.of(arrays["valid_x"]).take([]),  # fastai needs a validation loader: an empty one, skipped (NoValidation)
+        "valid_x": Rows.of(arrays["valid_x"]).take(
+            []
+        ),  # fastai needs a validation loader: an empty one, skipped (NoValidation)
         "valid_y": arrays["valid_y"][:0],
     }
     if rank_distrib() == 0:

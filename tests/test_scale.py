@@ -145,7 +145,9 @@ def many_class_run(tmp_path, n_classes=200, rows=2000, members=2):
         return p / p.sum(1, keepdims=True)
 
     classes = [f"n{i:08d}" for i in range(n_classes)]
-    models = {f"m{i}": ("resnet34", "timm", noisy(vy, 0.6 + 0.05 * i), noisy(ty, 0.6 + 0.05 * i)) for i in range(members)}
+    models = {
+        f"m{i}": ("resnet34", "timm", noisy(vy, 0.6 + 0.05 * i), noisy(ty, 0.6 + 0.05 * i)) for i in range(members)
+    }
     params = write_run(tmp_path, models, vy, ty, classes=classes)
     return params, vy, ty, models
 
@@ -165,7 +167,9 @@ def test_stacking_takes_the_tied_form_at_200_classes(tmp_path):
 
     saved = json.loads((tmp_path / "ensemble" / "model.json").read_text())
     P = np.stack([models[n][3] for n in saved["members"]])
-    np.testing.assert_allclose(W.stacker_apply(saved["stacker"], P, 200), np.load(tmp_path / "ensemble" / "preds" / "test.npy"), atol=1e-5)
+    np.testing.assert_allclose(
+        W.stacker_apply(saved["stacker"], P, 200), np.load(tmp_path / "ensemble" / "preds" / "test.npy"), atol=1e-5
+    )
 
 
 def test_strategies_are_choosable_and_method_must_be_among_them(tmp_path):

@@ -1,0 +1,201 @@
+"""Benchmark: the GPU path, as one prepared command for a lent GPU (sized for ≤ 8 minutes on one H200).
+
+1. `pytest -m gpu`: the tests that need CUDA (bf16 and fp16 training, predict and Grad-CAM on the GPU, GPU
+   predictions against the CPU's).
+2. The default benchmark (params.yaml as committed, `device: auto`) through `dvc repro` in a project of its own
+   under bench/cache/gpu/, every stage under bench.scale's measuring wrapper: wall time, img/s, accuracy, and the
+   peak GPU memory each train stage records (`peak_gpu_mib` in metrics/<key>.json).
+3. A GPU profile: the four ImageNet architectures of the benchmark on the whole training split for
+   --profile-epochs epochs at 32 px, and the fast recipe at full width, through `dvc repro` again; and the fast
+   recipe's img/s beside a bare PyTorch loop on the same GPU, data and batch size (the pipeline's overhead).
+Writes bench/results/gpu_<gpu name>.{json,md}. Without a usable CUDA device it says so, skips every step and writes
+nothing (exit 0), so that it runs, and is tested, on any machine.
+Run:    python -m bench.gpu [--profile-epochs 3] [--skip repro profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "bench" / "cache" / "gpu"
+PROFILE = {  # the benchmark's architectures, on the whole training split (no train_limit), at 32 px
+    "resnet34": {"size": 32, "bs": 256, "lr": 0.002, "tta": False},
+    "vgg19_bn": {"arch": "torchvision.vgg19_bn", "size": 32, "bs": 256, "lr": 0.001, "tta": False},
+    "densenet121": {"size": 32, "bs": 256, "lr": 0.002, "tta": False},
+    "efficientnet_b0": {"size": 32, "bs": 256, "lr": 0.005, "tta": False},
+    "fast_full": {"arch": "resnet9", "bs": 512, "lr": 0.01},  # the fast recipe at the net's full width
+}
+
+
+def gpu() -> str | None:
+    """The name of the usable GPU, or None (and why, printed)."""
+    from pipeline.hardware import cuda_usable
+
+    ok, why = cuda_usable()
+    if ok:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    print(f"no CUDA device ({why}): skipping `pytest -m gpu`, the GPU `dvc repro` and the GPU profile")
+    return None
+
+
+def run_tests() -> dict:
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    last = (r.stdout.strip().splitlines() or [""])[-1]
+    return {"rc": r.returncode, "summary": last, "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def repro(name: str, params: dict) -> dict:
+    """`dvc repro` of params in bench/cache/gpu/<name>/repo under bench.scale's wrapper: stages and metrics."""
+    from bench import scale
+
+    folder = CACHE / name
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "stages.jsonl"
+    log.unlink(missing_ok=True)
+    repo = scale.make_project(folder, params, log)
+    total, _ = scale.sh("dvc repro", repo)
+    stages = {}
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        s = scale.stage_name(r["cmd"])
+        rec = {"wall_s": r["wall_s"], "peak_rss_gib": round(r["peak_rss"] / 2**30, 2)}
+        if s.startswith(("train@", "variant@")):
+            m = json.loads((repo / "metrics" / f"{s.split('@')[1]}.json").read_text())
+            rec |= {k: m.get(k) for k in ("img_per_s", "train_s", "peak_gpu_mib", "device", "precision")}
+            rec |= {"valid_acc": m["valid"]["accuracy"], "test_acc": (m.get("test") or {}).get("accuracy")}
+        stages[s] = rec
+    ens = json.loads((repo / "ensemble" / "metrics.json").read_text())
+    return {"total_s": round(total, 1), "stages": stages, "ensemble_test": (ens.get("test") or {}).get("accuracy")}
+
+
+def default_params() -> dict:
+    import yaml
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    path = Path(p["data"]["path"])
+    p["data"]["path"] = str(path if path.is_absolute() else ROOT / path)
+    p["train"] = {**p["train"], "eval_bs": 1024}  # a GPU takes large evaluation batches (the CPU default is 128)
+    return p
+
+
+def profile_params(epochs: int) -> dict:
+    p = default_params()
+    p["archs"] = {k: {**v, "epochs": epochs} for k, v in PROFILE.items()}
+    p["variants"] = {}
+    p["ensemble"] = {**p.get("ensemble", {}), "select": "threshold", "threshold": 0.0}
+    return p
+
+
+def bare_loop_ratio(epochs: int = 2, bs: int = 512) -> dict:
+    """The fast recipe's training img/s through the pipeline against a bare PyTorch loop (same net, data on the
+    GPU, batch size, bf16 autocast, flips), median of `epochs` epochs after a warm-up one."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline import archs, train
+    from pipeline.data import BatchTfm, load_prepared
+    from pipeline.params import make_spec
+
+    arrays, meta = load_prepared(CACHE / "profile" / "repo" / "data" / "prepared")
+    device = torch.device("cuda:0")
+    spec = make_spec({**PROFILE["fast_full"], "epochs": 1, "bs": bs}, "fast_full")
+    learn, setup = train.build_learner("fast_full", spec, arrays, meta, seed=0, device=device)
+    pipe = []
+    with learn.no_logging():
+        for _ in range(epochs + 1):
+            t0 = time.perf_counter()
+            learn.fit(1, 1e-3)
+            torch.cuda.synchronize()
+            pipe.append(len(arrays["train_y"]) / (time.perf_counter() - t0))
+    net = archs.build_model(setup.arch, setup.n_in, setup.n_out, setup.native)[0].to(device)
+    net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    x = torch.from_numpy(np.asarray(arrays["train_x"])).to(device).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(arrays["train_y"]).to(device)
+    tfm = BatchTfm(setup.native, setup.mean, setup.std, True, spec.flip, spec.pad, True)
+    bare = []
+    for _ in range(epochs + 1):
+        t0 = time.perf_counter()
+        for idx in torch.randperm(len(y), device=device).split(bs):
+            (xb,) = tfm((x[idx],))
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.cross_entropy(net(xb).float(), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        torch.cuda.synchronize()
+        bare.append(len(y) / (time.perf_counter() - t0))
+    p, b = float(np.median(pipe[1:])), float(np.median(bare[1:]))
+    return {"pipeline_img_per_s": round(p), "bare_img_per_s": round(b), "ratio": round(p / b, 3)}
+
+
+def markdown(r: dict) -> str:
+    out = [f"`python -m bench.gpu` on {r['gpu']}\n", f"`pytest -m gpu`: {r['tests']['summary']}\n"]
+    for part in ("default", "profile"):
+        if part not in r:
+            continue
+        d = r[part]
+        out.append(f"\n{part}: `dvc repro` {d['total_s']} s; ensemble test {d['ensemble_test']}\n")
+        out.append("| stage | wall s | img/s | peak GPU MiB | valid acc | test acc |\n|---|---|---|---|---|---|")
+        for s, v in d["stages"].items():
+            out.append(
+                f"| {s} | {v['wall_s']} | {v.get('img_per_s') or ''} | {v.get('peak_gpu_mib') or ''} | "
+                f"{v.get('valid_acc') or ''} | {v.get('test_acc') or ''} |"
+            )
+    if "overhead" in r:
+        o = r["overhead"]
+        out.append(
+            f"\nfast recipe, pipeline ÷ bare PyTorch loop: {o['pipeline_img_per_s']} / {o['bare_img_per_s']} img/s "
+            f"= {o['ratio']}"
+        )
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile-epochs", type=int, default=3)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "repro", "profile"])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args(argv)
+    name = gpu()
+    if name is None:
+        return 0
+    r: dict = {"gpu": name, "tests": {"summary": "skipped"}}
+    if "tests" not in args.skip:
+        r["tests"] = run_tests()
+        print(r["tests"], flush=True)
+    if "repro" not in args.skip:
+        r["default"] = repro("default", default_params())
+        print(json.dumps(r["default"], indent=1), flush=True)
+    if "profile" not in args.skip:
+        r["profile"] = repro("profile", profile_params(args.profile_epochs))
+        r["overhead"] = bare_loop_ratio()
+        print(json.dumps(r["profile"], indent=1), r["overhead"], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "gpu_" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    (args.out / f"{stem}.json").write_text(json.dumps(r, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(r))
+    print(markdown(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

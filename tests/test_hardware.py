@@ -1,0 +1,249 @@
+"""Issue 19, what a CPU can decide: device and precision resolution on a faked CUDA machine (torch.cuda's queries
+patched), the CPU-fallback note, the params errors, the log line; and `gpu` tests that run only where CUDA is."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import hardware as H
+from pipeline import train
+from pipeline.callbacks import Autocast
+from pipeline.errors import PipelineError
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A machine with two GPUs of a chosen compute capability (default 8.0, e.g. A100)."""
+    state = {"cap": (8, 0), "n": 2}
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: state["n"])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: state["cap"])
+    monkeypatch.setattr(
+        torch.cuda, "get_device_name", lambda d=None: "NVIDIA H200" if state["cap"] >= (9, 0) else "GPU"
+    )
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    H._said.clear()
+    return state
+
+
+def test_auto_and_cuda_resolve_to_a_concrete_gpu(fake_cuda, monkeypatch):
+    assert H.pick_device("auto") == torch.device("cuda:0")
+    assert H.pick_device("cuda") == torch.device("cuda:0")  # no index: set_device needs one
+    assert H.pick_device("cuda:1") == torch.device("cuda:1")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process takes the second GPU
+    assert H.pick_device("auto") == torch.device("cuda:1") and H.pick_device("cuda") == torch.device("cuda:1")
+    with pytest.raises(PipelineError, match=r"`archs.big.device` = 'cuda:2', but this machine has 2 CUDA device"):
+        H.pick_device("cuda:2", "big")
+
+
+def test_a_cuda_build_without_a_usable_gpu_says_why_then_uses_the_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+
+    def unavailable():
+        warnings.warn(
+            "CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).", stacklevel=2
+        )
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", unavailable)
+    H._said.clear()
+    assert H.pick_device("auto") == torch.device("cpu")
+    err = capsys.readouterr().err
+    assert "found no usable GPU (CUDA initialization: The NVIDIA driver on your system is too old" in err
+    assert err.count("\n") == 1  # one line
+    with pytest.raises(PipelineError, match=r"`archs.fast.device` = 'cuda', but CUDA is not usable here \(CUDA init"):
+        H.pick_device("cuda", "fast")
+    with pytest.raises(PipelineError, match=r"--device = 'cuda:0'"):
+        H.pick_device("cuda:0", where="--device")
+
+
+@pytest.mark.parametrize(
+    "cap,precision,expect",
+    [
+        ((9, 0), "auto", torch.bfloat16),  # H100/H200: native bf16
+        ((8, 0), "auto", torch.bfloat16),  # A100
+        ((7, 5), "auto", torch.float16),  # T4: bf16 would be emulated; fp16 with a scaler
+        ((7, 0), "auto", torch.float16),  # V100
+        ((6, 0), "fp16", torch.float16),  # P100
+        ((8, 6), "fp32", None),
+    ],
+)
+def test_gpu_precision_follows_the_compute_capability(fake_cuda, cap, precision, expect):
+    fake_cuda["cap"] = cap
+    assert H.pick_dtype(precision, torch.device("cuda:0")) == expect
+
+
+def test_forced_bf16_on_an_old_gpu_warns_emulated(fake_cuda, capsys):
+    fake_cuda["cap"] = (7, 5)
+    assert H.pick_dtype("bf16", torch.device("cuda:0")) == torch.bfloat16
+    assert "no native bf16" in capsys.readouterr().err
+
+
+def test_cpu_precision_is_unchanged():
+    cpu = torch.device("cpu")
+    assert H.pick_dtype("auto", cpu) is None and H.pick_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(PipelineError, match="fp16` needs a CUDA device"):
+        H.pick_dtype("fp16", cpu)
+
+
+def test_predicting_elsewhere_uses_that_devices_precision(fake_cuda):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
+    assert H.eval_dtype("bf16", "cuda:0", cpu) is None  # a GPU's bf16 model runs fp32 on a CPU
+    assert H.eval_dtype("bf16", "cuda:0", gpu) == torch.bfloat16  # on its own device type: reproduces preds/
+    assert H.eval_dtype("bf16", "cpu", cpu) == torch.bfloat16  # a forced-bf16 CPU model on a CPU: the same
+    assert H.eval_dtype("fp32", "cpu", gpu) == torch.bfloat16  # a CPU model on an A100: its auto precision
+    fake_cuda["cap"] = (7, 5)
+    assert H.eval_dtype("fp32", "cpu", gpu) == torch.float16
+
+
+def test_log_words_name_device_and_precision(fake_cuda):
+    fake_cuda["cap"] = (9, 0)
+    assert H.describe(torch.device("cuda:0"), torch.bfloat16) == "cuda:0 NVIDIA H200, bf16"
+    assert H.describe(torch.device("cpu"), None) == f"cpu, {torch.get_num_threads()} threads, fp32"
+
+
+def test_gpu_speed_settings_and_deterministic(monkeypatch):
+    flags = ("benchmark", "deterministic")
+    saved = [getattr(torch.backends.cudnn, f) for f in flags] + [
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    ]
+    try:
+        H.configure(torch.device("cuda:0"), deterministic=False)
+        assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.deterministic
+        H.configure(torch.device("cuda:0"), deterministic=True)
+        assert not torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.deterministic
+        before = torch.backends.cudnn.benchmark
+        H.configure(torch.device("cpu"), deterministic=False)  # a CPU run changes nothing
+        assert torch.backends.cudnn.benchmark == before
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:]
+
+
+def test_fp16_trains_with_fastais_gradient_scaler():
+    from fastai.callback.fp16 import MixedPrecision
+
+    (mp,) = train.precision_callbacks(torch.float16, torch.device("cuda:0"))
+    assert isinstance(mp, MixedPrecision) and mp.amp_mode.value == "fp16"
+    (ac,) = train.precision_callbacks(torch.bfloat16, torch.device("cpu"))
+    assert isinstance(ac, Autocast) and train.precision_callbacks(None, torch.device("cpu")) == []
+
+
+def test_the_stage_log_line_names_the_device(capsys):
+    from conftest import synth
+
+    from pipeline.params import make_spec
+
+    arrays, meta = synth(c=1)
+    spec = make_spec({"arch": "logreg", "epochs": 1, "bs": 16, "lr": 1e-3, "flip": False, "pad": 0}, "t")
+    train.train_arch("logreg", spec, arrays, meta, seed=0)
+    assert f"cpu, {torch.get_num_threads()} threads, fp32" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ on a GPU
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_gpu_trains_a_tiny_net(precision):
+    from conftest import synth
+
+    from pipeline.params import make_spec
+
+    arrays, meta = synth(n=96, size=16, c=1)
+    spec = make_spec({"arch": "cnn_small", "epochs": 2, "bs": 16, "lr": 3e-3, "precision": precision}, "t")
+    res = train.train_arch("gpu", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
+    assert res.metrics["device"] == "cuda:0" and res.metrics["precision"] == precision
+    assert np.isfinite(res.preds["valid"]).all() and np.allclose(res.preds["valid"].sum(1), 1, atol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_predict_and_gradcam_match_the_cpu(tmp_path):
+    from conftest import synth
+
+    from pipeline.params import make_spec
+    from pipeline.predict import Model
+
+    arrays, meta = synth(n=96, size=16, c=1)
+    spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 3e-3, "precision": "fp32"}, "t")
+    res = train.train_arch("m", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
+    res.spec["key"] = "m"
+    from safetensors.torch import save_file
+
+    (tmp_path / "m").mkdir()
+    save_file({k: v.cpu() for k, v in res.model.state_dict().items()}, str(tmp_path / "m" / "model.safetensors"))
+    import json
+
+    (tmp_path / "m" / "spec.json").write_text(json.dumps(res.spec))
+    gpu, cpu = Model(tmp_path / "m", "cuda:0"), Model(tmp_path / "m", "cpu")
+    pg, pc = gpu.predict_arrays(arrays["test_x"]), cpu.predict_arrays(arrays["test_x"])
+    np.testing.assert_allclose(pg, res.preds["test"], atol=1e-5)  # on its device: the stage's own predictions
+    np.testing.assert_allclose(pg, pc, atol=1e-3)  # TF32 and cuDNN kernels: close, not bitwise
+    cams = gpu.cam(arrays["test_x"][:4])
+    assert cams.shape == (4, 16, 16) and np.isfinite(cams).all()
+
+
+def test_bench_gpu_without_cuda_says_so_and_skips(monkeypatch, capsys, tmp_path):
+    """`python -m bench.gpu` on a machine without CUDA: every step skipped, said, nothing written."""
+    from bench import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu.main(["--out", str(tmp_path)]) == 0
+    assert "no CUDA device" in capsys.readouterr().out and not list(tmp_path.iterdir())
+    md = gpu.markdown(
+        {
+            "gpu": "G",
+            "tests": {"summary": "3 passed"},
+            "default": {"total_s": 1, "ensemble_test": 0.9, "stages": {"train@a": {"wall_s": 1, "img_per_s": 5}}},
+            "overhead": {"pipeline_img_per_s": 9, "bare_img_per_s": 10, "ratio": 0.9},
+        }
+    )
+    assert "| train@a | 1 | 5 |" in md and "= 0.9" in md
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_folds_refit_lr_find_and_progressive_resizing():
+    """K-fold, refit, lr_find and phases on the GPU path (GPU-resident batches), through train_entry."""
+    from conftest import synth
+
+    from pipeline.params import make_spec
+
+    arrays, meta = synth(n=120, size=16, c=3)
+    spec = make_spec(
+        {
+            "arch": "cnn_small",
+            "phases": [[12, 1], [16, 1]],
+            "bs": 16,
+            "lr": "auto",
+            "num_it": 10,
+            "folds": 2,
+            "refit": True,
+        },
+        "t",
+    )
+    res = train.train_entry("g", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
+    assert res.metrics["folds"]["k"] == 2 and "refit" in res.metrics and res.metrics["device"] == "cuda:0"
+    assert np.isfinite(res.preds["oof"]).all() and res.preds["test"].shape[0] == len(arrays["test_y"])
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_nan_stop_is_an_error_not_a_hang():
+    from conftest import synth
+
+    from pipeline.params import make_spec
+
+    arrays, meta = synth(n=96, size=16, c=1)
+    spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 1e9}, "t")
+    with pytest.raises(PipelineError, match="training loss became"):
+        train.train_arch("nan", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
