@@ -32,6 +32,7 @@ from ensembles import weights as W
 from pipeline.errors import PipelineError
 from pipeline.io import staged
 from pipeline.params import STRATEGIES, ensemble_params, group_of, load_params, model_names, seed_param  # noqa: F401
+from pipeline.scores import score
 
 NO_TEST = (
     "no submission: the prepared data has no test split (e.g. an ImageFolder set without test/); "
@@ -207,13 +208,13 @@ def run_strategies(
         rec = {
             "members": members,
             "weights": {m: round(float(x), 6) for m, x in zip(members, f.weights)},
-            "valid": {"accuracy": W.accuracy(vp, y), "loss": W.log_loss(vp, y)},
+            "valid": score(vp, y),
             "valid_scored": how,
         }
         if kind == "stacking":
             rec["form"] = stacking_form(len(P), P.shape[2], cfg)
         if test_y is not None:
-            rec["test"] = {"accuracy": W.accuracy(tp, test_y), "loss": W.log_loss(tp, test_y)}
+            rec["test"] = score(tp, test_y)
         out[kind] = Outcome(rec, vp, tp, f.stacker)
     return out
 
@@ -310,11 +311,11 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         m = {
             "family": families[n],
             "group": group_of(params, n),
-            "valid": {"accuracy": valid_acc[n], "loss": W.log_loss(c.valid[i], y)},
+            "valid": score(c.valid[i], y),
             "weight": rec["weights"].get(n, 0.0),
         }
         if test_y is not None:
-            m["test"] = {"accuracy": W.accuracy(c.test[i], test_y), "loss": W.log_loss(c.test[i], test_y)}
+            m["test"] = score(c.test[i], test_y)
         models[n] = m
     best = max(names, key=lambda n: (valid_acc[n], n))  # the best member, by validation accuracy
     metrics = {

@@ -24,7 +24,7 @@ from pipeline.io import staged
 from pipeline.params import group_of, load_params, model_names
 from pipeline.scores import row_losses
 
-COLUMNS = ["model", "top1", "top1_err", "valid_top1", "param_count", "train_s", "img_per_s", "weight"]
+COLUMNS = ["model", "top1", "top1_ci95", "top1_err", "valid_top1", "param_count", "train_s", "img_per_s", "weight"]
 
 
 def _read_json(path: Path) -> dict:
@@ -32,6 +32,11 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise PipelineError(f"{path}: cannot read ({e}); run `dvc repro` for the stage that writes it") from e
+
+
+def ci_words(ci: list[float] | None) -> str:
+    """A 95 % Wilson interval in percent, `93.0–94.0`; empty where the metrics predate it."""
+    return f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}" if ci else ""
 
 
 def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
@@ -48,6 +53,7 @@ def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
             {
                 "model": name,
                 "top1": round(top1, 3),
+                "top1_ci95": ci_words((m["test"] if labeled else m["valid"]).get("ci95")),
                 "top1_err": round(100 - top1, 3),
                 "valid_top1": round(100 * m["valid"]["accuracy"], 3),
                 "param_count": round(m["param_count"] / 1e6, 3),
@@ -64,6 +70,7 @@ def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
             {
                 "model": f"ensemble:{kind}{star}",
                 "top1": round(top1, 3),
+                "top1_ci95": ci_words((s["test"] if labeled else s["valid"]).get("ci95")),
                 "top1_err": round(100 - top1, 3),
                 "valid_top1": round(100 * s["valid"]["accuracy"], 3),
                 "param_count": round(sum(models[n]["param_count"] for n in used) / 1e6, 3),
@@ -83,7 +90,8 @@ def markdown(rows: list[dict], labeled: bool, n_test: int = 1) -> str:
     else:
         what = "validation (the data set has no test split)"
     head = (
-        f"Top-1 on the {what} split, in %. `param_count` in millions; an ensemble's cost is the sum of its "
+        f"Top-1 on the {what} split, in %, with its 95 % Wilson interval over the split's rows (`top1_ci95`): "
+        "models whose intervals overlap are not told apart by this split. `param_count` in millions; an ensemble's cost is the sum of its "
         "members'. `weight`: the model's weight in the ensemble submission; `*` marks the strategy that wrote "
         "it.\n\n"
     )

@@ -259,3 +259,16 @@ def test_bench_scale_smallest_mode_runs(tmp_path):
             assert s["wall_s"] > 0 and s["peak_rss_gib"] > 0.01
         assert res["stages"]["prepare"]["img_per_s"] > 0 and res["dvc_repro_s"] > 0
     assert "| prepare |" in (tmp_path / "scale_photos_small.md").read_text()
+
+
+def test_wilson_interval_matches_the_textbook_formula():
+    from pipeline.scores import score, wilson
+
+    k, n, z = 87, 100, 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    np.testing.assert_allclose(wilson(k, n), [centre - half, centre + half], rtol=1e-9)
+    assert wilson(0, 0) is None
+    s = score(np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 1]))
+    assert s["n"] == 4 and s["accuracy"] == 0.75 and s["ci95"][0] < 0.75 < s["ci95"][1]
