@@ -167,14 +167,15 @@ def fits_on(device: torch.device, nbytes: int, share: float = 0.25) -> bool:
 
 class TensorPair:
     """Images (Rows or an array, uint8 N×H×W×C) and labels indexed together: a batch is gathered from the (memory-
-    mapped) rows and becomes a uint8 N×C×H×W tensor. On a GPU: with `resident`, the rows are uploaded once and each
-    batch is gathered there; otherwise a batch is gathered on the host into pinned memory and copied without
-    blocking. Either way the batch arrives on the device and fastai's own transfer is a no-op."""
+    mapped) rows and becomes a uint8 N×C×H×W tensor. With `resident` (make_dls: a GPU the arrays fit), the rows are
+    uploaded to `device` once and each batch is gathered there; otherwise, on a GPU, a batch is gathered on the host
+    into pinned memory and copied without blocking. Either way the batch arrives on the device and fastai's own
+    transfer is a no-op."""
 
     def __init__(self, x, y: np.ndarray, device: torch.device | None = None, resident: bool = False):
         self.x, self.y = Rows.of(x), torch.from_numpy(np.asarray(y, np.int64))
-        self.device = device if device is not None and device.type == "cuda" else None
-        self.gpu_x = upload(self.x, device) if self.device is not None and resident else None
+        self.device = device if device is not None and (resident or device.type == "cuda") else None
+        self.resident_x = upload(self.x, device) if self.device is not None and resident else None
         if self.device is not None:
             self.y = self.y.to(device)
 
@@ -182,9 +183,9 @@ class TensorPair:
         return len(self.x)
 
     def __getitem__(self, i):
-        if self.gpu_x is not None:
+        if self.resident_x is not None:
             i = torch.as_tensor(i, device=self.device)
-            return self.gpu_x[i].permute(0, 3, 1, 2).contiguous(), self.y[i]
+            return self.resident_x[i].permute(0, 3, 1, 2).contiguous(), self.y[i]
         xb = to_tensor(self.x[np.asarray(i)])
         if self.device is not None:
             xb = xb.pin_memory().to(self.device, non_blocking=True)

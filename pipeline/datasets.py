@@ -56,7 +56,6 @@ URLS = {
     "tiny-imagenet": "http://cs231n.stanford.edu/",
 }
 DEBIAN_PLACES = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 DEFAULT_FILE_SIZE = 64  # side for data sets read from image files when data.size is null
 
 
@@ -335,15 +334,20 @@ def pool_context():
 CHUNK = 256  # images per worker task: large enough to amortise the pickling, small enough to keep cores busy
 
 
+def decoder_processes(workers: int | None, n_files: int) -> int:
+    """How many processes decode n_files: `workers` (default: every core this process may use), no more than
+    there are chunks of files."""
+    return max(1, min(workers or cpu_count(), -(-n_files // CHUNK)))
+
+
 @contextlib.contextmanager
 def decoder_pool(workers: int | None, n_files: int) -> Iterator:
-    """A pool of `workers` processes (default: every core this process may use) for decode_files, or None where
-    one process will do (a single chunk of files); one pool serves every split."""
-    n = max(1, min(workers or cpu_count(), -(-n_files // CHUNK)))
-    if n == 1:
+    """A pool of decoder_processes(...) processes for decode_files, or None where one process will do (a single
+    chunk of files); one pool serves every split."""
+    if decoder_processes(workers, n_files) == 1:
         yield None
         return
-    pool = pool_context().Pool(n)
+    pool = pool_context().Pool(decoder_processes(workers, n_files))
     try:
         yield pool
     finally:
@@ -352,15 +356,11 @@ def decoder_pool(workers: int | None, n_files: int) -> Iterator:
 
 
 def decode_files(
-    files: Files, channels="auto", workers: int | None = None, desc: str = "decode", pool=None
+    files: Files, channels="auto", pool=None, desc: str = "decode"
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list, set]]:
-    """Chunks of decode_chunk's results, in file order, decoded by `pool` (or a decoder_pool of `workers`). The
-    order and the bytes do not depend on the number of workers. A progress bar with images/s goes to stderr for
-    long decodes. Bad rows come back with their index in `files` and are warned about here, by path."""
-    if pool is None and len(files) > CHUNK:
-        with decoder_pool(workers, len(files)) as own:
-            yield from decode_files(files, channels, workers, desc, own or False)
-        return
+    """Chunks of decode_chunk's results, in file order, decoded by `pool` (a decoder_pool; None: this process).
+    The order and the bytes do not depend on the number of workers. A progress bar with images/s goes to stderr
+    for long decodes. Bad rows come back with their index in `files` and are warned about here, by path."""
     chunk = CHUNK
     tasks = [(files.paths[i : i + chunk], files.size, files.on_bad, channels) for i in range(0, len(files), chunk)]
     from tqdm import tqdm
@@ -384,9 +384,10 @@ def decoded(files: Files, channels="auto", workers: int | None = None) -> tuple[
     """A Files decoded in memory (for small sets; the prepare stage streams into files instead): (images,
     the rows kept, the bad files' paths). Bad rows are dropped, or kept black where files.keep_bad."""
     parts, bad = [], []
-    for x, _, bad_rows, _ in decode_files(files, channels, workers):
-        parts.append(x)
-        bad += bad_rows
+    with decoder_pool(workers, len(files)) as pool:
+        for x, _, bad_rows, _ in decode_files(files, channels, pool):
+            parts.append(x)
+            bad += bad_rows
     c = 1 if channels == 1 else 3
     x = np.concatenate(parts) if parts else np.zeros((0, files.size, files.size, c), np.uint8)
     kept = np.arange(len(x)) if files.keep_bad else np.setdiff1d(np.arange(len(x)), bad)

@@ -186,7 +186,7 @@ def write_files(folder: Path, xs: dict, ys: dict, channels, workers: int | None)
         for k, files in xs.items():
             bad_paths += decode_split(folder, k, files, ys, channels, size, c, pool, modes, gray_flags := [])
             all_gray &= all(gray_flags)
-        n_proc = pool._processes if pool else 1  # noqa: SLF001 - the pool's size, for the log line
+    n_proc = datasets.decoder_processes(workers, n_files)
     dt = time.perf_counter() - t0
     print(f"decoded {n_files} image files in {dt:.1f} s ({n_files / dt:.0f} img/s, {n_proc} processes)", flush=True)
     if channels == "auto" and all_gray and c == 3:
@@ -205,7 +205,7 @@ def decode_split(folder: Path, k: str, files, ys: dict, channels, size: int, c: 
         return []
     w = NpyWriter(path, (len(files), size, size, c))
     bad = []
-    for x, g, bad_rows, m in datasets.decode_files(files, channels, desc=f"decode {k}", pool=pool or False):
+    for x, g, bad_rows, m in datasets.decode_files(files, channels, pool, desc=f"decode {k}"):
         w.write(x)
         good = np.ones(len(x), bool)
         good[np.asarray(bad_rows, np.int64) - (w.n - len(x))] = False

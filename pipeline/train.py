@@ -454,9 +454,8 @@ def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed
         **{k: v for k, v in arrays.items() if not k.startswith("oof")},
         "train_x": Rows.concat(Rows.of(arrays["train_x"]).take(pool), arrays["valid_x"]),
         "train_y": np.concatenate([arrays["train_y"][pool], arrays["valid_y"]]),
-        "valid_x": Rows.of(arrays["valid_x"]).take(
-            []
-        ),  # fastai needs a validation loader: an empty one, skipped (NoValidation)
+        # fastai needs a validation loader: an empty one, skipped (NoValidation)
+        "valid_x": Rows.of(arrays["valid_x"]).take([]),
         "valid_y": arrays["valid_y"][:0],
     }
     if rank_distrib() == 0:

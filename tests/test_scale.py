@@ -272,3 +272,21 @@ def test_wilson_interval_matches_the_textbook_formula():
     assert wilson(0, 0) is None
     s = score(np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 1]))
     assert s["n"] == 4 and s["accuracy"] == 0.75 and s["ci95"][0] < 0.75 < s["ci95"][1]
+
+
+def test_resident_batches_equal_host_gathered_ones():
+    """The GPU path's gather (rows uploaded once, indexed on the device), run here on the CPU device: the same
+    uint8 N×C×H×W batches and labels as the host path's gather from the memory-mapped rows."""
+    import torch
+
+    from pipeline.data import TensorPair
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 5, 5, 3), dtype=np.uint8)
+    view = Rows.of(x).take(np.arange(39, -1, -2))
+    y = np.arange(20)
+    host, resident = TensorPair(view, y), TensorPair(view, y, torch.device("cpu"), resident=True)
+    assert resident.resident_x is not None and host.device is None
+    idx = torch.tensor([3, 0, 19, 7])
+    (hx, hy), (rx, ry) = host[idx], resident[idx]
+    assert torch.equal(hx, rx) and torch.equal(hy, ry) and hx.is_contiguous() and rx.is_contiguous()
+    np.testing.assert_array_equal(hx.numpy(), x[[33, 39, 1, 25]].transpose(0, 3, 1, 2))
