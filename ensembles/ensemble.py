@@ -29,10 +29,11 @@ import numpy as np
 
 from ensembles import select as sel
 from ensembles import weights as W
+from ensembles.calibrate import apply_temperature, fit_temperature
 from pipeline.errors import PipelineError
 from pipeline.io import staged
 from pipeline.params import STRATEGIES, ensemble_params, group_of, load_params, model_names, seed_param  # noqa: F401
-from pipeline.scores import score
+from pipeline.scores import compare, score
 
 NO_TEST = (
     "no submission: the prepared data has no test split (e.g. an ImageFolder set without test/); "
@@ -208,9 +209,12 @@ def run_strategies(
         rec = {
             "members": members,
             "weights": {m: round(float(x), 6) for m, x in zip(members, f.weights)},
-            "valid": score(vp, y),
-            "valid_scored": how,
         }
+        if cfg.get("calibrate") == "temperature":  # one temperature for the blend, on its validation probabilities
+            t = round(fit_temperature(vp, y), 6)
+            vp, tp = apply_temperature(vp, t), apply_temperature(tp, t)
+            rec["temperature"] = round(t, 6)
+        rec |= {"valid": score(vp, y), "valid_scored": how}
         if kind == "stacking":
             rec["form"] = stacking_form(len(P), P.shape[2], cfg)
         if test_y is not None:
@@ -243,6 +247,74 @@ def by_size(names: list[str], valid: np.ndarray, y: np.ndarray, test=None, test_
             row["test"] = W.accuracy(W.blend(test[top], w), test_y)
         out.append(row)
     return out
+
+
+def calibrate_members(c: Candidates, y: np.ndarray) -> dict[str, float]:
+    """`calibrate: temperature`: each model's temperature fitted on the validation split, applied in place to its
+    validation, test and out-of-fold probabilities. Returns name -> temperature."""
+    temps = {}
+    for i, n in enumerate(c.names):
+        t = round(fit_temperature(c.valid[i], y), 6)
+        c.valid[i], c.test[i] = apply_temperature(c.valid[i], t), apply_temperature(c.test[i], t)
+        if n in c.oof:
+            c.oof[n] = (c.oof[n][0], apply_temperature(c.oof[n][1], t))
+        temps[n] = t
+    return temps
+
+
+def comparisons(
+    probs: dict[str, np.ndarray], c: Candidates, against: list[str], y: np.ndarray, test_y, seed: int, resamples: int
+) -> list[dict]:
+    """The submission against each model of `against`, on the same rows of each split: accuracy difference,
+    paired bootstrap 95 % interval, McNemar's exact p-value (pipeline.scores.compare)."""
+    out = []
+    for n in against:
+        i = c.names.index(n)
+        row = {"a": "ensemble", "b": n, "valid": compare(probs["valid"], c.valid[i], y, seed, resamples)}
+        if test_y is not None:
+            row["test"] = compare(probs["test"], c.test[i], test_y, seed, resamples)
+        out.append(row)
+    return out
+
+
+def leave_one_out(
+    c: Candidates, members: list[str], kind: str, y, test_y, cfg: dict, seed: int, full: Outcome, fit_on_of
+) -> list[dict]:
+    """The chosen strategy refitted without each member in turn: its scores, and the full blend against it."""
+    if len(members) < 2:
+        return []
+    out = []
+    for drop in members:
+        rest = [m for m in members if m != drop]
+        idx = [c.names.index(m) for m in rest]
+        o = run_strategies(
+            c.valid[idx], y, c.test[idx], test_y, rest, {**cfg, "strategies": [kind]}, seed, fit_on_of(rest)
+        )[kind]
+        row = {
+            "without": drop,
+            "valid": o.record["valid"],
+            "full_vs_without": {"valid": compare(full.valid_probs, o.valid_probs, y, seed, cfg["resamples"])},
+        }
+        if test_y is not None:
+            row["test"] = o.record["test"]
+            row["full_vs_without"]["test"] = compare(full.test_probs, o.test_probs, test_y, seed, cfg["resamples"])
+        out.append(row)
+    return out
+
+
+def per_class(pe: np.ndarray, pm: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
+    """Per class: rows, the ensemble's and the member's accuracy, the rows the ensemble fixes (it right, the
+    member wrong) and breaks (the reverse)."""
+    e, m = pe.argmax(1) == y, pm.argmax(1) == y
+    rows = np.bincount(y, minlength=n_classes)
+    safe = np.maximum(rows, 1)
+    return {
+        "rows": rows.tolist(),
+        "ensemble": (np.bincount(y, e, n_classes) / safe).round(6).tolist(),
+        "member": (np.bincount(y, m, n_classes) / safe).round(6).tolist(),
+        "fixes": np.bincount(y, e & ~m, n_classes).astype(int).tolist(),
+        "breaks": np.bincount(y, ~e & m, n_classes).astype(int).tolist(),
+    }
 
 
 def submission_rows(probs: np.ndarray, ids: list[str], classes: list[str], header: list[str]) -> list[list[Any]]:
@@ -290,6 +362,10 @@ def run(params: dict, root: Path = Path(".")) -> dict:
     except (OSError, ValueError) as e:
         raise PipelineError(f"{prep}/train_y.npy: cannot read ({e}); run `dvc repro prepare`") from e
     c = load_candidates(names, len(y), len(ids), len(classes), root, n_train=len(train_y))
+    raw = {
+        n: (score(c.valid[i], y), score(c.test[i], test_y) if test_y is not None else None) for i, n in enumerate(names)
+    }
+    temps = calibrate_members(c, y) if cfg["calibrate"] == "temperature" else {}
 
     valid_acc = {n: W.accuracy(p, y) for n, p in zip(names, c.valid)}
     families = {
@@ -300,11 +376,17 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         valid_acc, families, cfg["threshold"], cfg["per_family"], cfg["on_empty"], cfg["select"], cfg["margin"]
     )
     idx = [names.index(m) for m in members]
+
+    def fit_on_of(ms: list[str]):
+        r = oof_fit_rows(c, ms)
+        return None if r is None else (oof_matrix(c, ms, r), train_y[r])
+
     rows = oof_fit_rows(c, members)
-    fit_on = None if rows is None else (oof_matrix(c, members, rows), train_y[rows])
+    fit_on = fit_on_of(members)
     results = run_strategies(c.valid[idx], y, c.test[idx], test_y, members, cfg, seed, fit_on)
     chosen = best_strategy(results) if cfg["method"] == "best" else cfg["method"]
     rec = results[chosen].record
+    sub = {"valid": results[chosen].valid_probs, "test": results[chosen].test_probs}
 
     models = {}
     for i, n in enumerate(names):
@@ -316,8 +398,19 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         }
         if test_y is not None:
             m["test"] = score(c.test[i], test_y)
+        if temps:  # the scores above are after the model's temperature; these before
+            m |= {
+                "temperature": temps[n],
+                "uncalibrated": {"valid": raw[n][0], **({"test": raw[n][1]} if raw[n][1] else {})},
+            }
         models[n] = m
-    best = max(names, key=lambda n: (valid_acc[n], n))  # the best member, by validation accuracy
+    best = max(names, key=lambda n: (valid_acc[n], n))  # the best model, by validation accuracy
+    best_member = max(members, key=lambda n: (valid_acc[n], n))
+    against = members + ([best] if best not in members else [])
+    bm = names.index(best_member)
+    classes_of = {"against": best_member, "valid": per_class(sub["valid"], c.valid[bm], y, len(classes))}
+    if test_y is not None:
+        classes_of["test"] = per_class(sub["test"], c.test[bm], test_y, len(classes))
     metrics = {
         "method": cfg["method"],
         "chosen": chosen,
@@ -326,7 +419,13 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         if fit_on is None
         else f"out-of-fold predictions on {len(rows)} training rows (valid held out)",
         "best_model": best,
+        "best_member": best_member,
         "gain": gain(rec, models[best]),
+        "gain_over_best_member": gain(rec, models[best_member]),
+        "calibrate": cfg["calibrate"],
+        "comparisons": comparisons(sub, c, against, y, test_y, seed, cfg["resamples"]),
+        "leave_one_out": leave_one_out(c, members, chosen, y, test_y, cfg, seed, results[chosen], fit_on_of),
+        "per_class": classes_of,
         "by_size": by_size(names, c.valid, y, c.test, test_y),
         "strategies": {k: v.record for k, v in results.items()},
         "models": models,
@@ -340,6 +439,8 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         "weights": rec["weights"],
         "classes": classes,
         "stacker": results[chosen].stacker,
+        "temperatures": {m: temps[m] for m in rec["members"]} if temps else None,  # each member's, before blending
+        "temperature": rec.get("temperature"),  # the blend's, after
     }
     outs = (
         root / "submissions",

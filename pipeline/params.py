@@ -395,6 +395,10 @@ ENSEMBLE_SCHEMA = {
     "stack_max_features": (256, is_int(lo=1)),
     "strategies": ("all", lambda v: is_strategies(v)),  # which strategies are fitted and scored
     "families": ({}, is_dict),  # model name -> family, overriding the name-based guess
+    # temperature: one temperature per member fitted on the validation split before blending, one for the blend
+    # after (never on test); none: the members' probabilities as trained
+    "calibrate": ("none", one_of("none", "temperature")),
+    "resamples": (2000, is_int(lo=100)),  # paired bootstrap resamples of every comparison's interval
 }
 
 

@@ -134,12 +134,19 @@ class Ensemble:
     def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
         """Probabilities for prepared-format uint8 arrays (every member was trained on the same prepared data)."""
         from ensembles import weights as W
+        from ensembles.calibrate import apply_temperature
 
         P = np.stack([m.predict_arrays(x, bs) for m in self.members]).astype(np.float64)
+        temps = self.spec.get("temperatures") or {}  # `calibrate: temperature`: each member's, then the blend's
+        for i, m in enumerate(self.members):
+            if m.name in temps:
+                P[i] = apply_temperature(P[i], temps[m.name])
         if self.spec["stacker"]:
-            return W.stacker_apply(self.spec["stacker"], P, len(self.classes)).astype(np.float32)
-        w = np.array([self.spec["weights"][m.name] for m in self.members])
-        return W.blend(P, w).astype(np.float32)
+            out = W.stacker_apply(self.spec["stacker"], P, len(self.classes))
+        else:
+            out = W.blend(P, np.array([self.spec["weights"][m.name] for m in self.members]))
+        t = self.spec.get("temperature")
+        return (apply_temperature(out, t) if t else out).astype(np.float32)
 
 
 def load_model(name: str, root: str | Path = ".", device: str = "cpu") -> Model:

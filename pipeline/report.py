@@ -19,12 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
+from ensembles.calibrate import apply_temperature
 from pipeline.errors import PipelineError
 from pipeline.io import staged
 from pipeline.params import group_of, load_params, model_names
-from pipeline.scores import row_losses
+from pipeline.scores import decimals, reliability, row_losses, verdict
 
-COLUMNS = ["model", "top1", "top1_ci95", "top1_err", "valid_top1", "param_count", "train_s", "img_per_s", "weight"]
+COLUMNS = [
+    "model",
+    "top1",
+    "top1_ci95",
+    "top1_err",
+    "valid_top1",
+    "nll",
+    "ece",
+    "param_count",
+    "images_seen",
+    "train_s",
+    "img_per_s",
+    "weight",
+]
 
 
 def _read_json(path: Path) -> dict:
@@ -39,47 +53,82 @@ def ci_words(ci: list[float] | None) -> str:
     return f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}" if ci else ""
 
 
+def pct(s: dict) -> float:
+    """An accuracy in percent, rounded to what its 95 % interval supports (pipeline.scores.decimals)."""
+    d = decimals(s.get("ci95"))
+    v = round(100 * s["accuracy"], d)
+    return int(v) if d == 0 else v
+
+
+def err(s: dict) -> float:
+    """100 − top-1, rounded as the top-1 is."""
+    return pct({**s, "accuracy": 1 - s["accuracy"]})
+
+
+def images_seen(m: dict) -> int | str:
+    """Training images seen (epochs × training images); computed from the recipe where the metrics predate it."""
+    if "images_seen" in m:
+        return m["images_seen"]
+    if "phases" in m and "train_images" in m:
+        return (sum(e for _, e in m["phases"]) + m.get("freeze_epochs", 0)) * m["train_images"]
+    return ""
+
+
 def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
     """Rows sorted by test top-1 (valid top-1 where the test split is unlabelled), then valid top-1.
 
     `models`: name -> metrics/<name>.json; `ens`: ensemble/metrics.json. Accuracies in percent like timm's
-    CSVs, parameter counts in millions. An ensemble's cost is the sum of its members' with a weight > 0.
+    CSVs, rounded to what their intervals support; parameter counts in millions. `nll`, `ece`: on the same split
+    (after `calibrate`'s temperatures where set). An ensemble's cost is the sum of its members' with a weight > 0.
     """
     labeled = "test" in ens
+    split = "test" if labeled else "valid"
     rows = []
     for name, m in models.items():
-        top1 = 100 * (m["test"]["accuracy"] if labeled else m["valid"]["accuracy"])
+        s = ens["models"][name].get(split) or m[split]  # the ensemble's copy: after calibration where set
         rows.append(
             {
                 "model": name,
-                "top1": round(top1, 3),
-                "top1_ci95": ci_words((m["test"] if labeled else m["valid"]).get("ci95")),
-                "top1_err": round(100 - top1, 3),
-                "valid_top1": round(100 * m["valid"]["accuracy"], 3),
+                "top1": pct(s),
+                "top1_ci95": ci_words(s.get("ci95")),
+                "top1_err": err(s),
+                "valid_top1": pct(m["valid"]),
+                "nll": round(s["loss"], 3) if "loss" in s else "",
+                "ece": round(s["ece"], 3) if "ece" in s else "",
                 "param_count": round(m["param_count"] / 1e6, 3),
+                "images_seen": images_seen(m),
                 "train_s": round(m["train_s"], 1),
                 "img_per_s": round(m["img_per_s"], 1),
                 "weight": round(ens["models"][name]["weight"], 4),
+                "_sort": (-s["accuracy"], -m["valid"]["accuracy"]),
             }
         )
-    for kind, s in ens["strategies"].items():
-        used = [n for n, w in s["weights"].items() if w > 0]
-        top1 = 100 * (s["test"]["accuracy"] if labeled else s["valid"]["accuracy"])
+    for kind, st in ens["strategies"].items():
+        used = [n for n, w in st["weights"].items() if w > 0]
+        s = st[split]
         star = "*" if kind == ens["chosen"] else ""
+        seen = [images_seen(models[n]) for n in used]
         rows.append(
             {
                 "model": f"ensemble:{kind}{star}",
-                "top1": round(top1, 3),
-                "top1_ci95": ci_words((s["test"] if labeled else s["valid"]).get("ci95")),
-                "top1_err": round(100 - top1, 3),
-                "valid_top1": round(100 * s["valid"]["accuracy"], 3),
+                "top1": pct(s),
+                "top1_ci95": ci_words(s.get("ci95")),
+                "top1_err": err(s),
+                "valid_top1": pct(st["valid"]),
+                "nll": round(s["loss"], 3) if "loss" in s else "",
+                "ece": round(s["ece"], 3) if "ece" in s else "",
                 "param_count": round(sum(models[n]["param_count"] for n in used) / 1e6, 3),
+                "images_seen": sum(seen) if all(isinstance(v, int) for v in seen) else "",
                 "train_s": round(sum(models[n]["train_s"] for n in used), 1),
                 "img_per_s": "",
                 "weight": "",
+                "_sort": (-s["accuracy"], -st["valid"]["accuracy"]),
             }
         )
-    return sorted(rows, key=lambda r: (-r["top1"], -r["valid_top1"], r["model"]))
+    rows.sort(key=lambda r: (*r["_sort"], r["model"]))
+    for r in rows:
+        del r["_sort"]
+    return rows
 
 
 def markdown(rows: list[dict], labeled: bool, n_test: int = 1) -> str:
@@ -90,10 +139,12 @@ def markdown(rows: list[dict], labeled: bool, n_test: int = 1) -> str:
     else:
         what = "validation (the data set has no test split)"
     head = (
-        f"Top-1 on the {what} split, in %, with its 95 % Wilson interval over the split's rows (`top1_ci95`): "
-        "models whose intervals overlap are not told apart by this split. `param_count` in millions; an ensemble's cost is the sum of its "
-        "members'. `weight`: the model's weight in the ensemble submission; `*` marks the strategy that wrote "
-        "it.\n\n"
+        f"Top-1 on the {what} split, in %, with its 95 % Wilson interval over the split's rows (`top1_ci95`), "
+        "rounded to what that interval supports; whether two models differ is the paired comparison's to say "
+        "(below; `python -m pipeline.compare A B` for any two). `nll` (log-loss) and `ece` (15 bins) on the same "
+        "split. Budgets: `images_seen` = epochs × training images, `train_s` the training seconds; "
+        "`param_count` in millions; an ensemble's cost is the sum of its members'. `weight`: the model's weight in "
+        "the ensemble submission; `*` marks the strategy that wrote it.\n\n"
     )
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
@@ -101,12 +152,90 @@ def markdown(rows: list[dict], labeled: bool, n_test: int = 1) -> str:
 
 
 def gain_line(ens: dict) -> str:
-    """What the ensemble adds over the best single model, chosen by validation accuracy; what its weights fit on."""
+    """Is the submission better than its members and than the best model by validation? Each difference with its
+    paired bootstrap interval and McNemar p-value, per split, and a plain verdict on the best member."""
     if "gain" not in ens:
         return ""
-    g = ", ".join(f"{100 * v:+.2f} points on {s}" for s, v in ens["gain"].items())
     fitted = f" Fitted strategies (greedy, nnls, stacking) fit on the {ens['fitted_on']}." if "fitted_on" in ens else ""
-    return f"\nEnsemble gain over the best model ({ens['best_model']}, by validation accuracy): {g}.{fitted}\n"
+    comps = ens.get("comparisons")
+    if not comps:  # metrics from before the paired comparisons
+        g = ", ".join(f"{100 * v:+.2f} points on {s}" for s, v in ens["gain"].items())
+        return f"\nEnsemble gain over the best model ({ens['best_model']}, by validation accuracy): {g}.{fitted}\n"
+    lines = [
+        f"\nThe submission (ensemble:{ens['chosen']}) against each model, on the same rows: accuracy difference in "
+        "points [paired bootstrap 95 % interval], McNemar's exact p; resolved = p < 0.05.{fitted}\n",
+        "| against | valid | test |",
+        "|---|---|---|",
+    ]
+    for c in comps:
+        tags = [
+            t
+            for t, n in (("best member", ens.get("best_member")), ("best by validation", ens["best_model"]))
+            if c["b"] == n
+        ]
+        label = c["b"] + (f" ({', '.join(tags)})" if tags else "")
+        lines.append(f"| {label} | {verdict(c['valid'])} | {verdict(c['test']) if 'test' in c else '-'} |")
+    bm = next((c for c in comps if c["b"] == ens.get("best_member")), None)
+    if bm is not None and "test" in bm:
+        t = bm["test"]
+        if t["resolved"] and t["diff"] > 0:
+            say = f"the submission beats its best member ({bm['b']}) on test, and the test split resolves it."
+        elif t["resolved"]:
+            say = f"the submission is worse than its best member ({bm['b']}) on test, and the test split resolves it."
+        else:
+            say = (
+                f"the test split does not tell the submission from its best member ({bm['b']}): "
+                f"{verdict(t)}. The ensemble's gain is not shown by this run."
+            )
+        lines.append(f"\nVerdict: {say}")
+    return "\n".join(lines).replace("{fitted}", fitted) + "\n"
+
+
+def markdown_leave_one_out(ens: dict) -> str:
+    """The chosen strategy refitted without each member: what each member brings."""
+    rows = ens.get("leave_one_out") or []
+    if not rows:
+        return ""
+    labeled = "test" in rows[0]
+    lines = [
+        f"\nLeave one out: ensemble:{ens['chosen']} refitted without each member; the full blend minus it, paired "
+        "as above:\n",
+        "| without | valid | test | full − without (valid) | full − without (test) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        t = pct(r["test"]) if labeled else "-"
+        ft = verdict(r["full_vs_without"]["test"]) if labeled else "-"
+        lines.append(f"| {r['without']} | {pct(r['valid'])} | {t} | {verdict(r['full_vs_without']['valid'])} | {ft} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_per_class(ens: dict, classes: list[str], k: int = 15) -> str:
+    """Per class, the submission against its best member: accuracies, the rows it fixes and breaks (on the report
+    split); beyond 30 classes the k classes with the most rows changed."""
+    pc = ens.get("per_class")
+    if not pc:
+        return ""
+    split = "test" if "test" in pc else "valid"
+    d = pc[split]
+    order = range(len(classes))
+    if len(classes) > NUMBERED_CLASSES:
+        order = sorted(order, key=lambda i: -(d["fixes"][i] + d["breaks"][i]))[:k]
+    lines = [
+        f"\nPer class on {split}, the submission against its best member ({pc['against']}): fixes = rows the "
+        f"submission gets right and {pc['against']} wrong, breaks = the reverse"
+        + (f"; the {k} classes with the most rows changed" if len(classes) > NUMBERED_CLASSES else "")
+        + ":\n",
+        f"| class | rows | {pc['against']} % | submission % | fixes | breaks |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i in order:
+        lines.append(
+            f"| {classes[i]} | {d['rows'][i]} | {100 * d['member'][i]:.1f} | {100 * d['ensemble'][i]:.1f} | "
+            f"{d['fixes'][i]} | {d['breaks'][i]} |"
+        )
+    lines.append(f"| all | {sum(d['rows'])} | | | {sum(d['fixes'])} | {sum(d['breaks'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def groups(models: dict[str, dict], group: dict[str, str], labeled: bool) -> list[dict]:
@@ -137,7 +266,25 @@ def markdown_groups(rows: list[dict], labeled: bool) -> str:
         f"| {r['group']} | {r['models']} | " + " | ".join(f"{r[s][0]:.2f} ± {r[s][1]:.2f}" for s in splits) + " |"
         for r in rows
     ]
+    close = spread_ties(rows, splits[-1])
+    if close:
+        lines.append(
+            f"\nNot told apart by their spread ({splits[-1]} means differ by less than the larger std): "
+            + "; ".join(f"{a} and {b}" for a, b in close)
+            + "."
+        )
     return "\n".join(lines) + "\n"
+
+
+def spread_ties(rows: list[dict], split: str) -> list[tuple[str, str]]:
+    """Pairs of entries whose mean accuracies differ by less than the larger of their std over models (seeds,
+    variants): a difference the run-to-run spread alone could make."""
+    out = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1 :]:
+            if abs(a[split][0] - b[split][0]) < max(a[split][1], b[split][1]):
+                out.append((a["group"], b["group"]))
+    return out
 
 
 def markdown_folds(models: dict[str, dict]) -> str:
@@ -469,6 +616,56 @@ def fig_acc_time(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def fig_reliability(path: Path, y: np.ndarray, probs: dict[str, np.ndarray], split: str) -> None:
+    """Reliability diagram: accuracy against confidence in 15 bins, each model's curve beside the diagonal."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.scores import ece
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="perfectly calibrated")
+    for i, (name, p) in enumerate(probs.items()):
+        r = reliability(p, y)
+        keep = [k for k, n in enumerate(r["rows"]) if n > 0]
+        ax.plot(
+            [r["confidence"][k] for k in keep],
+            [r["accuracy"][k] for k in keep],
+            marker="o",
+            color=f"C{i}",
+            label=f"{name} (ECE {ece(p, y):.3f})",
+        )
+    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", title=f"reliability on {split}")
+    ax.set(xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+EQUAL_COMPUTE = Path("bench/results/equal_compute.json")
+
+
+def markdown_equal_compute(ens: dict, root: Path) -> str:
+    """The submission beside the best single recipe trained with the ensemble's whole budget, from
+    `python -m bench.equal_compute` (a benchmark, not a stage: said when its figures are from another run)."""
+    f = root / EQUAL_COMPUTE
+    if not f.is_file():
+        return (
+            "\nEqual compute: not measured for this run; `python -m bench.equal_compute` trains the best member's "
+            "recipe with the ensemble's whole training budget and compares it with the submission.\n"
+        )
+    r = json.loads(f.read_text())
+    same = abs(r.get("ensemble_test", -1) - ens.get("test", {}).get("accuracy", -2)) < 1e-9
+    note = "" if same else " (measured against another run's submission: rerun the benchmark)"
+    c = r["comparison"]
+    return (
+        f"\nEqual compute ({EQUAL_COMPUTE}{note}): {r['recipe']} trained with {r['images_seen']} images seen "
+        f"({r['scale']:.1f}× its run's, the ensemble's budget) reached {100 * r['single_test']:.2f} % test; the "
+        f"submission minus it: {verdict(c['test'])} on test, {verdict(c['valid'])} on valid.\n"
+    )
+
+
 def run(params: dict, root: Path = Path(".")) -> list[dict]:
     import matplotlib
 
@@ -502,6 +699,9 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         (out / "leaderboard.md").write_text(
             markdown(rows, labeled, meta.get("counts", {}).get("test", 1))
             + gain_line(ens)
+            + markdown_leave_one_out(ens)
+            + markdown_per_class(ens, classes)
+            + (markdown_equal_compute(ens, root) if labeled else "")
             + markdown_groups(group_rows, labeled)
             + markdown_folds(models)
             + markdown_refit(models, labeled)
@@ -516,6 +716,9 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         fig_confusion(
             figs / "confusion_matrix.png", y, {best: best_p, f"ensemble ({ens['chosen']})": ens_p}, classes, split
         )
+        t = ens["models"][best].get("temperature")  # `calibrate: temperature`: the member as the blend saw it
+        best_cal = apply_temperature(best_p.astype(np.float64), t) if t else best_p
+        fig_reliability(figs / "reliability.png", y, {best: best_cal, f"ensemble ({ens['chosen']})": ens_p}, split)
         fig_top_losses(figs / "top_losses.png", x, y, ens_p, classes)
         fig_predictions(figs / "predictions.png", x, y, ens_p, classes, seed=0)
         fig_lr_find(

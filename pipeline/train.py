@@ -329,6 +329,7 @@ def evaluate_member(learn, key, spec, setup: Setup, meta, seed, lr, lr_found, cu
         "bs": setup.bs,
         "train_s": round(train_s, 2),
         "img_per_s": round(seen / train_s, 1),
+        "images_seen": int(seen),  # the training budget: epochs × training images (frozen epochs included)
         "eval_s": round(eval_s, 2),
         "param_count": sum(p.numel() for p in learn.model.parameters()),
         "train_images": int(len(arrays["train_y"])),
@@ -428,6 +429,7 @@ def combine_folds(results: list[TrainResult], pool, splits, arrays, spec: TrainS
         test=score_on_test(preds["test"], arrays),
         train_s=round(train_s, 2),
         img_per_s=round(seen / train_s, 1) if train_s else 0.0,
+        images_seen=sum(r.metrics["images_seen"] for r in results),
         eval_s=round(sum(r.metrics["eval_s"] for r in results), 2),
         train_images=len(pool),
         folds={
@@ -468,6 +470,7 @@ def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed
     m["test_validated"] = m["test"]  # the validated model's test score, for comparison
     m["test"] = r.metrics["test"]
     m["train_s"] = round(m["train_s"] + r.metrics["train_s"], 2)
+    m["images_seen"] = m["images_seen"] + r.metrics["images_seen"]
     m["refit"] = {
         "train_images": r.metrics["train_images"],
         "lr": r.lr,

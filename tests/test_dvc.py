@@ -83,13 +83,15 @@ def test_kfold_and_refit_entries_under_dvc_repro(tmp_path):
     from pipeline import predict
 
     archs = {"logreg": {"folds": 2, "refit": True}, "mlp": {"epochs": 2, "folds": 2}}
-    repo = make_repo(tmp_path, {**TINY, "archs": archs})
+    # calibrate: the members' temperatures apply to their out-of-fold rows too, and predict applies them all
+    repo = make_repo(tmp_path, {**TINY, "archs": archs, "ensemble": {"calibrate": "temperature", "margin": 0.2}})
     run("dvc repro", repo)
     run("git add -A && git commit -qm run", repo)
     assert (repo / "models/mlp/fold1/model.safetensors").is_file() and (repo / "preds/mlp/oof.npy").is_file()
     m = json.loads((repo / "ensemble/metrics.json").read_text())
     n_train = len(np.load(repo / "data/prepared/train_y.npy"))
     assert m["fitted_on"] == f"out-of-fold predictions on {n_train} training rows (valid held out)"
+    assert m["temperature"] > 0 and all(m["models"][n]["temperature"] > 0 for n in archs)
     x = np.load(repo / "data/prepared/test_x.npy")
     ens = predict.load_ensemble(repo)
     np.testing.assert_allclose(ens.predict_arrays(x), np.load(repo / "ensemble/preds/test.npy"), atol=1e-4)

@@ -13,6 +13,7 @@ from ensembles import weights as W
 from pipeline import archs
 from pipeline import report as R
 from pipeline.errors import PipelineError
+from pipeline.scores import verdict
 
 
 def test_report_leaderboard_and_figures(tmp_path):
@@ -60,7 +61,9 @@ def test_report_leaderboard_and_figures(tmp_path):
     assert tops == sorted(tops, reverse=True)
     assert [r["model"] for r in on_disk].count("ensemble:accuracy*") == 1
     by = {r["model"]: r for r in rows}
-    assert by["resnet34"]["top1"] == round(100 * ens["models"]["resnet34"]["test"]["accuracy"], 3)
+    # 100 test rows: an interval of ±6 points, so top-1 is a whole number
+    assert by["resnet34"]["top1"] == round(100 * ens["models"]["resnet34"]["test"]["accuracy"])
+    assert isinstance(by["resnet34"]["top1"], int) and by["resnet34"]["top1"] + by["resnet34"]["top1_err"] == 100
     assert by["resnet34"]["param_count"] == 1.0 and by["resnet34"]["weight"] == round(ens["weights"]["resnet34"], 4)
     assert by["ensemble:accuracy*"]["train_s"] == 30.0 and by["ensemble:accuracy*"]["param_count"] == 3.0
     md = (tmp_path / "reports" / "leaderboard.md").read_text()
@@ -68,11 +71,15 @@ def test_report_leaderboard_and_figures(tmp_path):
     # each accuracy carries its 95 % Wilson interval over the split's 100 rows
     lo, hi = (float(v) for v in on_disk[0]["top1_ci95"].split("–"))
     assert lo < float(on_disk[0]["top1"]) < hi and 5 < hi - lo < 25
-    g = 100 * (ens["test"]["accuracy"] - ens["models"]["resnet34"]["test"]["accuracy"])
-    assert (
-        "Ensemble gain over the best model (resnet34, by validation accuracy): " in md
-        and f"{g:+.2f} points on test" in md
-    )
+    # the submission against each member, paired, in words; the verdict on its best member
+    best = next(c for c in ens["comparisons"] if c["b"] == "resnet34")
+    assert f"| resnet34 (best member, best by validation) | {verdict(best['valid'])} | {verdict(best['test'])} |" in md
+    assert "\nVerdict: " in md and "McNemar's exact p" in md
+    assert "Leave one out: ensemble:accuracy refitted without each member" in md
+    assert "| without | valid | test |" in md and "| cnn4 |" in md.split("Leave one out")[1]
+    assert "Per class on test, the submission against its best member (resnet34)" in md
+    assert f"| all | 100 | | | {best['test']['a_only']} | {best['test']['b_only']} |" in md
+    assert "Equal compute: not measured for this run; `python -m bench.equal_compute`" in md
     figs = {p.name for p in (tmp_path / "reports" / "figures").iterdir()}
     assert figs == {
         "confusion_matrix.png",
@@ -82,6 +89,7 @@ def test_report_leaderboard_and_figures(tmp_path):
         "training_curves.png",
         "accuracy_vs_time.png",
         "accuracy_vs_members.png",
+        "reliability.png",
         "gradcam.png",
         "feature_maps.png",
     }
@@ -110,6 +118,19 @@ def test_groups_report_mean_and_std_of_an_entry_and_its_variants():
     rows = R.groups(models, {"f": "f", "f2": "f", "m": "m"}, labeled=True)
     assert rows == [{"group": "f", "models": 2, "valid": (91.0, 1.414), "test": (90.0, 1.414)}]
     assert "| f | 2 | 91.00 ± 1.41 | 90.00 ± 1.41 |" in R.markdown_groups(rows, labeled=True)
+    assert "Not told apart" not in R.markdown_groups(rows, labeled=True)
+
+
+def test_entries_closer_than_their_spread_are_marked():
+    rows = [
+        {"group": "f", "models": 3, "valid": (91.0, 1.0), "test": (90.0, 1.0)},
+        {"group": "g", "models": 3, "valid": (90.0, 0.2), "test": (89.5, 0.2)},  # 0.5 apart, spread 1.0
+        {"group": "h", "models": 3, "valid": (80.0, 0.5), "test": (79.0, 0.5)},
+    ]
+    assert R.spread_ties(rows, "test") == [("f", "g")]
+    assert "Not told apart by their spread (test means differ by less than the larger std): f and g." in (
+        R.markdown_groups(rows, labeled=True)
+    )
 
 
 def exp(name, lr, bs, acc):
