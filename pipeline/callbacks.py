@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
-from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.core import Callback, CancelTrainException, CancelValidException
 
 from pipeline.errors import PipelineError
 
@@ -129,3 +131,36 @@ def live_callback(live):
             pass
 
     return PhasedDVCLive(live=live)
+
+
+class Probe(Callback):
+    """Times the first batches of one training epoch and of its validation (fastai's own loop, data loading and
+    callbacks included), then cancels each: `warm` batches skipped, then the median of `n` batch intervals."""
+
+    order = 100
+
+    def __init__(self, warm: int = 3, n: int = 8):
+        self.warm, self.n = warm, n
+
+    def before_fit(self):
+        self.times = {"train": [], "valid": []}
+        self.last = None
+
+    def before_train(self):
+        self.last = time.perf_counter()
+
+    before_validate = before_train
+
+    def after_batch(self):
+        if self.dls.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        split = "train" if self.training else "valid"
+        self.times[split].append(now - self.last)
+        self.last = now
+        if len(self.times[split]) >= self.warm + self.n:
+            raise CancelTrainException() if self.training else CancelValidException()
+
+    def per_batch(self, split: str) -> float | None:
+        t = self.times[split][self.warm :] or self.times[split]
+        return float(sorted(t)[len(t) // 2]) if t else None

@@ -243,7 +243,19 @@ TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "cam_layer": (None, is_str(none_ok=True)),  # Grad-CAM's layer (a model.named_modules() name); null: last conv
     "folds": (None, is_int(lo=2, none_ok=True)),  # stratified K-fold of the training split: K models, OOF preds
     "refit": (False, is_bool),  # retrain on train + valid with the validated lr/epochs; that model predicts test
+    # training seconds: the stage times its first batches of each phase and sets the epochs (and, where needed, a
+    # stratified `train_limit`) to fill them; metrics/<key>.json `time_budget` says what it chose
+    "time_budget": (None, lambda v: is_budget(v)),
 }
+
+
+def is_budget(v):
+    if v is None:
+        return None
+    v = as_number(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise ValueError("expected training seconds (a number > 0) or null")
+    return float(v)
 
 
 @dataclass
@@ -284,6 +296,7 @@ class TrainSpec:
     cam_layer: str | None
     folds: int | None
     refit: bool
+    time_budget: float | None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -37,7 +37,7 @@ from fastai.optimizer import SGD, Adam, Lamb, QHAdam, RMSProp, ranger
 from fastai.torch_core import set_seed, trainable_params
 
 from pipeline import archs as archs_mod
-from pipeline.callbacks import Autocast, NoValidation, StopOnNaN, TrimHeap, epoch_logger, live_callback
+from pipeline.callbacks import Autocast, NoValidation, Probe, StopOnNaN, TrimHeap, epoch_logger, live_callback
 from pipeline.data import BatchTfm, Rows, load_prepared, make_dls
 from pipeline.distributed import data_parallel, share, single_process
 from pipeline.errors import PipelineError, warn
@@ -259,6 +259,73 @@ def fit_phases(learn: Learner, spec: TrainSpec, setup: Setup, fine_tune: bool, l
     return seen, t0, freeze_epochs
 
 
+def probe_costs(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int, device) -> tuple[list, int, int]:
+    """Seconds per training image and per validation image at each phase's size, from the first batches of a
+    throwaway learner (fastai's loop: data, augmentation, optimizer, callbacks); (costs, train rows, valid rows)."""
+    learn, setup = build_learner(key, replace(spec, time_budget=None), arrays, meta, seed, device)
+    if setup.pretrained:
+        learn.freeze()
+    costs = []
+    with learn.no_logging():
+        for size, _ in setup.phases:
+            learn.dls = setup.dls_at(size)
+            probe = Probe()
+            learn.fit(1, 1e-6, cbs=probe)
+            vb = probe.per_batch("valid")
+            costs.append((probe.per_batch("train") / setup.bs, vb / spec.eval_bs if vb else 0.0))
+    return costs, len(setup.arrays["train_y"]), len(arrays["valid_y"])
+
+
+def budget_recipe(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int, device) -> tuple[TrainSpec, dict]:
+    """`time_budget`: the recipe with its epochs (scaled alike across phases, each ≥ 1) and, where whole epochs
+    miss the budget by more than 3 %, a stratified `train_limit`, so that the training seconds fill the budget.
+    The learner is then built afresh from that recipe, so pinning the chosen values reruns it bit for bit."""
+    if num_distrib() > 1:
+        raise PipelineError(
+            f"archs.{key}: `time_budget` with several processes (torchrun) would let each time itself; pin `epochs` "
+            "(and `train_limit`) from a single-process run's metrics/<key>.json `time_budget.chosen` instead"
+        )
+    budget = float(spec.time_budget)
+    costs, n, n_valid = probe_costs(key, spec, arrays, meta, seed, device)
+    h = meta["image_shape"][0]
+    phases = spec.phases or [[spec.size or h, spec.epochs]]
+    train_s = [n * t for t, _ in costs]  # one epoch's training seconds at each phase's size
+    valid_s = [n_valid * v for _, v in costs]  # and its validation seconds
+    per_unit = sum(e * (t + v) for (_, e), t, v in zip(phases, train_s, valid_s))
+    k = budget / per_unit
+    epochs = [max(1, round(e * k)) for _, e in phases]
+    predicted = sum(e * (t + v) for e, t, v in zip(epochs, train_s, valid_s))
+    limit = spec.train_limit
+    if abs(predicted - budget) > 0.03 * budget:  # rounding to whole epochs misses: one more epoch, fewer images
+        if predicted < budget:
+            epochs = [max(1, int(np.ceil(e * k))) for _, e in phases]
+        train_part = sum(e * t for e, t in zip(epochs, train_s))
+        frac = (budget - sum(e * v for e, v in zip(epochs, valid_s))) / train_part
+        if frac < 1:
+            limit = max(int(frac * n), 2 * len(meta["classes"]), 2)
+            predicted = sum(e * (t * limit / n + v) for e, t, v in zip(epochs, train_s, valid_s))
+    new_phases = [[size, e] for (size, _), e in zip(phases, epochs)]
+    pinned = replace(
+        spec,
+        time_budget=None,
+        epochs=epochs[0] if spec.phases is None else spec.epochs,
+        phases=new_phases if spec.phases is not None else None,
+        train_limit=limit if limit is not None and limit < n else spec.train_limit,
+    )
+    chosen = {"phases": new_phases} if spec.phases is not None else {"epochs": epochs[0]}
+    if pinned.train_limit != spec.train_limit:
+        chosen["train_limit"] = pinned.train_limit
+    record = {
+        "asked_s": budget,
+        "predicted_s": round(predicted, 2),
+        "probe_img_per_s": [round(1 / t, 1) for t, _ in costs],
+        "chosen": chosen,  # set these (and drop time_budget) to pin the run
+    }
+    if rank_distrib() == 0:
+        print(f"{key}: time_budget {budget:g} s -> {chosen} (predicted {predicted:.0f} s)", flush=True)
+    return pinned, record
+
+
 def train_arch(
     key: str,
     spec: TrainSpec,
@@ -270,6 +337,9 @@ def train_arch(
     evaluate: bool = True,
 ) -> TrainResult:
     """Train one architecture; returns the model, its spec, predictions, metrics and the lr_find curve."""
+    budget = None
+    if spec.time_budget:
+        spec, budget = budget_recipe(key, spec, arrays, meta, seed, device)
     learn, setup = build_learner(key, spec, arrays, meta, seed, device)
     fine_tune = bool(setup.pretrained)
     if fine_tune:
@@ -293,7 +363,10 @@ def train_arch(
     train_s = time.perf_counter() - t0
     if not evaluate:
         return TrainResult(learn.model, lr)
-    return evaluate_member(learn, key, spec, setup, meta, seed, lr, lr_found, curve, seen, train_s, freeze_epochs)
+    res = evaluate_member(learn, key, spec, setup, meta, seed, lr, lr_found, curve, seen, train_s, freeze_epochs)
+    if budget is not None:
+        res.metrics["time_budget"] = budget | {"train_s": res.metrics["train_s"]}
+    return res
 
 
 # --------------------------------------------------------------------------------------------- evaluate
@@ -462,7 +535,9 @@ def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed
     }
     if rank_distrib() == 0:
         print(f"{key}: refit on train + valid: {len(a['train_y'])} images, lr {validated.lr:.2e}", flush=True)
-    s = replace(spec, lr=validated.lr, folds=None, refit=False, train_limit=None)
+    chosen = (validated.metrics.get("time_budget") or {}).get("chosen", {})  # the validated run's budgeted epochs
+    s = replace(spec, lr=validated.lr, folds=None, refit=False, train_limit=None, time_budget=None)
+    s = replace(s, **{k: v for k, v in chosen.items() if k != "train_limit"})
     r = train_arch(key, s, a, meta, seed, device, None, evaluate)
     if not evaluate:
         return r

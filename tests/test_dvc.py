@@ -241,3 +241,36 @@ def test_queued_experiments_run_in_parallel_and_show_up(tmp_path):
     accs = [float(r["metrics/mlp.json:valid.accuracy"]) for r in rows]
     assert accs == sorted(accs, reverse=True) and "swept: archs.mlp.epochs" in out
     assert (repo / "sweep" / "accuracy_vs_params.png").is_file()
+
+
+def test_equal_compute_and_time_budget_benches_in_their_smallest_mode(repo, tmp_path):
+    """bench.equal_compute trains the best member with the members' whole budget and compares it, paired, with the
+    submission; the report shows it; bench.time_budget trains an entry to a budget and says how close it came."""
+    from bench import equal_compute, time_budget
+    from pipeline import report as R
+
+    r = equal_compute.run(repo, tmp_path / "results", scale=0.5)
+    ens = json.loads((repo / "ensemble/metrics.json").read_text())
+    assert r["recipe"] == ens["best_member"] and r["ensemble_test"] == ens["test"]["accuracy"]
+    assert r["budget_s"] == pytest.approx(
+        0.5
+        * sum(
+            json.loads((repo / f"metrics/{n}.json").read_text())["train_s"] for n, w in ens["weights"].items() if w > 0
+        ),
+        abs=0.1,
+    )
+    c = r["comparison"]["test"]
+    assert c["n"] == 100 and c["diff"] == pytest.approx(r["ensemble_test"] - r["single_test"])
+    assert "| test |" in (tmp_path / "results/equal_compute.md").read_text()
+    (tmp_path / "bench/results").mkdir(parents=True)
+    shutil.copy(tmp_path / "results/equal_compute.json", tmp_path / "bench/results/equal_compute.json")
+    words = R.markdown_equal_compute(ens, tmp_path)
+    assert words.startswith(f"\nEqual compute (bench/results/equal_compute.json): {r['recipe']} trained")
+    assert "another run" in R.markdown_equal_compute({**ens, "test": {"accuracy": 0.0}}, tmp_path)
+
+    t = time_budget.run(repo, tmp_path / "results", ["mlp"], budget=1.5)
+    row = t["entries"]["mlp"]
+    assert (
+        row["asked_s"] == 1.5 and row["train_s"] > 0 and row["ratio"] == pytest.approx(row["train_s"] / 1.5, abs=1e-3)
+    )
+    assert "| mlp | 1.5 |" in (tmp_path / "results/time_budget.md").read_text()

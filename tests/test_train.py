@@ -293,3 +293,33 @@ def test_bad_params_clear_message_no_outputs(project, entry, train_, match):
     with pytest.raises(PipelineError, match=match):
         train.main("m", write({"m": {"arch": "mlp", **entry}}, **train_), root)
     assert not (root / "models").exists() or not any((root / "models").iterdir())
+
+
+def test_time_budget_arithmetic(monkeypatch):
+    """Whole epochs when they fill the budget to 3 %; else one more epoch on a stratified subset; phases scale
+    alike and keep ≥ 1 epoch each."""
+    arrays, meta = synth(n=100, size=16)
+    meta["classes"] = ["c0", "c1", "c2"]
+    cost = {"costs": [(0.01, 0.0)]}  # 0.01 s per training image: 1 s an epoch of 100 images
+    monkeypatch.setattr(train, "probe_costs", lambda *a: (cost["costs"], 100, 12))
+    pinned, rec = train.budget_recipe("m", spec(arch="cnn_small", time_budget=5), arrays, meta, 0, None)
+    assert pinned.epochs == 5 and pinned.train_limit is None and pinned.time_budget is None
+    assert rec["chosen"] == {"epochs": 5} and rec["predicted_s"] == pytest.approx(5.0)
+    pinned, rec = train.budget_recipe("m", spec(arch="cnn_small", time_budget=2.5), arrays, meta, 0, None)
+    assert (pinned.epochs, pinned.train_limit) == (3, 83) and rec["predicted_s"] == pytest.approx(2.49)
+    pinned, _ = train.budget_recipe("m", spec(arch="cnn_small", time_budget=0.5), arrays, meta, 0, None)
+    assert (pinned.epochs, pinned.train_limit) == (1, 50)
+    cost["costs"] = [(0.01, 0.0), (0.03, 0.0)]  # the second phase's larger images cost 3x
+    s = spec(arch="cnn_small", phases=[[8, 1], [16, 2]], epochs=3, time_budget=14)  # 1 + 6 = 7 s at unit scale
+    pinned, rec = train.budget_recipe("m", s, arrays, meta, 0, None)
+    assert pinned.phases == [[8, 2], [16, 4]] and rec["chosen"] == {"phases": [[8, 2], [16, 4]]}
+
+
+def test_time_budget_runs_and_its_choice_pins_the_same_run():
+    arrays, meta = synth(n=240)
+    res = train.train_arch("cnn_small", spec(arch="cnn_small", time_budget=3), arrays, meta, seed=1)
+    tb = res.metrics["time_budget"]
+    assert tb["asked_s"] == 3.0 and tb["probe_img_per_s"][0] > 0 and tb["train_s"] == res.metrics["train_s"]
+    assert res.metrics["phases"][0][1] == tb["chosen"]["epochs"] >= 1
+    pinned = train.train_arch("cnn_small", spec(arch="cnn_small", **tb["chosen"]), arrays, meta, seed=1)
+    np.testing.assert_array_equal(res.preds["valid"], pinned.preds["valid"])  # bit for bit

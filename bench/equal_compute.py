@@ -1,0 +1,95 @@
+"""Is the ensemble worth its compute? The best member's recipe trained with the ensemble's whole training budget,
+against the submission, paired on the same rows.
+
+The budget is the training seconds of the members the submission uses (metrics/<name>.json `train_s`), times
+`--scale`; the recipe is the best member's by validation accuracy (ensemble/metrics.json `best_member`), trained
+through the pipeline's own train_arch with `time_budget` set to that budget (so it gets more epochs, measured on
+this machine). Test is reported, never used to choose. Writes bench/results/equal_compute.{json,md}, which the
+report (`dvc repro report`, or `python -m pipeline.report`) shows beside the submission.
+Run:    python -m bench.equal_compute [--scale 1.0] [--root .]     (after `dvc repro`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+
+from bench.machine import cpu_name
+from pipeline import train
+from pipeline.data import load_prepared
+from pipeline.params import load_params, seed_param, train_spec
+from pipeline.scores import compare, score, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(root: Path, out: Path, scale: float = 1.0) -> dict:
+    params = load_params(root / "params.yaml")
+    ens = json.loads((root / "ensemble" / "metrics.json").read_text())
+    used = [n for n, w in ens["weights"].items() if w > 0]
+    metrics = {n: json.loads((root / "metrics" / f"{n}.json").read_text()) for n in used}
+    best = ens.get("best_member") or max(used, key=lambda n: metrics[n]["valid"]["accuracy"])
+    budget = scale * sum(m["train_s"] for m in metrics.values())
+    spec = replace(train_spec(params, best), time_budget=budget)
+    seed = seed_param(params) if spec.seed is None else spec.seed
+    arrays, meta = load_prepared(root / "data" / "prepared")
+    res = train.train_arch(best, spec, arrays, meta, seed)
+    sub = {s: np.load(root / "ensemble" / "preds" / f"{s}.npy") for s in ("valid", "test")}
+    labeled = "test" in ens
+    splits = ("valid", "test") if labeled else ("valid",)
+    y = {s: arrays[f"{s}_y"] for s in splits}
+    r = {
+        "cpu": cpu_name(),
+        "recipe": best,
+        "members": used,
+        "budget_s": round(budget, 1),
+        "scale": round(res.metrics["images_seen"] / max(metrics[best].get("images_seen", 1), 1), 2)
+        if "images_seen" in metrics[best]
+        else None,
+        "images_seen": res.metrics["images_seen"],
+        "train_s": res.metrics["train_s"],
+        "time_budget": res.metrics["time_budget"],
+        "single_valid": score(res.preds["valid"], y["valid"])["accuracy"],
+        "ensemble_valid": ens["valid"]["accuracy"],
+        "comparison": {s: compare(sub[s], res.preds[s], y[s], seed) for s in splits},
+    }
+    if labeled:
+        r |= {"single_test": score(res.preds["test"], y["test"])["accuracy"], "ensemble_test": ens["test"]["accuracy"]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "equal_compute.json").write_text(json.dumps(r, indent=2) + "\n")
+    lines = [
+        f"`python -m bench.equal_compute --scale {scale:g}` on {r['cpu']}",
+        "",
+        f"Recipe {best} with the ensemble's budget ({' + '.join(used)}: {budget:.0f} s of training), "
+        f"{r['images_seen']} images seen in {r['train_s']:.0f} s (chosen: {r['time_budget']['chosen']}).",
+        "",
+        "| split | single recipe, equal compute | submission | submission − single |",
+        "|---|---|---|---|",
+    ]
+    for s in splits:
+        lines.append(
+            f"| {s} | {100 * r[f'single_{s}']:.2f} | {100 * r[f'ensemble_{s}']:.2f} | {verdict(r['comparison'][s])} |"
+        )
+    (out / "equal_compute.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return r
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.equal_compute", description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="budget = scale × the members' training seconds")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the project (params.yaml, a finished `dvc repro`)")
+    ap.add_argument("--out", type=Path, default=None, help="default: <root>/bench/results")
+    a = ap.parse_args(argv)
+    run(a.root, a.out or a.root / "bench" / "results", a.scale)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Does `time_budget` hold? Each entry trained with a budget of training seconds: asked against taken.
+
+The budget per entry is `--budget` seconds, or `--scale` × the training seconds the entry took in the last
+`dvc repro` (metrics/<entry>.json `train_s`), so every default entry is asked for its own size of run. Each is
+trained through the pipeline's train_arch on data/prepared (what its stage runs, without DVC). Writes
+bench/results/time_budget.{json,md}: asked, predicted, taken, their ratio, what the stage chose.
+Run:    python -m bench.time_budget [entries ...] [--scale 1.0 | --budget S] [--root .]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.machine import cpu_name
+from pipeline import train
+from pipeline.data import load_prepared
+from pipeline.params import load_params, model_names, seed_param, train_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: float | None = None) -> dict:
+    params = load_params(root / "params.yaml")
+    names = names or model_names(params)
+    arrays, meta = load_prepared(root / "data" / "prepared")
+    rows = {}
+    for n in names:
+        asked = budget or scale * json.loads((root / "metrics" / f"{n}.json").read_text())["train_s"]
+        spec = replace(train_spec(params, n), time_budget=asked)
+        seed = seed_param(params) if spec.seed is None else spec.seed
+        m = train.train_arch(n, spec, arrays, meta, seed).metrics
+        tb = m["time_budget"]
+        rows[n] = {**tb, "ratio": round(m["train_s"] / asked, 3), "valid": m["valid"]["accuracy"]}
+    res = {"cpu": cpu_name(), "scale": scale, "budget": budget, "entries": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "time_budget.json").write_text(json.dumps(res, indent=2) + "\n")
+    how = f"--budget {budget:g}" if budget else f"--scale {scale:g}"
+    lines = [
+        f"`python -m bench.time_budget {' '.join(names)} {how}` on {res['cpu']}",
+        "",
+        "| entry | asked s | predicted s | taken s | taken / asked | chosen | valid acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, r in rows.items():
+        lines.append(
+            f"| {n} | {r['asked_s']:.1f} | {r['predicted_s']:.1f} | {r['train_s']:.1f} | {r['ratio']:.3f} | "
+            f"{r['chosen']} | {r['valid']:.4f} |"
+        )
+    worst = max(abs(r["ratio"] - 1) for r in rows.values())
+    lines += ["", f"Largest miss: {100 * worst:.1f} % of the asked seconds."]
+    (out / "time_budget.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.time_budget", description=__doc__.split("\n")[0])
+    ap.add_argument("entries", nargs="*", help="archs / variants names (default: every model)")
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--budget", type=float, default=None, help="the same seconds for every entry")
+    ap.add_argument("--root", type=Path, default=ROOT)
+    ap.add_argument("--out", type=Path, default=None, help="default: <root>/bench/results")
+    a = ap.parse_args(argv)
+    run(a.root, a.out or a.root / "bench" / "results", a.entries, a.scale, a.budget)
+
+
+if __name__ == "__main__":
+    main()
