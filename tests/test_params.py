@@ -72,3 +72,26 @@ def test_bad_variants_name_the_key(variants, match):
     with pytest.raises(PipelineError, match=match):
         train_spec({**BASE, "variants": variants}, "fast")
         train_spec({**BASE, "variants": variants}, "fast-s1")
+
+
+def test_seeds_command_adds_variants_and_keeps_comments(tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    from pipeline import seeds
+    from pipeline.params import group_of, model_names, train_spec
+
+    p = tmp_path / "params.yaml"
+    shutil.copy(Path(__file__).parents[1] / "params.yaml", p)
+    before = p.read_text()
+    assert seeds.main(["fast", "2", "--params", str(p)]) == 0
+    params = yaml.safe_load(p.read_text())
+    base = params["seed"]
+    names = [f"fast-s{base + 1}", f"fast-s{base + 2}"]
+    assert all(n in model_names(params) and group_of(params, n) == "fast" for n in names)
+    assert train_spec(params, names[0]).seed == base + 1 and train_spec(params, names[0]).epochs == 5
+    kept = [line for line in before.splitlines() if line.strip().startswith("#")]
+    assert all(line in p.read_text() for line in kept)  # every comment survives
+    assert seeds.add_seeds(p, "fast", 2) == []  # a rerun adds nothing
+    assert seeds.main(["fsat", "2", "--params", str(p)]) == 1
+    assert "did you mean fast" in capsys.readouterr().err
