@@ -9,6 +9,7 @@ Run:    python -m bench.default_run          (from the project root, in the virt
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -20,10 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.machine import cpu_name
-
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results"
+from bench.machine import add_paths, cpu_name, out_dir
 
 
 def tree_rss(p: psutil.Process) -> int:
@@ -36,8 +34,12 @@ def tree_rss(p: psutil.Process) -> int:
     return total
 
 
-def main() -> None:
-    cmd = ["dvc", "repro", "--force", "--no-run-cache", *sys.argv[1:]]
+def main(argv: list[str] | None = None) -> None:
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.default_run", description=__doc__.split("\n")[0]))
+    ap.add_argument("targets", nargs="*", help="stages to run (default: all)")
+    args = ap.parse_args(argv)
+    ROOT = args.root  # the project the run is in
+    cmd = ["dvc", "repro", "--force", "--no-run-cache", *args.targets]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -105,7 +107,7 @@ def main() -> None:
             else None,
         },
     }
-    OUT.mkdir(parents=True, exist_ok=True)
+    OUT = out_dir(args)
     (OUT / "default_run.json").write_text(json.dumps(result, indent=2) + "\n")
 
     def pct(v):

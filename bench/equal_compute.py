@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 from bench.machine import cpu_name
-from pipeline import train
+from pipeline import member
 from pipeline.data import load_prepared
 from pipeline.params import load_params, seed_param, train_spec
 from pipeline.scores import compare, score, verdict
@@ -40,7 +40,7 @@ def run(root: Path, out: Path, scale: float = 1.0) -> dict:
     spec = replace(train_spec(params, best), time_budget=budget)
     seed = seed_param(params) if spec.seed is None else spec.seed
     arrays, meta = load_prepared(root / "data" / "prepared")
-    res = train.train_arch(best, spec, arrays, meta, seed)
+    res = member.train_arch(best, spec, arrays, meta, seed)
     sub = {s: np.load(root / "ensemble" / "preds" / f"{s}.npy") for s in ("valid", "test")}
     labeled = "test" in ens
     splits = ("valid", "test") if labeled else ("valid",)

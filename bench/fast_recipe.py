@@ -25,14 +25,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline import archs, train
+from bench.machine import ROOT, add_paths, out_dir
+from pipeline import archs, member
 from pipeline.data import load_prepared
 from pipeline.params import TrainSpec, load_params, make_spec, train_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def recipe(name: str = "fast", params_file: Path = ROOT / "params.yaml") -> TrainSpec:
+def entry_spec(name: str = "fast", params_file: Path = ROOT / "params.yaml") -> TrainSpec:
     """The checked train spec of `archs.<name>` in params.yaml."""
     return train_spec(load_params(params_file), name)
 
@@ -57,15 +56,16 @@ def forward_flops(spec: TrainSpec, n_in: int, n_out: int, size: int) -> float:
     return fc.get_total_flops() / 8
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.fast_recipe"))
     ap.add_argument("--recipe", default="fast", help="a key of params.yaml's archs")
     ap.add_argument("--epochs", type=int, default=None, help="one phase of N epochs at the prepared size")
     ap.add_argument("--phases", default=None, help="progressive resizing, size:epochs,... e.g. 20:2,28:3")
     ap.add_argument("--bs", type=int, default=None, help="training batch size (default: the entry's)")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    arrays, meta = load_prepared(ROOT / "data" / "prepared")
+    ap.add_argument("--matmul-s", type=float, default=3.0, help="seconds of each matrix-multiply measurement")
+    args = ap.parse_args(argv)
+    arrays, meta = load_prepared(args.root / "data" / "prepared")
     overrides = {}
     if args.epochs:
         overrides |= {"epochs": args.epochs, "phases": None}
@@ -73,9 +73,9 @@ def main() -> None:
         overrides["bs"] = args.bs
     if args.phases:
         overrides["phases"] = [[int(v) for v in p.split(":")] for p in args.phases.split(",")]
-    spec = make_spec({**recipe(args.recipe).to_dict(), **overrides}, args.recipe)
+    spec = make_spec({**entry_spec(args.recipe, args.root / "params.yaml").to_dict(), **overrides}, args.recipe)
     h, _, n_in = meta["image_shape"]
-    res = train.train_arch(args.recipe, spec, arrays, meta, args.seed)
+    res = member.train_arch(args.recipe, spec, arrays, meta, args.seed)
     m = res.metrics
     per_epoch = m["train_images"] - m["train_images"] % spec.bs  # drop_last
     train_flops = sum(
@@ -83,10 +83,10 @@ def main() -> None:
     )
     fwd = forward_flops(spec, n_in, len(meta["classes"]), h)
     achieved = train_flops / m["train_s"]  # validation passes inside train_s are not counted: a lower bound
-    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    peak = {k: matmul_flops(d, seconds=args.matmul_s) for k, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     out = {
         "recipe": args.recipe,
-        "spec": spec,
+        "spec": spec.to_dict(),
         "test_acc": m["test"]["accuracy"],
         "valid_acc": m["valid"]["accuracy"],
         "train_s": m["train_s"],
@@ -99,12 +99,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "device": m["device"],
     }
-    dest = ROOT / "bench" / "results"
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = out_dir(args)
     # file tag: 28px5ep-bs128, 20px2ep-28px3ep-bs64, ...
     tag = "-".join(f"{size}px{ep}ep" for size, ep in m["phases"]) + f"-bs{spec.bs}"
     epochs = sum(ep for _, ep in m["phases"])
-    cmd = "python -m bench.fast_recipe " + " ".join(sys.argv[1:])
+    cmd = "python -m bench.fast_recipe " + " ".join(sys.argv[1:] if argv is None else argv)
     (dest / f"fast_recipe_{args.recipe}_{tag}.json").write_text(json.dumps({**out, "command": cmd}, indent=2) + "\n")
     md = (
         f"`{cmd.strip()}`\n\n| recipe | phases (size × epochs) | train s | valid acc | test acc | img/s | train GFLOP/s | "

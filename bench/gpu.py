@@ -110,14 +110,14 @@ def bare_loop_ratio(epochs: int = 2, bs: int = 512) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pipeline import archs, train
+    from pipeline import archs, recipe
     from pipeline.data import BatchTfm, load_prepared
     from pipeline.params import make_spec
 
     arrays, meta = load_prepared(CACHE / "profile" / "repo" / "data" / "prepared")
     device = torch.device("cuda:0")
     spec = make_spec({**PROFILE["fast_full"], "epochs": 1, "bs": bs}, "fast_full")
-    learn, setup = train.build_learner("fast_full", spec, arrays, meta, seed=0, device=device)
+    learn, setup = recipe.build_learner("fast_full", spec, arrays, meta, seed=0, device=device)
     pipe = []
     with learn.no_logging():
         for _ in range(epochs + 1):

@@ -29,7 +29,7 @@ from pipeline.datasets import digits_file
 from pipeline.params import ensemble_params
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "bench" / "cache" / "kfold"
+WORK_DIR = ROOT / "bench" / "cache" / "kfold"
 FAST = {"arch": "resnet9", "pad": 2, "epochs": 10, "lr": 0.005, "model_kwargs": {"widths": [16, 32, 64, 128]}}
 DATA = {  # data section, train defaults, what the fast net adds
     "digits": (
@@ -103,20 +103,34 @@ def figure(path: Path, metrics: dict[str, dict], fits: dict, data: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def smallest(p: dict) -> dict:
+    """The smallest mode (`--small`, for the smoke test): 300 images, one epoch per entry."""
+    p["data"]["limit"] = 300
+    for e in p["archs"].values():
+        e["epochs"] = 1
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.kfold", description=__doc__.split("\n\n")[0])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--data", choices=list(DATA), default="digits", help="fashion-mnist: a 6000-image subset")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from bench/results/kfold_<data>.json")
-    args = ap.parse_args()
+    ap.add_argument("--small", action="store_true", help="300 images, 1 epoch per entry: checks that it runs")
+    ap.add_argument("--out", type=Path, default=None, help="results and figure (default: bench/results, docs)")
+    args = ap.parse_args(argv)
+    out, docs = (args.out, args.out) if args.out else (ROOT / "bench" / "results", ROOT / "docs")
+    WORK = (args.out / "work") if args.out else WORK_DIR  # the project folder of this run
     if args.replot:
-        saved = json.loads((ROOT / "bench" / "results" / f"kfold_{args.data}.json").read_text())
+        saved = json.loads((out / f"kfold_{args.data}.json").read_text())
         fits = {"valid": saved["on_valid"], "oof": {k: saved["ensemble"][k] for k in saved["on_valid"]}}
-        figure(ROOT / "docs" / f"kfold_{args.data}.png", saved["entries"], fits, args.data)
+        figure(docs / f"kfold_{args.data}.png", saved["entries"], fits, args.data)
         return
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     p = params(args.data, args.folds)
+    if args.small:
+        p = smallest(p)
     pf = WORK / "params.yaml"
     pf.write_text(yaml.safe_dump(p, sort_keys=False))
     prepare.main(str(pf), WORK / "data" / "prepared")
@@ -132,7 +146,7 @@ def main() -> None:
     c = E.load_candidates(m["members"], len(vy), len(ty), n_classes, WORK, n_train=len(np.load(prep / "train_y.npy")))
     cfg = ensemble_params(ens_params)
     on_valid = E.run_strategies(c.valid, vy, c.test, ty, m["members"], cfg, 0)
-    fitted = ("greedy", "nnls", "stacking")
+    fitted = ("greedy", "logloss", "stacking")
     fits = {
         "valid": {k: on_valid[k].record for k in fitted},
         "oof": {k: m["strategies"][k] for k in fitted},
@@ -177,7 +191,7 @@ def main() -> None:
     ]
     md = "\n".join(lines)
     print(md)
-    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"kfold_{args.data}.md").write_text(md)
     (out / f"kfold_{args.data}.json").write_text(
         json.dumps(
@@ -185,7 +199,7 @@ def main() -> None:
         )
         + "\n"
     )
-    figure(ROOT / "docs" / f"kfold_{args.data}.png", metrics, fits, args.data)
+    figure(docs / f"kfold_{args.data}.png", metrics, fits, args.data)
 
 
 if __name__ == "__main__":

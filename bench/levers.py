@@ -22,20 +22,18 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # a fresh inductor cache: the compile time reported is a cold compile's, as a new machine or a changed model pays
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="levers-inductor-"))
 
 import torch
-from fast_recipe import recipe
-from overhead import machine
 
+from bench.fast_recipe import entry_spec
+from bench.machine import add_paths, machine, out_dir
 from pipeline import archs, datasets
 from pipeline.data import BatchTfm, to_tensor
 
-OUT = Path(__file__).parent / "results"
 MEAN, STD = [0.286], [0.353]  # Fashion-MNIST's pixel statistics (throughput does not depend on them)
 EPOCH_IMAGES = 54_000  # one epoch of the fast recipe: the training split of Fashion-MNIST less 10 % validation
 
@@ -89,15 +87,15 @@ def alternate(base, variant, rounds: int) -> tuple[list, list]:
     return a, b
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.levers"))
     ap.add_argument("--batches", type=int, default=20, help="training batches per timed run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bs", type=int, default=128)
     ap.add_argument("--eval-images", type=int, default=4096)
     ap.add_argument("--skip-compile", action="store_true")
-    args = ap.parse_args()
-    spec = recipe("fast")
+    args = ap.parse_args(argv)
+    spec = entry_spec("fast", args.root / "params.yaml")
     raw = datasets.read_mnist_like("fashion-mnist", None, download=False)
     n = max(
         args.batches * args.bs, args.eval_images
@@ -184,8 +182,9 @@ def main() -> None:
             )
             record(f"eval batch size, {name}", "1024 (default)", str(bs), a, b, "(inference img/s)")
 
-    out = {"args": vars(args), "machine": machine(), "model": spec, "rows": rows}
-    OUT.mkdir(parents=True, exist_ok=True)
+    saved = {k: v for k, v in vars(args).items() if k not in ("root", "out")}
+    out = {"args": saved, "machine": machine(), "model": spec.to_dict(), "rows": rows}
+    OUT = out_dir(args)
     (OUT / "levers.json").write_text(json.dumps(out, indent=2) + "\n")
     md = (
         f"Levers on the fast recipe's network (training img/s unless noted; median of {args.rounds} alternating "

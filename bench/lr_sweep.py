@@ -13,27 +13,25 @@ import argparse
 import json
 import os
 from dataclasses import replace
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline import train
+from bench.machine import add_paths, out_dir
+from pipeline import member
 from pipeline.data import load_prepared
 from pipeline.params import load_params, train_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.lr_sweep"))
     ap.add_argument("arch", help="a key of `archs:` in params.yaml")
     ap.add_argument("--lrs", nargs="+", default=["auto", "2e-3", "5e-3"])
     ap.add_argument("--train-limit", type=int, default=12000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    arrays, meta = load_prepared(ROOT / "data" / "prepared")
-    params = load_params(ROOT / "params.yaml")
+    args = ap.parse_args(argv)
+    arrays, meta = load_prepared(args.root / "data" / "prepared")
+    params = load_params(args.root / "params.yaml")
     rows = []
     for lr in args.lrs:
         spec = replace(
@@ -43,7 +41,7 @@ def main() -> None:
             phases=None,
             lr=lr if lr == "auto" else float(lr),
         )
-        m = train.train_arch(args.arch, spec, arrays, meta, args.seed).metrics
+        m = member.train_arch(args.arch, spec, arrays, meta, args.seed).metrics
         rows.append(
             {
                 "lr_param": lr,
@@ -54,9 +52,9 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"lr_sweep_{args.arch}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    out = out_dir(args)
+    saved = {k: v for k, v in vars(args).items() if k not in ("root", "out")}
+    (out / f"lr_sweep_{args.arch}.json").write_text(json.dumps({"args": saved, "rows": rows}, indent=2) + "\n")
     md = (
         f"`python -m bench.lr_sweep {args.arch} --lrs {' '.join(args.lrs)} --train-limit {args.train_limit} "
         f"--epochs {args.epochs}` (seed {args.seed})\n\n"

@@ -23,13 +23,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import yaml
 
+from bench.machine import ROOT, add_paths, out_dir
 from ensembles import ensemble as E
 from ensembles import weights as W
-from pipeline import train
+from pipeline import member
 from pipeline.data import load_prepared
 from pipeline.params import load_params, seed_param, train_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / "cache" / "members"
 
 
@@ -47,15 +47,15 @@ def parse_model(arg: str, params: dict) -> str:
     return name
 
 
-def trained(name: str, params: dict, arrays: dict, meta: dict) -> dict:
+def trained(name: str, params: dict, arrays: dict, meta: dict, cache: Path = CACHE) -> dict:
     spec = train_spec(params, name)
     seed = seed_param(params) if spec.seed is None else spec.seed
     h = hashlib.sha1(
         json.dumps([spec.to_dict(), seed, len(arrays["train_y"]), meta["classes"]], sort_keys=True).encode()
     )
-    d = CACHE / f"{name}-{h.hexdigest()[:10]}"
+    d = cache / f"{name}-{h.hexdigest()[:10]}"
     if not (d / "metrics.json").exists():
-        res = train.train_arch(name, spec, arrays, meta, seed)
+        res = member.train_arch(name, spec, arrays, meta, seed)
         d.mkdir(parents=True, exist_ok=True)
         for split, p in res.preds.items():
             np.save(d / f"{split}.npy", p)
@@ -64,16 +64,17 @@ def trained(name: str, params: dict, arrays: dict, meta: dict) -> dict:
     return {"valid": np.load(d / "valid.npy"), "test": np.load(d / "test.npy"), "metrics": m, "spec": spec.to_dict()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.members"))
     ap.add_argument("models", nargs="+", help="params entries, or name=of:key=value;key=value")
     ap.add_argument("--tag", default="run")
-    args = ap.parse_args()
-    params = load_params(ROOT / "params.yaml")
+    args = ap.parse_args(argv)
+    params = load_params(args.root / "params.yaml")
     names = [parse_model(a, params) for a in args.models]
-    arrays, meta = load_prepared(ROOT / "data" / "prepared")
+    arrays, meta = load_prepared(args.root / "data" / "prepared")
+    cache = args.out / "cache" if args.out else CACHE
     yv, yt = arrays["valid_y"], arrays["test_y"]
-    runs = {n: trained(n, params, arrays, meta) for n in names}
+    runs = {n: trained(n, params, arrays, meta, cache) for n in names}
     acc = {n: (W.accuracy(r["valid"], yv), W.accuracy(r["test"], yt)) for n, r in runs.items()}
     order = sorted(names, key=lambda n: (-acc[n][0], n))  # as E.by_size orders them
     lines = [
@@ -108,7 +109,7 @@ def main() -> None:
         )
     text = "\n".join(lines) + "\n"
     print(text)
-    out = ROOT / "bench" / "results" / f"members_{args.tag}"
+    out = out_dir(args) / f"members_{args.tag}"
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(
         json.dumps({"models": {n: {"valid": a[0], "test": a[1]} for n, a in acc.items()}, "top_k": table}, indent=2)

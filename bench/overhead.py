@@ -15,30 +15,17 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-from fast_recipe import recipe
 from fastai.callback.core import Callback
 
-from bench.machine import cpu_name
-from pipeline import datasets, prepare, train
+from bench.fast_recipe import entry_spec
+from bench.machine import add_paths, machine, out_dir
+from pipeline import archs, datasets, prepare, recipe
 from pipeline.data import BatchTfm, to_tensor
 from pipeline.params import arch_names, load_params, make_spec
-
-OUT = Path(__file__).parent / "results"
-
-
-def machine() -> dict:
-    return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
 
 
 class TrainTimer(Callback):
@@ -71,8 +58,8 @@ def bare_epoch(model, x, y, tfm, bs, dtype, device, lr=1e-3) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.overhead"))
     ap.add_argument("--images", type=int, default=4000, help="training images per timed epoch")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bs", type=int, default=128)
@@ -82,25 +69,29 @@ def main() -> None:
         default=["resnet34:32", "fast:28"],
         help="name:size; a key of params.yaml's archs (its arch and model_kwargs), else a model name",
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     raw = datasets.read_mnist_like("fashion-mnist", None, download=True)
     arrays, meta = prepare.prepare(raw, 0.1, 0, limit=args.images + 500, test_limit=100)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results, keys = {}, arch_names(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))
+    results, keys = {}, arch_names(load_params(args.root / "params.yaml"))
     for item in args.archs:
         name, size = item.split(":")
         base = (
-            {k: v for k, v in recipe(name).to_dict().items() if k in ("arch", "model_kwargs")}
+            {
+                k: v
+                for k, v in entry_spec(name, args.root / "params.yaml").to_dict().items()
+                if k in ("arch", "model_kwargs")
+            }
             if name in keys
             else {"arch": name}
         )
         spec = make_spec({**base, "size": int(size), "epochs": 1, "bs": args.bs, "lr": 1e-3}, name)
-        learn, setup = train.build_learner(name, spec, arrays, meta, seed=0, device=device)
+        learn, setup = recipe.build_learner(name, spec, arrays, meta, seed=0, device=device)
         timer = TrainTimer()
         learn.add_cb(timer)
         dtype = setup.dtype
-        bare_model = train.archs_mod.build_model(
+        bare_model = archs.build_model(
             setup.arch, setup.n_in, setup.n_out, setup.native, model_kwargs=spec.model_kwargs
         )[0]
         bare_model = bare_model.to(device, memory_format=torch.channels_last)
@@ -122,8 +113,9 @@ def main() -> None:
             "precision": str(dtype or "fp32"),
             "ratio": statistics.median(pipe) / statistics.median(bare),
         }
-    out = {"args": vars(args), "machine": machine(), "device": str(device), "results": results}
-    OUT.mkdir(parents=True, exist_ok=True)
+    saved = {k: v for k, v in vars(args).items() if k not in ("root", "out")}
+    out = {"args": saved, "machine": machine(), "device": str(device), "results": results}
+    OUT = out_dir(args)
     (OUT / "overhead.json").write_text(json.dumps(out, indent=2) + "\n")
     md = (
         f"Pipeline learner vs bare PyTorch loop, training images/s (median of {args.rounds} alternating rounds, "

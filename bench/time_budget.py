@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.machine import cpu_name
-from pipeline import train
+from pipeline import member
 from pipeline.data import load_prepared
 from pipeline.params import load_params, model_names, seed_param, train_spec
 
@@ -34,7 +34,7 @@ def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: flo
         asked = budget or scale * json.loads((root / "metrics" / f"{n}.json").read_text())["train_s"]
         spec = replace(train_spec(params, n), time_budget=asked)
         seed = seed_param(params) if spec.seed is None else spec.seed
-        m = train.train_arch(n, spec, arrays, meta, seed).metrics
+        m = member.train_arch(n, spec, arrays, meta, seed).metrics
         tb = m["time_budget"]
         rows[n] = {**tb, "ratio": round(m["train_s"] / asked, 3), "valid": m["valid"]["accuracy"]}
     res = {"cpu": cpu_name(), "scale": scale, "budget": budget, "entries": rows}

@@ -20,7 +20,6 @@ import csv
 import json
 import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,18 +29,17 @@ import numpy as np
 from ensembles import select as sel
 from ensembles import weights as W
 from ensembles.calibrate import apply_temperature, fit_temperature
+from ensembles.strategies import REGISTRY, Fit, ensemble_params, stacking_form
+from pipeline.contracts import save_ensemble_model
 from pipeline.errors import PipelineError
 from pipeline.io import staged
-from pipeline.params import STRATEGIES, ensemble_params, group_of, load_params, model_names, seed_param  # noqa: F401
+from pipeline.params import group_of, load_params, model_names, seed_param
 from pipeline.scores import compare, score
 
 NO_TEST = (
     "no submission: the prepared data has no test split (e.g. an ImageFolder set without test/); "
     "add test images and rerun `dvc repro` to get one"
 )
-
-
-FITTED = ("greedy", "nnls", "stacking")  # strategies fitted on rows (cross-fitted scores), not given by a rule
 
 
 @dataclass
@@ -121,15 +119,6 @@ def oof_matrix(c: Candidates, members: list[str], rows: np.ndarray) -> np.ndarra
 
 
 @dataclass
-class Fit:
-    """One strategy fitted on validation rows: member weights and how it blends new probabilities."""
-
-    weights: np.ndarray
-    predict: Callable[[np.ndarray], np.ndarray]  # (members, rows, classes) -> (rows, classes)
-    stacker: dict | None = None  # stacking only: the model as plain numbers, for ensemble/model.json
-
-
-@dataclass
 class Outcome:
     """One strategy's scores (the metrics record) and its blended probabilities."""
 
@@ -140,32 +129,8 @@ class Outcome:
 
 
 def fit_strategy(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, cfg: dict, seed: int) -> Fit:
-    """One strategy fitted on validation rows."""
-    n_classes = P.shape[2]
-    if kind == "stacking":
-        if stacking_form(len(P), n_classes, cfg) == "tied":
-            model = W.fit_tied_stacker(P, y, cfg["stack_C"])
-        else:
-            model = W.fit_stacker(P, y, cfg["stack_C"], seed)
-        return Fit(
-            W.stacker_weights(model, len(P), n_classes),
-            lambda Q: W.stacker_proba(model, Q, n_classes),
-            W.stacker_to_dict(model),
-        )
-    if kind == "accuracy":
-        w = W.accuracy_weights(accs)
-    elif kind == "uniform":
-        w = W.uniform_weights(len(P))
-    elif kind == "greedy":
-        w = W.greedy_weights(P, y, cfg["greedy_iters"])
-    else:
-        w = W.fitted_weights(P, y)
-    return Fit(w, lambda Q: W.blend(Q, w))
-
-
-def stacking_form(members: int, n_classes: int, cfg: dict) -> str:
-    """`full`: a logistic regression on members × classes features; `tied` beyond `stack_max_features` of them."""
-    return "full" if members * n_classes <= cfg["stack_max_features"] else "tied"
+    """One strategy of the registry fitted on validation rows."""
+    return REGISTRY[kind].fit(P, y, accs, cfg, seed)
 
 
 def run_strategies(
@@ -188,7 +153,7 @@ def run_strategies(
     k_folds = int(min(cfg["folds"], counts[counts > 0].min()))  # no more folds than the rarest class has rows
     out = {}
     for kind in cfg["strategies"]:
-        fitted = kind in FITTED
+        fitted = REGISTRY[kind].fitted
         if fitted and fit_on is not None:
             f = fit_strategy(kind, *fit_on, accs, cfg, seed)
             vp, how = f.predict(P), f"fitted on {len(fit_on[1])} out-of-fold training rows; valid held out"
@@ -342,11 +307,18 @@ def write_csv(path: Path, rows: list[list[Any]]) -> None:
         csv.writer(f).writerows(rows)
 
 
-def run(params: dict, root: Path = Path(".")) -> dict:
-    """The whole stage; returns the metrics it wrote."""
-    cfg = ensemble_params(params)
-    seed = seed_param(params)
-    names = model_names(params)
+@dataclass
+class Prepared:
+    """What the stage reads of data/prepared: labels (test ones only where labelled), test ids, meta."""
+
+    meta: dict
+    valid_y: np.ndarray
+    test_y: np.ndarray | None
+    test_ids: list[str]
+    train_y: np.ndarray  # only where a `folds` entry has out-of-fold rows; else empty
+
+
+def read_prepared(root: Path, names: list[str]) -> Prepared:
     prep = root / "data" / "prepared"
     try:
         meta = json.loads((prep / "meta.json").read_text())
@@ -355,18 +327,56 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         test_y = np.load(prep / "test_y.npy") if meta.get("test_labeled") else None
     except (OSError, ValueError) as e:
         raise PipelineError(f"{prep}: cannot read the prepared data ({e}); run `dvc repro prepare`") from e
-    classes = meta["classes"]
     has_oof = any((root / "preds" / n / "oof.npy").is_file() for n in names)
     try:  # the labels of `folds` entries' out-of-fold rows
         train_y = np.load(prep / "train_y.npy") if has_oof else np.zeros(0, np.int64)
     except (OSError, ValueError) as e:
         raise PipelineError(f"{prep}/train_y.npy: cannot read ({e}); run `dvc repro prepare`") from e
-    c = load_candidates(names, len(y), len(ids), len(classes), root, n_train=len(train_y))
+    return Prepared(meta, y, test_y, ids, train_y)
+
+
+def model_records(params, c: Candidates, d: Prepared, families: dict, weights: dict, temps: dict, raw: dict) -> dict:
+    """ensemble/metrics.json `models`: each model's family, entry, scores (after its temperature) and weight."""
+    models = {}
+    for i, n in enumerate(c.names):
+        m = {"family": families[n], "group": group_of(params, n), "valid": score(c.valid[i], d.valid_y)}
+        m["weight"] = weights.get(n, 0.0)
+        if d.test_y is not None:
+            m["test"] = score(c.test[i], d.test_y)
+        if temps:  # the scores above are after the model's temperature; these before
+            m |= {
+                "temperature": temps[n],
+                "uncalibrated": {"valid": raw[n][0], **({"test": raw[n][1]} if raw[n][1] else {})},
+            }
+        models[n] = m
+    return models
+
+
+def verdicts(c: Candidates, d: Prepared, members, best, best_member, chosen, out: Outcome, cfg, seed, fit_on_of):
+    """The submission against each member and the best model (paired), without each member, and per class."""
+    sub = {"valid": out.valid_probs, "test": out.test_probs}
+    bm, n_classes = c.names.index(best_member), len(d.meta["classes"])
+    classes_of = {"against": best_member, "valid": per_class(sub["valid"], c.valid[bm], d.valid_y, n_classes)}
+    if d.test_y is not None:
+        classes_of["test"] = per_class(sub["test"], c.test[bm], d.test_y, n_classes)
+    against = members + ([best] if best not in members else [])
+    return {
+        "comparisons": comparisons(sub, c, against, d.valid_y, d.test_y, seed, cfg["resamples"]),
+        "leave_one_out": leave_one_out(c, members, chosen, d.valid_y, d.test_y, cfg, seed, out, fit_on_of),
+        "per_class": classes_of,
+    }
+
+
+def run(params: dict, root: Path = Path(".")) -> dict:
+    """The whole stage; returns the metrics it wrote."""
+    cfg, seed, names = ensemble_params(params), seed_param(params), model_names(params)
+    d = read_prepared(root, names)
+    y, test_y = d.valid_y, d.test_y
+    c = load_candidates(names, len(y), len(d.test_ids), len(d.meta["classes"]), root, n_train=len(d.train_y))
     raw = {
         n: (score(c.valid[i], y), score(c.test[i], test_y) if test_y is not None else None) for i, n in enumerate(names)
     }
     temps = calibrate_members(c, y) if cfg["calibrate"] == "temperature" else {}
-
     valid_acc = {n: W.accuracy(p, y) for n, p in zip(names, c.valid)}
     families = {
         n: str(cfg["families"].get(n) or sel.family(c.info[n].get("arch", n), c.info[n].get("source", "timm")))
@@ -375,93 +385,67 @@ def run(params: dict, root: Path = Path(".")) -> dict:
     members = sel.select(
         valid_acc, families, cfg["threshold"], cfg["per_family"], cfg["on_empty"], cfg["select"], cfg["margin"]
     )
-    idx = [names.index(m) for m in members]
 
     def fit_on_of(ms: list[str]):
         r = oof_fit_rows(c, ms)
-        return None if r is None else (oof_matrix(c, ms, r), train_y[r])
+        return None if r is None else (oof_matrix(c, ms, r), d.train_y[r])
 
-    rows = oof_fit_rows(c, members)
+    idx = [names.index(m) for m in members]
     fit_on = fit_on_of(members)
     results = run_strategies(c.valid[idx], y, c.test[idx], test_y, members, cfg, seed, fit_on)
     chosen = best_strategy(results) if cfg["method"] == "best" else cfg["method"]
     rec = results[chosen].record
-    sub = {"valid": results[chosen].valid_probs, "test": results[chosen].test_probs}
-
-    models = {}
-    for i, n in enumerate(names):
-        m = {
-            "family": families[n],
-            "group": group_of(params, n),
-            "valid": score(c.valid[i], y),
-            "weight": rec["weights"].get(n, 0.0),
-        }
-        if test_y is not None:
-            m["test"] = score(c.test[i], test_y)
-        if temps:  # the scores above are after the model's temperature; these before
-            m |= {
-                "temperature": temps[n],
-                "uncalibrated": {"valid": raw[n][0], **({"test": raw[n][1]} if raw[n][1] else {})},
-            }
-        models[n] = m
+    models = model_records(params, c, d, families, rec["weights"], temps, raw)
     best = max(names, key=lambda n: (valid_acc[n], n))  # the best model, by validation accuracy
     best_member = max(members, key=lambda n: (valid_acc[n], n))
-    against = members + ([best] if best not in members else [])
-    bm = names.index(best_member)
-    classes_of = {"against": best_member, "valid": per_class(sub["valid"], c.valid[bm], y, len(classes))}
-    if test_y is not None:
-        classes_of["test"] = per_class(sub["test"], c.test[bm], test_y, len(classes))
     metrics = {
         "method": cfg["method"],
         "chosen": chosen,
         **rec,
         "fitted_on": "validation split (cross-fitted scores)"
         if fit_on is None
-        else f"out-of-fold predictions on {len(rows)} training rows (valid held out)",
+        else f"out-of-fold predictions on {len(fit_on[1])} training rows (valid held out)",
         "best_model": best,
         "best_member": best_member,
         "gain": gain(rec, models[best]),
         "gain_over_best_member": gain(rec, models[best_member]),
         "calibrate": cfg["calibrate"],
-        "comparisons": comparisons(sub, c, against, y, test_y, seed, cfg["resamples"]),
-        "leave_one_out": leave_one_out(c, members, chosen, y, test_y, cfg, seed, results[chosen], fit_on_of),
-        "per_class": classes_of,
+        **verdicts(c, d, members, best, best_member, chosen, results[chosen], cfg, seed, fit_on_of),
         "by_size": by_size(names, c.valid, y, c.test, test_y),
         "strategies": {k: v.record for k, v in results.items()},
         "models": models,
+        "submission": "submissions/ensemble.csv" if d.test_ids else None,
     }
-
-    header = meta.get("submission_header") or ["id", "label"]
-    has_test = len(ids) > 0
     model = {
         "method": chosen,
         "members": rec["members"],
         "weights": rec["weights"],
-        "classes": classes,
+        "classes": d.meta["classes"],
         "stacker": results[chosen].stacker,
         "temperatures": {m: temps[m] for m in rec["members"]} if temps else None,  # each member's, before blending
         "temperature": rec.get("temperature"),  # the blend's, after
     }
-    outs = (
-        root / "submissions",
-        root / "ensemble" / "preds",
-        root / "ensemble" / "metrics.json",
-        root / "ensemble" / "model.json",
-    )
-    metrics["submission"] = "submissions/ensemble.csv" if has_test else None
-    with staged(*outs) as (sub, pr, mf, mj):
-        mj.write_text(json.dumps(model, indent=1) + "\n")
-        sub.mkdir(exist_ok=True)
-        if has_test:
-            for i, n in enumerate(names):
-                write_csv(sub / f"{n}.csv", submission_rows(c.test[i], ids, classes, header))
-            write_csv(sub / "ensemble.csv", submission_rows(results[chosen].test_probs, ids, classes, header))
-        else:
-            (sub / "NO_TEST_SPLIT.txt").write_text(NO_TEST + "\n")
-        np.save(pr / "valid.npy", results[chosen].valid_probs.astype(np.float32))
-        np.save(pr / "test.npy", results[chosen].test_probs.astype(np.float32))
-        mf.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_outputs(root, c, d, results[chosen], metrics, model)
     return metrics
+
+
+def write_outputs(root: Path, c: Candidates, d: Prepared, out: Outcome, metrics: dict, model: dict) -> None:
+    """submissions/, ensemble/preds/, ensemble/metrics.json and ensemble/model.json, whole or not at all."""
+    classes, ids = d.meta["classes"], d.test_ids
+    header = d.meta.get("submission_header") or ["id", "label"]
+    outs = (root / "submissions", root / "ensemble" / "preds", root / "ensemble" / "metrics.json")
+    with staged(*outs, root / "ensemble" / "model.json") as (subs, pr, mf, mj):
+        save_ensemble_model(mj, model)
+        subs.mkdir(exist_ok=True)
+        if ids:
+            for i, n in enumerate(c.names):
+                write_csv(subs / f"{n}.csv", submission_rows(c.test[i], ids, classes, header))
+            write_csv(subs / "ensemble.csv", submission_rows(out.test_probs, ids, classes, header))
+        else:
+            (subs / "NO_TEST_SPLIT.txt").write_text(NO_TEST + "\n")
+        np.save(pr / "valid.npy", out.valid_probs.astype(np.float32))
+        np.save(pr / "test.npy", out.test_probs.astype(np.float32))
+        mf.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,7 +108,7 @@ def read_weights(path: str, name: str) -> dict[str, torch.Tensor]:
             sd = load_file(str(p))
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as e:  # any exception: torch raises many types for a bad file
         raise PipelineError(f"{p}: cannot load weights ({type(e).__name__}: {e})") from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):

@@ -117,9 +117,25 @@ class NoValidation(Callback):
         raise CancelValidException
 
 
-def epoch_logger(log) -> None:
-    """One plain line per epoch (and the header) when the console is not a terminal."""
-    print("  ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in log), flush=True)
+class EpochLog:
+    """fastai's logger when the console is not a terminal: a header with the column names (fastai's
+    `metric_names`) once, then one aligned line per epoch, numbered on across fits (frozen epochs, then each
+    progressive-resizing phase) instead of restarting at 0 with each."""
+
+    def __init__(self, learn):
+        self.learn, self.offset, self.last, self.header = learn, 0, -1, False
+
+    def __call__(self, log) -> None:
+        names = [str(n) for n in self.learn.recorder.metric_names]
+        if not self.header:
+            print("  ".join(f"{n:>10}" for n in names), flush=True)
+            self.header = True
+        if isinstance(log[0], int):
+            if log[0] <= self.last:  # a new fit began
+                self.offset += self.last + 1
+            self.last = log[0]
+            log = [log[0] + self.offset, *log[1:]]
+        print("  ".join(f"{v:>10.4f}" if isinstance(v, float) else f"{v!s:>10}" for v in log), flush=True)
 
 
 def live_callback(live):

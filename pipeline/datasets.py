@@ -226,7 +226,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 def unpickle(blob: bytes, where: str) -> dict:
     try:
         d = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
-    except Exception as e:  # noqa: BLE001 - any failure here means "not a CIFAR batch"
+    except Exception as e:  # any exception: any failure here means "not a CIFAR batch"
         raise PipelineError(f"{where}: not a CIFAR batch ({e})") from e
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
 
@@ -298,7 +298,7 @@ def decode_chunk(paths: list[Path], size: int, on_bad: str, channels) -> tuple[n
             im, mode = open_image(p, size)
             with im:
                 rgb = decode(im, size)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        except Exception as e:  # any exception: PIL raises many types for broken files
             if on_bad == "fail":
                 raise PipelineError(f"{p}: unreadable image ({e}); set data.on_bad_image: skip to skip it") from e
             bad.append((i, f"{type(e).__name__}: {e}"))

@@ -65,3 +65,9 @@ def share(value: tuple) -> tuple:
     box = list(value)
     torch.distributed.broadcast_object_list(box, src=0)
     return tuple(box)
+
+
+def say(msg: str) -> None:
+    """Print on rank 0 only: the one guard for what a data-parallel run tells the user."""
+    if rank_distrib() == 0:
+        print(msg, flush=True)

@@ -6,10 +6,11 @@ Used by every stage's main(): `load_params()` reads params.yaml, `data_params(p)
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -107,25 +108,47 @@ def is_classes(v):
     raise ValueError("expected null (every class), a count ≥ 2 (the first N classes) or a list of ≥ 2 class names")
 
 
-# key: (default, checker, why). `path: null` means data/raw/<name>.
-DATA_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
-    "name": ("fashion-mnist", one_of(*DATASETS)),
-    "path": (None, is_str(none_ok=True)),
-    "valid_pct": (0.1, is_float(0.0, 1.0)),
-    "limit": (None, is_int(lo=2, none_ok=True)),
-    "test_limit": (None, is_int(lo=1, none_ok=True)),
-    "size": (None, is_int(lo=4, hi=1024, none_ok=True)),
-    "channels": ("auto", one_of("auto", 1, 3)),
-    "classes": (None, is_classes),  # a subset: the first N classes, or a list of class names
-    "label_mode": ("fine", one_of("fine", "coarse")),
-    "on_bad_image": ("skip", one_of("skip", "fail")),
-    "download": (True, is_bool),
-    "train_dir": ("train", is_str()),
-    "valid_dir": ("valid", is_str()),
-    "test_dir": ("test", is_str()),
-    "labels_csv": ("trainLabels.csv", is_str()),
-    "sample_submission": ("sampleSubmission.csv", is_str(none_ok=True)),
-}
+def param(default: Any, check: Callable[[Any], Any], why: str = "") -> Any:
+    """One params key, declared once: its default, its check (value -> the checked value, or ValueError saying why
+    not) and a line on why it exists. A dataclass field whose metadata `check_section` reads."""
+    meta = {"check": check, "why": why}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def schema_of(cls) -> dict[str, tuple[Any, Callable[[Any], Any]]]:
+    """key -> (default, check) of a params dataclass, in declaration order."""
+    out = {}
+    for f in fields(cls):
+        default = f.default_factory() if f.default is MISSING else f.default
+        out[f.name] = (default, f.metadata["check"])
+    return out
+
+
+@dataclass
+class DataParams:
+    """The `data:` section (stage pipeline/prepare.py)."""
+
+    name: str = param("fashion-mnist", one_of(*DATASETS), "which reader: an array data set or an image layout")
+    path: str | None = param(None, is_str(none_ok=True), "the raw files (the prepare stage's dependency)")
+    valid_pct: float = param(0.1, is_float(0.0, 1.0), "stratified validation split where the set has none")
+    limit: int | None = param(None, is_int(lo=2, none_ok=True), "a stratified subset of the training pool")
+    test_limit: int | None = param(None, is_int(lo=1, none_ok=True), "a stratified subset of the test split")
+    size: int | None = param(None, is_int(lo=4, hi=1024, none_ok=True), "image side; null: arrays' own, files 64")
+    channels: str | int = param("auto", one_of("auto", 1, 3), "auto: 1 when every image is gray, else 3")
+    classes: int | list | None = param(None, is_classes, "a subset: the first N classes, or a list of names")
+    label_mode: str = param("fine", one_of("fine", "coarse"), "CIFAR-100's 100 fine or 20 coarse labels")
+    on_bad_image: str = param("skip", one_of("skip", "fail"), "unreadable images: report and go on, or stop")
+    download: bool = param(True, is_bool, "fetch the official files when absent and online")
+    train_dir: str = param("train", is_str(), "folder layouts: the training images' folder")
+    valid_dir: str = param("valid", is_str(), "... the validation images' folder, if any")
+    test_dir: str = param("test", is_str(), "... the test images' folder, if any")
+    labels_csv: str = param("trainLabels.csv", is_str(), "kaggle-csv: the labels file")
+    sample_submission: str | None = param("sampleSubmission.csv", is_str(none_ok=True), "kaggle-csv: ids, header")
+
+
+DATA_SCHEMA = schema_of(DataParams)
 
 
 def check_section(section: dict | None, schema: dict, where: str) -> dict:
@@ -211,44 +234,6 @@ def is_dict(v):
     return v
 
 
-# The `train:` defaults every architecture inherits; keys are fastai's own argument names where fastai has one.
-TRAIN_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
-    "arch": (None, is_str(none_ok=True)),  # the model name, when the archs key is an alias
-    "epochs": (3, is_int(lo=1)),
-    "size": (None, is_int(lo=8, hi=1024, none_ok=True)),  # image side when `phases` is null (null: prepared size)
-    "phases": (None, is_phases),  # progressive resizing: [[size, epochs], ...]; replaces `epochs` and `size`
-    "freeze_epochs": (1, is_int(lo=0)),
-    "bs": (128, is_int(lo=1)),
-    "eval_bs": (128, is_int(lo=1)),  # small batches stay in cache on a CPU (bench/levers.py)
-    "lr": ("auto", is_lr),
-    "num_it": (50, is_int(lo=10)),  # lr_find iterations
-    "lr_mult": (100, is_float(0.0, 1e6)),
-    "wd": (0.01, is_float(0.0, 1.0, open_=False)),
-    "pct_start": (0.25, is_float(0.0, 1.0)),
-    "ps": (0.5, is_float(0.0, 1.0, open_=False)),
-    "label_smoothing": (0.1, is_float(0.0, 1.0, open_=False)),
-    "flip": (True, is_bool),
-    "pad": (2, is_int(lo=0, hi=64)),
-    "tta": (True, is_bool),
-    "precision": ("auto", one_of("auto", "fp32", "bf16", "fp16")),
-    "device": ("auto", is_device),  # auto: cuda when present, else cpu; or cpu, cuda, cuda:N (pin a job to a GPU)
-    "deterministic": (False, is_bool),  # GPU: bit-reproducible runs (no cuDNN autotuning, no TF32); CPU: always
-    "channels_last": (True, is_bool),
-    "pretrained": (False, is_pretrained),
-    "train_limit": (None, is_int(lo=2, none_ok=True)),  # a stratified subset of the training split, for budgets
-    "model_kwargs": ({}, is_dict),
-    "seed": (None, is_int(lo=0, none_ok=True)),  # this model's training seed (init, order, subset); null: `seed`
-    "opt": ("adam", one_of("adam", "sgd", "rmsprop", "lamb", "ranger", "qhadam")),  # fastai's optimizers
-    "schedule": ("one_cycle", one_of("one_cycle", "flat_cos", "sgdr", "constant")),  # fastai's fit_* functions
-    "cam_layer": (None, is_str(none_ok=True)),  # Grad-CAM's layer (a model.named_modules() name); null: last conv
-    "folds": (None, is_int(lo=2, none_ok=True)),  # stratified K-fold of the training split: K models, OOF preds
-    "refit": (False, is_bool),  # retrain on train + valid with the validated lr/epochs; that model predicts test
-    # training seconds: the stage times its first batches of each phase and sets the epochs (and, where needed, a
-    # stratified `train_limit`) to fill them; metrics/<key>.json `time_budget` says what it chose
-    "time_budget": (None, lambda v: is_budget(v)),
-}
-
-
 def is_budget(v):
     if v is None:
         return None
@@ -261,45 +246,47 @@ def is_budget(v):
 @dataclass
 class TrainSpec:
     """One model's training recipe: the `train:` defaults overridden by its `archs` entry (and its variant), checked.
+    Each field is declared once, with its default, check and why; keys are fastai's own argument names where fastai
+    has one. Build one with `train_spec(params, key)` or `make_spec(entry)`. Saved as `train` in
+    models/<key>/spec.json."""
 
-    The defaults and checks live in TRAIN_SCHEMA (a test keeps the fields and the schema's keys equal); build one
-    with `train_spec(params, key)` or `make_spec(entry)`. Saved as `train` in models/<key>/spec.json.
-    """
-
-    arch: str | None  # the model name (the archs key unless `arch:` names it)
-    epochs: int
-    size: int | None
-    phases: list[list[int]] | None  # [[size, epochs], ...]
-    freeze_epochs: int
-    bs: int
-    eval_bs: int
-    lr: float | str  # a number, or "auto"
-    num_it: int
-    lr_mult: float
-    wd: float
-    pct_start: float
-    ps: float
-    label_smoothing: float
-    flip: bool
-    pad: int
-    tta: bool
-    precision: str
-    device: str
-    deterministic: bool
-    channels_last: bool
-    pretrained: bool | str
-    train_limit: int | None
-    model_kwargs: dict
-    seed: int | None
-    opt: str
-    schedule: str
-    cam_layer: str | None
-    folds: int | None
-    refit: bool
-    time_budget: float | None
+    arch: str | None = param(None, is_str(none_ok=True), "the model name, when the archs key is an alias")
+    epochs: int = param(3, is_int(lo=1), "one phase at `size` when `phases` is null")
+    size: int | None = param(None, is_int(lo=8, hi=1024, none_ok=True), "image side; null: the prepared size")
+    phases: list[list[int]] | None = param(None, is_phases, "progressive resizing: [[size, epochs], ...]")
+    freeze_epochs: int = param(1, is_int(lo=0), "pretrained nets: epochs with the body frozen (fine_tune)")
+    bs: int = param(128, is_int(lo=1), "training batch size (per process under torchrun)")
+    eval_bs: int = param(128, is_int(lo=1), "small batches stay in cache on a CPU (bench/levers.py)")
+    lr: float | str = param("auto", is_lr, "auto: lr_find's valley; or a number")
+    num_it: int = param(50, is_int(lo=10), "lr_find iterations")
+    lr_mult: float = param(100, is_float(0.0, 1e6), "discriminative lr: the body's first group gets lr/lr_mult")
+    wd: float = param(0.01, is_float(0.0, 1.0, open_=False), "weight decay")
+    pct_start: float = param(0.25, is_float(0.0, 1.0), "one-cycle: share of the steps warming up")
+    ps: float = param(0.5, is_float(0.0, 1.0, open_=False), "dropout in fastai's head of ImageNet networks")
+    label_smoothing: float = param(0.1, is_float(0.0, 1.0, open_=False), "of the cross-entropy")
+    flip: bool = param(True, is_bool, "random horizontal flips while training")
+    pad: int = param(2, is_int(lo=0, hi=64), "random translations of up to `pad` pixels while training")
+    tta: bool = param(True, is_bool, "average with the mirrored image at evaluation (where flip is on)")
+    precision: str = param("auto", one_of("auto", "fp32", "bf16", "fp16"), "auto: fp32 on a CPU, bf16/fp16 on CUDA")
+    device: str = param("auto", is_device, "auto: cuda when present, else cpu; cuda:N pins a stage to a GPU")
+    deterministic: bool = param(False, is_bool, "GPU: bit-reproducible (no cuDNN autotuning, no TF32); CPU: always")
+    channels_last: bool = param(True, is_bool, "NHWC memory format: faster convolutions on CPUs and GPUs")
+    pretrained: bool | str = param(False, is_pretrained, "true: timm/torchvision download; or a weights file")
+    train_limit: int | None = param(None, is_int(lo=2, none_ok=True), "a stratified subset of the training split")
+    model_kwargs: dict = param({}, is_dict, "extra arguments of the model builder")
+    seed: int | None = param(None, is_int(lo=0, none_ok=True), "this model's seed (init, order, subset); null: `seed`")
+    opt: str = param("adam", one_of("adam", "sgd", "rmsprop", "lamb", "ranger", "qhadam"), "fastai's optimizers")
+    schedule: str = param("one_cycle", one_of("one_cycle", "flat_cos", "sgdr", "constant"), "fastai's fit_*")
+    cam_layer: str | None = param(None, is_str(none_ok=True), "Grad-CAM's layer (a named_modules() name)")
+    folds: int | None = param(None, is_int(lo=2, none_ok=True), "stratified K-fold: K models, out-of-fold preds")
+    refit: bool = param(False, is_bool, "retrain on train + valid with the validated recipe; it predicts test")
+    time_budget: float | None = param(None, is_budget, "training seconds: the stage sets the epochs to fill them")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+TRAIN_SCHEMA = schema_of(TrainSpec)
 
 
 def make_spec(entry: dict, where: str = "spec") -> TrainSpec:
@@ -389,50 +376,3 @@ def train_spec(params: dict, key: str) -> TrainSpec:
         )
     spec["arch"] = spec["arch"] or group
     return TrainSpec(**spec)
-
-
-# The `ensemble:` section (stage ensembles/ensemble.py).
-STRATEGIES = ("accuracy", "uniform", "greedy", "nnls", "stacking")
-ENSEMBLE_SCHEMA = {
-    "select": ("margin", one_of("margin", "threshold")),  # which rule picks the members
-    "margin": (0.01, is_float(0.0, 1.0, open_=False)),  # margin: valid accuracy ≥ the best's − margin
-    "threshold": (0.85, is_float(0.0, 1.0, open_=False)),  # threshold: valid accuracy ≥ threshold ...
-    "per_family": (True, is_bool),  # ... plus the best model of every family
-    "on_empty": ("warn", one_of("warn", "fail")),  # nothing reaches the threshold: best single model, or fail
-    "method": ("accuracy", one_of(*STRATEGIES, "best")),  # which strategy writes submissions/ensemble.csv
-    "greedy_iters": (50, is_int(lo=1)),
-    "folds": (5, is_int(lo=2)),  # cross-fitting of the fitted strategies' validation scores
-    "stack_C": (0.1, is_float(0.0, 1e6)),  # inverse regularisation of the stacking logistic regression
-    # stacking's logistic regression on members × classes features costs minutes at 200 classes; beyond this many
-    # features it takes the tied form (one weight per member, shared by the classes): seconds
-    "stack_max_features": (256, is_int(lo=1)),
-    "strategies": ("all", lambda v: is_strategies(v)),  # which strategies are fitted and scored
-    "families": ({}, is_dict),  # model name -> family, overriding the name-based guess
-    # temperature: one temperature per member fitted on the validation split before blending, one for the blend
-    # after (never on test); none: the members' probabilities as trained
-    "calibrate": ("none", one_of("none", "temperature")),
-    "resamples": (2000, is_int(lo=100)),  # paired bootstrap resamples of every comparison's interval
-}
-
-
-def is_strategies(v):
-    if v == "all":
-        return list(STRATEGIES)
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list) or not v:
-        raise ValueError(f"expected `all` or a list of strategies from {', '.join(STRATEGIES)}")
-    for k in v:
-        one_of(*STRATEGIES)(k)
-    return [k for k in STRATEGIES if k in v]  # the registry's order
-
-
-def ensemble_params(params: dict) -> dict:
-    """The checked `ensemble:` section, with defaults filled in."""
-    cfg = check_section(params.get("ensemble"), ENSEMBLE_SCHEMA, "ensemble")
-    if cfg["method"] != "best" and cfg["method"] not in cfg["strategies"]:
-        raise PipelineError(
-            f"params.yaml: `ensemble.method` = {cfg['method']!r} is not among `ensemble.strategies` "
-            f"({', '.join(cfg['strategies'])}): add it there, or pick one of those"
-        )
-    return cfg

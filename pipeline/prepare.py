@@ -52,7 +52,7 @@ class NpyWriter:
 
     def __init__(self, path: Path, shape: tuple, dtype=np.uint8):
         self.path, self.shape, self.dtype, self.n = path, tuple(shape), np.dtype(dtype), 0
-        self.f = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.f = open(path, "wb")  # closed in close()
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
         np.lib.format.write_array_header_1_0(self.f, header)
 

@@ -13,7 +13,7 @@ import torch
 from fastai.distributed import num_distrib, rank_distrib
 from safetensors.torch import save_file
 
-from pipeline import datasets, prepare, train
+from pipeline import datasets, prepare, recipe
 from pipeline.distributed import data_parallel, share
 from pipeline.params import make_spec
 
@@ -21,13 +21,13 @@ from pipeline.params import make_spec
 def main(out: Path) -> None:
     arrays, meta = prepare.prepare(datasets.read_digits(0), 0.2, 0, limit=400, test_limit=50)
     spec = make_spec({"arch": "cnn4", "epochs": 1, "bs": 16, "lr": "auto", "num_it": 10, "tta": False}, "cnn4")
-    learn, setup = train.build_learner("cnn4", spec, arrays, meta, seed=0)
+    learn, setup = recipe.build_learner("cnn4", spec, arrays, meta, seed=0)
     rank = rank_distrib()
     save_file({k: v.contiguous() for k, v in learn.model.state_dict().items()}, str(out / f"init{rank}.safetensors"))
-    found = train.pick_lr(learn, "cnn4", spec)
+    found = recipe.pick_lr(learn, "cnn4", spec)
     with data_parallel(learn, torch.device("cpu")):
         lr, _, _ = share(found)
-        train.fit_phases(learn, spec, setup, False, lr)
+        recipe.fit_phases(learn, spec, setup, False, lr)
     state = {k: v.contiguous() for k, v in learn.model.state_dict().items()}
     save_file(state, str(out / f"rank{rank}.safetensors"))
     (out / f"rank{rank}.txt").write_text(f"{num_distrib()} {lr!r} {len(learn.dls.train)}\n")

@@ -19,7 +19,7 @@ from conftest import ENV, ROOT, TINY, make_repo, predict_cli, run, write_idx, wr
 from PIL import Image
 
 from ensembles import weights as W
-from pipeline import datasets, predict, train
+from pipeline import datasets, predict, train, trained
 from pipeline.errors import PipelineError
 from pipeline.images import decode
 from pipeline.params import TRAIN_SCHEMA, check_section, train_spec
@@ -227,7 +227,7 @@ def test_exif_orientation_in_prepare_and_predict_alike(tmp_path):
         exif_rotated(folder / "train" / cls / "0.png")
     raw = datasets.read_folder(folder, 8, "fail")
     x = datasets.decoded(raw.train_x)[0]
-    np.testing.assert_array_equal(x[0], predict.to_array(tmp_path / "photo.png", 8, 3))
+    np.testing.assert_array_equal(x[0], trained.to_array(tmp_path / "photo.png", 8, 3))
     assert x[0][:4].mean() > x[0][4:].mean() + 100  # white on top: rotated, not as stored
 
 

@@ -9,7 +9,7 @@ import torch
 from conftest import write_image
 from safetensors.torch import save_file
 
-from pipeline import archs, cam, predict, train
+from pipeline import archs, cam, member, predict
 from pipeline.data import BatchTfm, to_tensor
 from pipeline.errors import PipelineError
 from pipeline.params import make_spec
@@ -64,7 +64,7 @@ def bars(n=256, size=16, seed=0):
 def trained():
     arrays, meta, quad = bars()
     s = make_spec({"arch": "cnn4", "epochs": 6, "bs": 32, "lr": 3e-3, "flip": False, "pad": 0, "tta": False})
-    res = train.train_arch("cnn4", s, arrays, meta, seed=0)
+    res = member.train_arch("cnn4", s, arrays, meta, seed=0)
     assert res.metrics["valid"]["accuracy"] >= 0.9
     return res, arrays, quad
 
@@ -105,7 +105,7 @@ def test_predict_writes_one_overlay_per_image(trained, tmp_path):
 def test_predict_cam_on_a_model_without_convolutions_fails_first(trained, tmp_path, capsys):
     _, arrays, _ = trained
     s = make_spec({"arch": "mlp", "epochs": 1, "bs": 16, "lr": 1e-3, "flip": False, "pad": 0})
-    saved(train.train_arch("mlp", s, arrays, bars()[1], seed=0), tmp_path, "mlp")
+    saved(member.train_arch("mlp", s, arrays, bars()[1], seed=0), tmp_path, "mlp")
     write_image(tmp_path / "x.png", size=(16, 16))
     assert (
         predict.main([str(tmp_path / "x.png"), "--model", "mlp", "--root", str(tmp_path), "--cam", str(tmp_path / "c")])

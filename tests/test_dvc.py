@@ -274,3 +274,17 @@ def test_equal_compute_and_time_budget_benches_in_their_smallest_mode(repo, tmp_
         row["asked_s"] == 1.5 and row["train_s"] > 0 and row["ratio"] == pytest.approx(row["train_s"] / 1.5, abs=1e-3)
     )
     assert "| mlp | 1.5 |" in (tmp_path / "results/time_budget.md").read_text()
+
+
+def test_default_run_bench_reruns_every_stage_and_records_each(repo, tmp_path):
+    """`python -m bench.default_run` in its smallest mode: the tiny repo's `dvc repro --force`, timed per stage."""
+    from bench import default_run
+
+    before = (repo / "preds/mlp/test.npy").read_bytes()
+    default_run.main(["--root", str(repo), "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "default_run.json").read_text())
+    assert set(r["stages"]) == {"prepare", "train@logreg", "train@mlp", "ensemble", "report"}
+    assert all(s["wall_s"] > 0 and s["peak_rss_mib"] > 10 for s in r["stages"].values())
+    assert r["stages"]["train@mlp"]["valid_acc"] > 0.5 and "| train@mlp |" in (tmp_path / "default_run.md").read_text()
+    assert (repo / "preds/mlp/test.npy").read_bytes() == before  # a forced rerun reproduces the outputs
+    run("git checkout -- . && git clean -fdq", repo)

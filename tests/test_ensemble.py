@@ -155,7 +155,7 @@ def test_stage_writes_submissions_and_every_strategy(three):
     assert m["members"] == ["resnet34", "cnn4"] and m["chosen"] == "accuracy"
     accs = [m["models"][n]["valid"]["accuracy"] for n in m["members"]]
     np.testing.assert_allclose(list(m["weights"].values()), np.array(accs) / sum(accs), atol=1e-6)
-    assert set(m["strategies"]) == {"accuracy", "uniform", "greedy", "nnls", "stacking"}
+    assert set(m["strategies"]) == {"accuracy", "uniform", "greedy", "logloss", "stacking"}
     for s in m["strategies"].values():
         assert s["members"] == m["members"] and 0 <= s["test"]["accuracy"] <= 1
     assert m["models"]["vgg19_bn"]["weight"] == 0.0 and m["models"]["vgg19_bn"]["family"] == "VGG"
@@ -224,7 +224,7 @@ def test_one_member(three):
         root,
     )
     assert m["members"] == ["resnet34"]
-    for k in ("accuracy", "uniform", "greedy", "nnls"):
+    for k in ("accuracy", "uniform", "greedy", "logloss"):
         assert m["strategies"][k]["weights"] == {"resnet34": 1.0}
     sub = (root / "submissions" / "ensemble.csv").read_text()
     assert sub == (root / "submissions" / "resnet34.csv").read_text()

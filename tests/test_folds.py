@@ -10,7 +10,7 @@ from conftest import C, noisy, write_run
 
 from ensembles import ensemble as E
 from ensembles import weights as W
-from pipeline import report, train
+from pipeline import folds, report, train
 from pipeline.errors import PipelineError
 from pipeline.predict import Model
 
@@ -52,7 +52,7 @@ def test_folds_train_k_models_whose_held_out_predictions_cover_the_training_spli
 
 def test_fold_splits_are_stratified_and_disjoint():
     y = np.repeat(np.arange(4), [30, 12, 9, 6])
-    splits = train.fold_splits("x", y, 3, seed=0)
+    splits = folds.fold_splits("x", y, 3, seed=0)
     held = np.concatenate([te for _, te in splits])
     assert sorted(held.tolist()) == list(range(len(y)))  # every row held out exactly once
     for tr, te in splits:
@@ -133,18 +133,18 @@ def test_fitted_strategies_fit_on_out_of_fold_rows_when_every_member_has_them(tm
     write_oof(tmp_path, "b", np.arange(2000), noisy(train_y, 0.9, rng))
     m = E.run(params, tmp_path)
     assert m["fitted_on"] == "out-of-fold predictions on 2000 training rows (valid held out)"
-    for k in ("greedy", "nnls", "stacking"):
+    for k in ("greedy", "logloss", "stacking"):
         s = m["strategies"][k]
         assert s["valid_scored"].startswith("fitted on 2000 out-of-fold training rows")
-    assert m["strategies"]["nnls"]["weights"]["b"] > 0.7  # fitted on validation rows alone, `a` would lead
+    assert m["strategies"]["logloss"]["weights"]["b"] > 0.7  # fitted on validation rows alone, `a` would lead
     P = np.stack([models[n][2] for n in ("a", "b")])
-    w = np.array([m["strategies"]["nnls"]["weights"][n] for n in ("a", "b")])
-    assert m["strategies"]["nnls"]["valid"]["accuracy"] == pytest.approx(W.accuracy(W.blend(P, w), vy), abs=1e-6)
+    w = np.array([m["strategies"]["logloss"]["weights"][n] for n in ("a", "b")])
+    assert m["strategies"]["logloss"]["valid"]["accuracy"] == pytest.approx(W.accuracy(W.blend(P, w), vy), abs=1e-6)
 
     (tmp_path / "preds/a/oof.npy").unlink()  # one member without OOF: back to the validation split
     m = E.run(params, tmp_path)
     assert m["fitted_on"] == "validation split (cross-fitted scores)"
-    assert m["strategies"]["nnls"]["valid_scored"].startswith("cross-fitted")
+    assert m["strategies"]["logloss"]["valid_scored"].startswith("cross-fitted")
 
 
 @pytest.mark.bad_input

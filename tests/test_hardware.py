@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline import hardware as H
-from pipeline import train
+from pipeline import member, recipe, train
 from pipeline.callbacks import Autocast
 from pipeline.errors import PipelineError
 
@@ -129,10 +129,10 @@ def test_gpu_speed_settings_and_deterministic(monkeypatch):
 def test_fp16_trains_with_fastais_gradient_scaler():
     from fastai.callback.fp16 import MixedPrecision
 
-    (mp,) = train.precision_callbacks(torch.float16, torch.device("cuda:0"))
+    (mp,) = recipe.precision_callbacks(torch.float16, torch.device("cuda:0"))
     assert isinstance(mp, MixedPrecision) and mp.amp_mode.value == "fp16"
-    (ac,) = train.precision_callbacks(torch.bfloat16, torch.device("cpu"))
-    assert isinstance(ac, Autocast) and train.precision_callbacks(None, torch.device("cpu")) == []
+    (ac,) = recipe.precision_callbacks(torch.bfloat16, torch.device("cpu"))
+    assert isinstance(ac, Autocast) and recipe.precision_callbacks(None, torch.device("cpu")) == []
 
 
 def test_the_stage_log_line_names_the_device(capsys):
@@ -142,7 +142,7 @@ def test_the_stage_log_line_names_the_device(capsys):
 
     arrays, meta = synth(c=1)
     spec = make_spec({"arch": "logreg", "epochs": 1, "bs": 16, "lr": 1e-3, "flip": False, "pad": 0}, "t")
-    train.train_arch("logreg", spec, arrays, meta, seed=0)
+    member.train_arch("logreg", spec, arrays, meta, seed=0)
     assert f"cpu, {torch.get_num_threads()} threads, fp32" in capsys.readouterr().out
 
 
@@ -160,7 +160,7 @@ def test_gpu_trains_a_tiny_net(precision):
 
     arrays, meta = synth(n=96, size=16, c=1)
     spec = make_spec({"arch": "cnn_small", "epochs": 2, "bs": 16, "lr": 3e-3, "precision": precision}, "t")
-    res = train.train_arch("gpu", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
+    res = member.train_arch("gpu", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
     assert res.metrics["device"] == "cuda:0" and res.metrics["precision"] == precision
     assert np.isfinite(res.preds["valid"]).all() and np.allclose(res.preds["valid"].sum(1), 1, atol=1e-3)
 
@@ -175,7 +175,7 @@ def test_gpu_predict_and_gradcam_match_the_cpu(tmp_path):
 
     arrays, meta = synth(n=96, size=16, c=1)
     spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 3e-3, "precision": "fp32"}, "t")
-    res = train.train_arch("m", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
+    res = member.train_arch("m", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
     res.spec["key"] = "m"
     from safetensors.torch import save_file
 
@@ -246,4 +246,4 @@ def test_gpu_nan_stop_is_an_error_not_a_hang():
     arrays, meta = synth(n=96, size=16, c=1)
     spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 1e9}, "t")
     with pytest.raises(PipelineError, match="training loss became"):
-        train.train_arch("nan", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
+        member.train_arch("nan", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))

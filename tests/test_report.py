@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from ensembles import ensemble as E
 from ensembles import weights as W
+from ensembles.strategies import NAMES as STRATEGIES
 from pipeline import archs
 from pipeline import report as R
 from pipeline.errors import PipelineError
@@ -56,7 +57,7 @@ def test_report_leaderboard_and_figures(tmp_path):
 
     rows = R.run(params, tmp_path)
     on_disk = list(csv.DictReader((tmp_path / "reports" / "leaderboard.csv").open()))
-    assert list(on_disk[0]) == R.COLUMNS and len(on_disk) == len(models) + len(E.STRATEGIES)
+    assert list(on_disk[0]) == R.COLUMNS and len(on_disk) == len(models) + len(STRATEGIES)
     tops = [float(r["top1"]) for r in on_disk]
     assert tops == sorted(tops, reverse=True)
     assert [r["model"] for r in on_disk].count("ensemble:accuracy*") == 1
@@ -171,3 +172,17 @@ def test_sweep_table_sorts_by_validation_and_keeps_the_swept_params(tmp_path):
     with pytest.raises(PipelineError, match=r"--metric 'metrics/x.json:valid.accuracy' is in no experiment"):
         sweep.run(shown, "metrics/x.json:valid.accuracy", tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_verdict_words_say_what_the_test_split_resolves():
+    def c(b, diff, p):
+        return {"b": b, "test": {"diff": diff, "ci95": [diff - 0.003, diff + 0.003], "p": p, "resolved": p < 0.05}}
+
+    best, other = c("f32", 0.008, 1e-5), c("f", 0.001, 0.5)
+    assert (
+        R.verdict_words(best, [best]) == "the submission beats each of its 1 members on test, each difference resolved."
+    )
+    w = R.verdict_words(best, [best, other])
+    assert "resolved, but not every member: against f, +0.10 [-0.20, +0.40] points, p = 0.5: not resolved" in w
+    assert "does not tell the submission from its best member by validation (f)" in R.verdict_words(other, [other])
+    assert "worse than its best member" in R.verdict_words(c("f", -0.01, 1e-4), [])

@@ -192,7 +192,7 @@ def test_one_member_says_why_nothing_is_cross_fitted(tmp_path):
     params["ensemble"] = {"select": "threshold", "threshold": 0.0}
     m = E.run(params, tmp_path)
     assert m["strategies"]["greedy"]["valid_scored"] == "direct: one member, nothing to fit"
-    assert "validation rows" not in m["strategies"]["nnls"]["valid_scored"]
+    assert "validation rows" not in m["strategies"]["logloss"]["valid_scored"]
 
 
 def test_confusion_at_200_classes_is_a_heatmap_with_a_pairs_table(tmp_path, monkeypatch):

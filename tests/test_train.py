@@ -9,7 +9,7 @@ import torch
 import yaml
 from conftest import synth
 
-from pipeline import archs, models, train
+from pipeline import archs, member, models, recipe, train
 from pipeline.errors import PipelineError
 from pipeline.params import make_spec, train_spec
 
@@ -31,7 +31,7 @@ def test_local_nets_any_input_size(name, size):
 @pytest.mark.parametrize("name", sorted(models.LOCAL))
 def test_local_nets_short_fit(name):
     arrays, meta = synth(c=1)
-    res = train.train_arch(name, spec(arch=name), arrays, meta, seed=0)
+    res = member.train_arch(name, spec(arch=name), arrays, meta, seed=0)
     assert res.preds["valid"].shape == (12, 3) and np.allclose(res.preds["valid"].sum(1), 1, atol=1e-4)
     assert res.metrics["param_count"] > 0 and res.metrics["source"] == "local"
 
@@ -40,7 +40,7 @@ def test_local_nets_short_fit(name):
 @pytest.mark.parametrize("c", [1, 3])
 def test_default_imagenet_archs_build_forward_fit(name, c):
     arrays, meta = synth(n=32, size=32, c=c)
-    res = train.train_arch(name, spec(bs=16, ps=0.25, arch=name), arrays, meta, seed=0)
+    res = member.train_arch(name, spec(bs=16, ps=0.25, arch=name), arrays, meta, seed=0)
     assert res.preds["test"].shape == (9, 3)
     assert res.metrics["source"] == ("torchvision" if name.startswith("torchvision.") else "timm")
 
@@ -64,7 +64,7 @@ def test_fast_recipe_is_a_default_entry_with_a_fixed_lr():
 
 def test_scratch_net_learns_and_lr_find_is_recorded():
     arrays, meta = synth(n=96, size=16)
-    res = train.train_arch("cnn4", spec(epochs=4, lr="auto", arch="cnn4"), arrays, meta, seed=0)
+    res = member.train_arch("cnn4", spec(epochs=4, lr="auto", arch="cnn4"), arrays, meta, seed=0)
     m = res.metrics
     assert m["lr_found"] and m["lr"] == m["lr_suggested"] > 0
     assert len(res.lr_curve["lr"]) == len(res.lr_curve["loss"]) > 5
@@ -86,7 +86,7 @@ def test_progressive_resizing_phases(monkeypatch):
 
     monkeypatch.setitem(models.LOCAL, "spy", Spy)
     arrays, meta = synth(n=32, size=16)
-    res = train.train_arch("spy", spec(phases=[[12, 1], [20, 2]], bs=8, arch="spy"), arrays, meta, seed=0)
+    res = member.train_arch("spy", spec(phases=[[12, 1], [20, 2]], bs=8, arch="spy"), arrays, meta, seed=0)
     trained = [(bs, size) for training, bs, size in seen if training]
     assert trained == [(8, 12)] * 4 + [(8, 20)] * 8  # 32 images / bs 8 = 4 batches per epoch
     assert {size for training, _, size in seen if not training} >= {20} and res.spec["size"] == 20
@@ -97,8 +97,8 @@ def test_schedule_shapes_the_learning_rate(schedule):
     """`schedule` picks fastai's fit function: the lr of every training batch over 2 epochs of 4 batches."""
     arrays, meta = synth(n=32, size=8)
     s = spec(epochs=2, bs=8, lr=0.01, schedule=schedule, arch="cnn_small")
-    learn, setup = train.build_learner("x", s, arrays, meta, seed=0)
-    train.fit_phases(learn, s, setup, False, 0.01)
+    learn, setup = recipe.build_learner("x", s, arrays, meta, seed=0)
+    recipe.fit_phases(learn, s, setup, False, 0.01)
     lrs = np.array(learn.recorder.lrs)
     assert len(lrs) == 8
     if schedule == "one_cycle":  # warm-up from lr/25, then cosine decay to ~0
@@ -115,8 +115,8 @@ def test_schedule_shapes_the_learning_rate(schedule):
 def test_opt_picks_fastai_s_optimizer(opt, kind):
     arrays, meta = synth(n=16, size=8)
     s = spec(bs=8, opt=opt, arch="cnn_small")
-    learn, setup = train.build_learner("x", s, arrays, meta, seed=0)
-    train.fit_phases(learn, s, setup, False, 0.01)
+    learn, setup = recipe.build_learner("x", s, arrays, meta, seed=0)
+    recipe.fit_phases(learn, s, setup, False, 0.01)
     hypers = learn.opt.hypers[-1]
     if opt == "adam":
         assert "sqr_mom" in hypers
@@ -128,8 +128,8 @@ def test_opt_picks_fastai_s_optimizer(opt, kind):
 
 def test_same_seed_same_predictions():
     arrays, meta = synth()
-    a = train.train_arch("cnn_small", spec(arch="cnn_small"), arrays, meta, seed=3).preds["valid"]
-    b = train.train_arch("cnn_small", spec(arch="cnn_small"), arrays, meta, seed=3).preds["valid"]
+    a = member.train_arch("cnn_small", spec(arch="cnn_small"), arrays, meta, seed=3).preds["valid"]
+    b = member.train_arch("cnn_small", spec(arch="cnn_small"), arrays, meta, seed=3).preds["valid"]
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -197,7 +197,7 @@ def test_pretrained_true_offline_fails_before_training(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     arrays, meta = synth(size=32)
     with pytest.raises(PipelineError, match=r"resnet18: cannot build resnet18 \(pretrained: true downloads"):
-        train.train_arch("resnet18", spec(pretrained=True, arch="resnet18"), arrays, meta, seed=0)
+        member.train_arch("resnet18", spec(pretrained=True, arch="resnet18"), arrays, meta, seed=0)
 
 
 def test_fine_tune_from_file_freezes_then_unfreezes(monkeypatch):
@@ -225,7 +225,7 @@ def test_fine_tune_from_file_freezes_then_unfreezes(monkeypatch):
     arrays, meta = synth(n=32, size=32, c=1)
     s = spec(pretrained=LITE0, freeze_epochs=1, lr=1e-2, arch="tf_efficientnet_lite0")
     pre = archs.build_model(archs.resolve("tf_efficientnet_lite0"), 1, 3, 32, pretrained=LITE0)[0]
-    res = train.train_arch("lite0", s, arrays, meta, seed=0)
+    res = member.train_arch("lite0", s, arrays, meta, seed=0)
     assert res.metrics["freeze_epochs"] == 1 and res.metrics["pretrained"] and snaps
     body_frozen, head_frozen = snaps[0]
     for k, v in convs(pre).items():
@@ -301,25 +301,25 @@ def test_time_budget_arithmetic(monkeypatch):
     arrays, meta = synth(n=100, size=16)
     meta["classes"] = ["c0", "c1", "c2"]
     cost = {"costs": [(0.01, 0.0)]}  # 0.01 s per training image: 1 s an epoch of 100 images
-    monkeypatch.setattr(train, "probe_costs", lambda *a: (cost["costs"], 100, 12))
-    pinned, rec = train.budget_recipe("m", spec(arch="cnn_small", time_budget=5), arrays, meta, 0, None)
+    monkeypatch.setattr(recipe, "probe_costs", lambda *a: (cost["costs"], 100, 12))
+    pinned, rec = recipe.budget_recipe("m", spec(arch="cnn_small", time_budget=5), arrays, meta, 0, None)
     assert pinned.epochs == 5 and pinned.train_limit is None and pinned.time_budget is None
     assert rec["chosen"] == {"epochs": 5} and rec["predicted_s"] == pytest.approx(5.0)
-    pinned, rec = train.budget_recipe("m", spec(arch="cnn_small", time_budget=2.5), arrays, meta, 0, None)
+    pinned, rec = recipe.budget_recipe("m", spec(arch="cnn_small", time_budget=2.5), arrays, meta, 0, None)
     assert (pinned.epochs, pinned.train_limit) == (3, 83) and rec["predicted_s"] == pytest.approx(2.49)
-    pinned, _ = train.budget_recipe("m", spec(arch="cnn_small", time_budget=0.5), arrays, meta, 0, None)
+    pinned, _ = recipe.budget_recipe("m", spec(arch="cnn_small", time_budget=0.5), arrays, meta, 0, None)
     assert (pinned.epochs, pinned.train_limit) == (1, 50)
     cost["costs"] = [(0.01, 0.0), (0.03, 0.0)]  # the second phase's larger images cost 3x
     s = spec(arch="cnn_small", phases=[[8, 1], [16, 2]], epochs=3, time_budget=14)  # 1 + 6 = 7 s at unit scale
-    pinned, rec = train.budget_recipe("m", s, arrays, meta, 0, None)
+    pinned, rec = recipe.budget_recipe("m", s, arrays, meta, 0, None)
     assert pinned.phases == [[8, 2], [16, 4]] and rec["chosen"] == {"phases": [[8, 2], [16, 4]]}
 
 
 def test_time_budget_runs_and_its_choice_pins_the_same_run():
     arrays, meta = synth(n=240)
-    res = train.train_arch("cnn_small", spec(arch="cnn_small", time_budget=3), arrays, meta, seed=1)
+    res = member.train_arch("cnn_small", spec(arch="cnn_small", time_budget=3), arrays, meta, seed=1)
     tb = res.metrics["time_budget"]
     assert tb["asked_s"] == 3.0 and tb["probe_img_per_s"][0] > 0 and tb["train_s"] == res.metrics["train_s"]
     assert res.metrics["phases"][0][1] == tb["chosen"]["epochs"] >= 1
-    pinned = train.train_arch("cnn_small", spec(arch="cnn_small", **tb["chosen"]), arrays, meta, seed=1)
+    pinned = member.train_arch("cnn_small", spec(arch="cnn_small", **tb["chosen"]), arrays, meta, seed=1)
     np.testing.assert_array_equal(res.preds["valid"], pinned.preds["valid"])  # bit for bit

@@ -1,0 +1,146 @@
+"""The ensemble strategies, one registry: each strategy's name, whether it is fitted on rows (then its validation
+score is cross-fitted) or given by a rule, and how it turns members' probabilities into a blend.
+
+`P` is (members, rows, classes) of validation probabilities, `y` their labels, `accs` the members' validation
+accuracies, `cfg` the checked `ensemble:` section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ensembles import weights as W
+from pipeline.errors import PipelineError
+from pipeline.params import check_section, is_bool, is_dict, is_float, is_int, one_of
+
+
+@dataclass
+class Fit:
+    """One strategy fitted on validation rows: member weights and how it blends new probabilities."""
+
+    weights: np.ndarray
+    predict: Callable[[np.ndarray], np.ndarray]  # (members, rows, classes) -> (rows, classes)
+    stacker: dict | None = None  # stacking only: the model as plain numbers, for ensemble/model.json
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    fitted: bool  # fitted on rows (scored by cross-fitting), not given by a rule
+    doc: str
+    fit: Callable[[np.ndarray, np.ndarray, np.ndarray, dict, int], Fit]
+
+
+def weighted(rule: Callable[[np.ndarray, np.ndarray, np.ndarray, dict], np.ndarray]):
+    """A strategy that averages the members' probabilities with weights given by `rule`."""
+
+    def fit(P, y, accs, cfg, seed):
+        w = rule(P, y, accs, cfg)
+        return Fit(w, lambda Q: W.blend(Q, w))
+
+    return fit
+
+
+def stacking_form(members: int, n_classes: int, cfg: dict) -> str:
+    """`full`: a logistic regression on members × classes features; `tied` beyond `stack_max_features` of them."""
+    return "full" if members * n_classes <= cfg["stack_max_features"] else "tied"
+
+
+def fit_stacking(P, y, accs, cfg, seed) -> Fit:
+    n_classes = P.shape[2]
+    if stacking_form(len(P), n_classes, cfg) == "tied":
+        model = W.fit_tied_stacker(P, y, cfg["stack_C"])
+    else:
+        model = W.fit_stacker(P, y, cfg["stack_C"], seed)
+    return Fit(
+        W.stacker_weights(model, len(P), n_classes),
+        lambda Q: W.stacker_proba(model, Q, n_classes),
+        W.stacker_to_dict(model),
+    )
+
+
+REGISTRY: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy(
+            "accuracy",
+            False,
+            "weights ∝ validation accuracy (the benchmark's rule)",
+            weighted(lambda P, y, accs, cfg: W.accuracy_weights(accs)),
+        ),
+        Strategy("uniform", False, "the plain average", weighted(lambda P, y, accs, cfg: W.uniform_weights(len(P)))),
+        Strategy(
+            "greedy",
+            True,
+            "Caruana's forward selection with replacement on validation log-loss",
+            weighted(lambda P, y, accs, cfg: W.greedy_weights(P, y, cfg["greedy_iters"])),
+        ),
+        Strategy(
+            "logloss",
+            True,
+            "weights on the simplex minimising validation log-loss (SLSQP)",
+            weighted(lambda P, y, accs, cfg: W.fitted_weights(P, y)),
+        ),
+        Strategy("stacking", True, "a logistic regression on the members' log-probabilities", fit_stacking),
+    )
+}
+ALIASES = {"nnls": "logloss"}  # the earlier name, still accepted in params.yaml
+NAMES = tuple(REGISTRY)
+FITTED = tuple(n for n, s in REGISTRY.items() if s.fitted)
+
+
+def canonical(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+# The `ensemble:` section of params.yaml (stage ensembles/ensemble.py): default, check, why.
+def is_strategies(v) -> list[str]:
+    if v == "all":
+        return list(NAMES)
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"expected `all` or a list of strategies from {', '.join(NAMES)}")
+    for k in v:
+        one_of(*NAMES, *ALIASES)(k)
+    return [k for k in NAMES if k in {canonical(x) for x in v}]  # the registry's order
+
+
+def is_method(v) -> str:
+    return canonical(one_of(*NAMES, *ALIASES, "best")(v))
+
+
+ENSEMBLE_SCHEMA = {
+    "select": ("margin", one_of("margin", "threshold")),  # which rule picks the members
+    "margin": (0.01, is_float(0.0, 1.0, open_=False)),  # margin: valid accuracy ≥ the best's − margin
+    "threshold": (0.85, is_float(0.0, 1.0, open_=False)),  # threshold: valid accuracy ≥ threshold ...
+    "per_family": (True, is_bool),  # ... plus the best model of every family
+    "on_empty": ("warn", one_of("warn", "fail")),  # nothing reaches the threshold: best single model, or fail
+    "method": ("accuracy", is_method),  # which strategy writes submissions/ensemble.csv (or `best` by validation)
+    "greedy_iters": (50, is_int(lo=1)),
+    "folds": (5, is_int(lo=2)),  # cross-fitting of the fitted strategies' validation scores
+    "stack_C": (0.1, is_float(0.0, 1e6)),  # inverse regularisation of the stacking logistic regression
+    # stacking's logistic regression on members × classes features costs minutes at 200 classes; beyond this many
+    # features it takes the tied form (one weight per member, shared by the classes): seconds
+    "stack_max_features": (256, is_int(lo=1)),
+    "strategies": ("all", is_strategies),  # which strategies are fitted and scored
+    "families": ({}, is_dict),  # model name -> family, overriding the name-based guess
+    # temperature: one temperature per member fitted on the validation split before blending, one for the blend
+    # after (never on test); none: the members' probabilities as trained
+    "calibrate": ("none", one_of("none", "temperature")),
+    "resamples": (2000, is_int(lo=100)),  # paired bootstrap resamples of every comparison's interval
+}
+
+
+def ensemble_params(params: dict) -> dict:
+    """The checked `ensemble:` section, with defaults filled in (`nnls` read as `logloss`)."""
+    cfg = check_section(params.get("ensemble"), ENSEMBLE_SCHEMA, "ensemble")
+    if cfg["method"] != "best" and cfg["method"] not in cfg["strategies"]:
+        raise PipelineError(
+            f"params.yaml: `ensemble.method` = {cfg['method']!r} is not among `ensemble.strategies` "
+            f"({', '.join(cfg['strategies'])}): add it there, or pick one of those"
+        )
+    return cfg

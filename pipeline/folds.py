@@ -1,0 +1,130 @@
+"""`folds: K` and `refit: true`: functions over one member (pipeline.member.train_arch). K fold models with their
+out-of-fold predictions and averaged valid/test predictions; a refit on train + valid with the validated recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from pipeline.data import Rows
+from pipeline.distributed import say
+from pipeline.errors import PipelineError
+from pipeline.member import TrainResult, score_on_test, train_arch
+from pipeline.params import TrainSpec
+from pipeline.recipe import training_pool
+from pipeline.scores import score
+
+
+def fold_splits(key: str, y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's StratifiedKFold of the pool's labels: (train, held-out) positions per fold."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < k:
+        raise PipelineError(
+            f"{key}: `folds` = {k}, but a class has only {counts[counts > 0].min()} training images; "
+            "each class needs at least one image per fold: lower `folds` or raise `train_limit`"
+        )
+    return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+
+
+def sd(a) -> float:
+    """Sample standard deviation (ddof 1), as the report's groups table; 0 for a single value."""
+    return float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
+
+
+def train_folds(key, spec: TrainSpec, arrays, meta, seed, device, live, evaluate) -> TrainResult:
+    """`folds: K`: K models, each trained on K-1 folds of the pool and predicting its held-out fold (out-of-fold),
+    the validation and the test split. The first fold fixes the lr (lr_find when `auto`); the others reuse it."""
+    pool = training_pool(arrays, spec, seed)
+    py = arrays["train_y"][pool]
+    splits = fold_splits(key, py, spec.folds, seed)
+    base = replace(spec, folds=None, refit=False, train_limit=None)
+    results: list[TrainResult] = []
+    for i, (tr, te) in enumerate(splits):
+        a = {**arrays, "train_x": Rows.of(arrays["train_x"]).take(pool[tr]), "train_y": py[tr]}
+        held_out = (Rows.of(arrays["train_x"]).take(pool[te]), py[te])
+        say(f"{key}: fold {i + 1}/{spec.folds}: {len(tr)} training images, {len(te)} held out")
+        s = base if i == 0 else replace(base, lr=results[0].lr)
+        results.append(train_arch(key, s, a, meta, seed, device, live, evaluate, held_out=held_out))
+    if not evaluate:
+        return results[0]
+    return combine_folds(results, pool, splits, arrays, spec)
+
+
+def combine_folds(results: list[TrainResult], pool, splits, arrays, spec: TrainSpec) -> TrainResult:
+    """The entry's outputs from its fold models: valid and test predicted by their average, the out-of-fold
+    predictions over the pool, and mean ± std of the fold models' held-out (CV) and validation accuracies."""
+    first = results[0]
+    preds = {s: np.mean([r.preds[s] for r in results], axis=0) for s in ("valid", "test")}
+    oof = np.zeros((len(pool), first.preds["oof"].shape[1]), dtype=first.preds["oof"].dtype)
+    for (_, te), r in zip(splits, results):
+        oof[te] = r.preds["oof"]
+    preds["oof"], preds["oof_rows"] = oof, pool.astype(np.int64)
+    cv = [r.metrics["oof"]["accuracy"] for r in results]
+    va = [r.metrics["valid"]["accuracy"] for r in results]
+    train_s = sum(r.metrics["train_s"] for r in results)
+    seen = sum(r.metrics["train_s"] * r.metrics["img_per_s"] for r in results)
+    m = {k: v for k, v in first.metrics.items() if k != "oof"}
+    m.update(
+        valid=score(preds["valid"], arrays["valid_y"]),
+        test=score_on_test(preds["test"], arrays),
+        train_s=round(train_s, 2),
+        img_per_s=round(seen / train_s, 1) if train_s else 0.0,
+        images_seen=sum(r.metrics["images_seen"] for r in results),
+        eval_s=round(sum(r.metrics["eval_s"] for r in results), 2),
+        train_images=len(pool),
+        folds={
+            "k": len(results),
+            "cv_accuracy": cv,  # each fold model on its held-out fold
+            "cv_mean": float(np.mean(cv)),
+            "cv_std": sd(cv),
+            "oof": score(oof, arrays["train_y"][pool]),  # all out-of-fold predictions together
+            "valid_accuracy": va,  # each fold model on the validation split (`valid` is their average's)
+            "valid_mean": float(np.mean(va)),
+            "valid_std": sd(va),
+        },
+    )
+    model_spec = {**first.spec, "folds": [f"fold{i}" for i in range(len(results))], "train": spec.to_dict()}
+    return TrainResult(first.model, first.lr, model_spec, preds, m, first.lr_curve, folds=results)
+
+
+def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed, device, evaluate) -> TrainResult:
+    """`refit: true`: a fresh model with the validated recipe (its lr, epochs, phases) trained on the validated
+    run's training images plus the validation split; it predicts test. Nothing is validated on it: the
+    validation figures stay the validated run's, and the test score of the validated model is kept beside it."""
+    pool = training_pool(arrays, spec, seed)
+    a = {
+        **arrays,
+        "train_x": Rows.concat(Rows.of(arrays["train_x"]).take(pool), arrays["valid_x"]),
+        "train_y": np.concatenate([arrays["train_y"][pool], arrays["valid_y"]]),
+        # fastai needs a validation loader: an empty one, skipped (NoValidation)
+        "valid_x": Rows.of(arrays["valid_x"]).take([]),
+        "valid_y": arrays["valid_y"][:0],
+    }
+    say(f"{key}: refit on train + valid: {len(a['train_y'])} images, lr {validated.lr:.2e}")
+    chosen = (validated.metrics.get("time_budget") or {}).get("chosen", {})  # the validated run's budgeted epochs
+    s = replace(spec, lr=validated.lr, folds=None, refit=False, train_limit=None, time_budget=None)
+    s = replace(s, **{k: v for k, v in chosen.items() if k != "train_limit"})
+    r = train_arch(key, s, a, meta, seed, device, None, evaluate, refit=True)
+    if not evaluate:
+        return r
+    m = dict(validated.metrics)
+    m["test_validated"] = m["test"]  # the validated model's test score, for comparison
+    m["test"] = r.metrics["test"]
+    m["train_s"] = round(m["train_s"] + r.metrics["train_s"], 2)
+    m["images_seen"] = m["images_seen"] + r.metrics["images_seen"]
+    m["refit"] = {
+        "train_images": r.metrics["train_images"],
+        "lr": r.lr,
+        "phases": r.metrics["phases"],
+        "train_s": r.metrics["train_s"],
+        "figures": "valid: the validated run (its model never saw the validation split); test and the "
+        "submission: the refit model",
+    }
+    preds = {**validated.preds, "test": r.preds["test"]}
+    model_spec = {**r.spec, "refit": {"train_images": r.metrics["train_images"], "validated_lr": validated.lr}}
+    model_spec["train"] = spec.to_dict()
+    return TrainResult(r.model, validated.lr, model_spec, preds, m, validated.lr_curve)

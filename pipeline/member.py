@@ -1,0 +1,244 @@
+"""One member: trained by the recipe (pipeline.recipe), evaluated on valid, test and any held-out rows, and its
+outputs written — the model, its spec, predictions, metrics and curves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.distributed import num_distrib
+
+from pipeline.callbacks import live_callback
+from pipeline.contracts import MemberSpec, save_member_spec
+from pipeline.data import BatchTfm
+from pipeline.distributed import data_parallel, say, share
+from pipeline.hardware import describe, dtype_name
+from pipeline.infer import predict_probs
+from pipeline.params import TrainSpec
+from pipeline.recipe import Setup, budget_recipe, build_learner, fit_phases, pick_lr
+from pipeline.scores import score
+
+
+@dataclass
+class TrainResult:
+    """One trained member: the model and everything the stage writes about it."""
+
+    model: torch.nn.Module
+    lr: float
+    spec: MemberSpec | None = None  # models/<key>/spec.json: what pipeline.trained rebuilds the model from
+    preds: dict[str, np.ndarray] | None = None  # split -> probabilities
+    metrics: dict | None = None  # metrics/<key>.json
+    lr_curve: dict | None = None  # lr_find's curve, when lr was `auto`
+    folds: list[TrainResult] | None = None  # `folds: K`: the K fold models, saved as models/<key>/fold<i>/
+
+
+@dataclass
+class Fitted:
+    """What fitting one model leaves for its evaluation."""
+
+    learn: object  # the fastai Learner
+    setup: Setup
+    spec: TrainSpec
+    lr: float
+    lr_found: float | None  # lr_find's valley, where `lr: auto`
+    curve: dict | None  # lr_find's curve
+    seen: int  # training images seen
+    train_s: float
+    freeze_epochs: int
+
+
+def train_arch(
+    key: str,
+    spec: TrainSpec,
+    arrays: dict,
+    meta: dict,
+    seed: int,
+    device: torch.device | None = None,
+    live=None,
+    evaluate: bool = True,
+    held_out: tuple | None = None,
+    refit: bool = False,
+) -> TrainResult:
+    """Train one architecture; returns the model, its spec, predictions, metrics and the lr_find curve.
+    `held_out`: (images, labels) it also predicts (a fold model's held-out fold: `oof`); `refit`: trained on the
+    validation split too (`arrays` then has an empty one), so nothing is validated; `evaluate=False`: a
+    data-parallel rank other than 0, which trains in step and returns the model only."""
+    budget = None
+    if spec.time_budget:
+        spec, budget = budget_recipe(key, spec, arrays, meta, seed, device)
+    learn, setup = build_learner(key, spec, arrays, meta, seed, device)
+    fine_tune = bool(setup.pretrained)
+    if fine_tune:
+        learn.freeze()
+    distributed = num_distrib() > 1
+    found = pick_lr(learn, key, spec)
+    with data_parallel(learn, setup.device) if distributed else contextlib.nullcontext():
+        lr, lr_found, curve = share(found) if distributed else found
+        how = f" ({num_distrib()} processes, data-parallel)" if distributed else ""
+        say(
+            f"{key}: {setup.arch.source} {setup.arch.name}, lr {lr:.2e}{' (lr_find valley)' if lr_found else ''}, "
+            f"phases {setup.phases}, {'fine-tune' if fine_tune else 'one-cycle'}, "
+            f"{describe(setup.device, setup.dtype)}{how}"
+        )
+        if live is not None:
+            learn.add_cb(live_callback(live))
+        seen, t0, freeze_epochs = fit_phases(learn, spec, setup, fine_tune, lr)
+    train_s = time.perf_counter() - t0
+    if not evaluate:
+        return TrainResult(learn.model, lr)
+    fitted = Fitted(learn, setup, spec, lr, lr_found, curve, seen, train_s, freeze_epochs)
+    res = evaluate_member(key, fitted, meta, seed, held_out, refit)
+    if budget is not None:
+        res.metrics["time_budget"] = budget | {"train_s": res.metrics["train_s"]}
+    return res
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+def score_on_test(probs: np.ndarray, arrays: dict) -> dict | None:
+    """Accuracy and loss on the test split, or None where it has no labels (or no rows)."""
+    return score(probs, arrays["test_y"]) if "test_y" in arrays and len(arrays["test_y"]) else None
+
+
+def evaluate_member(key: str, f: Fitted, meta: dict, seed: int, held_out: tuple | None, refit: bool) -> TrainResult:
+    """Predictions on valid (not for a refit, trained on it), test and the held-out rows; metrics and spec."""
+    setup, spec = f.setup, f.spec
+    tfm = BatchTfm(setup.phases[-1][0], setup.mean, setup.std, train=False, channels_last=spec.channels_last)
+    tta = spec.tta and spec.flip  # mirror TTA only where mirrored images were trained on
+    inputs = {"test": setup.arrays["test_x"]}
+    if not refit and len(setup.arrays["valid_y"]):
+        inputs = {"valid": setup.arrays["valid_x"], **inputs}
+    if held_out is not None:
+        inputs["oof"] = held_out[0]
+    t1 = time.perf_counter()
+    preds = {
+        s: predict_probs(f.learn.model, x, tfm, spec.eval_bs, tta, setup.device, setup.dtype, setup.n_out)
+        for s, x in inputs.items()
+    }
+    metrics = member_metrics(f, preds, held_out, time.perf_counter() - t1)
+    return TrainResult(f.learn.model, f.lr, member_spec(key, f, meta, seed, tta), preds, metrics, f.curve)
+
+
+def member_metrics(f: Fitted, preds: dict, held_out: tuple | None, eval_s: float) -> dict:
+    """metrics/<key>.json of one model."""
+    setup, arrays = f.setup, f.setup.arrays
+    return {
+        "valid": score(preds["valid"], arrays["valid_y"]) if "valid" in preds else None,
+        "test": score_on_test(preds["test"], arrays),
+        **({"oof": score(preds["oof"], held_out[1])} if held_out is not None else {}),
+        "lr": f.lr,
+        "lr_found": f.lr_found is not None,
+        "lr_suggested": f.lr_found,
+        "phases": setup.phases,
+        "freeze_epochs": f.freeze_epochs,
+        "bs": setup.bs,
+        "train_s": round(f.train_s, 2),
+        "img_per_s": round(f.seen / f.train_s, 1),
+        "images_seen": int(f.seen),  # the training budget: epochs × training images (frozen epochs included)
+        "eval_s": round(eval_s, 2),
+        "param_count": sum(p.numel() for p in f.learn.model.parameters()),
+        "train_images": int(len(arrays["train_y"])),
+        "device": str(setup.device),
+        "precision": dtype_name(setup.dtype),
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated(setup.device) / 2**20)
+        if setup.device.type == "cuda"
+        else None,
+        "arch": setup.arch.name,
+        "source": setup.arch.source,
+        "pretrained": bool(setup.pretrained),
+    }
+
+
+def member_spec(key: str, f: Fitted, meta: dict, seed: int, tta: bool) -> MemberSpec:
+    """models/<key>/spec.json: what pipeline.predict rebuilds the model from."""
+    setup, spec = f.setup, f.spec
+    return {
+        "key": key,
+        "arch": setup.arch.name,
+        "source": setup.arch.source,
+        "n_in": setup.n_in,
+        "n_out": setup.n_out,
+        "size": setup.phases[-1][0],
+        "native_size": setup.native,
+        "mean": list(map(float, setup.mean)),
+        "std": list(map(float, setup.std)),
+        "classes": meta["classes"],
+        "ps": spec.ps,
+        "model_kwargs": spec.model_kwargs,
+        "pretrained": setup.pretrained,
+        "tta": tta,
+        "channels_last": spec.channels_last,
+        "precision": dtype_name(setup.dtype),  # pipeline.predict evaluates with the same autocast on the same
+        "device": str(setup.device),  # device type, so it reproduces preds/; elsewhere with that device's own
+        "seed": seed,
+        "train": spec.to_dict(),
+    }
+
+
+# --------------------------------------------------------------------------------------------- write
+def versions() -> dict:
+    import fastai
+    import timm
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "fastai": fastai.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+
+
+def save_lr_plot(curve: dict, path: Path, lr: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(curve["lr"], curve["loss"])
+    ax.axvline(lr, color="red", ls="--", label=f"valley {lr:.1e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="lr_find")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_member(res: TrainResult, live, model_dir: Path, preds_dir: Path, metrics_file: Path, live_dir: Path) -> None:
+    """Every output of one member, into the (staging) paths given."""
+    from safetensors.torch import save_file
+
+    if res.lr_curve:
+        points = [{"lr": a, "loss": b} for a, b in zip(res.lr_curve["lr"], res.lr_curve["loss"])]
+        live.log_plot("lr_find", points, x="lr", y="loss", template="linear", title=f"lr_find: {res.spec['key']}")
+        (live_dir / "plots" / "images").mkdir(parents=True, exist_ok=True)
+        save_lr_plot(res.lr_curve, live_dir / "plots" / "images" / "lr_find.png", res.lr)
+    else:  # a fixed lr: no curve, but the declared plot file exists
+        (live_dir / "plots" / "custom").mkdir(parents=True, exist_ok=True)
+        (live_dir / "plots" / "custom" / "lr_find.json").write_text("[]\n")
+    live.end()
+    model_dir.mkdir(exist_ok=True)
+    saved = list(zip(res.spec["folds"], res.folds)) if res.folds else [(".", res)]
+    for sub, r in saved:
+        folder = model_dir / sub
+        folder.mkdir(exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in r.model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        save_member_spec(folder / "spec.json", r.spec)
+    save_member_spec(model_dir / "spec.json", res.spec)  # with folds: names their folders
+    (model_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+    preds_dir.mkdir(exist_ok=True)
+    for split, p in res.preds.items():
+        np.save(preds_dir / f"{split}.npy", p, allow_pickle=False)
+    metrics_file.write_text(json.dumps(res.metrics, indent=2) + "\n")

@@ -1,0 +1,144 @@
+"""A trained model or the ensemble, loaded from the stages' outputs and run on new images: what pipeline.predict,
+the report and notebooks use.
+
+Model: models/<key>/{spec.json, model.safetensors}, rebuilt from the spec (no pickled learners, no code from model
+files); `folds` entries average their fold models. Ensemble: ensemble/model.json (members, weights or the
+stacker's numbers, temperatures) over its members' Models.
+Python: load_ensemble() or load_model("resnet9") -> .predict(images) -> probabilities (N × classes)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.contracts import load_ensemble_model, load_member_spec
+from pipeline.errors import PipelineError
+from pipeline.hardware import eval_dtype
+from pipeline.images import decode, to_channels
+
+
+def to_array(image, size: int, n_in: int) -> np.ndarray:
+    """A PIL image, a path or an H×W(×C) uint8 array -> uint8 size×size×n_in, as the prepare stage makes them."""
+    return to_channels({"x": decode(image, size)[None]}, n_in)["x"][0]
+
+
+class Model:
+    """One trained architecture, rebuilt from models/<key>/spec.json and its safetensors weights."""
+
+    def __init__(self, folder: Path, device: str | torch.device = "cpu", stage_key: str | None = None):
+        from safetensors.torch import load_file
+
+        from pipeline import archs
+        from pipeline.data import BatchTfm
+
+        weights = folder / "model.safetensors"
+        self.spec = s = load_member_spec(folder / "spec.json", stage_key or folder.name)
+        self.name, self.classes, self.device = s["key"], s["classes"], torch.device(device)
+        # `folds: K`: the entry is its K fold models, averaged as the train stage averaged them; Grad-CAM looks at
+        # the first one
+        self.folds = [Model(folder / f, device, s["key"]) for f in s.get("folds") or []]
+        if self.folds:
+            self.model, self.tfm, self.dtype = self.folds[0].model, self.folds[0].tfm, self.folds[0].dtype
+            return
+        if not weights.is_file():
+            raise PipelineError(f"{weights}: missing; train the model first (dvc repro train@{s['key']})")
+        self.model, _ = archs.build_model(
+            archs.resolve(s["arch"]),
+            s["n_in"],
+            s["n_out"],
+            s["native_size"],
+            pretrained=False,
+            ps=s["ps"],
+            model_kwargs=s["model_kwargs"],
+        )
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # any exception: safetensors raises its own types for a damaged header or body
+            raise PipelineError(
+                f"{weights}: damaged, cannot be read ({type(e).__name__}: {e}); restore it with "
+                f"`dvc checkout {folder}` or rebuild it with `dvc repro train@{s['key']}`"
+            ) from e
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise PipelineError(
+                f"{weights}: does not fit {s['arch']} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        self.model.to(self.device).eval()
+        self.tfm = BatchTfm(s["size"], s["mean"], s["std"], train=False, channels_last=s["channels_last"])
+        # on the device type it trained on, the precision the stage evaluated with (older specs: fp32, cpu), so
+        # predictions match preds/<key>/; on another, that device's own (a GPU's bf16 model runs fp32 on a CPU)
+        self.dtype = eval_dtype(s.get("precision", "fp32"), s.get("device", "cpu"), self.device)
+
+    def inputs(self, x: np.ndarray) -> torch.Tensor:
+        """Prepared-format uint8 arrays -> the normalised batch the network takes."""
+        from pipeline.data import to_tensor
+
+        (xb,) = self.tfm((to_tensor(x).to(self.device),))
+        return xb
+
+    def cam(self, x: np.ndarray, targets: np.ndarray | None = None) -> np.ndarray:
+        """Grad-CAM heatmaps (N × size × size, in [0, 1]) of prepared-format uint8 arrays, for `targets` (default:
+        the predicted classes), at the entry's `cam_layer` or the last convolution."""
+        from pipeline.cam import grad_cam, pick_layer
+
+        _, layer = pick_layer(self.model, (self.spec.get("train") or {}).get("cam_layer"))
+        t = None if targets is None else torch.as_tensor(targets, device=self.device)
+        return grad_cam(self.model, self.inputs(x), layer, t)
+
+    def arrays(self, images: Iterable) -> np.ndarray:
+        return np.stack([to_array(im, self.spec["native_size"], self.spec["n_in"]) for im in images])
+
+    def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
+        """Probabilities for prepared-format uint8 N×H×W×C arrays (as data/prepared holds them)."""
+        from pipeline.infer import predict_probs
+
+        if self.folds:
+            return np.mean([m.predict_arrays(x, bs) for m in self.folds], axis=0)
+        return predict_probs(self.model, x, self.tfm, bs, self.spec["tta"], self.device, self.dtype, self.spec["n_out"])
+
+    def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:
+        return self.predict_arrays(self.arrays(images), bs)
+
+
+class Ensemble:
+    """The ensemble the `ensemble` stage chose: its members' probabilities blended by ensemble/model.json."""
+
+    def __init__(self, root: Path = Path("."), device: str | torch.device = "cpu"):
+        self.spec = load_ensemble_model(root / "ensemble" / "model.json")
+        self.name, self.classes = "ensemble", self.spec["classes"]
+        self.members = [Model(root / "models" / m, device) for m in self.spec["members"]]
+        for m in self.members:
+            if m.classes != self.classes:
+                raise PipelineError(f"models/{m.name}: classes differ from the ensemble's; rerun `dvc repro`")
+
+    def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:
+        return self.predict_arrays(self.members[0].arrays(images), bs)
+
+    def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
+        """Probabilities for prepared-format uint8 arrays (every member was trained on the same prepared data)."""
+        from ensembles import weights as W
+        from ensembles.calibrate import apply_temperature
+
+        P = np.stack([m.predict_arrays(x, bs) for m in self.members]).astype(np.float64)
+        temps = self.spec.get("temperatures") or {}  # `calibrate: temperature`: each member's, then the blend's
+        for i, m in enumerate(self.members):
+            if m.name in temps:
+                P[i] = apply_temperature(P[i], temps[m.name])
+        if self.spec["stacker"]:
+            out = W.stacker_apply(self.spec["stacker"], P, len(self.classes))
+        else:
+            out = W.blend(P, np.array([self.spec["weights"][m.name] for m in self.members]))
+        t = self.spec.get("temperature")
+        return (apply_temperature(out, t) if t else out).astype(np.float32)
+
+
+def load_model(name: str, root: str | Path = ".", device: str = "cpu") -> Model:
+    return Model(Path(root) / "models" / name, device)
+
+
+def load_ensemble(root: str | Path = ".", device: str = "cpu") -> Ensemble:
+    return Ensemble(Path(root), device)

@@ -1,0 +1,102 @@
+"""Every bench/ script runs, in its smallest mode, so none breaks unseen. (Their figures are benchmarks: what
+these tests check is that each runs end to end and writes its results.)"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY
+
+from pipeline import prepare
+
+pytestmark = pytest.mark.slow  # each trains for seconds to a minute
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"arch": "resnet9", "epochs": 1, "lr": 0.005, "size": 16, "model_kwargs": {"widths": [8, 16, 16, 16]}}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project folder with params.yaml (digits; logreg, mlp, a small `fast`) and data/prepared."""
+    root = tmp_path_factory.mktemp("bench")
+    params = {**TINY, "archs": {"logreg": {}, "mlp": {"epochs": 1}, "fast": FAST}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    prepare.main(str(root / "params.yaml"), root / "data" / "prepared")
+    return root
+
+
+def paths(project, tmp_path):
+    return ["--root", str(project), "--out", str(tmp_path)]
+
+
+def test_lr_sweep(project, tmp_path):
+    from bench import lr_sweep
+
+    lr_sweep.main(["mlp", "--lrs", "auto", "1e-2", "--train-limit", "200", "--epochs", "1", *paths(project, tmp_path)])
+    rows = json.loads((tmp_path / "lr_sweep_mlp.json").read_text())["rows"]
+    assert [r["lr_param"] for r in rows] == ["auto", "1e-2"] and rows[1]["lr"] == 0.01
+
+
+def test_fast_recipe(project, tmp_path):
+    from bench import fast_recipe
+
+    fast_recipe.main(["--recipe", "fast", "--epochs", "1", "--matmul-s", "0.05", *paths(project, tmp_path)])
+    (out,) = tmp_path.glob("fast_recipe_fast_16px1ep-bs32.json")
+    r = json.loads(out.read_text())
+    assert r["spec"]["arch"] == "resnet9" and r["achieved_train_flop_s"] > 0 and 0 <= r["test_acc"] <= 1
+
+
+def test_members(project, tmp_path):
+    from bench import members
+
+    members.main(["logreg", "mlp-b=mlp:bs=16", "--tag", "t", *paths(project, tmp_path)])
+    r = json.loads((tmp_path / "members_t.json").read_text())
+    assert set(r["models"]) == {"logreg", "mlp-b"} and [k["k"] for k in r["top_k"]] == [1, 2]
+
+
+def test_kfold(tmp_path):
+    from bench import kfold
+
+    kfold.main(["--small", "--folds", "2", "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "kfold_digits.json").read_text())
+    assert set(r["entries"]) == {"logreg", "mlp", "fast"} and r["entries"]["mlp"]["folds"]["k"] == 2
+    assert (tmp_path / "kfold_digits.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_levers(tmp_path):
+    from bench import levers
+
+    levers.main(
+        ["--batches", "2", "--rounds", "1", "--bs", "16", "--eval-images", "32", "--skip-compile"]
+        + ["--out", str(tmp_path)]
+    )
+    r = json.loads((tmp_path / "levers.json").read_text())
+    assert {row["lever"] for row in r["rows"]} >= {"memory format", "precision", "threads"}
+    assert all(row["ratio"] > 0 for row in r["rows"])
+
+
+def test_overhead(tmp_path):
+    from bench import overhead
+
+    overhead.main(["--images", "64", "--rounds", "1", "--bs", "16", "--archs", "fast:28", "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "overhead.json").read_text())
+    assert r["results"]["fast:28"]["ratio"] > 0
+
+
+def test_pretrained_vs_scratch(tmp_path):
+    from bench import pretrained_vs_scratch as pvs
+
+    pvs.main(
+        ["--train", "120", "--test", "50", "--epochs", "2", "--size", "32", "--seeds", "0", "--out", str(tmp_path)]
+    )
+    r = json.loads((tmp_path / "pretrained_vs_scratch.json").read_text())
+    assert set(r["summary"]) == {"pretrained", "scratch"} and r["summary"]["scratch"]["n"] == 1
+
+
+def test_every_bench_script_has_a_smoke_test():
+    here = Path(__file__).parent
+    tested = "".join(p.read_text() for p in here.glob("test_*.py"))
+    scripts = [p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in ("__init__", "machine")]
+    untested = [s for s in scripts if f"bench import {s}" not in tested and f"bench.{s}" not in tested]
+    assert not untested, f"bench scripts with no test running them: {untested}"

