@@ -24,9 +24,9 @@ import numpy as np
 import yaml
 
 from ensembles import ensemble as E
+from ensembles.strategies import ensemble_params
 from pipeline import prepare, train
 from pipeline.datasets import digits_file
-from pipeline.params import ensemble_params
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK_DIR = ROOT / "bench" / "cache" / "kfold"

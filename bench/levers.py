@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     for bs in (64, 256):
         other = Step(spec, x, y, bs)
         other.img_s(2)
-        n_b = args.batches * args.bs // bs
+        n_b = max(1, args.batches * args.bs // bs)
         a, b = alternate(lambda: base.img_s(args.batches), lambda o=other, k=n_b: o.img_s(k), args.rounds)
         record("training batch size", f"{args.bs} (default)", str(bs), a, b)
 
