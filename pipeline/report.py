@@ -74,6 +74,20 @@ def images_seen(m: dict) -> int | str:
     return ""
 
 
+def score_cells(s: dict, valid: dict) -> dict:
+    """The leaderboard's score columns of one row: `s` on the report's split, `valid` on validation (and the
+    unrounded sort key, dropped before writing)."""
+    return {
+        "top1": pct(s),
+        "top1_ci95": ci_words(s.get("ci95")),
+        "top1_err": err(s),
+        "valid_top1": pct(valid),
+        "nll": round(s["loss"], 3) if "loss" in s else "",
+        "ece": round(s["ece"], 3) if "ece" in s else "",
+        "_sort": (-s["accuracy"], -valid["accuracy"]),
+    }
+
+
 def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
     """Rows sorted by test top-1 (valid top-1 where the test split is unlabelled), then valid top-1.
 
@@ -89,18 +103,12 @@ def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
         rows.append(
             {
                 "model": name,
-                "top1": pct(s),
-                "top1_ci95": ci_words(s.get("ci95")),
-                "top1_err": err(s),
-                "valid_top1": pct(m["valid"]),
-                "nll": round(s["loss"], 3) if "loss" in s else "",
-                "ece": round(s["ece"], 3) if "ece" in s else "",
+                **score_cells(s, m["valid"]),
                 "param_count": round(m["param_count"] / 1e6, 3),
                 "images_seen": images_seen(m),
                 "train_s": round(m["train_s"], 1),
                 "img_per_s": round(m["img_per_s"], 1),
                 "weight": round(ens["models"][name]["weight"], 4),
-                "_sort": (-s["accuracy"], -m["valid"]["accuracy"]),
             }
         )
     for kind, st in ens["strategies"].items():
@@ -111,18 +119,12 @@ def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
         rows.append(
             {
                 "model": f"ensemble:{kind}{star}",
-                "top1": pct(s),
-                "top1_ci95": ci_words(s.get("ci95")),
-                "top1_err": err(s),
-                "valid_top1": pct(st["valid"]),
-                "nll": round(s["loss"], 3) if "loss" in s else "",
-                "ece": round(s["ece"], 3) if "ece" in s else "",
+                **score_cells(s, st["valid"]),
                 "param_count": round(sum(models[n]["param_count"] for n in used) / 1e6, 3),
                 "images_seen": sum(seen) if all(isinstance(v, int) for v in seen) else "",
                 "train_s": round(sum(models[n]["train_s"] for n in used), 1),
                 "img_per_s": "",
                 "weight": "",
-                "_sort": (-s["accuracy"], -st["valid"]["accuracy"]),
             }
         )
     rows.sort(key=lambda r: (*r["_sort"], r["model"]))
