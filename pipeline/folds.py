@@ -105,7 +105,9 @@ def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed
         "valid_y": arrays["valid_y"][:0],
     }
     say(f"{key}: refit on train + valid: {len(a['train_y'])} images, lr {validated.lr:.2e}")
-    chosen = ((validated.metrics or {}).get("time_budget") or {}).get("chosen", {})  # the validated run's budgeted epochs
+    chosen = ((validated.metrics or {}).get("time_budget") or {}).get(
+        "chosen", {}
+    )  # the validated run's budgeted epochs
     s = replace(spec, lr=validated.lr, folds=None, refit=False, train_limit=None, time_budget=None)
     s = replace(s, **{k: v for k, v in chosen.items() if k != "train_limit"})
     r = train_arch(key, s, a, meta, seed, device, None, evaluate, refit=True)

@@ -117,7 +117,7 @@ def verdict(c: dict) -> str:
     """`+0.09 [−0.20, +0.38] points, p = 0.55: not resolved` — a comparison in words."""
     lo, hi = (100 * v for v in c["ci95"])
     p = c["p"]
-    pw = f"p = {p:.2g}" if p >= 1e-4 else "p < 0.0001"
+    pw = f"p = {p:.3f}" if 0.04 <= p < 0.06 else f"p = {p:.2g}" if p >= 1e-4 else "p < 0.0001"  # no 0.05 ≥ 0.05
     word = "resolved" if c["resolved"] else "not resolved"
     return f"{100 * c['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}] points, {pw}: {word}"
 
