@@ -6,7 +6,7 @@ The budget is the training seconds of the members the submission uses (metrics/<
 through the pipeline's own train_arch with `time_budget` set to that budget (so it gets more epochs, measured on
 this machine). Test is reported, never used to choose. Writes bench/results/equal_compute.{json,md}, which the
 report shows beside the submission when it exists (not a declared dependency, so that a project without it runs:
-`dvc repro --force report` after this bench; the report says when the figures are another run's).
+`dvc repro --force --single-item report` after this bench; the report says when they are another run's).
 Run:    python -m bench.equal_compute [--scale 1.0] [--root .]     (after `dvc repro`)
 """
 
@@ -81,7 +81,7 @@ def run(root: Path, out: Path, scale: float = 1.0) -> dict:
     (out / "equal_compute.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     # not a dependency of the report stage (a project without the file must still run): rerun it by hand
-    print("\nthe report shows it after `dvc repro --force report`")
+    print("\nthe report shows it after `dvc repro --force --single-item report` (that stage alone)")
     return r
 
 
