@@ -9,7 +9,8 @@ figure is the median of `--rounds`. Measured:
   - torch.compile (inductor): compile seconds, steady images/s, and the epochs it needs to pay back its compile time;
   - intra-op threads: 1, the default (one per core), and 2x cores (oversubscribed);
   - training batch size: 64 and 256 against 128 (images/s only; accuracy per epoch is another matter);
-  - evaluation batch size (inference images/s, no grad): 128, 256, 4096 against 1024, for the fast net and ResNet34.
+  - evaluation batch size (inference images/s, no grad): 128 (the default), 256, 4096 against 1024, for the fast
+    net and ResNet34.
 Writes bench/results/levers.{json,md}.
 Run:    python -m bench.levers [--batches 20] [--rounds 3] [--skip-compile]
 """
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             a, b = alternate(
                 lambda m=model, s=size: infer(m, s, 1024), lambda m=model, s=size, b_=bs: infer(m, s, b_), args.rounds
             )
-            record(f"eval batch size, {name}", "1024 (default)", str(bs), a, b, "(inference img/s)")
+            record(f"eval batch size, {name}", "1024", str(bs), a, b, "(inference img/s)")
 
     saved = {k: v for k, v in vars(args).items() if k not in ("root", "out")}
     out = {"args": saved, "machine": machine(), "model": spec.to_dict(), "rows": rows}
