@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from bench.machine import add_paths, cpu_name, out_dir
+from pipeline.contracts import load_ensemble_metrics, load_member_metrics
 
 
 def tree_rss(p: psutil.Process) -> int:
@@ -76,26 +77,27 @@ def main(argv: list[str] | None = None) -> None:
         s["peak_rss_mib"] = round(s["peak_rss_mib"], 1)
     if rc:
         sys.exit(f"dvc repro failed with exit code {rc}")
-    ens = json.loads((ROOT / "ensemble" / "metrics.json").read_text())
+    ens = load_ensemble_metrics(ROOT / "ensemble" / "metrics.json")
     for name, s in stages.items():  # each model's accuracy beside its cost
         key = name.split("@", 1)[-1]
         if "@" in name and (ROOT / "metrics" / f"{key}.json").is_file():
-            m = json.loads((ROOT / "metrics" / f"{key}.json").read_text())
-            s |= {"valid_acc": m["valid"]["accuracy"], "test_acc": (m.get("test") or {}).get("accuracy")}
-            s["precision"] = m.get("precision")
+            m = load_member_metrics(ROOT / "metrics" / f"{key}.json", key)
+            s |= {"valid_acc": m.valid.accuracy, "test_acc": m.test.accuracy if m.test else None}
+            s["precision"] = m.precision
     result = {
         "command": " ".join(cmd),
         "total_s": round(total, 1),
         "stages": stages,
         "ensemble": {
-            "method": ens["chosen"],
-            "members": ens["members"],
-            "test": ens.get("test"),
-            "valid": ens["valid"],
-            "best_model": ens.get("best_model"),
-            "gain": ens.get("gain"),
+            "method": ens.chosen,
+            "members": ens.members,
+            "test": ens.test.to_json() if ens.test else None,
+            "valid": ens.valid.to_json(),
+            "best_model": ens.best_model,
+            "gain": ens.gain,
             "strategies": {
-                k: {s: v[s]["accuracy"] for s in ("valid", "test") if s in v} for k, v in ens["strategies"].items()
+                k: {"valid": v.valid.accuracy} | ({"test": v.test.accuracy} if v.test else {})
+                for k, v in ens.strategies.items()
             },
         },
         "machine": {
@@ -113,14 +115,14 @@ def main(argv: list[str] | None = None) -> None:
     def pct(v):
         return f"{100 * v:.2f}" if v is not None else ""
 
-    test = f"{100 * ens['test']['accuracy']:.2f} %" if ens.get("test") else "n/a"
-    gain = ", ".join(f"{100 * v:+.2f} points on {k}" for k, v in (ens.get("gain") or {}).items())
+    test = f"{100 * ens.test.accuracy:.2f} %" if ens.test else "n/a"
+    gain = ", ".join(f"{100 * v:+.2f} points on {k}" for k, v in ens.gain.items())
     precisions = sorted({s["precision"] for s in stages.values() if s.get("precision")})
     md = (
         f"`python -m bench.default_run` (`{result['command']}`), default params, Fashion-MNIST\n\n"
-        f"Total: {total / 60:.1f} min; ensemble ({ens['chosen']}, {len(ens['members'])} members: "
-        f"{', '.join(ens['members'])}) validation {pct(ens['valid']['accuracy'])} %, test {test}; "
-        f"gain over the best model ({ens.get('best_model')}, by validation): {gain}; "
+        f"Total: {total / 60:.1f} min; ensemble ({ens.chosen}, {len(ens.members)} members: "
+        f"{', '.join(ens.members)}) validation {pct(ens.valid.accuracy)} %, test {test}; "
+        f"gain over the best model ({ens.best_model}, by validation): {gain}; "
         f"largest peak memory {max(s['peak_rss_mib'] for s in stages.values()) / 1024:.2f} GiB; "
         f"precision {', '.join(precisions)}\n\n"
         "| stage | wall s | peak memory MiB | valid acc % | test acc % |\n|---|---|---|---|---|\n"

@@ -13,7 +13,6 @@ Run:    python -m bench.equal_compute [--scale 1.0] [--root .]     (after `dvc r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from bench.machine import cpu_name
 from pipeline import member
+from pipeline.contracts import EqualCompute, load_ensemble_metrics, load_member_metrics, save_equal_compute
 from pipeline.data import load_prepared
 from pipeline.params import load_params, seed_param, train_spec
 from pipeline.scores import compare, score, verdict
@@ -33,17 +33,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(root: Path, out: Path, scale: float = 1.0) -> dict:
     params = load_params(root / "params.yaml")
-    ens = json.loads((root / "ensemble" / "metrics.json").read_text())
-    used = [n for n, w in ens["weights"].items() if w > 0]
-    metrics = {n: json.loads((root / "metrics" / f"{n}.json").read_text()) for n in used}
-    best = ens.get("best_member") or max(used, key=lambda n: metrics[n]["valid"]["accuracy"])
-    budget = scale * sum(m["train_s"] for m in metrics.values())
+    ens = load_ensemble_metrics(root / "ensemble" / "metrics.json")
+    used = [n for n, w in ens.weights.items() if w > 0]
+    metrics = {n: load_member_metrics(root / "metrics" / f"{n}.json", n) for n in used}
+    best = ens.best_member or max(used, key=lambda n: metrics[n].valid.accuracy)
+    budget = scale * sum(m.train_s for m in metrics.values())
     spec = replace(train_spec(params, best), time_budget=budget)
     seed = seed_param(params) if spec.seed is None else spec.seed
     arrays, meta = load_prepared(root / "data" / "prepared")
     res = member.train_arch(best, spec, arrays, meta, seed)
     sub = {s: np.load(root / "ensemble" / "preds" / f"{s}.npy") for s in ("valid", "test")}
-    labeled = "test" in ens
+    labeled = ens.test is not None
     splits = ("valid", "test") if labeled else ("valid",)
     y = {s: arrays[f"{s}_y"] for s in splits}
     r = {
@@ -51,20 +51,18 @@ def run(root: Path, out: Path, scale: float = 1.0) -> dict:
         "recipe": best,
         "members": used,
         "budget_s": round(budget, 1),
-        "scale": round(res.metrics["images_seen"] / max(metrics[best].get("images_seen", 1), 1), 2)
-        if "images_seen" in metrics[best]
-        else None,
-        "images_seen": res.metrics["images_seen"],
-        "train_s": res.metrics["train_s"],
-        "time_budget": res.metrics["time_budget"],
+        "scale": round(res.metrics.images_seen / max(metrics[best].seen(), 1), 2),
+        "images_seen": res.metrics.images_seen,
+        "train_s": res.metrics.train_s,
+        "time_budget": res.metrics.time_budget,
         "single_valid": score(res.preds["valid"], y["valid"])["accuracy"],
-        "ensemble_valid": ens["valid"]["accuracy"],
+        "ensemble_valid": ens.valid.accuracy,
         "comparison": {s: compare(sub[s], res.preds[s], y[s], seed) for s in splits},
     }
     if labeled:
-        r |= {"single_test": score(res.preds["test"], y["test"])["accuracy"], "ensemble_test": ens["test"]["accuracy"]}
+        r |= {"single_test": score(res.preds["test"], y["test"])["accuracy"], "ensemble_test": ens.test.accuracy}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "equal_compute.json").write_text(json.dumps(r, indent=2) + "\n")
+    save_equal_compute(out / "equal_compute.json", EqualCompute.from_json(r, "equal_compute.json", strict=True))
     lines = [
         f"`python -m bench.equal_compute --scale {scale:g}` on {r['cpu']}",
         "",

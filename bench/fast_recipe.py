@@ -74,46 +74,44 @@ def main(argv: list[str] | None = None) -> None:
     if args.phases:
         overrides["phases"] = [[int(v) for v in p.split(":")] for p in args.phases.split(",")]
     spec = make_spec({**entry_spec(args.recipe, args.root / "params.yaml").to_dict(), **overrides}, args.recipe)
-    h, _, n_in = meta["image_shape"]
+    h, _, n_in = meta.image_shape
     res = member.train_arch(args.recipe, spec, arrays, meta, args.seed)
     m = res.metrics
-    per_epoch = m["train_images"] - m["train_images"] % spec.bs  # drop_last
-    train_flops = sum(
-        3 * forward_flops(spec, n_in, len(meta["classes"]), sz) * ep * per_epoch for sz, ep in m["phases"]
-    )
-    fwd = forward_flops(spec, n_in, len(meta["classes"]), h)
-    achieved = train_flops / m["train_s"]  # validation passes inside train_s are not counted: a lower bound
+    per_epoch = m.train_images - m.train_images % spec.bs  # drop_last
+    train_flops = sum(3 * forward_flops(spec, n_in, len(meta.classes), sz) * ep * per_epoch for sz, ep in m.phases)
+    fwd = forward_flops(spec, n_in, len(meta.classes), h)
+    achieved = train_flops / m.train_s  # validation passes inside train_s are not counted: a lower bound
     peak = {k: matmul_flops(d, seconds=args.matmul_s) for k, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     out = {
         "recipe": args.recipe,
         "spec": spec.to_dict(),
-        "test_acc": m["test"]["accuracy"],
-        "valid_acc": m["valid"]["accuracy"],
-        "train_s": m["train_s"],
-        "img_per_s": m["img_per_s"],
-        "precision": m["precision"],
+        "test_acc": m.test.accuracy,
+        "valid_acc": m.valid.accuracy,
+        "train_s": m.train_s,
+        "img_per_s": m.img_per_s,
+        "precision": m.precision,
         "forward_flops_per_image": fwd,
         "achieved_train_flop_s": achieved,
         "matmul_flop_s": peak,
         "fraction_of_matmul": {k: achieved / v for k, v in peak.items()},
         "threads": torch.get_num_threads(),
-        "device": m["device"],
+        "device": m.device,
     }
     dest = out_dir(args)
     # file tag: 28px5ep-bs128, 20px2ep-28px3ep-bs64, ...
-    tag = "-".join(f"{size}px{ep}ep" for size, ep in m["phases"]) + f"-bs{spec.bs}"
-    epochs = sum(ep for _, ep in m["phases"])
+    tag = "-".join(f"{size}px{ep}ep" for size, ep in m.phases) + f"-bs{spec.bs}"
+    epochs = sum(ep for _, ep in m.phases)
     cmd = "python -m bench.fast_recipe " + " ".join(sys.argv[1:] if argv is None else argv)
     (dest / f"fast_recipe_{args.recipe}_{tag}.json").write_text(json.dumps({**out, "command": cmd}, indent=2) + "\n")
     md = (
         f"`{cmd.strip()}`\n\n| recipe | phases (size × epochs) | train s | valid acc | test acc | img/s | train GFLOP/s | "
         "of fp32 matmul | of bf16 matmul |\n|---|---|---|---|---|---|---|---|---|\n"
-        f"| {args.recipe} | {', '.join(f'{sz} × {ep}' for sz, ep in m['phases'])} ({epochs} epochs) | "
-        f"{m['train_s']:.0f} | "
-        f"{m['valid']['accuracy']:.4f} | {m['test']['accuracy']:.4f} | {m['img_per_s']:.0f} | {achieved / 1e9:.1f} | "
+        f"| {args.recipe} | {', '.join(f'{sz} × {ep}' for sz, ep in m.phases)} ({epochs} epochs) | "
+        f"{m.train_s:.0f} | "
+        f"{m.valid.accuracy:.4f} | {m.test.accuracy:.4f} | {m.img_per_s:.0f} | {achieved / 1e9:.1f} | "
         f"{out['fraction_of_matmul']['fp32']:.2f} | {out['fraction_of_matmul']['bf16']:.2f} |\n"
         f"\nmatmul 1024²: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; "
-        f"{torch.get_num_threads()} threads, device {m['device']}, precision {m['precision']}; "
+        f"{torch.get_num_threads()} threads, device {m.device}, precision {m.precision}; "
         f"training FLOPs: 3 × forward FLOPs per image at each phase's size (validation passes not counted)\n"
     )
     (dest / f"fast_recipe_{args.recipe}_{tag}.md").write_text(md)

@@ -65,6 +65,7 @@ def run_tests() -> dict:
 def repro(name: str, params: dict) -> dict:
     """`dvc repro` of params in bench/cache/gpu/<name>/repo under bench.scale's wrapper: stages and metrics."""
     from bench import scale
+    from pipeline.contracts import load_ensemble_metrics, load_member_metrics
 
     folder = CACHE / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,12 +79,12 @@ def repro(name: str, params: dict) -> dict:
         s = scale.stage_name(r["cmd"])
         rec = {"wall_s": r["wall_s"], "peak_rss_gib": round(r["peak_rss"] / 2**30, 2)}
         if s.startswith(("train@", "variant@")):
-            m = json.loads((repo / "metrics" / f"{s.split('@')[1]}.json").read_text())
-            rec |= {k: m.get(k) for k in ("img_per_s", "train_s", "peak_gpu_mib", "device", "precision")}
-            rec |= {"valid_acc": m["valid"]["accuracy"], "test_acc": (m.get("test") or {}).get("accuracy")}
+            m = load_member_metrics(repo / "metrics" / f"{s.split('@')[1]}.json", s.split("@")[1])
+            rec |= {k: getattr(m, k) for k in ("img_per_s", "train_s", "peak_gpu_mib", "device", "precision")}
+            rec |= {"valid_acc": m.valid.accuracy, "test_acc": m.test.accuracy if m.test else None}
         stages[s] = rec
-    ens = json.loads((repo / "ensemble" / "metrics.json").read_text())
-    return {"total_s": round(total, 1), "stages": stages, "ensemble_test": (ens.get("test") or {}).get("accuracy")}
+    ens = load_ensemble_metrics(repo / "ensemble" / "metrics.json")
+    return {"total_s": round(total, 1), "stages": stages, "ensemble_test": ens.test.accuracy if ens.test else None}
 
 
 def default_params() -> dict:

@@ -23,9 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import yaml
 
-from ensembles import ensemble as E
+from ensembles import ensemble
 from ensembles.strategies import ensemble_params
 from pipeline import prepare, train
+from pipeline.contracts import MemberMetrics, load_member_metrics, load_prepared_meta
 from pipeline.datasets import digits_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def pct(v) -> str:
     return f"{100 * v:.2f}"
 
 
-def figure(path: Path, metrics: dict[str, dict], fits: dict, data: str) -> None:
+def figure(path: Path, metrics: dict[str, MemberMetrics], fits: dict, data: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,20 +76,20 @@ def figure(path: Path, metrics: dict[str, dict], fits: dict, data: str) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     for i, m in enumerate(metrics.values()):
-        f = m["folds"]
-        cv = 100 * np.array(f["cv_accuracy"])
+        f = m.folds
+        cv = 100 * np.array(f.cv_accuracy)
         a.scatter(np.full(len(cv), i) + np.linspace(-0.12, 0.12, len(cv)), cv, s=18, color="C0", zorder=3)
         a.errorbar(i, cv.mean(), yerr=cv.std(ddof=1), fmt="_", color="C0", ms=26, capsize=6, zorder=2)
-        a.scatter(i + 0.3, 100 * m["valid"]["accuracy"], marker="D", color="C1", zorder=3)
-        a.scatter(i + 0.3, 100 * m["test"]["accuracy"], marker="x", color="C3", zorder=3)
+        a.scatter(i + 0.3, 100 * m.valid.accuracy, marker="D", color="C1", zorder=3)
+        a.scatter(i + 0.3, 100 * m.test.accuracy, marker="x", color="C3", zorder=3)
     a.scatter([], [], color="C0", label="each fold model on its held-out fold (mean ± std)")
     a.scatter([], [], marker="D", color="C1", label="the fold models' average on valid")
     a.scatter([], [], marker="x", color="C3", label="... on test")
     a.set_xticks(
         range(len(metrics)),
-        [f"{n}\n{pct(m['folds']['cv_mean'])} ± {pct(m['folds']['cv_std'])}" for n, m in metrics.items()],
+        [f"{n}\n{pct(m.folds.cv_mean)} ± {pct(m.folds.cv_std)}" for n, m in metrics.items()],
     )
-    a.set(ylabel="top-1 %", title=f"{data}, stratified {next(iter(metrics.values()))['folds']['k']}-fold")
+    a.set(ylabel="top-1 %", title=f"{data}, stratified {next(iter(metrics.values())).folds.k}-fold")
     a.legend(fontsize=7, loc="lower right")
     kinds = list(fits["oof"])
     x = np.arange(len(kinds))
@@ -137,27 +138,29 @@ def main(argv: list[str] | None = None) -> None:
     for key in [*p["archs"], *p["variants"]]:
         train.main(key, str(pf), WORK)
     ens_params = {**p, "variants": {}}  # the ensemble of the three K-fold entries
-    m = E.run(ens_params, WORK)
+    m = ensemble.run(ens_params, WORK)
 
     # the fitted strategies again, fitted on the validation split alone (as for entries without folds)
     prep = WORK / "data" / "prepared"
     vy, ty = np.load(prep / "valid_y.npy"), np.load(prep / "test_y.npy")
-    n_classes = len(json.loads((prep / "meta.json").read_text())["classes"])
-    c = E.load_candidates(m["members"], len(vy), len(ty), n_classes, WORK, n_train=len(np.load(prep / "train_y.npy")))
+    n_classes = len(load_prepared_meta(prep / "meta.json").classes)
+    c = ensemble.load_candidates(
+        m["members"], len(vy), len(ty), n_classes, WORK, n_train=len(np.load(prep / "train_y.npy"))
+    )
     cfg = ensemble_params(ens_params)
-    on_valid = E.run_strategies(c.valid, vy, c.test, ty, m["members"], cfg, 0)
+    on_valid = ensemble.run_strategies(c.valid, vy, c.test, ty, m["members"], cfg, 0)
     fitted = ("greedy", "logloss", "stacking")
     fits = {
         "valid": {k: on_valid[k].record for k in fitted},
         "oof": {k: m["strategies"][k] for k in fitted},
     }
-    metrics = {n: json.loads((WORK / "metrics" / f"{n}.json").read_text()) for n in p["archs"]}
-    refit = json.loads((WORK / "metrics" / "fast-refit.json").read_text())
+    metrics = {n: load_member_metrics(WORK / "metrics" / f"{n}.json", n) for n in p["archs"]}
+    refit = load_member_metrics(WORK / "metrics" / "fast-refit.json", "fast-refit")
 
     lines = [
         f"# Stratified K-fold and refit on {args.data} (`python -m bench.kfold --data {args.data} --folds {args.folds}`)",
         "",
-        f"{args.data}: {metrics['fast']['train_images']} training, {len(vy)} validation, {len(ty)} test images. "
+        f"{args.data}: {metrics['fast'].train_images} training, {len(vy)} validation, {len(ty)} test images. "
         f"One test image = {100 / len(ty):.3f} points. Entries: {json.dumps(p['archs'])}; train defaults "
         f"{json.dumps(p['train'])}.",
         "",
@@ -165,10 +168,10 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|",
     ]
     for n, mm in metrics.items():
-        f = mm["folds"]
+        f = mm.folds
         lines.append(
-            f"| {n} | {pct(f['cv_mean'])} ± {pct(f['cv_std'])} | {pct(f['valid_mean'])} ± {pct(f['valid_std'])} | "
-            f"{pct(mm['valid']['accuracy'])} | {pct(mm['test']['accuracy'])} |"
+            f"| {n} | {pct(f.cv_mean)} ± {pct(f.cv_std)} | {pct(f.valid_mean)} ± {pct(f.valid_std)} | "
+            f"{pct(mm.valid.accuracy)} | {pct(mm.test.accuracy)} |"
         )
     lines += [
         "",
@@ -184,9 +187,9 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"| {k} | {label} | {pct(r['valid']['accuracy'])} | {pct(r['test']['accuracy'])} | {w} |")
     lines += [
         "",
-        f"Refit (`fast-refit`: the fast recipe, `refit: true`): validated model valid {pct(refit['valid']['accuracy'])}"
-        f" / test {pct(refit['test_validated']['accuracy'])} ({refit['train_images']} training images); refit model "
-        f"test {pct(refit['test']['accuracy'])} ({refit['refit']['train_images']} images, lr {refit['refit']['lr']}).",
+        f"Refit (`fast-refit`: the fast recipe, `refit: true`): validated model valid {pct(refit.valid.accuracy)}"
+        f" / test {pct(refit.test_validated.accuracy)} ({refit.train_images} training images); refit model "
+        f"test {pct(refit.test.accuracy)} ({refit.refit.train_images} images, lr {refit.refit.lr}).",
         "",
     ]
     md = "\n".join(lines)
@@ -195,7 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     (out / f"kfold_{args.data}.md").write_text(md)
     (out / f"kfold_{args.data}.json").write_text(
         json.dumps(
-            {"entries": metrics, "ensemble": m["strategies"], "on_valid": fits["valid"], "refit": refit}, indent=1
+            {
+                "entries": {n: mm.to_json() for n, mm in metrics.items()},
+                "ensemble": m["strategies"],
+                "on_valid": fits["valid"],
+                "refit": refit.to_json(),
+            },
+            indent=1,
         )
         + "\n"
     )

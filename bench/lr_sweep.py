@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(
             {
                 "lr_param": lr,
-                "lr": m["lr"],
-                "valid_acc": m["valid"]["accuracy"],
-                "test_acc": m["test"]["accuracy"] if m["test"] else None,
-                "train_s": m["train_s"],
+                "lr": m.lr,
+                "valid_acc": m.valid.accuracy,
+                "test_acc": m.test.accuracy if m.test else None,
+                "train_s": m.train_s,
             }
         )
         print(rows[-1], flush=True)

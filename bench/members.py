@@ -24,9 +24,10 @@ import numpy as np
 import yaml
 
 from bench.machine import ROOT, add_paths, out_dir
-from ensembles import ensemble as E
-from ensembles import weights as W
+from ensembles.ensemble import by_size
+from ensembles.weights import accuracy
 from pipeline import member
+from pipeline.contracts import load_member_metrics, save_member_metrics
 from pipeline.data import load_prepared
 from pipeline.params import load_params, seed_param, train_spec
 
@@ -50,17 +51,15 @@ def parse_model(arg: str, params: dict) -> str:
 def trained(name: str, params: dict, arrays: dict, meta: dict, cache: Path = CACHE) -> dict:
     spec = train_spec(params, name)
     seed = seed_param(params) if spec.seed is None else spec.seed
-    h = hashlib.sha1(
-        json.dumps([spec.to_dict(), seed, len(arrays["train_y"]), meta["classes"]], sort_keys=True).encode()
-    )
+    h = hashlib.sha1(json.dumps([spec.to_dict(), seed, len(arrays["train_y"]), meta.classes], sort_keys=True).encode())
     d = cache / f"{name}-{h.hexdigest()[:10]}"
     if not (d / "metrics.json").exists():
         res = member.train_arch(name, spec, arrays, meta, seed)
         d.mkdir(parents=True, exist_ok=True)
         for split, p in res.preds.items():
             np.save(d / f"{split}.npy", p)
-        (d / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
-    m = json.loads((d / "metrics.json").read_text())
+        save_member_metrics(d / "metrics.json", res.metrics)
+    m = load_member_metrics(d / "metrics.json", name)
     return {"valid": np.load(d / "valid.npy"), "test": np.load(d / "test.npy"), "metrics": m, "spec": spec.to_dict()}
 
 
@@ -75,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     cache = args.out / "cache" if args.out else CACHE
     yv, yt = arrays["valid_y"], arrays["test_y"]
     runs = {n: trained(n, params, arrays, meta, cache) for n in names}
-    acc = {n: (W.accuracy(r["valid"], yv), W.accuracy(r["test"], yt)) for n, r in runs.items()}
-    order = sorted(names, key=lambda n: (-acc[n][0], n))  # as E.by_size orders them
+    acc = {n: (accuracy(r["valid"], yv), accuracy(r["test"], yt)) for n, r in runs.items()}
+    order = sorted(names, key=lambda n: (-acc[n][0], n))  # as by_size orders them
     lines = [
         f"`python -m bench.members {' '.join(args.models)} --tag {args.tag}`",
         "",
@@ -85,9 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for n in order:
         over = {k: v for k, v in params.get("variants", {}).get(n, {}).items()}
-        lines.append(
-            f"| {n} | {acc[n][0]:.4f} | {acc[n][1]:.4f} | {runs[n]['metrics']['train_s']:.0f} | {over or ''} |"
-        )
+        lines.append(f"| {n} | {acc[n][0]:.4f} | {acc[n][1]:.4f} | {runs[n]['metrics'].train_s:.0f} | {over or ''} |")
     lines += [
         "",
         "Accuracy-weighted ensemble of the k best models by validation accuracy:",
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         "| k | models | valid acc | test acc | gain over the best member (valid / test) |",
         "|---|---|---|---|---|",
     ]
-    curve = E.by_size(
+    curve = by_size(
         order, np.stack([runs[n]["valid"] for n in order]), yv, np.stack([runs[n]["test"] for n in order]), yt
     )
     best_v, best_t = acc[order[0]]

@@ -53,10 +53,10 @@ def main(argv: list[str] | None = None) -> None:
             runs[kind].append(
                 {
                     "seed": seed,
-                    "test_acc": m["test"]["accuracy"],
-                    "valid_acc": m["valid"]["accuracy"],
-                    "lr": m["lr"],
-                    "train_s": m["train_s"],
+                    "test_acc": m.test.accuracy,
+                    "valid_acc": m.valid.accuracy,
+                    "lr": m.lr,
+                    "train_s": m.train_s,
                 }
             )
             print(kind, runs[kind][-1], flush=True)

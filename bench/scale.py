@@ -271,6 +271,8 @@ def stage_name(cmd: str) -> str:
 
 
 def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
+    from pipeline.contracts import load_ensemble_metrics, load_member_metrics, load_prepared_meta
+
     raw, src = raw_data(name, small, workers)
     folder = raw.parent
     log = folder / "stages.jsonl"
@@ -283,10 +285,10 @@ def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
     decoded = re.search(r"decoded (\d+) image files in ([\d.]+) s \((\d+) img/s, (\d+) processes\)", out)
     recs = [json.loads(line) for line in log.read_text().splitlines()]
     prep = repo / "data" / "prepared"
-    meta = json.loads((prep / "meta.json").read_text())
+    meta = load_prepared_meta(prep / "meta.json")
     x_bytes = sum((prep / f"{s}_x.npy").stat().st_size for s in ("train", "valid", "test"))
     all_bytes = sum(f.stat().st_size for f in prep.iterdir())
-    n_images = sum(meta["counts"].values())
+    n_images = sum(meta.counts.values())
     stages = {}
     for r in recs:
         s = stage_name(r["cmd"])
@@ -298,10 +300,10 @@ def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
             if decoded:
                 rec["decode_img_per_s"], rec["decode_processes"] = int(decoded.group(3)), int(decoded.group(4))
         if s.startswith("train@"):
-            m = json.loads((repo / "metrics" / f"{s.split('@')[1]}.json").read_text())
-            rec |= {"valid_acc": m["valid"]["accuracy"], "train_images": m["train_images"], "img_per_s": m["img_per_s"]}
+            m = load_member_metrics(repo / "metrics" / f"{s.split('@')[1]}.json", s.split("@")[1])
+            rec |= {"valid_acc": m.valid.accuracy, "train_images": m.train_images, "img_per_s": m.img_per_s}
         stages[s] = rec
-    ens = json.loads((repo / "ensemble" / "metrics.json").read_text()) if not target else None
+    ens = load_ensemble_metrics(repo / "ensemble" / "metrics.json") if not target else None
     import psutil
 
     from bench.machine import cpu_name
@@ -312,9 +314,9 @@ def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
         "source": src,
         "raw_files": n_files,
         "raw_bytes": sum(q.stat().st_size for q in raw.rglob("*") if q.is_file()),
-        "images": meta["counts"],
-        "classes": len(meta["classes"]),
-        "image_shape": meta["image_shape"],
+        "images": meta.counts,
+        "classes": len(meta.classes),
+        "image_shape": meta.image_shape,
         "arrays_bytes": all_bytes,
         "image_arrays_bytes": x_bytes,
         "stages": stages,
@@ -323,10 +325,10 @@ def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
         "dvc_status_s": round(status_s, 1),
         "ensemble": ens
         and {
-            "chosen": ens["chosen"],
-            "valid": ens["valid"]["accuracy"],
-            "strategies": {k: v["valid"]["accuracy"] for k, v in ens["strategies"].items()},
-            "stacking_form": ens["strategies"].get("stacking", {}).get("form"),
+            "chosen": ens.chosen,
+            "valid": ens.valid.accuracy,
+            "strategies": {k: v.valid.accuracy for k, v in ens.strategies.items()},
+            "stacking_form": ens.strategies["stacking"].form if "stacking" in ens.strategies else None,
         },
         "machine": {
             "cpu": cpu_name(),

@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.machine import cpu_name
 from pipeline import member
+from pipeline.contracts import load_member_metrics
 from pipeline.data import load_prepared
 from pipeline.params import load_params, model_names, seed_param, train_spec
 
@@ -31,12 +32,12 @@ def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: flo
     arrays, meta = load_prepared(root / "data" / "prepared")
     rows = {}
     for n in names:
-        asked = budget or scale * json.loads((root / "metrics" / f"{n}.json").read_text())["train_s"]
+        asked = budget or scale * load_member_metrics(root / "metrics" / f"{n}.json", n).train_s
         spec = replace(train_spec(params, n), time_budget=asked)
         seed = seed_param(params) if spec.seed is None else spec.seed
         m = member.train_arch(n, spec, arrays, meta, seed).metrics
-        tb = m["time_budget"]
-        rows[n] = {**tb, "ratio": round(m["train_s"] / asked, 3), "valid": m["valid"]["accuracy"]}
+        tb = m.time_budget
+        rows[n] = {**tb, "ratio": round(m.train_s / asked, 3), "valid": m.valid.accuracy}
     res = {"cpu": cpu_name(), "scale": scale, "budget": budget, "entries": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "time_budget.json").write_text(json.dumps(res, indent=2) + "\n")

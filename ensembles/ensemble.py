@@ -26,11 +26,20 @@ from typing import Any
 
 import numpy as np
 
-from ensembles import select as sel
-from ensembles import weights as W
 from ensembles.calibrate import apply_temperature, fit_temperature
+from ensembles.select import family, select
 from ensembles.strategies import REGISTRY, Fit, ensemble_params, stacking_form
-from pipeline.contracts import save_ensemble_model
+from ensembles.weights import accuracy, accuracy_weights, blend, crossfit
+from pipeline.contracts import (
+    EnsembleMetrics,
+    EnsembleModel,
+    MemberMetrics,
+    PreparedMeta,
+    load_member_metrics,
+    load_prepared_meta,
+    save_ensemble_metrics,
+    save_ensemble_model,
+)
 from pipeline.errors import PipelineError
 from pipeline.io import staged
 from pipeline.params import group_of, load_params, model_names, seed_param
@@ -47,7 +56,7 @@ class Candidates:
     names: list[str]
     valid: np.ndarray  # (models, rows, classes)
     test: np.ndarray
-    info: dict[str, dict]  # metrics/<name>.json
+    info: dict[str, MemberMetrics]  # metrics/<name>.json
     oof: dict[str, tuple[np.ndarray, np.ndarray]]  # `folds` entries: name -> (training rows, their OOF probabilities)
 
 
@@ -71,11 +80,7 @@ def load_candidates(
             if not np.isfinite(a).all() or (a < 0).any() or not np.allclose(a.sum(1), 1.0, atol=1e-3):
                 raise PipelineError(f"{f}: rows are not probabilities (negative, non-finite, or not summing to 1)")
             arrays[split] = a.astype(np.float64)
-        mf = root / "metrics" / f"{name}.json"
-        try:
-            info[name] = json.loads(mf.read_text())
-        except (OSError, ValueError) as e:
-            raise PipelineError(f"{mf}: cannot read model metrics ({e})") from e
+        info[name] = load_member_metrics(root / "metrics" / f"{name}.json", name)
         valid.append(arrays["valid"])
         test.append(arrays["test"])
         if (root / "preds" / name / "oof.npy").is_file():
@@ -148,7 +153,7 @@ def run_strategies(
     `fit_on`: (members' out-of-fold probabilities, labels) on training rows, when every member is a `folds` entry:
     the fitted strategies fit there (more rows than the validation split) and are scored on the whole validation
     split, which none of them saw. Otherwise they fit on the validation split, scored by cross-fitting."""
-    accs = np.array([W.accuracy(p, y) for p in P])
+    accs = np.array([accuracy(p, y) for p in P])
     counts = np.bincount(y)
     k_folds = int(min(cfg["folds"], counts[counts > 0].min()))  # no more folds than the rarest class has rows
     out = {}
@@ -160,7 +165,7 @@ def run_strategies(
         elif (fitted and len(P) > 1 or kind == "stacking") and k_folds >= 2:
             f = fit_strategy(kind, P, y, accs, cfg, seed)
             fit = lambda Ptr, ytr, k=kind: fit_strategy(k, Ptr, ytr, accs, cfg, seed).predict
-            vp, how = W.crossfit(P, y, fit, k_folds, seed), f"cross-fitted, {k_folds} folds"
+            vp, how = crossfit(P, y, fit, k_folds, seed), f"cross-fitted, {k_folds} folds"
         else:
             f = fit_strategy(kind, P, y, accs, cfg, seed)
             if not fitted:
@@ -201,15 +206,15 @@ def gain(rec: dict, best: dict) -> dict:
 def by_size(names: list[str], valid: np.ndarray, y: np.ndarray, test=None, test_y=None) -> list[dict]:
     """Accuracy of the accuracy-weighted blend of the k best models by validation accuracy, k = 1 .. all;
     `valid`/`test` are (models, rows, classes) in the order of `names`."""
-    acc = [W.accuracy(p, y) for p in valid]
+    acc = [accuracy(p, y) for p in valid]
     order = sorted(range(len(names)), key=lambda i: (-acc[i], names[i]))
     out = []
     for k in range(1, len(order) + 1):
         top = order[:k]
-        w = W.accuracy_weights([acc[i] for i in top])
-        row = {"k": k, "added": names[top[-1]], "valid": W.accuracy(W.blend(valid[top], w), y)}
+        w = accuracy_weights([acc[i] for i in top])
+        row = {"k": k, "added": names[top[-1]], "valid": accuracy(blend(valid[top], w), y)}
         if test_y is not None:
-            row["test"] = W.accuracy(W.blend(test[top], w), test_y)
+            row["test"] = accuracy(blend(test[top], w), test_y)
         out.append(row)
     return out
 
@@ -311,7 +316,7 @@ def write_csv(path: Path, rows: list[list[Any]]) -> None:
 class Prepared:
     """What the stage reads of data/prepared: labels (test ones only where labelled), test ids, meta."""
 
-    meta: dict
+    meta: PreparedMeta
     valid_y: np.ndarray
     test_y: np.ndarray | None
     test_ids: list[str]
@@ -321,10 +326,10 @@ class Prepared:
 def read_prepared(root: Path, names: list[str]) -> Prepared:
     prep = root / "data" / "prepared"
     try:
-        meta = json.loads((prep / "meta.json").read_text())
+        meta = load_prepared_meta(prep / "meta.json")
         y = np.load(prep / "valid_y.npy")
         ids = json.loads((prep / "test_ids.json").read_text())
-        test_y = np.load(prep / "test_y.npy") if meta.get("test_labeled") else None
+        test_y = np.load(prep / "test_y.npy") if meta.test_labeled else None
     except (OSError, ValueError) as e:
         raise PipelineError(f"{prep}: cannot read the prepared data ({e}); run `dvc repro prepare`") from e
     has_oof = any((root / "preds" / n / "oof.npy").is_file() for n in names)
@@ -355,7 +360,7 @@ def model_records(params, c: Candidates, d: Prepared, families: dict, weights: d
 def verdicts(c: Candidates, d: Prepared, members, best, best_member, chosen, out: Outcome, cfg, seed, fit_on_of):
     """The submission against each member and the best model (paired), without each member, and per class."""
     sub = {"valid": out.valid_probs, "test": out.test_probs}
-    bm, n_classes = c.names.index(best_member), len(d.meta["classes"])
+    bm, n_classes = c.names.index(best_member), len(d.meta.classes)
     classes_of = {"against": best_member, "valid": per_class(sub["valid"], c.valid[bm], d.valid_y, n_classes)}
     if d.test_y is not None:
         classes_of["test"] = per_class(sub["test"], c.test[bm], d.test_y, n_classes)
@@ -368,21 +373,18 @@ def verdicts(c: Candidates, d: Prepared, members, best, best_member, chosen, out
 
 
 def run(params: dict, root: Path = Path(".")) -> dict:
-    """The whole stage; returns the metrics it wrote."""
+    """The whole stage; returns the metrics it wrote (ensemble/metrics.json's JSON)."""
     cfg, seed, names = ensemble_params(params), seed_param(params), model_names(params)
     d = read_prepared(root, names)
     y, test_y = d.valid_y, d.test_y
-    c = load_candidates(names, len(y), len(d.test_ids), len(d.meta["classes"]), root, n_train=len(d.train_y))
+    c = load_candidates(names, len(y), len(d.test_ids), len(d.meta.classes), root, n_train=len(d.train_y))
     raw = {
         n: (score(c.valid[i], y), score(c.test[i], test_y) if test_y is not None else None) for i, n in enumerate(names)
     }
     temps = calibrate_members(c, y) if cfg["calibrate"] == "temperature" else {}
-    valid_acc = {n: W.accuracy(p, y) for n, p in zip(names, c.valid)}
-    families = {
-        n: str(cfg["families"].get(n) or sel.family(c.info[n].get("arch", n), c.info[n].get("source", "timm")))
-        for n in names
-    }
-    members = sel.select(
+    valid_acc = {n: accuracy(p, y) for n, p in zip(names, c.valid)}
+    families = {n: str(cfg["families"].get(n) or family(c.info[n].arch, c.info[n].source)) for n in names}
+    members = select(
         valid_acc, families, cfg["threshold"], cfg["per_family"], cfg["on_empty"], cfg["select"], cfg["margin"]
     )
 
@@ -416,23 +418,25 @@ def run(params: dict, root: Path = Path(".")) -> dict:
         "models": models,
         "submission": "submissions/ensemble.csv" if d.test_ids else None,
     }
-    model = {
-        "method": chosen,
-        "members": rec["members"],
-        "weights": rec["weights"],
-        "classes": d.meta["classes"],
-        "stacker": results[chosen].stacker,
-        "temperatures": {m: temps[m] for m in rec["members"]} if temps else None,  # each member's, before blending
-        "temperature": rec.get("temperature"),  # the blend's, after
-    }
-    write_outputs(root, c, d, results[chosen], metrics, model)
-    return metrics
+    model = EnsembleModel(
+        method=chosen,
+        members=rec["members"],
+        weights=rec["weights"],
+        classes=d.meta.classes,
+        stacker=results[chosen].stacker,
+        temperatures={m: temps[m] for m in rec["members"]} if temps else None,  # each member's, before blending
+        temperature=rec.get("temperature"),  # the blend's, after
+    )
+    record = EnsembleMetrics.from_json(metrics, "ensemble/metrics.json", strict=True)  # every key a field
+    write_outputs(root, c, d, results[chosen], record, model)
+    return record.to_json()
 
 
-def write_outputs(root: Path, c: Candidates, d: Prepared, out: Outcome, metrics: dict, model: dict) -> None:
+def write_outputs(
+    root: Path, c: Candidates, d: Prepared, out: Outcome, metrics: EnsembleMetrics, model: EnsembleModel
+) -> None:
     """submissions/, ensemble/preds/, ensemble/metrics.json and ensemble/model.json, whole or not at all."""
-    classes, ids = d.meta["classes"], d.test_ids
-    header = d.meta.get("submission_header") or ["id", "label"]
+    classes, ids, header = d.meta.classes, d.test_ids, d.meta.submission_header
     outs = (root / "submissions", root / "ensemble" / "preds", root / "ensemble" / "metrics.json")
     with staged(*outs, root / "ensemble" / "model.json") as (subs, pr, mf, mj):
         save_ensemble_model(mj, model)
@@ -445,7 +449,7 @@ def write_outputs(root: Path, c: Candidates, d: Prepared, out: Outcome, metrics:
             (subs / "NO_TEST_SPLIT.txt").write_text(NO_TEST + "\n")
         np.save(pr / "valid.npy", out.valid_probs.astype(np.float32))
         np.save(pr / "test.npy", out.test_probs.astype(np.float32))
-        mf.write_text(json.dumps(metrics, indent=2) + "\n")
+        save_ensemble_metrics(mf, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

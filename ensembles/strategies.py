@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ensembles import weights as W
+from ensembles import weights as blends
 from pipeline.errors import PipelineError
-from pipeline.params import check_section, is_bool, is_dict, is_float, is_int, one_of
+from pipeline.params import check_section, is_bool, is_dict, is_float, is_int, one_of, param, schema_of
 
 
 @dataclass
@@ -39,7 +39,7 @@ def weighted(rule: Callable[[np.ndarray, np.ndarray, np.ndarray, dict], np.ndarr
 
     def fit(P, y, accs, cfg, seed):
         w = rule(P, y, accs, cfg)
-        return Fit(w, lambda Q: W.blend(Q, w))
+        return Fit(w, lambda Q: blends.blend(Q, w))
 
     return fit
 
@@ -52,13 +52,13 @@ def stacking_form(members: int, n_classes: int, cfg: dict) -> str:
 def fit_stacking(P, y, accs, cfg, seed) -> Fit:
     n_classes = P.shape[2]
     if stacking_form(len(P), n_classes, cfg) == "tied":
-        model = W.fit_tied_stacker(P, y, cfg["stack_C"])
+        model = blends.fit_tied_stacker(P, y, cfg["stack_C"])
     else:
-        model = W.fit_stacker(P, y, cfg["stack_C"], seed)
+        model = blends.fit_stacker(P, y, cfg["stack_C"], seed)
     return Fit(
-        W.stacker_weights(model, len(P), n_classes),
-        lambda Q: W.stacker_proba(model, Q, n_classes),
-        W.stacker_to_dict(model),
+        blends.stacker_weights(model, len(P), n_classes),
+        lambda Q: blends.stacker_proba(model, Q, n_classes),
+        blends.stacker_to_dict(model),
     )
 
 
@@ -69,20 +69,22 @@ REGISTRY: dict[str, Strategy] = {
             "accuracy",
             False,
             "weights ∝ validation accuracy (the benchmark's rule)",
-            weighted(lambda P, y, accs, cfg: W.accuracy_weights(accs)),
+            weighted(lambda P, y, accs, cfg: blends.accuracy_weights(accs)),
         ),
-        Strategy("uniform", False, "the plain average", weighted(lambda P, y, accs, cfg: W.uniform_weights(len(P)))),
+        Strategy(
+            "uniform", False, "the plain average", weighted(lambda P, y, accs, cfg: blends.uniform_weights(len(P)))
+        ),
         Strategy(
             "greedy",
             True,
             "Caruana's forward selection with replacement on validation log-loss",
-            weighted(lambda P, y, accs, cfg: W.greedy_weights(P, y, cfg["greedy_iters"])),
+            weighted(lambda P, y, accs, cfg: blends.greedy_weights(P, y, cfg["greedy_iters"])),
         ),
         Strategy(
             "logloss",
             True,
             "weights on the simplex minimising validation log-loss (SLSQP)",
-            weighted(lambda P, y, accs, cfg: W.fitted_weights(P, y)),
+            weighted(lambda P, y, accs, cfg: blends.fitted_weights(P, y)),
         ),
         Strategy("stacking", True, "a logistic regression on the members' log-probabilities", fit_stacking),
     )
@@ -113,26 +115,31 @@ def is_method(v) -> str:
     return canonical(one_of(*NAMES, *ALIASES, "best")(v))
 
 
-ENSEMBLE_SCHEMA = {
-    "select": ("margin", one_of("margin", "threshold")),  # which rule picks the members
-    "margin": (0.01, is_float(0.0, 1.0, open_=False)),  # margin: valid accuracy ≥ the best's − margin
-    "threshold": (0.85, is_float(0.0, 1.0, open_=False)),  # threshold: valid accuracy ≥ threshold ...
-    "per_family": (True, is_bool),  # ... plus the best model of every family
-    "on_empty": ("warn", one_of("warn", "fail")),  # nothing reaches the threshold: best single model, or fail
-    "method": ("accuracy", is_method),  # which strategy writes submissions/ensemble.csv (or `best` by validation)
-    "greedy_iters": (50, is_int(lo=1)),
-    "folds": (5, is_int(lo=2)),  # cross-fitting of the fitted strategies' validation scores
-    "stack_C": (0.1, is_float(0.0, 1e6)),  # inverse regularisation of the stacking logistic regression
+@dataclass
+class EnsembleParams:
+    """The `ensemble:` section (stage ensembles/ensemble.py): each key's default, check and why, once."""
+
+    select: str = param("margin", one_of("margin", "threshold"), "which rule picks the members")
+    margin: float = param(0.01, is_float(0.0, 1.0, open_=False), "margin: valid accuracy ≥ the best's − margin")
+    threshold: float = param(0.85, is_float(0.0, 1.0, open_=False), "threshold: valid accuracy ≥ threshold ...")
+    per_family: bool = param(True, is_bool, "... plus the best model of every family")
+    on_empty: str = param("warn", one_of("warn", "fail"), "none reaches the threshold: best single model, or fail")
+    method: str = param("accuracy", is_method, "the strategy that writes the submission (or `best` by validation)")
+    greedy_iters: int = param(50, is_int(lo=1), "greedy selection's rounds (with replacement)")
+    folds: int = param(5, is_int(lo=2), "cross-fitting of the fitted strategies' validation scores")
+    stack_C: float = param(0.1, is_float(0.0, 1e6), "inverse regularisation of the stacking logistic regression")
     # stacking's logistic regression on members × classes features costs minutes at 200 classes; beyond this many
     # features it takes the tied form (one weight per member, shared by the classes): seconds
-    "stack_max_features": (256, is_int(lo=1)),
-    "strategies": ("all", is_strategies),  # which strategies are fitted and scored
-    "families": ({}, is_dict),  # model name -> family, overriding the name-based guess
+    stack_max_features: int = param(256, is_int(lo=1), "beyond this many features stacking ties its weights")
+    strategies: list | str = param("all", is_strategies, "which strategies are fitted and scored")
+    families: dict = param({}, is_dict, "model name -> family, overriding the name-based guess")
     # temperature: one temperature per member fitted on the validation split before blending, one for the blend
     # after (never on test); none: the members' probabilities as trained
-    "calibrate": ("none", one_of("none", "temperature")),
-    "resamples": (2000, is_int(lo=100)),  # paired bootstrap resamples of every comparison's interval
-}
+    calibrate: str = param("none", one_of("none", "temperature"), "temperature scaling, fitted on validation")
+    resamples: int = param(2000, is_int(lo=100), "paired bootstrap resamples of every comparison's interval")
+
+
+ENSEMBLE_SCHEMA = schema_of(EnsembleParams)
 
 
 def ensemble_params(params: dict) -> dict:

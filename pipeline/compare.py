@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.contracts import load_prepared_meta
 from pipeline.errors import PipelineError
 from pipeline.scores import compare, score, verdict
 
@@ -34,12 +35,9 @@ def probs_of(name: str, split: str, root: Path) -> np.ndarray:
 def run(a: str, b: str, root: Path = Path("."), seed: int = 42, resamples: int = 2000) -> dict:
     """{split: {a: score, b: score, "a_vs_b": comparison}} on every labelled split."""
     prep = root / "data" / "prepared"
-    try:
-        meta = json.loads((prep / "meta.json").read_text())
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{prep}/meta.json: cannot read ({e}); run `dvc repro prepare`") from e
+    meta = load_prepared_meta(prep / "meta.json")
     out = {}
-    for split in ("valid", "test") if meta.get("test_labeled") else ("valid",):
+    for split in ("valid", "test") if meta.test_labeled else ("valid",):
         y = np.load(prep / f"{split}_y.npy")
         if not len(y):
             continue

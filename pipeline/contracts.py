@@ -1,22 +1,174 @@
-"""The files the stages hand each other that are read back as records: a member's spec (models/<key>/spec.json,
-written by train, read by pipeline.trained for predict and the report) and the ensemble's model
-(ensemble/model.json, written by the ensemble stage, read by pipeline.trained). Each has its typed shape here and
-one save and one load; a load checks the keys it needs and names the file and the key when one is missing.
+"""The files the stages hand each other, as typed records: the one place their shape is written down.
+
+    data/prepared/meta.json   PreparedMeta    prepare writes; train, the ensemble, the report, compare read
+    models/<key>/spec.json    MemberSpec      train writes; pipeline.trained (predict, the report) reads
+    metrics/<key>.json        MemberMetrics   train writes (folds and refit build it by `replace`); the ensemble,
+                                              the report, pipeline.compare and bench read
+    ensemble/model.json       EnsembleModel   the ensemble stage writes; pipeline.trained reads
+    ensemble/metrics.json     EnsembleMetrics the ensemble stage writes; the report and bench read
+    bench/results/equal_compute.json  EqualCompute  bench.equal_compute writes; the report reads when present
+
+Each record is a dataclass with `from_json`/`to_json` (the JSON layout is the fields' order; a field made with
+`opt()` is left out of the file while it is None) and one `save_*`/`load_*` pair. A load names the file and the
+key when one is missing or of the wrong kind; a key a record does not know (a newer version's) is ignored when
+reading, refused when writing (`strict`), so nothing a stage computes is dropped unseen. Readers use attributes,
+never string keys: a renamed key is a renamed field, and every reader of it is found by the type checker.
 """
 
 import json
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import NotRequired, TypedDict
+from typing import Any, Self, get_args, get_origin, get_type_hints
 
 from pipeline.errors import PipelineError
 
 
-class MemberSpec(TypedDict):
+def opt(default: Any = None) -> Any:
+    """A field written only while set: absent from the file when None (a key that only some runs have)."""
+    return field(default=default, metadata={"omit": True})
+
+
+class Record:
+    """A dataclass that is one JSON object (see the module's docstring)."""
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "", strict: bool = False) -> Self:
+        where = where or cls.__name__
+        if not isinstance(data, dict):
+            raise PipelineError(f"{where}: expected an object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        if strict and (extra := sorted(set(data) - known)):
+            raise PipelineError(f"{where}: `{extra[0]}` is not a field of {cls.__name__}")
+        hints = get_type_hints(cls)
+        kw = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in data:
+                kw[f.name] = _convert(hints[f.name], data[f.name], f"{where}: `{f.name}`", strict)
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise PipelineError(f"{where}: no `{f.name}` key (written by another version?)")
+        return cls(**kw)
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if v is None and f.metadata.get("omit"):
+                continue
+            out[f.name] = _plain(v)
+        return out
+
+
+def _convert(tp: Any, v: Any, where: str, strict: bool) -> Any:
+    if v is None:
+        return None
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return _convert(args[0], v, where, strict) if len(args) == 1 else v
+    if isinstance(tp, type) and issubclass(tp, Record):
+        return tp.from_json(v, where, strict)
+    if origin is list and isinstance(v, list):
+        return [_convert(get_args(tp)[0], x, f"{where}[{i}]", strict) for i, x in enumerate(v)]
+    if origin is dict and isinstance(v, dict):
+        return {k: _convert(get_args(tp)[1], x, f"{where}.{k}", strict) for k, x in v.items()}
+    if origin in (list, dict) or tp in (int, float, str, bool):
+        ok = {list: list, dict: dict, int: int, float: (int, float), str: str, bool: bool}[origin or tp]
+        if not isinstance(v, ok) or (tp in (int, float) and isinstance(v, bool)):
+            raise PipelineError(f"{where}: {v!r} is not a {getattr(origin or tp, '__name__', tp)}")
+    return v
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Record):
+        return v.to_json()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _save(path: Path, record: Record, indent: int) -> None:
+    path.write_text(json.dumps(record.to_json(), indent=indent) + "\n")
+
+
+def _load(path: Path, record: type[Record], missing_hint: str) -> Any:
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; {missing_hint}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path}: cannot be read ({e}); {missing_hint}") from e
+    try:
+        return record.from_json(data, str(path))
+    except PipelineError as e:
+        raise PipelineError(f"{e}; {missing_hint}") from e
+
+
+# ------------------------------------------------------------------------------------------------ scores
+@dataclass(kw_only=True)
+class Score(Record):
+    """pipeline.scores.score: a model's probabilities against one split's labels."""
+
+    accuracy: float
+    ci95: list[float] | None = None  # 95 % Wilson interval (None: no rows, or metrics that predate it)
+    n: int | None = None  # the split's rows
+    loss: float | None = None  # negative log-likelihood
+    ece: float | None = None  # expected calibration error, 15 bins
+
+    @classmethod
+    def of(cls, s: dict | None) -> "Score | None":
+        """A pipeline.scores.score dict as a record."""
+        return None if s is None else cls.from_json(s, "score", strict=True)
+
+
+@dataclass(kw_only=True)
+class Paired(Record):
+    """pipeline.scores.compare: A against B on the same rows."""
+
+    diff: float  # accuracy(A) − accuracy(B)
+    ci95: list[float]  # paired bootstrap
+    p: float  # McNemar's exact
+    a_only: int
+    b_only: int
+    n: int
+    resolved: bool
+
+
+# ------------------------------------------------------------------------------------------------ the data
+@dataclass(kw_only=True)
+class PreparedMeta(Record):
+    """data/prepared/meta.json: what the prepare stage made of the raw data (written with sorted keys)."""
+
+    classes: list[str]  # the label of index i (folder names, or the data set's own)
+    class_names: list[str] | None = None  # readable names where they differ (CIFAR, Fashion-MNIST); else classes
+    image_shape: list[int]  # H, W, C of every prepared image
+    train_mean: list[float]  # per channel, in [0, 1], of the training split
+    train_std: list[float]
+    counts: dict[str, int] = field(default_factory=dict)  # split -> images
+    counts_per_class: dict[str, dict[str, int]] = field(default_factory=dict)
+    test_labeled: bool = False
+    submission_header: list[str] = field(default_factory=lambda: ["id", "label"])
+    source: dict = field(default_factory=dict)  # where the raw data came from (format, path, image modes)
+    bad_images: dict = field(default_factory=lambda: {"count": 0, "files": []})
+    ignored_files: int = 0  # files whose extension no image reader knows
+    params: dict = field(default_factory=dict)  # the `data` params it was prepared with
+
+    @property
+    def names(self) -> list[str]:
+        return self.class_names or self.classes
+
+
+# ------------------------------------------------------------------------------------------------ a member
+@dataclass(kw_only=True)
+class MemberSpec(Record):
     """models/<key>/spec.json: everything pipeline.trained needs to rebuild and run one model."""
 
     key: str
     arch: str
-    source: NotRequired[str]
+    source: str | None = None
     n_in: int
     n_out: int
     size: int  # the image side it was last trained at (and evaluates at)
@@ -26,18 +178,86 @@ class MemberSpec(TypedDict):
     classes: list[str]
     ps: float
     model_kwargs: dict
-    pretrained: NotRequired[bool | str]
+    pretrained: bool | str = False
     tta: bool
     channels_last: bool
-    precision: NotRequired[str]  # what the train stage evaluated with: fp32 | bf16 | fp16 (older specs: fp32)
-    device: NotRequired[str]  # where (older specs: cpu)
-    seed: NotRequired[int]
-    train: NotRequired[dict]  # the whole TrainSpec
-    folds: NotRequired[list[str]]  # `folds: K`: the fold models' sub-folders
-    refit: NotRequired[dict]  # `refit: true`: the refit's training images and the validated lr
+    precision: str = "fp32"  # what the train stage evaluated with: fp32 | bf16 | fp16 (older specs: fp32)
+    device: str = "cpu"  # where (older specs: cpu)
+    seed: int | None = None
+    train: dict = field(default_factory=dict)  # the whole TrainSpec (pipeline.params.TrainSpec.to_dict)
+    folds: list[str] | None = opt()  # `folds: K`: the fold models' sub-folders
+    refit: dict | None = opt()  # `refit: true`: the refit's training images and the validated lr
+
+    @property
+    def cam_layer(self) -> str | None:
+        return self.train.get("cam_layer")
 
 
-class EnsembleModel(TypedDict):
+@dataclass(kw_only=True)
+class FoldScores(Record):
+    """metrics/<key>.json `folds` of a `folds: K` entry."""
+
+    k: int
+    cv_accuracy: list[float]  # each fold model on its held-out fold
+    cv_mean: float
+    cv_std: float
+    oof: Score | None = None  # all out-of-fold predictions together
+    valid_accuracy: list[float]  # each fold model on the validation split (`valid` is their average's)
+    valid_mean: float
+    valid_std: float
+
+
+@dataclass(kw_only=True)
+class Refit(Record):
+    """metrics/<key>.json `refit` of a `refit: true` entry."""
+
+    train_images: int
+    lr: float | None = None
+    phases: list[list[int]] | None = None
+    train_s: float | None = None
+    figures: str = ""
+
+
+@dataclass(kw_only=True)
+class MemberMetrics(Record):
+    """metrics/<key>.json: one model's scores, recipe and costs."""
+
+    valid: Score | None  # None: a refit (trained on the validation split)
+    test: Score | None  # None: an unlabelled test split
+    oof: Score | None = opt()  # one fold model on its held-out rows
+    lr: float
+    lr_found: bool = False
+    lr_suggested: float | None = None
+    phases: list[list[int]]  # [image side, epochs] per phase
+    freeze_epochs: int = 0
+    bs: int
+    train_s: float
+    img_per_s: float
+    images_seen: int | None = None  # epochs × training images (frozen epochs included); older metrics: None
+    eval_s: float = 0.0
+    param_count: int
+    train_images: int
+    device: str = "cpu"
+    precision: str = "fp32"
+    peak_gpu_mib: int | None = None
+    arch: str
+    source: str = "timm"
+    pretrained: bool = False
+    time_budget: dict | None = opt()  # `time_budget`: asked, probed, chosen (pipeline.recipe.budget_recipe)
+    folds: FoldScores | None = opt()
+    test_validated: Score | None = opt()  # `refit`: the validated model's test score
+    refit: Refit | None = opt()
+
+    def seen(self) -> int:
+        """Training images seen; computed from the recipe where the metrics predate `images_seen`."""
+        if self.images_seen is not None:
+            return self.images_seen
+        return (sum(e for _, e in self.phases) + self.freeze_epochs) * self.train_images
+
+
+# ------------------------------------------------------------------------------------------------ the ensemble
+@dataclass(kw_only=True)
+class EnsembleModel(Record):
     """ensemble/model.json: how pipeline.trained.Ensemble blends its members' probabilities."""
 
     method: str
@@ -45,33 +265,146 @@ class EnsembleModel(TypedDict):
     weights: dict[str, float]
     classes: list[str]
     stacker: dict | None  # stacking: the fitted model as plain numbers
-    temperatures: NotRequired[dict[str, float] | None]  # `calibrate: temperature`: each member's, before blending
-    temperature: NotRequired[float | None]  # and the blend's, after
+    temperatures: dict[str, float] | None = None  # `calibrate: temperature`: each member's, before blending
+    temperature: float | None = None  # and the blend's, after
 
 
-def required(record: type) -> list[str]:
-    """The keys a record must have (its NotRequired ones aside; needs evaluated annotations: no
-    `from __future__ import annotations` in this module)."""
-    return sorted(record.__required_keys__)
+@dataclass(kw_only=True)
+class Strategy(Record):
+    """One strategy's blend: its members, weights, scores."""
+
+    members: list[str]
+    weights: dict[str, float]
+    temperature: float | None = opt()  # `calibrate: temperature`: the blend's
+    valid: Score
+    valid_scored: str = "direct"  # how the validation score was got (cross-fitted, direct, held out)
+    form: str | None = opt()  # stacking: full | diagonal
+    test: Score | None = opt()
+
+    def used(self) -> list[str]:
+        """The members with a weight above 0."""
+        return [n for n, w in self.weights.items() if w > 0]
 
 
-def _save(path: Path, record: dict, indent: int) -> None:
-    path.write_text(json.dumps(record, indent=indent) + "\n")
+@dataclass(kw_only=True)
+class ModelScores(Record):
+    """ensemble/metrics.json `models`: one model as the ensemble saw it (after its temperature, where set)."""
+
+    family: str
+    group: str
+    valid: Score
+    weight: float
+    test: Score | None = opt()
+    temperature: float | None = opt()
+    uncalibrated: dict[str, Score] | None = opt()  # split -> the score before the temperature
 
 
-def _load(path: Path, record: type, missing_hint: str) -> dict:
-    if not path.is_file():
-        raise PipelineError(f"{path}: missing; {missing_hint}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{path}: cannot be read ({e}); {missing_hint}") from e
-    absent = [k for k in required(record) if k not in data]
-    if not isinstance(data, dict) or absent:
-        raise PipelineError(
-            f"{path}: no `{absent[0] if absent else '{...}'}` key; written by another version? {missing_hint}"
-        )
-    return data
+@dataclass(kw_only=True)
+class Comparison(Record):
+    """The submission (a) against one model (b), paired, per split."""
+
+    a: str
+    b: str
+    valid: Paired
+    test: Paired | None = opt()
+
+
+@dataclass(kw_only=True)
+class LeaveOneOut(Record):
+    """The chosen strategy refitted without one member, and the full blend against it."""
+
+    without: str
+    valid: Score
+    full_vs_without: dict[str, Paired]  # split -> paired comparison
+    test: Score | None = opt()
+
+
+@dataclass(kw_only=True)
+class ClassCounts(Record):
+    """Per class (in class order): rows, the ensemble's and the member's accuracy, fixes and breaks."""
+
+    rows: list[int]
+    ensemble: list[float]
+    member: list[float]
+    fixes: list[int]  # the ensemble right, the member wrong
+    breaks: list[int]  # the reverse
+
+
+@dataclass(kw_only=True)
+class PerClass(Record):
+    against: str  # the best member by validation
+    valid: ClassCounts
+    test: ClassCounts | None = opt()
+
+
+@dataclass(kw_only=True)
+class SizeStep(Record):
+    """The accuracy-weighted blend of the k best models by validation."""
+
+    k: int
+    added: str
+    valid: float
+    test: float | None = opt()
+
+
+@dataclass(kw_only=True)
+class EnsembleMetrics(Record):
+    """ensemble/metrics.json: the chosen strategy's blend (its fields first), every strategy, every model, and
+    the verdicts on the submission."""
+
+    method: str
+    chosen: str
+    members: list[str]
+    weights: dict[str, float]
+    temperature: float | None = opt()
+    valid: Score
+    valid_scored: str = "direct"
+    form: str | None = opt()
+    test: Score | None = opt()
+    fitted_on: str = ""
+    best_model: str
+    best_member: str | None = None  # older metrics: None
+    gain: dict[str, float]  # split -> accuracy − the best model's (by validation)
+    gain_over_best_member: dict[str, float] | None = None
+    calibrate: str | None = None
+    comparisons: list[Comparison] = field(default_factory=list)
+    leave_one_out: list[LeaveOneOut] = field(default_factory=list)
+    per_class: PerClass | None = None
+    by_size: list[SizeStep] = field(default_factory=list)
+    strategies: dict[str, Strategy]
+    models: dict[str, ModelScores]
+    submission: str | None = None
+
+    def comparison(self, b: str | None) -> Comparison | None:
+        return next((c for c in self.comparisons if c.b == b), None)
+
+
+@dataclass(kw_only=True)
+class EqualCompute(Record):
+    """bench/results/equal_compute.json: the best member's recipe trained with the ensemble's whole budget."""
+
+    cpu: str = ""
+    recipe: str  # the best member by validation
+    members: list[str]  # the submission's members with a weight > 0
+    budget_s: float  # their training seconds × --scale
+    scale: float | None = None  # images seen by the long run / by the member's own
+    images_seen: int
+    train_s: float
+    time_budget: dict
+    single_valid: float
+    ensemble_valid: float
+    comparison: dict[str, Paired]  # split -> the submission against the long run
+    single_test: float | None = opt()
+    ensemble_test: float | None = opt()
+
+
+# ------------------------------------------------------------------------------------------------ save / load
+def save_prepared_meta(path: Path, meta: PreparedMeta) -> None:
+    path.write_text(json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+def load_prepared_meta(path: Path) -> PreparedMeta:
+    return _load(path, PreparedMeta, "run the prepare stage first (dvc repro prepare)")
 
 
 def save_member_spec(path: Path, spec: MemberSpec) -> None:
@@ -83,9 +416,33 @@ def load_member_spec(path: Path, stage_key: str) -> MemberSpec:
     return _load(path, MemberSpec, f"train the model first (dvc repro train@{stage_key})")
 
 
+def save_member_metrics(path: Path, metrics: MemberMetrics) -> None:
+    _save(path, metrics, 2)
+
+
+def load_member_metrics(path: Path, stage_key: str) -> MemberMetrics:
+    return _load(path, MemberMetrics, f"run `dvc repro train@{stage_key}`")
+
+
 def save_ensemble_model(path: Path, model: EnsembleModel) -> None:
     _save(path, model, 1)
 
 
 def load_ensemble_model(path: Path) -> EnsembleModel:
     return _load(path, EnsembleModel, "run `dvc repro ensemble` first")
+
+
+def save_equal_compute(path: Path, r: EqualCompute) -> None:
+    _save(path, r, 2)
+
+
+def load_equal_compute(path: Path) -> EqualCompute:
+    return _load(path, EqualCompute, "rerun `python -m bench.equal_compute`")
+
+
+def save_ensemble_metrics(path: Path, metrics: EnsembleMetrics) -> None:
+    _save(path, metrics, 2)
+
+
+def load_ensemble_metrics(path: Path) -> EnsembleMetrics:
+    return _load(path, EnsembleMetrics, "run `dvc repro ensemble`")

@@ -8,7 +8,6 @@ with whole-batch torch ops on the training device.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,16 @@ import torch.nn.functional as F
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 
+from pipeline.contracts import PreparedMeta, load_prepared_meta
 from pipeline.errors import PipelineError
 
 PREPARED = Path("data/prepared")
 
 
-def load_prepared(folder: Path = PREPARED) -> tuple[dict, dict]:
+def load_prepared(folder: Path = PREPARED) -> tuple[dict, PreparedMeta]:
     """Arrays by stem (train_x, train_y, valid_x, ...) and meta.json; missing files name themselves. Images are
     `Rows` over read-only memory maps; labels are loaded (small)."""
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise PipelineError(f"{meta_path} not found: run the prepare stage first (dvc repro prepare)")
-    meta = json.loads(meta_path.read_text())
+    meta = load_prepared_meta(folder / "meta.json")
     arrays = {}
     for split in ("train", "valid", "test"):
         for k in ("x", "y"):

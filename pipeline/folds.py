@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from pipeline.contracts import FoldScores, Refit, Score
 from pipeline.data import Rows
 from pipeline.distributed import say
 from pipeline.errors import PipelineError
@@ -63,31 +64,32 @@ def combine_folds(results: list[TrainResult], pool, splits, arrays, spec: TrainS
     for (_, te), r in zip(splits, results):
         oof[te] = r.preds["oof"]
     preds["oof"], preds["oof_rows"] = oof, pool.astype(np.int64)
-    cv = [r.metrics["oof"]["accuracy"] for r in results]
-    va = [r.metrics["valid"]["accuracy"] for r in results]
-    train_s = sum(r.metrics["train_s"] for r in results)
-    seen = sum(r.metrics["train_s"] * r.metrics["img_per_s"] for r in results)
-    m = {k: v for k, v in first.metrics.items() if k != "oof"}
-    m.update(
-        valid=score(preds["valid"], arrays["valid_y"]),
+    cv = [r.metrics.oof.accuracy for r in results]
+    va = [r.metrics.valid.accuracy for r in results]
+    train_s = sum(r.metrics.train_s for r in results)
+    seen = sum(r.metrics.train_s * r.metrics.img_per_s for r in results)
+    m = replace(
+        first.metrics,
+        oof=None,
+        valid=Score.of(score(preds["valid"], arrays["valid_y"])),
         test=score_on_test(preds["test"], arrays),
         train_s=round(train_s, 2),
         img_per_s=round(seen / train_s, 1) if train_s else 0.0,
-        images_seen=sum(r.metrics["images_seen"] for r in results),
-        eval_s=round(sum(r.metrics["eval_s"] for r in results), 2),
+        images_seen=sum(r.metrics.images_seen for r in results),
+        eval_s=round(sum(r.metrics.eval_s for r in results), 2),
         train_images=len(pool),
-        folds={
-            "k": len(results),
-            "cv_accuracy": cv,  # each fold model on its held-out fold
-            "cv_mean": float(np.mean(cv)),
-            "cv_std": sd(cv),
-            "oof": score(oof, arrays["train_y"][pool]),  # all out-of-fold predictions together
-            "valid_accuracy": va,  # each fold model on the validation split (`valid` is their average's)
-            "valid_mean": float(np.mean(va)),
-            "valid_std": sd(va),
-        },
+        folds=FoldScores(
+            k=len(results),
+            cv_accuracy=cv,  # each fold model on its held-out fold
+            cv_mean=float(np.mean(cv)),
+            cv_std=sd(cv),
+            oof=Score.of(score(oof, arrays["train_y"][pool])),  # all out-of-fold predictions together
+            valid_accuracy=va,  # each fold model on the validation split (`valid` is their average's)
+            valid_mean=float(np.mean(va)),
+            valid_std=sd(va),
+        ),
     )
-    model_spec = {**first.spec, "folds": [f"fold{i}" for i in range(len(results))], "train": spec.to_dict()}
+    model_spec = replace(first.spec, folds=[f"fold{i}" for i in range(len(results))], train=spec.to_dict())
     return TrainResult(first.model, first.lr, model_spec, preds, m, first.lr_curve, folds=results)
 
 
@@ -105,28 +107,30 @@ def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed
         "valid_y": arrays["valid_y"][:0],
     }
     say(f"{key}: refit on train + valid: {len(a['train_y'])} images, lr {validated.lr:.2e}")
-    chosen = ((validated.metrics or {}).get("time_budget") or {}).get(
-        "chosen", {}
-    )  # the validated run's budgeted epochs
+    budget = validated.metrics.time_budget if validated.metrics else None  # None on data-parallel ranks > 0
+    chosen = (budget or {}).get("chosen", {})  # the validated run's budgeted epochs
     s = replace(spec, lr=validated.lr, folds=None, refit=False, train_limit=None, time_budget=None)
     s = replace(s, **{k: v for k, v in chosen.items() if k != "train_limit"})
     r = train_arch(key, s, a, meta, seed, device, None, evaluate, refit=True)
     if not evaluate:
         return r
-    m = dict(validated.metrics)
-    m["test_validated"] = m["test"]  # the validated model's test score, for comparison
-    m["test"] = r.metrics["test"]
-    m["train_s"] = round(m["train_s"] + r.metrics["train_s"], 2)
-    m["images_seen"] = m["images_seen"] + r.metrics["images_seen"]
-    m["refit"] = {
-        "train_images": r.metrics["train_images"],
-        "lr": r.lr,
-        "phases": r.metrics["phases"],
-        "train_s": r.metrics["train_s"],
-        "figures": "valid: the validated run (its model never saw the validation split); test and the "
-        "submission: the refit model",
-    }
+    v = validated.metrics
+    m = replace(
+        v,
+        test_validated=v.test,  # the validated model's test score, for comparison
+        test=r.metrics.test,
+        train_s=round(v.train_s + r.metrics.train_s, 2),
+        images_seen=v.images_seen + r.metrics.images_seen,
+        refit=Refit(
+            train_images=r.metrics.train_images,
+            lr=r.lr,
+            phases=r.metrics.phases,
+            train_s=r.metrics.train_s,
+            figures="valid: the validated run (its model never saw the validation split); test and the "
+            "submission: the refit model",
+        ),
+    )
     preds = {**validated.preds, "test": r.preds["test"]}
-    model_spec = {**r.spec, "refit": {"train_images": r.metrics["train_images"], "validated_lr": validated.lr}}
-    model_spec["train"] = spec.to_dict()
+    refit = {"train_images": r.metrics.train_images, "validated_lr": validated.lr}
+    model_spec = replace(r.spec, refit=refit, train=spec.to_dict())
     return TrainResult(r.model, validated.lr, model_spec, preds, m, validated.lr_curve)

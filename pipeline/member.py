@@ -16,7 +16,7 @@ import torch
 from fastai.distributed import num_distrib
 
 from pipeline.callbacks import live_callback
-from pipeline.contracts import MemberSpec, save_member_spec
+from pipeline.contracts import MemberMetrics, MemberSpec, Score, save_member_metrics, save_member_spec
 from pipeline.data import BatchTfm
 from pipeline.distributed import data_parallel, say, share
 from pipeline.hardware import describe, dtype_name
@@ -34,7 +34,7 @@ class TrainResult:
     lr: float
     spec: MemberSpec | None = None  # models/<key>/spec.json: what pipeline.trained rebuilds the model from
     preds: dict[str, np.ndarray] | None = None  # split -> probabilities
-    metrics: dict | None = None  # metrics/<key>.json
+    metrics: MemberMetrics | None = None  # metrics/<key>.json
     lr_curve: dict | None = None  # lr_find's curve, when lr was `auto`
     folds: list[TrainResult] | None = None  # `folds: K`: the K fold models, saved as models/<key>/fold<i>/
 
@@ -96,14 +96,14 @@ def train_arch(
     fitted = Fitted(learn, setup, spec, lr, lr_found, curve, seen, train_s, freeze_epochs)
     res = evaluate_member(key, fitted, meta, seed, held_out, refit)
     if budget is not None:
-        res.metrics["time_budget"] = budget | {"train_s": res.metrics["train_s"]}
+        res.metrics.time_budget = budget | {"train_s": res.metrics.train_s}
     return res
 
 
 # --------------------------------------------------------------------------------------------- evaluate
-def score_on_test(probs: np.ndarray, arrays: dict) -> dict | None:
+def score_on_test(probs: np.ndarray, arrays: dict) -> Score | None:
     """Accuracy and loss on the test split, or None where it has no labels (or no rows)."""
-    return score(probs, arrays["test_y"]) if "test_y" in arrays and len(arrays["test_y"]) else None
+    return Score.of(score(probs, arrays["test_y"])) if "test_y" in arrays and len(arrays["test_y"]) else None
 
 
 def evaluate_member(key: str, f: Fitted, meta: dict, seed: int, held_out: tuple | None, refit: bool) -> TrainResult:
@@ -125,60 +125,60 @@ def evaluate_member(key: str, f: Fitted, meta: dict, seed: int, held_out: tuple 
     return TrainResult(f.learn.model, f.lr, member_spec(key, f, meta, seed, tta), preds, metrics, f.curve)
 
 
-def member_metrics(f: Fitted, preds: dict, held_out: tuple | None, eval_s: float) -> dict:
+def member_metrics(f: Fitted, preds: dict, held_out: tuple | None, eval_s: float) -> MemberMetrics:
     """metrics/<key>.json of one model."""
     setup, arrays = f.setup, f.setup.arrays
-    return {
-        "valid": score(preds["valid"], arrays["valid_y"]) if "valid" in preds else None,
-        "test": score_on_test(preds["test"], arrays),
-        **({"oof": score(preds["oof"], held_out[1])} if held_out is not None else {}),
-        "lr": f.lr,
-        "lr_found": f.lr_found is not None,
-        "lr_suggested": f.lr_found,
-        "phases": setup.phases,
-        "freeze_epochs": f.freeze_epochs,
-        "bs": setup.bs,
-        "train_s": round(f.train_s, 2),
-        "img_per_s": round(f.seen / f.train_s, 1),
-        "images_seen": int(f.seen),  # the training budget: epochs × training images (frozen epochs included)
-        "eval_s": round(eval_s, 2),
-        "param_count": sum(p.numel() for p in f.learn.model.parameters()),
-        "train_images": int(len(arrays["train_y"])),
-        "device": str(setup.device),
-        "precision": dtype_name(setup.dtype),
-        "peak_gpu_mib": round(torch.cuda.max_memory_allocated(setup.device) / 2**20)
+    return MemberMetrics(
+        valid=Score.of(score(preds["valid"], arrays["valid_y"])) if "valid" in preds else None,
+        test=score_on_test(preds["test"], arrays),
+        oof=Score.of(score(preds["oof"], held_out[1])) if held_out is not None else None,
+        lr=f.lr,
+        lr_found=f.lr_found is not None,
+        lr_suggested=f.lr_found,
+        phases=setup.phases,
+        freeze_epochs=f.freeze_epochs,
+        bs=setup.bs,
+        train_s=round(f.train_s, 2),
+        img_per_s=round(f.seen / f.train_s, 1),
+        images_seen=int(f.seen),  # the training budget: epochs × training images (frozen epochs included)
+        eval_s=round(eval_s, 2),
+        param_count=sum(p.numel() for p in f.learn.model.parameters()),
+        train_images=int(len(arrays["train_y"])),
+        device=str(setup.device),
+        precision=dtype_name(setup.dtype),
+        peak_gpu_mib=round(torch.cuda.max_memory_allocated(setup.device) / 2**20)
         if setup.device.type == "cuda"
         else None,
-        "arch": setup.arch.name,
-        "source": setup.arch.source,
-        "pretrained": bool(setup.pretrained),
-    }
+        arch=setup.arch.name,
+        source=setup.arch.source,
+        pretrained=bool(setup.pretrained),
+    )
 
 
 def member_spec(key: str, f: Fitted, meta: dict, seed: int, tta: bool) -> MemberSpec:
     """models/<key>/spec.json: what pipeline.predict rebuilds the model from."""
     setup, spec = f.setup, f.spec
-    return {
-        "key": key,
-        "arch": setup.arch.name,
-        "source": setup.arch.source,
-        "n_in": setup.n_in,
-        "n_out": setup.n_out,
-        "size": setup.phases[-1][0],
-        "native_size": setup.native,
-        "mean": list(map(float, setup.mean)),
-        "std": list(map(float, setup.std)),
-        "classes": meta["classes"],
-        "ps": spec.ps,
-        "model_kwargs": spec.model_kwargs,
-        "pretrained": setup.pretrained,
-        "tta": tta,
-        "channels_last": spec.channels_last,
-        "precision": dtype_name(setup.dtype),  # pipeline.predict evaluates with the same autocast on the same
-        "device": str(setup.device),  # device type, so it reproduces preds/; elsewhere with that device's own
-        "seed": seed,
-        "train": spec.to_dict(),
-    }
+    return MemberSpec(
+        key=key,
+        arch=setup.arch.name,
+        source=setup.arch.source,
+        n_in=setup.n_in,
+        n_out=setup.n_out,
+        size=setup.phases[-1][0],
+        native_size=setup.native,
+        mean=list(map(float, setup.mean)),
+        std=list(map(float, setup.std)),
+        classes=meta.classes,
+        ps=spec.ps,
+        model_kwargs=spec.model_kwargs,
+        pretrained=setup.pretrained,
+        tta=tta,
+        channels_last=spec.channels_last,
+        precision=dtype_name(setup.dtype),  # pipeline.predict evaluates with the same autocast on the same
+        device=str(setup.device),  # device type, so it reproduces preds/; elsewhere with that device's own
+        seed=seed,
+        train=spec.to_dict(),
+    )
 
 
 # --------------------------------------------------------------------------------------------- write
@@ -221,7 +221,7 @@ def write_member(res: TrainResult, live, model_dir: Path, preds_dir: Path, metri
 
     if res.lr_curve:
         points = [{"lr": a, "loss": b} for a, b in zip(res.lr_curve["lr"], res.lr_curve["loss"])]
-        live.log_plot("lr_find", points, x="lr", y="loss", template="linear", title=f"lr_find: {res.spec['key']}")
+        live.log_plot("lr_find", points, x="lr", y="loss", template="linear", title=f"lr_find: {res.spec.key}")
         (live_dir / "plots" / "images").mkdir(parents=True, exist_ok=True)
         save_lr_plot(res.lr_curve, live_dir / "plots" / "images" / "lr_find.png", res.lr)
     else:  # a fixed lr: no curve, but the declared plot file exists
@@ -229,7 +229,7 @@ def write_member(res: TrainResult, live, model_dir: Path, preds_dir: Path, metri
         (live_dir / "plots" / "custom" / "lr_find.json").write_text("[]\n")
     live.end()
     model_dir.mkdir(exist_ok=True)
-    saved = list(zip(res.spec["folds"], res.folds)) if res.folds else [(".", res)]
+    saved = list(zip(res.spec.folds, res.folds)) if res.folds else [(".", res)]
     for sub, r in saved:
         folder = model_dir / sub
         folder.mkdir(exist_ok=True)
@@ -241,4 +241,4 @@ def write_member(res: TrainResult, live, model_dir: Path, preds_dir: Path, metri
     preds_dir.mkdir(exist_ok=True)
     for split, p in res.preds.items():
         np.save(preds_dir / f"{split}.npy", p, allow_pickle=False)
-    metrics_file.write_text(json.dumps(res.metrics, indent=2) + "\n")
+    save_member_metrics(metrics_file, res.metrics)

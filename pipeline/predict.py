@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.cam import pick_layer
 
             looked_at = predictor.members[0] if isinstance(predictor, Ensemble) else predictor
-            pick_layer(looked_at.model, (looked_at.spec.get("train") or {}).get("cam_layer"))  # fails before any work
+            pick_layer(looked_at.model, looked_at.spec.cam_layer)  # fails before any work
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, bad, cam_names = [], [], set()
     # decoded straight at the model's input size (a JPEG in draft mode): a folder of photos never sits in memory
     # at full resolution; the result is what to_array makes of the full image, within JPEG's DCT scaling
-    size = (predictor.members[0] if isinstance(predictor, Ensemble) else predictor).spec["native_size"]
+    size = (predictor.members[0] if isinstance(predictor, Ensemble) else predictor).spec.native_size
     for i in tqdm(range(0, len(files), args.bs), desc="predict", unit="batch", file=sys.stderr, disable=None):
         batch, names = [], []
         for f in files[i : i + args.bs]:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import datasets
+from pipeline.contracts import PreparedMeta, save_prepared_meta
 from pipeline.datasets import Files, take
 from pipeline.errors import PipelineError
 from pipeline.images import luma, to_channels
@@ -230,7 +231,7 @@ def prepare_to(
     size: int | None = None,
     channels="auto",
     workers: int | None = None,
-) -> dict:
+) -> PreparedMeta:
     """Split, subset, decode, resize and describe a RawData into `folder` (its .npy files, test_ids.json,
     meta.json); returns meta."""
     xs, ys, ids = select_rows(raw, valid_pct, seed, limit, test_limit)
@@ -254,22 +255,22 @@ def prepare_to(
     test_labeled = ys["test"] is not None and counts["test"] > 0
     (folder / "test_ids.json").write_text(json.dumps(list(ids)) + "\n")
     mean, std = channel_stats(folder / "train_x.npy")
-    meta = {
-        "source": source,
-        "classes": list(raw.classes),
-        "class_names": list(raw.class_names or raw.classes),
-        "image_shape": image_shape,
-        "counts": counts,
-        "counts_per_class": {
+    meta = PreparedMeta(
+        source=source,
+        classes=list(raw.classes),
+        class_names=list(raw.class_names or raw.classes),
+        image_shape=list(image_shape),
+        counts=counts,
+        counts_per_class={
             k: {c: int((y == i).sum()) for i, c in enumerate(raw.classes)} for k, y in ys.items() if y is not None
         },
-        "test_labeled": test_labeled,
-        "train_mean": [round(float(m), 6) for m in mean],
-        "train_std": [round(float(s), 6) for s in std],
-        "bad_images": {"count": len(bad_images), "files": bad_images},
-        "ignored_files": raw.ignored_files,
-        "submission_header": raw.submission_header or ["id", "label"],
-        "params": {
+        test_labeled=test_labeled,
+        train_mean=[round(float(m), 6) for m in mean],
+        train_std=[round(float(s), 6) for s in std],
+        bad_images={"count": len(bad_images), "files": bad_images},
+        ignored_files=raw.ignored_files,
+        submission_header=raw.submission_header or ["id", "label"],
+        params={
             "valid_pct": valid_pct,
             "seed": seed,
             "limit": limit,
@@ -277,12 +278,12 @@ def prepare_to(
             "size": size,
             "channels": channels,
         },
-    }
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    )
+    save_prepared_meta(folder / "meta.json", meta)
     return meta
 
 
-def prepare(raw: datasets.RawData, valid_pct: float, seed: int, **kw) -> tuple[dict, dict]:
+def prepare(raw: datasets.RawData, valid_pct: float, seed: int, **kw) -> tuple[dict, PreparedMeta]:
     """prepare_to into a temporary folder, read back into memory: (arrays by file stem + test_ids, meta). For
     small data sets, tests and notebooks; the stage itself writes straight into its staging folder."""
     with tempfile.TemporaryDirectory() as d:
@@ -292,7 +293,7 @@ def prepare(raw: datasets.RawData, valid_pct: float, seed: int, **kw) -> tuple[d
     return arrays, meta
 
 
-def write_prepared(arrays: dict, meta: dict, out: Path = OUT) -> None:
+def write_prepared(arrays: dict, meta: PreparedMeta, out: Path = OUT) -> None:
     """Write in-memory arrays and meta as data/prepared; out is whole or untouched."""
     with staged(out) as (tmp,):
         for name, value in arrays.items():
@@ -300,7 +301,7 @@ def write_prepared(arrays: dict, meta: dict, out: Path = OUT) -> None:
                 (tmp / "test_ids.json").write_text(json.dumps(value) + "\n")
             else:
                 save(tmp / f"{name}.npy", value)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        save_prepared_meta(tmp / "meta.json", meta)
 
 
 def main(params_file: str = "params.yaml", out: Path = OUT, workers: int | None = None) -> dict:
@@ -319,11 +320,11 @@ def main(params_file: str = "params.yaml", out: Path = OUT, workers: int | None 
             channels=data["channels"],
             workers=workers,
         )
-    c = meta["counts"]
+    c = meta.counts
     print(
         f"prepared {data['name']}: {c['train']} train / {c['valid']} valid / {c['test']} test, "
-        f"{len(meta['classes'])} classes, images {'×'.join(map(str, meta['image_shape']))}, "
-        f"{meta['bad_images']['count']} bad images skipped -> {out}"
+        f"{len(meta.classes)} classes, images {'×'.join(map(str, meta.image_shape))}, "
+        f"{meta.bad_images['count']} bad images skipped -> {out}"
     )
     return meta
 

@@ -73,8 +73,8 @@ def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
     set_seed(seed, reproducible=device.type != "cuda" or spec.deterministic)
     configure(device, spec.deterministic)
     arch = archs_mod.resolve(spec.arch)
-    h, _, n_in = meta["image_shape"]
-    n_out = len(meta["classes"])
+    h, _, n_in = meta.image_shape
+    n_out = len(meta.classes)
     phases = spec.phases or [[spec.size or h, spec.epochs]]
     pretrained = spec.pretrained
     keep = training_pool(arrays, spec, seed)
@@ -84,7 +84,7 @@ def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
     if bs > len(arrays["train_y"]):
         bs = len(arrays["train_y"])
         warn(f"{key}: `bs` = {spec.bs} is larger than the training set; using bs {bs} (one batch per epoch)")
-    mean, std = archs_mod.norm_stats(arch, pretrained, n_in, meta["train_mean"], meta["train_std"])
+    mean, std = archs_mod.norm_stats(arch, pretrained, n_in, meta.train_mean, meta.train_std)
     dtype = pick_dtype(spec.precision, device)
     try:
         model, splitter = archs_mod.build_model(arch, n_in, n_out, h, pretrained, spec.ps, spec.model_kwargs)
@@ -244,7 +244,7 @@ def budget_recipe(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
         )
     budget = float(spec.time_budget)
     costs, n, n_valid = probe_costs(key, spec, arrays, meta, seed, device)
-    h = meta["image_shape"][0]
+    h = meta.image_shape[0]
     phases = spec.phases or [[spec.size or h, spec.epochs]]
     train_s = [n * t for t, _ in costs]  # one epoch's training seconds at each phase's size
     valid_s = [n_valid * v for _, v in costs]  # and its validation seconds
@@ -259,7 +259,7 @@ def budget_recipe(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int
         train_part = sum(e * t for e, t in zip(epochs, train_s))
         frac = (budget - sum(e * v for e, v in zip(epochs, valid_s))) / train_part
         if frac < 1:
-            limit = max(int(frac * n), 2 * len(meta["classes"]), 2)
+            limit = max(int(frac * n), 2 * len(meta.classes), 2)
             predicted = sum(e * (t * limit / n + v) for e, t, v in zip(epochs, train_s, valid_s))
     new_phases = [[size, e] for (size, _), e in zip(phases, epochs)]
     pinned = replace(

@@ -20,6 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from ensembles.calibrate import apply_temperature
+from pipeline.contracts import (
+    Comparison,
+    EnsembleMetrics,
+    MemberMetrics,
+    Score,
+    SizeStep,
+    load_ensemble_metrics,
+    load_equal_compute,
+    load_member_metrics,
+    load_prepared_meta,
+)
 from pipeline.errors import PipelineError
 from pipeline.io import staged
 from pipeline.params import group_of, load_params, model_names
@@ -53,76 +64,65 @@ def ci_words(ci: list[float] | None) -> str:
     return f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}" if ci else ""
 
 
-def pct(s: dict) -> float:
-    """An accuracy in percent, rounded to what its 95 % interval supports (pipeline.scores.decimals)."""
-    d = decimals(s.get("ci95"))
-    v = round(100 * s["accuracy"], d)
+def pct(s: Score, accuracy: float | None = None) -> float:
+    """An accuracy in percent (`s`'s, or `accuracy` with `s`'s interval), rounded to what its 95 % interval
+    supports (pipeline.scores.decimals)."""
+    d = decimals(s.ci95)
+    v = round(100 * (s.accuracy if accuracy is None else accuracy), d)
     return int(v) if d == 0 else v
 
 
-def err(s: dict) -> float:
+def err(s: Score) -> float:
     """100 − top-1, rounded as the top-1 is."""
-    return pct({**s, "accuracy": 1 - s["accuracy"]})
+    return pct(s, 1 - s.accuracy)
 
 
-def images_seen(m: dict) -> int | str:
-    """Training images seen (epochs × training images); computed from the recipe where the metrics predate it."""
-    if "images_seen" in m:
-        return m["images_seen"]
-    if "phases" in m and "train_images" in m:
-        return (sum(e for _, e in m["phases"]) + m.get("freeze_epochs", 0)) * m["train_images"]
-    return ""
-
-
-def score_cells(s: dict, valid: dict) -> dict:
+def score_cells(s: Score, valid: Score) -> dict:
     """The leaderboard's score columns of one row: `s` on the report's split, `valid` on validation (and the
     unrounded sort key, dropped before writing)."""
     return {
         "top1": pct(s),
-        "top1_ci95": ci_words(s.get("ci95")),
+        "top1_ci95": ci_words(s.ci95),
         "top1_err": err(s),
         "valid_top1": pct(valid),
-        "nll": round(s["loss"], 3) if "loss" in s else "",
-        "ece": round(s["ece"], 3) if "ece" in s else "",
-        "_sort": (-s["accuracy"], -valid["accuracy"]),
+        "nll": round(s.loss, 3) if s.loss is not None else "",
+        "ece": round(s.ece, 3) if s.ece is not None else "",
+        "_sort": (-s.accuracy, -valid.accuracy),
     }
 
 
-def leaderboard(models: dict[str, dict], ens: dict) -> list[dict]:
+def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[dict]:
     """Rows sorted by test top-1 (valid top-1 where the test split is unlabelled), then valid top-1.
 
     `models`: name -> metrics/<name>.json; `ens`: ensemble/metrics.json. Accuracies in percent like timm's
     CSVs, rounded to what their intervals support; parameter counts in millions. `nll`, `ece`: on the same split
     (after `calibrate`'s temperatures where set). An ensemble's cost is the sum of its members' with a weight > 0.
     """
-    labeled = "test" in ens
-    split = "test" if labeled else "valid"
+    labeled = ens.test is not None
     rows = []
     for name, m in models.items():
-        s = ens["models"][name].get(split) or m[split]  # the ensemble's copy: after calibration where set
+        e = ens.models[name]  # the ensemble's copy of the scores: after calibration where set
         rows.append(
             {
                 "model": name,
-                **score_cells(s, m["valid"]),
-                "param_count": round(m["param_count"] / 1e6, 3),
-                "images_seen": images_seen(m),
-                "train_s": round(m["train_s"], 1),
-                "img_per_s": round(m["img_per_s"], 1),
-                "weight": round(ens["models"][name]["weight"], 4),
+                **score_cells((e.test or m.test) if labeled else e.valid, m.valid),
+                "param_count": round(m.param_count / 1e6, 3),
+                "images_seen": m.seen(),
+                "train_s": round(m.train_s, 1),
+                "img_per_s": round(m.img_per_s, 1),
+                "weight": round(e.weight, 4),
             }
         )
-    for kind, st in ens["strategies"].items():
-        used = [n for n, w in st["weights"].items() if w > 0]
-        s = st[split]
-        star = "*" if kind == ens["chosen"] else ""
-        seen = [images_seen(models[n]) for n in used]
+    for kind, st in ens.strategies.items():
+        used = st.used()
+        star = "*" if kind == ens.chosen else ""
         rows.append(
             {
                 "model": f"ensemble:{kind}{star}",
-                **score_cells(s, st["valid"]),
-                "param_count": round(sum(models[n]["param_count"] for n in used) / 1e6, 3),
-                "images_seen": sum(seen) if all(isinstance(v, int) for v in seen) else "",
-                "train_s": round(sum(models[n]["train_s"] for n in used), 1),
+                **score_cells(st.test if labeled else st.valid, st.valid),
+                "param_count": round(sum(models[n].param_count for n in used) / 1e6, 3),
+                "images_seen": sum(models[n].seen() for n in used),
+                "train_s": round(sum(models[n].train_s for n in used), 1),
                 "img_per_s": "",
                 "weight": "",
             }
@@ -153,108 +153,99 @@ def markdown(rows: list[dict], labeled: bool, n_test: int = 1) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def gain_line(ens: dict) -> str:
+def gain_line(ens: EnsembleMetrics) -> str:
     """Is the submission better than its members and than the best model by validation? Each difference with its
     paired bootstrap interval and McNemar p-value, per split, and a plain verdict on the best member."""
-    if "gain" not in ens:
-        return ""
-    fitted = (
-        f" Fitted strategies (greedy, logloss, stacking) fit on the {ens['fitted_on']}." if "fitted_on" in ens else ""
-    )
-    comps = ens.get("comparisons")
-    if not comps:  # metrics from before the paired comparisons
-        g = ", ".join(f"{100 * v:+.2f} points on {s}" for s, v in ens["gain"].items())
-        return f"\nEnsemble gain over the best model ({ens['best_model']}, by validation accuracy): {g}.{fitted}\n"
+    fitted = f" Fitted strategies (greedy, logloss, stacking) fit on the {ens.fitted_on}." if ens.fitted_on else ""
+    if not ens.comparisons:  # metrics from before the paired comparisons
+        g = ", ".join(f"{100 * v:+.2f} points on {s}" for s, v in ens.gain.items())
+        return f"\nEnsemble gain over the best model ({ens.best_model}, by validation accuracy): {g}.{fitted}\n"
     lines = [
-        f"\nThe submission (ensemble:{ens['chosen']}) against each model, on the same rows: accuracy difference in "
-        "points [paired bootstrap 95 % interval], McNemar's exact p; resolved = p < 0.05.{fitted}\n",
+        f"\nThe submission (ensemble:{ens.chosen}) against each model, on the same rows: accuracy difference in "
+        f"points [paired bootstrap 95 % interval], McNemar's exact p; resolved = p < 0.05.{fitted}\n",
         "| against | valid | test |",
         "|---|---|---|",
     ]
-    for c in comps:
-        tags = [
-            t
-            for t, n in (("best member", ens.get("best_member")), ("best by validation", ens["best_model"]))
-            if c["b"] == n
-        ]
-        label = c["b"] + (f" ({', '.join(tags)})" if tags else "")
-        lines.append(f"| {label} | {verdict(c['valid'])} | {verdict(c['test']) if 'test' in c else '-'} |")
-    bm = next((c for c in comps if c["b"] == ens.get("best_member")), None)
-    if bm is not None and "test" in bm:
-        lines.append(f"\nVerdict: {verdict_words(bm, [c for c in comps if c['b'] in ens.get('members', [])])}")
-    return "\n".join(lines).replace("{fitted}", fitted) + "\n"
+    for c in ens.comparisons:
+        tags = [t for t, n in (("best member", ens.best_member), ("best by validation", ens.best_model)) if c.b == n]
+        label = c.b + (f" ({', '.join(tags)})" if tags else "")
+        lines.append(f"| {label} | {verdict(c.valid)} | {verdict(c.test) if c.test else '-'} |")
+    bm = ens.comparison(ens.best_member)
+    if bm is not None and bm.test is not None:
+        lines.append(f"\nVerdict: {verdict_words(bm, [c for c in ens.comparisons if c.b in ens.members])}")
+    return "\n".join(lines) + "\n"
 
 
-def verdict_words(bm: dict, members: list[dict]) -> str:
+def verdict_words(bm: Comparison, members: list[Comparison]) -> str:
     """Plain words on test: against the best member by validation (the one chosen without test), and whether
     that holds against every member."""
-    t = bm["test"]
-    if not t["resolved"]:
+    t = bm.test
+    if not t.resolved:
         return (
-            f"the test split does not tell the submission from its best member by validation ({bm['b']}): "
+            f"the test split does not tell the submission from its best member by validation ({bm.b}): "
             f"{verdict(t)}. The ensemble's gain is not shown by this run."
         )
-    if t["diff"] < 0:
-        return f"the submission is worse than its best member ({bm['b']}) on test, and the test split resolves it."
-    short = [c for c in members if not (c["test"]["resolved"] and c["test"]["diff"] > 0)]
+    if t.diff < 0:
+        return f"the submission is worse than its best member ({bm.b}) on test, and the test split resolves it."
+    short = [c for c in members if not (c.test.resolved and c.test.diff > 0)]
     if not short:
         return f"the submission beats each of its {len(members)} members on test, each difference resolved."
-    worst = min(short, key=lambda c: c["test"]["diff"])
+    worst = min(short, key=lambda c: c.test.diff)
     return (
-        f"the submission beats its best member by validation ({bm['b']}) on test, resolved, but not every member: "
-        f"against {worst['b']}, {verdict(worst['test'])}. Over the strongest member on test the gain is not shown "
+        f"the submission beats its best member by validation ({bm.b}) on test, resolved, but not every member: "
+        f"against {worst.b}, {verdict(worst.test)}. Over the strongest member on test the gain is not shown "
         "by this run."
     )
 
 
-def markdown_leave_one_out(ens: dict) -> str:
+def markdown_leave_one_out(ens: EnsembleMetrics) -> str:
     """The chosen strategy refitted without each member: what each member brings."""
-    rows = ens.get("leave_one_out") or []
+    rows = ens.leave_one_out
     if not rows:
         return ""
-    labeled = "test" in rows[0]
+    labeled = rows[0].test is not None
     lines = [
-        f"\nLeave one out: ensemble:{ens['chosen']} refitted without each member; the full blend minus it, paired "
+        f"\nLeave one out: ensemble:{ens.chosen} refitted without each member; the full blend minus it, paired "
         "as above:\n",
         "| without | valid | test | full − without (valid) | full − without (test) |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        t = pct(r["test"]) if labeled else "-"
-        ft = verdict(r["full_vs_without"]["test"]) if labeled else "-"
-        lines.append(f"| {r['without']} | {pct(r['valid'])} | {t} | {verdict(r['full_vs_without']['valid'])} | {ft} |")
+        t = pct(r.test) if labeled else "-"
+        ft = verdict(r.full_vs_without["test"]) if labeled else "-"
+        lines.append(f"| {r.without} | {pct(r.valid)} | {t} | {verdict(r.full_vs_without['valid'])} | {ft} |")
     return "\n".join(lines) + "\n"
 
 
-def markdown_per_class(ens: dict, classes: list[str], k: int = 15) -> str:
+def markdown_per_class(ens: EnsembleMetrics, classes: list[str], k: int = 15) -> str:
     """Per class, the submission against its best member: accuracies, the rows it fixes and breaks (on the report
     split); beyond 30 classes the k classes with the most rows changed."""
-    pc = ens.get("per_class")
+    pc = ens.per_class
     if not pc:
         return ""
-    split = "test" if "test" in pc else "valid"
-    d = pc[split]
+    split = "test" if pc.test else "valid"
+    d = pc.test or pc.valid
     order = range(len(classes))
     if len(classes) > NUMBERED_CLASSES:
-        order = sorted(order, key=lambda i: -(d["fixes"][i] + d["breaks"][i]))[:k]
+        order = sorted(order, key=lambda i: -(d.fixes[i] + d.breaks[i]))[:k]
     lines = [
-        f"\nPer class on {split}, the submission against its best member ({pc['against']}): fixes = rows the "
-        f"submission gets right and {pc['against']} wrong, breaks = the reverse"
+        f"\nPer class on {split}, the submission against its best member ({pc.against}): fixes = rows the "
+        f"submission gets right and {pc.against} wrong, breaks = the reverse"
         + (f"; the {k} classes with the most rows changed" if len(classes) > NUMBERED_CLASSES else "")
         + ":\n",
-        f"| class | rows | {pc['against']} % | submission % | fixes | breaks |",
+        f"| class | rows | {pc.against} % | submission % | fixes | breaks |",
         "|---|---|---|---|---|---|",
     ]
     for i in order:
         lines.append(
-            f"| {classes[i]} | {d['rows'][i]} | {100 * d['member'][i]:.1f} | {100 * d['ensemble'][i]:.1f} | "
-            f"{d['fixes'][i]} | {d['breaks'][i]} |"
+            f"| {classes[i]} | {d.rows[i]} | {100 * d.member[i]:.1f} | {100 * d.ensemble[i]:.1f} | "
+            f"{d.fixes[i]} | {d.breaks[i]} |"
         )
-    lines.append(f"| all | {sum(d['rows'])} | | | {sum(d['fixes'])} | {sum(d['breaks'])} |")
+    lines.append(f"| all | {sum(d.rows)} | | | {sum(d.fixes)} | {sum(d.breaks)} |")
     return "\n".join(lines) + "\n"
 
 
-def groups(models: dict[str, dict], group: dict[str, str], labeled: bool) -> list[dict]:
+def groups(models: dict[str, MemberMetrics], group: dict[str, str], labeled: bool) -> list[dict]:
     """Mean ± std (over its models) of every `archs` entry with variants."""
     out = []
     for g in dict.fromkeys(group.values()):
@@ -263,7 +254,7 @@ def groups(models: dict[str, dict], group: dict[str, str], labeled: bool) -> lis
             continue
         row = {"group": g, "models": len(ns)}
         for split in ("valid", "test") if labeled else ("valid",):
-            a = 100 * np.array([models[n][split]["accuracy"] for n in ns])
+            a = 100 * np.array([getattr(models[n], split).accuracy for n in ns])
             row[split] = (round(float(a.mean()), 3), round(float(a.std(ddof=1)), 3))
         out.append(row)
     return out
@@ -303,10 +294,10 @@ def spread_ties(rows: list[dict], split: str) -> list[tuple[str, str]]:
     return out
 
 
-def markdown_folds(models: dict[str, dict]) -> str:
+def markdown_folds(models: dict[str, MemberMetrics]) -> str:
     """`folds` entries: cross-validation accuracy (each fold model on its held-out fold) and the fold models'
     validation accuracy, mean ± std, beside the validation accuracy of their average (the entry's prediction)."""
-    rows = [(n, m["folds"], m["valid"]["accuracy"]) for n, m in models.items() if m.get("folds")]
+    rows = [(n, m.folds, m.valid.accuracy) for n, m in models.items() if m.folds]
     if not rows:
         return ""
     lines = [
@@ -315,16 +306,16 @@ def markdown_folds(models: dict[str, dict]) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {n} | {f['k']} | {100 * f['cv_mean']:.2f} ± {100 * f['cv_std']:.2f} | "
-        f"{100 * f['valid_mean']:.2f} ± {100 * f['valid_std']:.2f} | {100 * v:.2f} |"
+        f"| {n} | {f.k} | {100 * f.cv_mean:.2f} ± {100 * f.cv_std:.2f} | "
+        f"{100 * f.valid_mean:.2f} ± {100 * f.valid_std:.2f} | {100 * v:.2f} |"
         for n, f, v in rows
     ]
     return "\n".join(lines) + "\n"
 
 
-def markdown_refit(models: dict[str, dict], labeled: bool) -> str:
+def markdown_refit(models: dict[str, MemberMetrics], labeled: bool) -> str:
     """`refit` entries: which figure comes from which model."""
-    rows = [(n, m) for n, m in models.items() if m.get("refit")]
+    rows = [(n, m) for n, m in models.items() if m.refit]
     if not rows:
         return ""
     lines = [
@@ -334,25 +325,24 @@ def markdown_refit(models: dict[str, dict], labeled: bool) -> str:
         "|---|---|---|---|---|---|",
     ]
     for n, m in rows:
-        t = [f"{100 * m[k]['accuracy']:.2f}" if labeled else "-" for k in ("test_validated", "test")]
+        t = [f"{100 * s.accuracy:.2f}" if labeled else "-" for s in (m.test_validated, m.test)]
         lines.append(
-            f"| {n} | {100 * m['valid']['accuracy']:.2f} | {m['train_images']} | {t[0]} | {t[1]} | "
-            f"{m['refit']['train_images']} |"
+            f"| {n} | {100 * m.valid.accuracy:.2f} | {m.train_images} | {t[0]} | {t[1]} | {m.refit.train_images} |"
         )
     return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------- figures
-def fig_members(path: Path, by_size: list[dict]) -> None:
+def fig_members(path: Path, by_size: list[SizeStep]) -> None:
     """Accuracy of the accuracy-weighted blend of the k best models (by validation accuracy) against k."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    k = [r["k"] for r in by_size]
-    for split, style in (("valid", "o-"), ("test", "s--")):
-        if all(split in r for r in by_size):
-            ax.plot(k, [100 * r[split] for r in by_size], style, label=split)
-    ax.set_xticks(k, [f"{r['k']}\n{r['added']}" for r in by_size], fontsize=7)
+    k = [r.k for r in by_size]
+    ax.plot(k, [100 * r.valid for r in by_size], "o-", label="valid")
+    if all(r.test is not None for r in by_size):
+        ax.plot(k, [100 * r.test for r in by_size], "s--", label="test")
+    ax.set_xticks(k, [f"{r.k}\n{r.added}" for r in by_size], fontsize=7)
     ax.set(xlabel="models (best first by validation accuracy; the one added)", ylabel="top-1 %")
     ax.set_title("accuracy-weighted ensemble of the k best models")
     ax.grid(alpha=0.3)
@@ -662,7 +652,7 @@ def fig_reliability(path: Path, y: np.ndarray, probs: dict[str, np.ndarray], spl
 EQUAL_COMPUTE = Path("bench/results/equal_compute.json")
 
 
-def markdown_equal_compute(ens: dict, root: Path) -> str:
+def markdown_equal_compute(ens: EnsembleMetrics, root: Path) -> str:
     """The submission beside the best single recipe trained with the ensemble's whole budget, from
     `python -m bench.equal_compute` (a benchmark, not a stage: said when its figures are from another run)."""
     f = root / EQUAL_COMPUTE
@@ -671,27 +661,30 @@ def markdown_equal_compute(ens: dict, root: Path) -> str:
             "\nEqual compute: not measured for this run; `python -m bench.equal_compute` trains the best member's "
             "recipe with the ensemble's whole training budget and compares it with the submission.\n"
         )
-    r = json.loads(f.read_text())
-    same = abs(r.get("ensemble_test", -1) - ens.get("test", {}).get("accuracy", -2)) < 1e-9
+    r = load_equal_compute(f)
+    if r.single_test is None or "test" not in r.comparison:
+        return ""
+    same = ens.test is not None and r.ensemble_test is not None and abs(r.ensemble_test - ens.test.accuracy) < 1e-9
     note = "" if same else " (measured against another run's submission: rerun the benchmark)"
-    c = r["comparison"]
+    c = r.comparison
+    scale = f"{r.scale:.1f}× its run's, " if r.scale is not None else ""
     return (
-        f"\nEqual compute ({EQUAL_COMPUTE}{note}): {r['recipe']} trained with {r['images_seen']} images seen "
-        f"({r['scale']:.1f}× its run's, the ensemble's budget) reached {100 * r['single_test']:.2f} % test; the "
+        f"\nEqual compute ({EQUAL_COMPUTE}{note}): {r.recipe} trained with {r.images_seen} images seen "
+        f"({scale}the ensemble's budget) reached {100 * r.single_test:.2f} % test; the "
         f"submission minus it: {verdict(c['test'])} on test, {verdict(c['valid'])} on valid.\n"
     )
 
 
-def lr_curves(root: Path, models: dict[str, dict]) -> dict[str, tuple[list, float | None]]:
+def lr_curves(root: Path, models: dict[str, MemberMetrics]) -> dict[str, tuple[list, float | None]]:
     """Each model's lr_find curve (empty for a fixed lr) and the valley it chose."""
     out = {}
     for n, m in models.items():
         f = root / "dvclive" / n / "plots" / "custom" / "lr_find.json"
-        out[n] = (_read_json(f) if f.is_file() else [], m["lr"] if m.get("lr_found") else None)
+        out[n] = (_read_json(f) if f.is_file() else [], m.lr if m.lr_found else None)
     return out
 
 
-def verdicts_md(ens: dict, classes: list[str], root: Path, labeled: bool) -> str:
+def verdicts_md(ens: EnsembleMetrics, classes: list[str], root: Path, labeled: bool) -> str:
     """Under the table: the paired comparisons, leave-one-out, per class, equal compute."""
     return (
         gain_line(ens)
@@ -706,22 +699,22 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
 
     matplotlib.use("Agg")
     names = model_names(params)
-    models = {n: _read_json(root / "metrics" / f"{n}.json") for n in names}
-    ens = _read_json(root / "ensemble" / "metrics.json")
-    missing = sorted(set(names) - set(ens["models"]))
+    models = {n: load_member_metrics(root / "metrics" / f"{n}.json", n) for n in names}
+    ens = load_ensemble_metrics(root / "ensemble" / "metrics.json")
+    missing = sorted(set(names) - set(ens.models))
     if missing:
         raise PipelineError(f"ensemble/metrics.json has no entry for {', '.join(missing)}; rerun `dvc repro ensemble`")
     prep = root / "data" / "prepared"
-    meta = _read_json(prep / "meta.json")
-    labeled = "test" in ens
+    meta = load_prepared_meta(prep / "meta.json")
+    labeled = ens.test is not None
     split = "test" if labeled else "valid"
     x = np.load(prep / f"{split}_x.npy", mmap_mode="r")
     y = np.load(prep / f"{split}_y.npy")
     ens_p = np.load(root / "ensemble" / "preds" / f"{split}.npy")
-    best = ens.get("best_model") or max(names, key=lambda n: (models[n]["valid"]["accuracy"], n))  # by validation
+    best = ens.best_model  # by validation
     best_p = np.load(root / "preds" / best / f"{split}.npy")
     rows = leaderboard(models, ens)
-    classes = meta["class_names"]
+    classes = meta.names
 
     with staged(root / "reports") as (out,):
         figs = out / "figures"
@@ -732,25 +725,25 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             w.writerows(rows)
         group_rows = groups(models, {n: group_of(params, n) for n in names}, labeled)
         (out / "leaderboard.md").write_text(
-            markdown(rows, labeled, meta.get("counts", {}).get("test", 1))
+            markdown(rows, labeled, meta.counts.get("test", 1))
             + verdicts_md(ens, classes, root, labeled)
             + markdown_groups(group_rows, labeled)
             + markdown_folds(models)
             + markdown_refit(models, labeled)
             + (
-                markdown_confused(confused_pairs(y, ens_p, classes), f"the ensemble ({ens['chosen']})", split)
+                markdown_confused(confused_pairs(y, ens_p, classes), f"the ensemble ({ens.chosen})", split)
                 if len(classes) > NUMBERED_CLASSES
                 else ""
             )
         )
-        if ens.get("by_size"):
-            fig_members(figs / "accuracy_vs_members.png", ens["by_size"])
+        if ens.by_size:
+            fig_members(figs / "accuracy_vs_members.png", ens.by_size)
         fig_confusion(
-            figs / "confusion_matrix.png", y, {best: best_p, f"ensemble ({ens['chosen']})": ens_p}, classes, split
+            figs / "confusion_matrix.png", y, {best: best_p, f"ensemble ({ens.chosen})": ens_p}, classes, split
         )
-        t = ens["models"][best].get("temperature")  # `calibrate: temperature`: the member as the blend saw it
+        t = ens.models[best].temperature  # `calibrate: temperature`: the member as the blend saw it
         best_cal = apply_temperature(best_p.astype(np.float64), t) if t else best_p
-        fig_reliability(figs / "reliability.png", y, {best: best_cal, f"ensemble ({ens['chosen']})": ens_p}, split)
+        fig_reliability(figs / "reliability.png", y, {best: best_cal, f"ensemble ({ens.chosen})": ens_p}, split)
         fig_top_losses(figs / "top_losses.png", x, y, ens_p, classes)
         fig_predictions(figs / "predictions.png", x, y, ens_p, classes, seed=0)
         fig_lr_find(figs / "lr_find.png", lr_curves(root, models))

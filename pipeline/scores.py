@@ -44,30 +44,29 @@ def score(probs: np.ndarray, y: np.ndarray) -> dict:
     }
 
 
+def bins_of(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bin of top-class probability (equal width; bin k holds [k/bins, (k+1)/bins), the last also 1): rows,
+    Σ confidence, Σ right."""
+    conf = probs.max(1)
+    right = probs.argmax(1) == y
+    k = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    return np.bincount(k, minlength=bins), np.bincount(k, conf, bins), np.bincount(k, right, bins)
+
+
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     """Expected calibration error: the row-weighted mean |accuracy − confidence| over `bins` equal-width bins of
     the top-class probability (Guo et al., 2017; 15 bins as there)."""
     if len(y) == 0:
         return float("nan")
-    conf = probs.max(1)
-    right = probs.argmax(1) == y
-    k = np.minimum((conf * bins).astype(np.int64), bins - 1)  # bin k holds [k/bins, (k+1)/bins), the last also 1
-    gap = np.abs(np.bincount(k, right, bins) - np.bincount(k, conf, bins))  # per bin: |Σ right − Σ confidence|
-    return float(gap.sum() / len(y))
+    _, conf, right = bins_of(probs, y, bins)
+    return float(np.abs(right - conf).sum() / len(y))  # per bin: |Σ right − Σ confidence|
 
 
 def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> dict:
     """Per bin of confidence: rows, mean confidence, accuracy (the reliability diagram's numbers)."""
-    conf = probs.max(1)
-    right = probs.argmax(1) == y
-    k = np.minimum((conf * bins).astype(np.int64), bins - 1)
-    n = np.bincount(k, minlength=bins)
+    n, conf, right = bins_of(probs, y, bins)
     safe = np.maximum(n, 1)
-    return {
-        "rows": n.tolist(),
-        "confidence": (np.bincount(k, conf, bins) / safe).tolist(),
-        "accuracy": (np.bincount(k, right, bins) / safe).tolist(),
-    }
+    return {"rows": n.tolist(), "confidence": (conf / safe).tolist(), "accuracy": (right / safe).tolist()}
 
 
 def mcnemar(a_right: np.ndarray, b_right: np.ndarray) -> float:
@@ -113,13 +112,16 @@ def compare(pa: np.ndarray, pb: np.ndarray, y: np.ndarray, seed: int = 0, resamp
     }
 
 
-def verdict(c: dict) -> str:
-    """`+0.09 [−0.20, +0.38] points, p = 0.55: not resolved` — a comparison in words."""
-    lo, hi = (100 * v for v in c["ci95"])
-    p = c["p"]
-    pw = f"p = {p:.3f}" if 0.04 <= p < 0.06 else f"p = {p:.2g}" if p >= 1e-4 else "p < 0.0001"  # no 0.05 ≥ 0.05
-    word = "resolved" if c["resolved"] else "not resolved"
-    return f"{100 * c['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}] points, {pw}: {word}"
+def verdict(c) -> str:
+    """`+0.09 [−0.20, +0.38] points, p = 0.55: not resolved` — a comparison in words (a contracts.Paired record,
+    or the dict `compare` returns)."""
+    from pipeline.contracts import Paired
+
+    c = Paired.from_json(c, "comparison") if isinstance(c, dict) else c
+    lo, hi = (100 * v for v in c.ci95)
+    pw = f"p = {c.p:.3f}" if 0.04 <= c.p < 0.06 else f"p = {c.p:.2g}" if c.p >= 1e-4 else "p < 0.0001"  # no 0.05 ≥ 0.05
+    word = "resolved" if c.resolved else "not resolved"
+    return f"{100 * c.diff:+.2f} [{lo:+.2f}, {hi:+.2f}] points, {pw}: {word}"
 
 
 def decimals(ci: list[float] | None) -> int:

@@ -55,16 +55,13 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
         res = train_entry(key, spec, arrays, meta, seed, device=device, live=live)
         write_member(res, live, model_dir, preds_dir, metrics_file, live_dir)
     m = res.metrics
-    test = f", test acc {m['test']['accuracy']:.4f}" if m["test"] else ""
-    refit = " (refit model)" if "refit" in m else ""
-    print(
-        f"{key}: valid acc {m['valid']['accuracy']:.4f}{test}{refit}, {m['train_s']:.0f} s, {m['img_per_s']:.0f} img/s"
-    )
-    if "folds" in m:
-        f = m["folds"]
+    test = f", test acc {m.test.accuracy:.4f}" if m.test else ""
+    refit = " (refit model)" if m.refit else ""
+    print(f"{key}: valid acc {m.valid.accuracy:.4f}{test}{refit}, {m.train_s:.0f} s, {m.img_per_s:.0f} img/s")
+    if f := m.folds:
         print(
-            f"{key}: {f['k']}-fold CV acc {f['cv_mean']:.4f} ± {f['cv_std']:.4f} (held-out folds), fold models on "
-            f"valid {f['valid_mean']:.4f} ± {f['valid_std']:.4f}, their average {m['valid']['accuracy']:.4f}"
+            f"{key}: {f.k}-fold CV acc {f.cv_mean:.4f} ± {f.cv_std:.4f} (held-out folds), fold models on "
+            f"valid {f.valid_mean:.4f} ± {f.valid_std:.4f}, their average {m.valid.accuracy:.4f}"
         )
     return res
 

@@ -37,41 +37,41 @@ class Model:
 
         weights = folder / "model.safetensors"
         self.spec = s = load_member_spec(folder / "spec.json", stage_key or folder.name)
-        self.name, self.classes, self.device = s["key"], s["classes"], torch.device(device)
+        self.name, self.classes, self.device = s.key, s.classes, torch.device(device)
         # `folds: K`: the entry is its K fold models, averaged as the train stage averaged them; Grad-CAM looks at
         # the first one
-        self.folds = [Model(folder / f, device, s["key"]) for f in s.get("folds") or []]
+        self.folds = [Model(folder / f, device, s.key) for f in s.folds or []]
         if self.folds:
             self.model, self.tfm, self.dtype = self.folds[0].model, self.folds[0].tfm, self.folds[0].dtype
             return
         if not weights.is_file():
-            raise PipelineError(f"{weights}: missing; train the model first (dvc repro train@{s['key']})")
+            raise PipelineError(f"{weights}: missing; train the model first (dvc repro train@{s.key})")
         self.model, _ = archs.build_model(
-            archs.resolve(s["arch"]),
-            s["n_in"],
-            s["n_out"],
-            s["native_size"],
+            archs.resolve(s.arch),
+            s.n_in,
+            s.n_out,
+            s.native_size,
             pretrained=False,
-            ps=s["ps"],
-            model_kwargs=s["model_kwargs"],
+            ps=s.ps,
+            model_kwargs=s.model_kwargs,
         )
         try:
             state = load_file(str(weights))
         except Exception as e:  # any exception: safetensors raises its own types for a damaged header or body
             raise PipelineError(
                 f"{weights}: damaged, cannot be read ({type(e).__name__}: {e}); restore it with "
-                f"`dvc checkout {folder}` or rebuild it with `dvc repro train@{s['key']}`"
+                f"`dvc checkout {folder}` or rebuild it with `dvc repro train@{s.key}`"
             ) from e
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise PipelineError(
-                f"{weights}: does not fit {s['arch']} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+                f"{weights}: does not fit {s.arch} (missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
         self.model.to(self.device).eval()
-        self.tfm = BatchTfm(s["size"], s["mean"], s["std"], train=False, channels_last=s["channels_last"])
+        self.tfm = BatchTfm(s.size, s.mean, s.std, train=False, channels_last=s.channels_last)
         # on the device type it trained on, the precision the stage evaluated with (older specs: fp32, cpu), so
         # predictions match preds/<key>/; on another, that device's own (a GPU's bf16 model runs fp32 on a CPU)
-        self.dtype = eval_dtype(s.get("precision", "fp32"), s.get("device", "cpu"), self.device)
+        self.dtype = eval_dtype(s.precision, s.device, self.device)
 
     def inputs(self, x: np.ndarray) -> torch.Tensor:
         """Prepared-format uint8 arrays -> the normalised batch the network takes."""
@@ -85,12 +85,12 @@ class Model:
         the predicted classes), at the entry's `cam_layer` or the last convolution."""
         from pipeline.cam import grad_cam, pick_layer
 
-        _, layer = pick_layer(self.model, (self.spec.get("train") or {}).get("cam_layer"))
+        _, layer = pick_layer(self.model, self.spec.cam_layer)
         t = None if targets is None else torch.as_tensor(targets, device=self.device)
         return grad_cam(self.model, self.inputs(x), layer, t)
 
     def arrays(self, images: Iterable) -> np.ndarray:
-        return np.stack([to_array(im, self.spec["native_size"], self.spec["n_in"]) for im in images])
+        return np.stack([to_array(im, self.spec.native_size, self.spec.n_in) for im in images])
 
     def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
         """Probabilities for prepared-format uint8 N×H×W×C arrays (as data/prepared holds them)."""
@@ -98,7 +98,7 @@ class Model:
 
         if self.folds:
             return np.mean([m.predict_arrays(x, bs) for m in self.folds], axis=0)
-        return predict_probs(self.model, x, self.tfm, bs, self.spec["tta"], self.device, self.dtype, self.spec["n_out"])
+        return predict_probs(self.model, x, self.tfm, bs, self.spec.tta, self.device, self.dtype, self.spec.n_out)
 
     def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:
         return self.predict_arrays(self.arrays(images), bs)
@@ -109,8 +109,8 @@ class Ensemble:
 
     def __init__(self, root: Path = Path("."), device: str | torch.device = "cpu"):
         self.spec = load_ensemble_model(root / "ensemble" / "model.json")
-        self.name, self.classes = "ensemble", self.spec["classes"]
-        self.members = [Model(root / "models" / m, device) for m in self.spec["members"]]
+        self.name, self.classes = "ensemble", self.spec.classes
+        self.members = [Model(root / "models" / m, device) for m in self.spec.members]
         for m in self.members:
             if m.classes != self.classes:
                 raise PipelineError(f"models/{m.name}: classes differ from the ensemble's; rerun `dvc repro`")
@@ -120,19 +120,19 @@ class Ensemble:
 
     def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
         """Probabilities for prepared-format uint8 arrays (every member was trained on the same prepared data)."""
-        from ensembles import weights as W
         from ensembles.calibrate import apply_temperature
+        from ensembles.weights import blend, stacker_apply
 
         P = np.stack([m.predict_arrays(x, bs) for m in self.members]).astype(np.float64)
-        temps = self.spec.get("temperatures") or {}  # `calibrate: temperature`: each member's, then the blend's
+        temps = self.spec.temperatures or {}  # `calibrate: temperature`: each member's, then the blend's
         for i, m in enumerate(self.members):
             if m.name in temps:
                 P[i] = apply_temperature(P[i], temps[m.name])
-        if self.spec["stacker"]:
-            out = W.stacker_apply(self.spec["stacker"], P, len(self.classes))
+        if self.spec.stacker:
+            out = stacker_apply(self.spec.stacker, P, len(self.classes))
         else:
-            out = W.blend(P, np.array([self.spec["weights"][m.name] for m in self.members]))
-        t = self.spec.get("temperature")
+            out = blend(P, np.array([self.spec.weights[m.name] for m in self.members]))
+        t = self.spec.temperature
         return (apply_temperature(out, t) if t else out).astype(np.float32)
 
 

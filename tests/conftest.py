@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline.contracts import PreparedMeta
 from pipeline.datasets import Files, decoded, digits_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a model hub
@@ -95,12 +96,12 @@ def synth(n=48, size=16, c=1, k=3, seed=0):
         "test_x": x[:9],
         "test_y": y[:9].astype(np.int64),
     }
-    meta = {
-        "image_shape": [size, size, c],
-        "classes": [f"c{i}" for i in range(k)],
-        "train_mean": [float(x.mean() / 255)] * c,
-        "train_std": [float(x.std() / 255)] * c,
-    }
+    meta = PreparedMeta(
+        image_shape=[size, size, c],
+        classes=[f"c{i}" for i in range(k)],
+        train_mean=[float(x.mean() / 255)] * c,
+        train_std=[float(x.std() / 255)] * c,
+    )
     return arrays, meta
 
 
@@ -152,6 +153,7 @@ def write_run(root: Path, models: dict, valid_y, test_y, ids=None, header=("id",
     (prep / "meta.json").write_text(
         json.dumps(
             {"classes": classes, "class_names": classes, "test_labeled": True, "submission_header": list(header)}
+            | {"image_shape": [8, 8, 1], "train_mean": [0.5], "train_std": [0.25]}
         )
     )
     for name, (arch, source, pv, pt) in models.items():
@@ -159,8 +161,22 @@ def write_run(root: Path, models: dict, valid_y, test_y, ids=None, header=("id",
         np.save(root / "preds" / name / "valid.npy", pv.astype(np.float32))
         np.save(root / "preds" / name / "test.npy", pt.astype(np.float32))
         (root / "metrics").mkdir(exist_ok=True)
-        (root / "metrics" / f"{name}.json").write_text(json.dumps({"arch": arch, "source": source}))
+        (root / "metrics" / f"{name}.json").write_text(json.dumps(metrics_json(arch=arch, source=source)))
     return {"seed": 0, "archs": {n: {} for n in models}}
+
+
+def metrics_json(**kw) -> dict:
+    """A metrics/<key>.json as the train stage writes it (pipeline.contracts.MemberMetrics), with `kw` set."""
+    base = {"valid": {"accuracy": 0.5}, "test": None, "lr": 1e-3, "phases": [[8, 1]], "bs": 8, "train_s": 1.0}
+    base |= {"img_per_s": 10.0, "param_count": 1000, "train_images": 10, "arch": "cnn4", "source": "local"}
+    return base | kw
+
+
+def member_metrics(**kw):
+    """metrics_json as the record the stages read."""
+    from pipeline.contracts import MemberMetrics
+
+    return MemberMetrics.from_json(metrics_json(**kw), "test metrics", strict=True)
 
 
 def noisy(y, acc, rng):

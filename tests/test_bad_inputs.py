@@ -187,7 +187,7 @@ def test_two_class_stacker_gives_probabilities(tmp_path):
 def test_two_class_ensemble_predicts_from_the_saved_stacker(tmp_path):
     repo, _ = faces_repo(tmp_path, test=True)
     ens = predict.load_ensemble(repo)
-    assert ens.spec["method"] == "stacking" and ens.classes == ["comic", "real"]
+    assert ens.spec.method == "stacking" and ens.classes == ["comic", "real"]
     x = np.load(repo / "data/prepared/test_x.npy")
     probs = ens.predict_arrays(x)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
@@ -290,7 +290,7 @@ def test_batch_size_larger_than_a_small_data_set_runs_with_a_warning(project, ca
     root, write = project
     write_params = write({"mlp": {"train_limit": 55}}, bs=128, epochs=1)
     res = train.main("mlp", write_params, root)
-    assert res.metrics["bs"] == 55 and res.metrics["train_images"] == 55
+    assert res.metrics.bs == 55 and res.metrics.train_images == 55
     assert "`bs` = 128 is larger than the training set; using bs 55" in capsys.readouterr().err
 
 

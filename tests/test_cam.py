@@ -10,6 +10,7 @@ from conftest import write_image
 from safetensors.torch import save_file
 
 from pipeline import archs, cam, member, predict
+from pipeline.contracts import PreparedMeta
 from pipeline.data import BatchTfm, to_tensor
 from pipeline.errors import PipelineError
 from pipeline.params import make_spec
@@ -55,8 +56,10 @@ def bars(n=256, size=16, seed=0):
             x[i, r + 2, c : c + 5, 0] = 255
     y = y.astype(np.int64)
     arrays = {"train_x": x, "train_y": y, "valid_x": x[:32], "valid_y": y[:32], "test_x": x[:4], "test_y": y[:4]}
-    meta = {"classes": ["horizontal", "vertical"], "image_shape": [size, size, 1]}
-    meta |= {"train_mean": [float(x.mean() / 255)], "train_std": [float(x.std() / 255)]}
+    meta = PreparedMeta(
+        classes=["horizontal", "vertical"], image_shape=[size, size, 1], train_mean=[0.0], train_std=[0.0]
+    )
+    meta.train_mean, meta.train_std = [float(x.mean() / 255)], [float(x.std() / 255)]
     return arrays, meta, quad
 
 
@@ -65,7 +68,7 @@ def trained():
     arrays, meta, quad = bars()
     s = make_spec({"arch": "cnn4", "epochs": 6, "bs": 32, "lr": 3e-3, "flip": False, "pad": 0, "tta": False})
     res = member.train_arch("cnn4", s, arrays, meta, seed=0)
-    assert res.metrics["valid"]["accuracy"] >= 0.9
+    assert res.metrics.valid.accuracy >= 0.9
     return res, arrays, quad
 
 
@@ -73,7 +76,7 @@ def test_grad_cam_points_at_the_evidence(trained):
     """For each image, the quadrant where its class's heatmap is hottest holds the bar (chance: 1/4)."""
     res, arrays, quad = trained
     x, y = arrays["train_x"], arrays["train_y"]
-    (xb,) = BatchTfm(16, res.spec["mean"], res.spec["std"], train=False)((to_tensor(x),))
+    (xb,) = BatchTfm(16, res.spec.mean, res.spec.std, train=False)((to_tensor(x),))
     heat = cam.grad_cam(res.model, xb, cam.pick_layer(res.model)[1], torch.as_tensor(y))
     hottest = heat.reshape(len(y), 2, 8, 2, 8).mean(axis=(2, 4)).reshape(len(y), 4).argmax(1)  # row-major quadrants
     assert (hottest == quad).mean() >= 0.6, list(zip(quad[:16].tolist(), hottest[:16].tolist()))
@@ -83,7 +86,7 @@ def saved(res, root, key="best"):
     d = root / "models" / key
     d.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in res.model.state_dict().items()}, str(d / "model.safetensors"))
-    (d / "spec.json").write_text(json.dumps({**res.spec, "key": key}))
+    (d / "spec.json").write_text(json.dumps({**res.spec.to_json(), "key": key}))
     return d
 
 

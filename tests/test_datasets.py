@@ -223,9 +223,9 @@ def test_folder_reader_mixed_modes_and_corrupt_file(tmp_path, capsys):
     assert raw.ignored_files == 1
     assert "broken.jpg" in capsys.readouterr().err
     arrays, meta = prepare.prepare(raw, 0.25, 0)  # the stage drops it too, and names it
-    assert meta["bad_images"]["count"] == 1 and meta["bad_images"]["files"][0].endswith("broken.jpg")
+    assert meta.bad_images["count"] == 1 and meta.bad_images["files"][0].endswith("broken.jpg")
     assert len(arrays["train_y"]) + len(arrays["valid_y"]) == 13 and len(arrays["train_x"]) == len(arrays["train_y"])
-    assert {"L", "RGBA", "P", "LA"} <= set(meta["source"]["modes"])
+    assert {"L", "RGBA", "P", "LA"} <= set(meta.source["modes"])
 
 
 @pytest.mark.bad_input

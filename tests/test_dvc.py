@@ -142,7 +142,7 @@ def test_predict_rebuilds_models_and_the_ensemble_exactly(repo, tmp_path):
         m = predict.load_model(key, repo)
         np.testing.assert_allclose(m.predict_arrays(x), np.load(repo / "preds" / key / "test.npy"), atol=1e-5)
     ens = predict.load_ensemble(repo)
-    assert ens.spec["method"] == "stacking" and ens.spec["stacker"]
+    assert ens.spec.method == "stacking" and ens.spec.stacker
     np.testing.assert_allclose(ens.predict_arrays(x), np.load(repo / "ensemble" / "preds" / "test.npy"), atol=1e-4)
 
     # files in: the same image as a gray PNG, as a big RGB JPEG in a sub-folder, and a broken file
@@ -248,6 +248,7 @@ def test_equal_compute_and_time_budget_benches_in_their_smallest_mode(repo, tmp_
     submission; the report shows it; bench.time_budget trains an entry to a budget and says how close it came."""
     from bench import equal_compute, time_budget
     from pipeline import report as R
+    from pipeline.contracts import EnsembleMetrics
 
     r = equal_compute.run(repo, tmp_path / "results", scale=0.5)
     ens = json.loads((repo / "ensemble/metrics.json").read_text())
@@ -264,9 +265,11 @@ def test_equal_compute_and_time_budget_benches_in_their_smallest_mode(repo, tmp_
     assert "| test |" in (tmp_path / "results/equal_compute.md").read_text()
     (tmp_path / "bench/results").mkdir(parents=True)
     shutil.copy(tmp_path / "results/equal_compute.json", tmp_path / "bench/results/equal_compute.json")
-    words = R.markdown_equal_compute(ens, tmp_path)
+    record = EnsembleMetrics.from_json(ens, strict=True)
+    words = R.markdown_equal_compute(record, tmp_path)
     assert words.startswith(f"\nEqual compute (bench/results/equal_compute.json): {r['recipe']} trained")
-    assert "another run" in R.markdown_equal_compute({**ens, "test": {"accuracy": 0.0}}, tmp_path)
+    other = EnsembleMetrics.from_json({**ens, "test": {"accuracy": 0.0}})
+    assert "another run" in R.markdown_equal_compute(other, tmp_path)
 
     t = time_budget.run(repo, tmp_path / "results", ["mlp"], budget=1.5)
     row = t["entries"]["mlp"]

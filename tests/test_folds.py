@@ -3,10 +3,11 @@ out-of-fold predictions: on the digits project (160 training, 40 validation imag
 probabilities."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import C, noisy, write_run
+from conftest import C, member_metrics, noisy, write_run
 
 from ensembles import ensemble as E
 from ensembles import weights as W
@@ -86,16 +87,16 @@ def test_refit_predicts_test_with_a_model_trained_on_train_and_valid(project):
 
     m = json.loads((root / "metrics/mlp-refit.json").read_text())
     # validation figures: the validated run, the same as the entry without refit (same seed, same recipe)
-    assert m["valid"] == plain.metrics["valid"] and m["test_validated"] == plain.metrics["test"]
+    assert m["valid"] == plain.metrics.valid.to_json() and m["test_validated"] == plain.metrics.test.to_json()
     np.testing.assert_array_equal(load(root, "preds/mlp-refit/valid.npy"), load(root, "preds/mlp/valid.npy"))
     # test: the refit model, trained on both splits with the validated lr
     assert m["refit"]["train_images"] == n_train + n_valid and m["train_images"] == n_train
-    assert m["refit"]["lr"] == plain.lr and m["test"] != plain.metrics["test"]
+    assert m["refit"]["lr"] == plain.lr and m["test"] != plain.metrics.test.to_json()
     test_x = load(root, "data/prepared/test_x.npy")
     saved = Model(root / "models/mlp-refit")
-    assert saved.spec["refit"]["train_images"] == n_train + n_valid
+    assert saved.spec.refit["train_images"] == n_train + n_valid
     np.testing.assert_allclose(saved.predict_arrays(test_x), load(root, "preds/mlp-refit/test.npy"), atol=1e-6)
-    assert refit.metrics["test"]["accuracy"] == pytest.approx(
+    assert refit.metrics.test.accuracy == pytest.approx(
         W.accuracy(load(root, "preds/mlp-refit/test.npy"), load(root, "data/prepared/test_y.npy"))
     )
 
@@ -161,24 +162,22 @@ def test_stale_out_of_fold_predictions_are_named(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ report
 def test_report_says_which_figure_comes_from_which_model():
+    folds = {"k": 5, "cv_accuracy": [], "cv_mean": 0.91, "cv_std": 0.01, "valid_accuracy": []}
     models = {
-        "k": {
-            "valid": {"accuracy": 0.9},
-            "folds": {"k": 5, "cv_mean": 0.91, "cv_std": 0.01, "valid_mean": 0.88, "valid_std": 0.02},
-        },
-        "r": {
-            "valid": {"accuracy": 0.8},
-            "test": {"accuracy": 0.85},
-            "test_validated": {"accuracy": 0.82},
-            "train_images": 100,
-            "refit": {"train_images": 120},
-        },
-        "plain": {"valid": {"accuracy": 0.7}},
+        "k": member_metrics(valid={"accuracy": 0.9}, folds=folds | {"valid_mean": 0.88, "valid_std": 0.02}),
+        "r": member_metrics(
+            valid={"accuracy": 0.8},
+            test={"accuracy": 0.85},
+            test_validated={"accuracy": 0.82},
+            train_images=100,
+            refit={"train_images": 120},
+        ),
+        "plain": member_metrics(valid={"accuracy": 0.7}),
     }
     folds = report.markdown_folds(models)
     assert "| k | 5 | 91.00 ± 1.00 | 88.00 ± 2.00 | 90.00 |" in folds and "plain" not in folds
     refit = report.markdown_refit(models, labeled=True)
     assert "| r | 80.00 | 100 | 82.00 | 85.00 | 120 |" in refit and "refit on train + valid" in refit
     assert report.markdown_folds({"plain": models["plain"]}) == report.markdown_refit({}, True) == ""
-    unlabelled = {**models["r"], "test": None, "test_validated": None}  # a test split without labels
+    unlabelled = replace(models["r"], test=None, test_validated=None)  # a test split without labels
     assert "| r | 80.00 | 100 | - | - | 120 |" in report.markdown_refit({"r": unlabelled}, labeled=False)

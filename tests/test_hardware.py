@@ -161,7 +161,7 @@ def test_gpu_trains_a_tiny_net(precision):
     arrays, meta = synth(n=96, size=16, c=1)
     spec = make_spec({"arch": "cnn_small", "epochs": 2, "bs": 16, "lr": 3e-3, "precision": precision}, "t")
     res = member.train_arch("gpu", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
-    assert res.metrics["device"] == "cuda:0" and res.metrics["precision"] == precision
+    assert res.metrics.device == "cuda:0" and res.metrics.precision == precision
     assert np.isfinite(res.preds["valid"]).all() and np.allclose(res.preds["valid"].sum(1), 1, atol=1e-3)
 
 
@@ -176,14 +176,14 @@ def test_gpu_predict_and_gradcam_match_the_cpu(tmp_path):
     arrays, meta = synth(n=96, size=16, c=1)
     spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 3e-3, "precision": "fp32"}, "t")
     res = member.train_arch("m", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
-    res.spec["key"] = "m"
+    res.spec.key = "m"
     from safetensors.torch import save_file
 
     (tmp_path / "m").mkdir()
     save_file({k: v.cpu() for k, v in res.model.state_dict().items()}, str(tmp_path / "m" / "model.safetensors"))
     import json
 
-    (tmp_path / "m" / "spec.json").write_text(json.dumps(res.spec))
+    (tmp_path / "m" / "spec.json").write_text(json.dumps(res.spec.to_json()))
     gpu, cpu = Model(tmp_path / "m", "cuda:0"), Model(tmp_path / "m", "cpu")
     pg, pc = gpu.predict_arrays(arrays["test_x"]), cpu.predict_arrays(arrays["test_x"])
     np.testing.assert_allclose(pg, res.preds["test"], atol=1e-5)  # on its device: the stage's own predictions
@@ -232,7 +232,7 @@ def test_gpu_folds_refit_lr_find_and_progressive_resizing():
         "t",
     )
     res = train.train_entry("g", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
-    assert res.metrics["folds"]["k"] == 2 and "refit" in res.metrics and res.metrics["device"] == "cuda:0"
+    assert res.metrics.folds.k == 2 and res.metrics.refit is not None and res.metrics.device == "cuda:0"
     assert np.isfinite(res.preds["oof"]).all() and res.preds["test"].shape[0] == len(arrays["test_y"])
 
 

@@ -20,7 +20,7 @@ def raw_digits():
 def test_stratified_split_counts():
     arrays, meta = prepare.prepare(raw_digits(), valid_pct=0.2, seed=1)
     n_pool = 1437
-    assert meta["counts"] == {"train": n_pool - round(n_pool * 0.2), "valid": round(n_pool * 0.2), "test": 360}
+    assert meta.counts == {"train": n_pool - round(n_pool * 0.2), "valid": round(n_pool * 0.2), "test": 360}
     va = np.bincount(arrays["valid_y"], minlength=10)
     assert va.max() - va.min() <= 1  # stratified: every class ~equally represented
     assert arrays["train_x"].dtype == np.uint8 and arrays["train_y"].dtype == np.int64
@@ -31,7 +31,7 @@ def test_stratified_split_counts():
 
 def test_limit_is_stratified_subset():
     arrays, meta = prepare.prepare(raw_digits(), valid_pct=0.25, seed=0, limit=200, test_limit=50)
-    assert meta["counts"] == {"train": 150, "valid": 50, "test": 50}
+    assert meta.counts == {"train": 150, "valid": 50, "test": 50}
     assert np.bincount(arrays["train_y"], minlength=10).min() >= 13
     assert len(arrays["test_ids"]) == 50
 
@@ -46,11 +46,11 @@ def test_seed_changes_split_and_same_seed_same_split():
 
 def test_meta_stats_and_channels():
     arrays, meta = prepare.prepare(raw_digits(), 0.2, seed=0, channels=3, size=16)
-    assert arrays["train_x"].shape[1:] == (16, 16, 3) and meta["image_shape"] == [16, 16, 3]
+    assert arrays["train_x"].shape[1:] == (16, 16, 3) and meta.image_shape == [16, 16, 3]
     x = arrays["train_x"] / 255
-    assert meta["train_mean"] == pytest.approx(x.mean(axis=(0, 1, 2)), abs=1e-6)
-    assert meta["train_std"] == pytest.approx(x.std(axis=(0, 1, 2)), abs=1e-6)
-    assert sum(meta["counts_per_class"]["valid"].values()) == meta["counts"]["valid"]
+    assert meta.train_mean == pytest.approx(x.mean(axis=(0, 1, 2)), abs=1e-6)
+    assert meta.train_std == pytest.approx(x.std(axis=(0, 1, 2)), abs=1e-6)
+    assert sum(meta.counts_per_class["valid"].values()) == meta.counts["valid"]
 
 
 def test_auto_channels_collapses_gray_rgb(tmp_path):
@@ -60,15 +60,15 @@ def test_auto_channels_collapses_gray_rgb(tmp_path):
     raw = datasets.read_folder(tmp_path, size=8, on_bad="skip")
     assert datasets.decoded(raw.train_x)[0].shape[-1] == 3
     arrays, meta = prepare.prepare(raw, 0.25, seed=0)
-    assert arrays["train_x"].shape[-1] == 1 and meta["image_shape"] == [8, 8, 1]
-    assert meta["counts"]["test"] == 0
+    assert arrays["train_x"].shape[-1] == 1 and meta.image_shape == [8, 8, 1]
+    assert meta.counts["test"] == 0
 
 
 def test_own_validation_split_is_used(tmp_path):
 
     raw = datasets.read_tiny_imagenet(make_tiny(tmp_path), size=16, on_bad="skip", download=False)
     arrays, meta = prepare.prepare(raw, 0.5, seed=0)
-    assert meta["counts"] == {"train": 12, "valid": 6, "test": 3} and not meta["test_labeled"]
+    assert meta.counts == {"train": 12, "valid": 6, "test": 3} and not meta.test_labeled
     assert "test_y" not in arrays
 
 

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import C, noisy, write_run
+from conftest import C, member_metrics, noisy, write_run
 from safetensors.torch import save_file
 
 from ensembles import ensemble as E
@@ -13,6 +13,7 @@ from ensembles import weights as W
 from ensembles.strategies import NAMES as STRATEGIES
 from pipeline import archs
 from pipeline import report as R
+from pipeline.contracts import Comparison, EnsembleMetrics
 from pipeline.errors import PipelineError
 from pipeline.scores import verdict
 
@@ -100,21 +101,31 @@ def test_report_leaderboard_and_figures(tmp_path):
 
 def test_unlabelled_test_ranks_by_validation():
     models = {
-        "a": {"valid": {"accuracy": 0.8}, "param_count": 1e6, "train_s": 1.0, "img_per_s": 5.0},
-        "b": {"valid": {"accuracy": 0.9}, "param_count": 2e6, "train_s": 2.0, "img_per_s": 5.0},
+        "a": member_metrics(valid={"accuracy": 0.8}, param_count=10**6, train_s=1.0, img_per_s=5.0),
+        "b": member_metrics(valid={"accuracy": 0.9}, param_count=2 * 10**6, train_s=2.0, img_per_s=5.0),
     }
+    model = {"family": "scratch", "group": "g", "valid": {"accuracy": 0.8}, "weight": 0.5}
     ens = {
+        "method": "uniform",
         "chosen": "uniform",
-        "models": {"a": {"weight": 0.5}, "b": {"weight": 0.5}},
-        "strategies": {"uniform": {"weights": {"a": 0.5, "b": 0.5}, "valid": {"accuracy": 0.85}}},
+        "members": ["a", "b"],
+        "weights": {"a": 0.5, "b": 0.5},
+        "valid": {"accuracy": 0.85},
+        "best_model": "b",
+        "gain": {"valid": -0.05},
+        "models": {"a": model, "b": model | {"valid": {"accuracy": 0.9}}},
+        "strategies": {
+            "uniform": {"members": ["a", "b"], "weights": {"a": 0.5, "b": 0.5}, "valid": {"accuracy": 0.85}}
+        },
     }
-    rows = R.leaderboard(models, ens)
+    rows = R.leaderboard(models, EnsembleMetrics.from_json(ens, strict=True))
     assert [r["model"] for r in rows] == ["b", "ensemble:uniform*", "a"] and rows[0]["top1"] == 90.0
 
 
 def test_groups_report_mean_and_std_of_an_entry_and_its_variants():
     models = {
-        n: {"valid": {"accuracy": a}, "test": {"accuracy": a - 0.01}} for n, a in [("f", 0.9), ("f2", 0.92), ("m", 0.5)]
+        n: member_metrics(valid={"accuracy": a}, test={"accuracy": a - 0.01})
+        for n, a in [("f", 0.9), ("f2", 0.92), ("m", 0.5)]
     }
     rows = R.groups(models, {"f": "f", "f2": "f", "m": "m"}, labeled=True)
     assert rows == [{"group": "f", "models": 2, "valid": (91.0, 1.414), "test": (90.0, 1.414)}]
@@ -176,7 +187,9 @@ def test_sweep_table_sorts_by_validation_and_keeps_the_swept_params(tmp_path):
 
 def test_verdict_words_say_what_the_test_split_resolves():
     def c(b, diff, p):
-        return {"b": b, "test": {"diff": diff, "ci95": [diff - 0.003, diff + 0.003], "p": p, "resolved": p < 0.05}}
+        paired = {"diff": diff, "ci95": [diff - 0.003, diff + 0.003], "p": p, "a_only": 0, "b_only": 0, "n": 1}
+        paired["resolved"] = p < 0.05
+        return Comparison.from_json({"a": "ensemble", "b": b, "valid": paired, "test": paired}, strict=True)
 
     best, other = c("f32", 0.008, 1e-5), c("f", 0.001, 0.5)
     assert (

@@ -95,7 +95,7 @@ def test_rows_are_chosen_before_decoding(tmp_path, monkeypatch):
     arrays, meta = prepare.prepare(raw, 0.25, 0, limit=20, test_limit=5, workers=1)
     assert len(calls) == 25 and len(set(calls)) == 25
     assert not any("/b/" in str(p) for p in calls)
-    assert meta["counts"] == {"train": 15, "valid": 5, "test": 5}
+    assert meta.counts == {"train": 15, "valid": 5, "test": 5}
 
 
 def test_jpeg_draft_decodes_at_a_reduced_scale(tmp_path):

@@ -33,7 +33,7 @@ def test_local_nets_short_fit(name):
     arrays, meta = synth(c=1)
     res = member.train_arch(name, spec(arch=name), arrays, meta, seed=0)
     assert res.preds["valid"].shape == (12, 3) and np.allclose(res.preds["valid"].sum(1), 1, atol=1e-4)
-    assert res.metrics["param_count"] > 0 and res.metrics["source"] == "local"
+    assert res.metrics.param_count > 0 and res.metrics.source == "local"
 
 
 @pytest.mark.parametrize("name", DEFAULT_HEAVY)
@@ -42,7 +42,7 @@ def test_default_imagenet_archs_build_forward_fit(name, c):
     arrays, meta = synth(n=32, size=32, c=c)
     res = member.train_arch(name, spec(bs=16, ps=0.25, arch=name), arrays, meta, seed=0)
     assert res.preds["test"].shape == (9, 3)
-    assert res.metrics["source"] == ("torchvision" if name.startswith("torchvision.") else "timm")
+    assert res.metrics.source == ("torchvision" if name.startswith("torchvision.") else "timm")
 
 
 def test_default_params_cover_the_benchmark():
@@ -66,9 +66,9 @@ def test_scratch_net_learns_and_lr_find_is_recorded():
     arrays, meta = synth(n=96, size=16)
     res = member.train_arch("cnn4", spec(epochs=4, lr="auto", arch="cnn4"), arrays, meta, seed=0)
     m = res.metrics
-    assert m["lr_found"] and m["lr"] == m["lr_suggested"] > 0
+    assert m.lr_found and m.lr == m.lr_suggested > 0
     assert len(res.lr_curve["lr"]) == len(res.lr_curve["loss"]) > 5
-    assert m["valid"]["accuracy"] >= 0.9  # the quadrant task is easy: a broken loop would sit near 1/3
+    assert m.valid.accuracy >= 0.9  # the quadrant task is easy: a broken loop would sit near 1/3
 
 
 def test_progressive_resizing_phases(monkeypatch):
@@ -89,7 +89,7 @@ def test_progressive_resizing_phases(monkeypatch):
     res = member.train_arch("spy", spec(phases=[[12, 1], [20, 2]], bs=8, arch="spy"), arrays, meta, seed=0)
     trained = [(bs, size) for training, bs, size in seen if training]
     assert trained == [(8, 12)] * 4 + [(8, 20)] * 8  # 32 images / bs 8 = 4 batches per epoch
-    assert {size for training, _, size in seen if not training} >= {20} and res.spec["size"] == 20
+    assert {size for training, _, size in seen if not training} >= {20} and res.spec.size == 20
 
 
 @pytest.mark.parametrize("schedule", ["one_cycle", "flat_cos", "sgdr", "constant"])
@@ -226,13 +226,13 @@ def test_fine_tune_from_file_freezes_then_unfreezes(monkeypatch):
     s = spec(pretrained=LITE0, freeze_epochs=1, lr=1e-2, arch="tf_efficientnet_lite0")
     pre = archs.build_model(archs.resolve("tf_efficientnet_lite0"), 1, 3, 32, pretrained=LITE0)[0]
     res = member.train_arch("lite0", s, arrays, meta, seed=0)
-    assert res.metrics["freeze_epochs"] == 1 and res.metrics["pretrained"] and snaps
+    assert res.metrics.freeze_epochs == 1 and res.metrics.pretrained and snaps
     body_frozen, head_frozen = snaps[0]
     for k, v in convs(pre).items():
         assert torch.equal(body_frozen[k], v), f"{k} changed during the frozen epoch"
         assert not torch.equal(convs(res.model)[k], v), f"{k} never trained after unfreezing"
     assert any(not torch.equal(a, b) for a, b in zip(heads_at_freeze[0], head_frozen)), "the head never trained"
-    assert res.spec["mean"] == pytest.approx([0.5], abs=1e-3)  # timm pretrained_cfg stats (TF: [-1, 1]), gray
+    assert res.spec.mean == pytest.approx([0.5], abs=1e-3)  # timm pretrained_cfg stats (TF: [-1, 1]), gray
 
 
 # ------------------------------------------------------------------------------------------ bad input, outputs
@@ -299,7 +299,7 @@ def test_time_budget_arithmetic(monkeypatch):
     """Whole epochs when they fill the budget to 3 %; else one more epoch on a stratified subset; phases scale
     alike and keep ≥ 1 epoch each."""
     arrays, meta = synth(n=100, size=16)
-    meta["classes"] = ["c0", "c1", "c2"]
+    meta.classes = ["c0", "c1", "c2"]
     cost = {"costs": [(0.01, 0.0)]}  # 0.01 s per training image: 1 s an epoch of 100 images
     monkeypatch.setattr(recipe, "probe_costs", lambda *a: (cost["costs"], 100, 12))
     pinned, rec = recipe.budget_recipe("m", spec(arch="cnn_small", time_budget=5), arrays, meta, 0, None)
@@ -318,8 +318,8 @@ def test_time_budget_arithmetic(monkeypatch):
 def test_time_budget_runs_and_its_choice_pins_the_same_run():
     arrays, meta = synth(n=240)
     res = member.train_arch("cnn_small", spec(arch="cnn_small", time_budget=3), arrays, meta, seed=1)
-    tb = res.metrics["time_budget"]
-    assert tb["asked_s"] == 3.0 and tb["probe_img_per_s"][0] > 0 and tb["train_s"] == res.metrics["train_s"]
-    assert res.metrics["phases"][0][1] == tb["chosen"]["epochs"] >= 1
+    tb = res.metrics.time_budget
+    assert tb["asked_s"] == 3.0 and tb["probe_img_per_s"][0] > 0 and tb["train_s"] == res.metrics.train_s
+    assert res.metrics.phases[0][1] == tb["chosen"]["epochs"] >= 1
     pinned = member.train_arch("cnn_small", spec(arch="cnn_small", **tb["chosen"]), arrays, meta, seed=1)
     np.testing.assert_array_equal(res.preds["valid"], pinned.preds["valid"])  # bit for bit
