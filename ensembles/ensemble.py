@@ -37,6 +37,7 @@ from pipeline.contracts import (
     PreparedMeta,
     load_member_metrics,
     load_prepared_meta,
+    rerun,
     save_ensemble_metrics,
     save_ensemble_model,
 )
@@ -70,12 +71,12 @@ def load_candidates(
         for split, rows in (("valid", n_valid), ("test", n_test)):
             f = root / "preds" / name / f"{split}.npy"
             if not f.is_file():
-                raise PipelineError(f"{f}: missing; run `dvc repro train@{name}` first")
+                raise PipelineError(f"{f}: missing; run {rerun(name)} first")
             a = np.load(f, allow_pickle=False)
             if a.shape != (rows, n_classes):
                 raise PipelineError(
                     f"{f}: shape {a.shape}, but data/prepared has {rows} {split} rows and {n_classes} classes: "
-                    f"model {name} was trained on other data (a stale stage); rerun `dvc repro train@{name}`"
+                    f"model {name} was trained on other data (a stale stage); rerun {rerun(name)}"
                 )
             if not np.isfinite(a).all() or (a < 0).any() or not np.allclose(a.sum(1), 1.0, atol=1e-3):
                 raise PipelineError(f"{f}: rows are not probabilities (negative, non-finite, or not summing to 1)")

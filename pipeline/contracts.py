@@ -407,13 +407,18 @@ def load_prepared_meta(path: Path) -> PreparedMeta:
     return _load(path, PreparedMeta, "run the prepare stage first (dvc repro prepare)")
 
 
+def rerun(key: str) -> str:
+    """The command that rebuilds one model's outputs (an `archs` entry's stage, or a variant's)."""
+    return f"`dvc repro train@{key}` (`variant@{key}` for a variant)"
+
+
 def save_member_spec(path: Path, spec: MemberSpec) -> None:
     _save(path, spec, 2)
 
 
 def load_member_spec(path: Path, stage_key: str) -> MemberSpec:
     """A spec.json; `stage_key` names the stage to run when it is missing or unreadable."""
-    return _load(path, MemberSpec, f"train the model first (dvc repro train@{stage_key})")
+    return _load(path, MemberSpec, f"train the model first: {rerun(stage_key)}")
 
 
 def save_member_metrics(path: Path, metrics: MemberMetrics) -> None:
@@ -421,7 +426,7 @@ def save_member_metrics(path: Path, metrics: MemberMetrics) -> None:
 
 
 def load_member_metrics(path: Path, stage_key: str) -> MemberMetrics:
-    return _load(path, MemberMetrics, f"run `dvc repro train@{stage_key}`")
+    return _load(path, MemberMetrics, f"run {rerun(stage_key)}")
 
 
 def save_ensemble_model(path: Path, model: EnsembleModel) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.contracts import load_ensemble_model, load_member_spec
+from pipeline.contracts import load_ensemble_model, load_member_spec, rerun
 from pipeline.errors import PipelineError
 from pipeline.hardware import eval_dtype
 from pipeline.images import decode, to_channels
@@ -45,7 +45,7 @@ class Model:
             self.model, self.tfm, self.dtype = self.folds[0].model, self.folds[0].tfm, self.folds[0].dtype
             return
         if not weights.is_file():
-            raise PipelineError(f"{weights}: missing; train the model first (dvc repro train@{s.key})")
+            raise PipelineError(f"{weights}: missing; train the model first: {rerun(s.key)}")
         self.model, _ = archs.build_model(
             archs.resolve(s.arch),
             s.n_in,
@@ -60,7 +60,7 @@ class Model:
         except Exception as e:  # any exception: safetensors raises its own types for a damaged header or body
             raise PipelineError(
                 f"{weights}: damaged, cannot be read ({type(e).__name__}: {e}); restore it with "
-                f"`dvc checkout {folder}` or rebuild it with `dvc repro train@{s.key}`"
+                f"`dvc checkout {folder}` or rebuild it with {rerun(s.key)}"
             ) from e
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:

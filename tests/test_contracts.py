@@ -60,7 +60,10 @@ def test_a_missing_or_mistyped_key_names_the_file_and_the_key(tmp_path):
     f.write_text("{not json")
     with pytest.raises(PipelineError, match=r"metrics.json: cannot be read"):
         load_member_metrics(f, "fast")
-    with pytest.raises(PipelineError, match=r"spec.json: missing; train the model first \(dvc repro train@k\)"):
+    with pytest.raises(
+        PipelineError,
+        match=r"spec.json: missing; train the model first: `dvc repro train@k` \(`variant@k` for a variant\)",
+    ):
         load_member_spec(tmp_path / "spec.json", "k")
 
 

@@ -47,7 +47,7 @@ def test_folds_train_k_models_whose_held_out_predictions_cover_the_training_spli
     # pipeline.predict rebuilds the entry as the average of its fold models
     np.testing.assert_allclose(Model(root / "models/mlp").predict_arrays(valid_x), np.mean(each, 0), atol=1e-6)
     (root / "models/mlp/fold1/spec.json").unlink()  # a fold model lost: named, with the entry's stage
-    with pytest.raises(PipelineError, match=r"models/mlp/fold1/spec.json: missing; .*dvc repro train@mlp\)"):
+    with pytest.raises(PipelineError, match=r"models/mlp/fold1/spec.json: missing; .*dvc repro train@mlp`"):
         Model(root / "models/mlp")
 
 
