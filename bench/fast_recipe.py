@@ -7,7 +7,7 @@ Reports training seconds (lr_find excluded: the recipes fix their lr), test accu
 FLOP/s (3 × forward FLOPs per image, counted by torch.utils.flop_counter, × images/s) as a fraction of a
 matrix multiply's FLOP/s measured in the same run, in fp32 and bf16.
 Writes bench/results/fast_recipe_<name>_<size>px<epochs>ep[-...]-bs<bs>.{json,md}.
-Run:    python -m bench.fast_recipe [--recipe fast] [--epochs N | --phases 20:2,28:3] [--bs B]
+Run:    python -m bench.fast_recipe [--recipe fast] [--epochs N | --phases 20:2,28:3] [--bs B] [--precision bf16]
         (needs data/prepared: `dvc repro prepare`)
 """
 
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--phases", default=None, help="progressive resizing, size:epochs,... e.g. 20:2,28:3")
     ap.add_argument("--bs", type=int, default=None, help="training batch size (default: the entry's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: the entry's (auto)")
     ap.add_argument("--matmul-s", type=float, default=3.0, help="seconds of each matrix-multiply measurement")
     args = ap.parse_args(argv)
     arrays, meta = load_prepared(args.root / "data" / "prepared")
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         overrides |= {"epochs": args.epochs, "phases": None}
     if args.bs:
         overrides["bs"] = args.bs
+    if args.precision:
+        overrides["precision"] = args.precision
     if args.phases:
         overrides["phases"] = [[int(v) for v in p.split(":")] for p in args.phases.split(",")]
     spec = make_spec({**entry_spec(args.recipe, args.root / "params.yaml").to_dict(), **overrides}, args.recipe)
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     dest = out_dir(args)
     # file tag: 28px5ep-bs128, 20px2ep-28px3ep-bs64, ...
     tag = "-".join(f"{size}px{ep}ep" for size, ep in m.phases) + f"-bs{spec.bs}"
+    tag += f"-{args.precision}" if args.precision else ""
     epochs = sum(ep for _, ep in m.phases)
     cmd = "python -m bench.fast_recipe " + " ".join(sys.argv[1:] if argv is None else argv)
     (dest / f"fast_recipe_{args.recipe}_{tag}.json").write_text(json.dumps({**out, "command": cmd}, indent=2) + "\n")

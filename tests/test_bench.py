@@ -45,6 +45,11 @@ def test_fast_recipe(project, tmp_path):
     (out,) = tmp_path.glob("fast_recipe_fast_16px1ep-bs32.json")
     r = json.loads(out.read_text())
     assert r["spec"]["arch"] == "resnet9" and r["achieved_train_flop_s"] > 0 and 0 <= r["test_acc"] <= 1
+    assert r["precision"] == "fp32"  # `auto` on a CPU
+    args = ["--recipe", "fast", "--epochs", "1", "--matmul-s", "0.05", "--precision", "bf16"]
+    fast_recipe.main([*args, *paths(project, tmp_path)])
+    (out,) = tmp_path.glob("fast_recipe_fast_16px1ep-bs32-bf16.json")
+    assert json.loads(out.read_text())["precision"] == "bf16"
 
 
 def test_members(project, tmp_path):
