@@ -3,7 +3,7 @@
     data/prepared/meta.json   PreparedMeta    prepare writes; train, the ensemble, the report, compare read
     models/<key>/spec.json    MemberSpec      train writes; pipeline.trained (predict, the report) reads
     metrics/<key>.json        MemberMetrics   train writes (folds and refit build it by `replace`); the ensemble,
-                                              the report, pipeline.compare and bench read
+                                              the report and bench read
     ensemble/model.json       EnsembleModel   the ensemble stage writes; pipeline.trained reads
     ensemble/metrics.json     EnsembleMetrics the ensemble stage writes; the report and bench read
     bench/results/equal_compute.json  EqualCompute  bench.equal_compute writes; the report reads when present
@@ -12,7 +12,8 @@ Each record is a dataclass with `from_json`/`to_json` (the JSON layout is the fi
 `opt()` is left out of the file while it is None) and one `save_*`/`load_*` pair. A load names the file and the
 key when one is missing or of the wrong kind; a key a record does not know (a newer version's) is ignored when
 reading, refused when writing (`strict`), so nothing a stage computes is dropped unseen. Readers use attributes,
-never string keys: a renamed key is a renamed field, and every reader of it is found by the type checker.
+never string keys: a renamed key is a renamed field, and a reader left behind fails at once (AttributeError)
+instead of reading a silent `.get` default.
 """
 
 import json
