@@ -27,7 +27,7 @@ from bench.machine import ROOT, add_paths, out_dir
 from ensembles.ensemble import by_size
 from ensembles.weights import accuracy
 from pipeline import member
-from pipeline.contracts import load_member_metrics, save_member_metrics
+from pipeline.contracts import PreparedMeta, load_member_metrics, save_member_metrics
 from pipeline.data import load_prepared
 from pipeline.params import load_params, seed_param, train_spec
 
@@ -48,7 +48,7 @@ def parse_model(arg: str, params: dict) -> str:
     return name
 
 
-def trained(name: str, params: dict, arrays: dict, meta: dict, cache: Path = CACHE) -> dict:
+def trained(name: str, params: dict, arrays: dict, meta: PreparedMeta, cache: Path = CACHE) -> dict:
     spec = train_spec(params, name)
     seed = seed_param(params) if spec.seed is None else spec.seed
     h = hashlib.sha1(json.dumps([spec.to_dict(), seed, len(arrays["train_y"]), meta.classes], sort_keys=True).encode())

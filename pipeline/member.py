@@ -16,7 +16,7 @@ import torch
 from fastai.distributed import num_distrib
 
 from pipeline.callbacks import live_callback
-from pipeline.contracts import MemberMetrics, MemberSpec, Score, save_member_metrics, save_member_spec
+from pipeline.contracts import MemberMetrics, MemberSpec, PreparedMeta, Score, save_member_metrics, save_member_spec
 from pipeline.data import BatchTfm
 from pipeline.distributed import data_parallel, say, share
 from pipeline.hardware import describe, dtype_name
@@ -58,7 +58,7 @@ def train_arch(
     key: str,
     spec: TrainSpec,
     arrays: dict,
-    meta: dict,
+    meta: PreparedMeta,
     seed: int,
     device: torch.device | None = None,
     live=None,
@@ -106,7 +106,9 @@ def score_on_test(probs: np.ndarray, arrays: dict) -> Score | None:
     return Score.of(score(probs, arrays["test_y"])) if "test_y" in arrays and len(arrays["test_y"]) else None
 
 
-def evaluate_member(key: str, f: Fitted, meta: dict, seed: int, held_out: tuple | None, refit: bool) -> TrainResult:
+def evaluate_member(
+    key: str, f: Fitted, meta: PreparedMeta, seed: int, held_out: tuple | None, refit: bool
+) -> TrainResult:
     """Predictions on valid (not for a refit, trained on it), test and the held-out rows; metrics and spec."""
     setup, spec = f.setup, f.spec
     tfm = BatchTfm(setup.phases[-1][0], setup.mean, setup.std, train=False, channels_last=spec.channels_last)
@@ -155,7 +157,7 @@ def member_metrics(f: Fitted, preds: dict, held_out: tuple | None, eval_s: float
     )
 
 
-def member_spec(key: str, f: Fitted, meta: dict, seed: int, tta: bool) -> MemberSpec:
+def member_spec(key: str, f: Fitted, meta: PreparedMeta, seed: int, tta: bool) -> MemberSpec:
     """models/<key>/spec.json: what pipeline.predict rebuilds the model from."""
     setup, spec = f.setup, f.spec
     return MemberSpec(

@@ -28,6 +28,7 @@ from fastai.torch_core import set_seed, trainable_params
 
 from pipeline import archs as archs_mod
 from pipeline.callbacks import Autocast, EpochLog, NoValidation, Probe, StopOnNaN, TrimHeap
+from pipeline.contracts import PreparedMeta
 from pipeline.data import Rows, make_dls
 from pipeline.distributed import say, single_process
 from pipeline.errors import PipelineError, warn
@@ -63,7 +64,9 @@ def training_pool(arrays: dict, spec: TrainSpec, seed: int) -> np.ndarray:
     return np.arange(n)
 
 
-def build_learner(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int, device: torch.device | None = None):
+def build_learner(
+    key: str, spec: TrainSpec, arrays: dict, meta: PreparedMeta, seed: int, device: torch.device | None = None
+):
     """The fastai Learner of one architecture at its first phase's size, and its Setup."""
     if device is None:  # under torchrun / accelerate launch each process takes its own GPU
         device = pick_device("auto")
@@ -216,7 +219,9 @@ def fit_phases(learn: Learner, spec: TrainSpec, setup: Setup, fine_tune: bool, l
 
 
 # --------------------------------------------------------------------------------------------- time_budget
-def probe_costs(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int, device) -> tuple[list, int, int]:
+def probe_costs(
+    key: str, spec: TrainSpec, arrays: dict, meta: PreparedMeta, seed: int, device
+) -> tuple[list, int, int]:
     """Seconds per training image and per validation image at each phase's size, from the first batches of a
     throwaway learner (fastai's loop: data, augmentation, optimizer, callbacks); (costs, train rows, valid rows)."""
     learn, setup = build_learner(key, replace(spec, time_budget=None), arrays, meta, seed, device)
@@ -233,7 +238,9 @@ def probe_costs(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int, 
     return costs, len(setup.arrays["train_y"]), len(arrays["valid_y"])
 
 
-def budget_recipe(key: str, spec: TrainSpec, arrays: dict, meta: dict, seed: int, device) -> tuple[TrainSpec, dict]:
+def budget_recipe(
+    key: str, spec: TrainSpec, arrays: dict, meta: PreparedMeta, seed: int, device
+) -> tuple[TrainSpec, dict]:
     """`time_budget`: the recipe with its epochs (scaled alike across phases, each ≥ 1) and, where whole epochs
     miss the budget by more than 3 %, a stratified `train_limit`, so that the training seconds fill the budget.
     The learner is then built afresh from that recipe, so pinning the chosen values reruns it bit for bit."""
