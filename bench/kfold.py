@@ -145,14 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     vy, ty = np.load(prep / "valid_y.npy"), np.load(prep / "test_y.npy")
     n_classes = len(load_prepared_meta(prep / "meta.json").classes)
     c = ensemble.load_candidates(
-        m["members"], len(vy), len(ty), n_classes, WORK, n_train=len(np.load(prep / "train_y.npy"))
+        m.members, len(vy), len(ty), n_classes, WORK, n_train=len(np.load(prep / "train_y.npy"))
     )
     cfg = ensemble_params(ens_params)
-    on_valid = ensemble.run_strategies(c.valid, vy, c.test, ty, m["members"], cfg, 0)
+    on_valid = ensemble.run_strategies(c.valid, vy, c.test, ty, m.members, cfg, 0)
     fitted = ("greedy", "logloss", "stacking")
     fits = {
         "valid": {k: on_valid[k].record for k in fitted},
-        "oof": {k: m["strategies"][k] for k in fitted},
+        "oof": {k: m.strategies[k].to_json() for k in fitted},
     }
     metrics = {n: load_member_metrics(WORK / "metrics" / f"{n}.json", n) for n in p["archs"]}
     refit = load_member_metrics(WORK / "metrics" / "fast-refit.json", "fast-refit")
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     lines += [
         "",
-        f"Ensemble of the three (stacking, written to the submission): valid {pct(m['valid']['accuracy'])}, test "
-        f"{pct(m['test']['accuracy'])}; fitted on the {m['fitted_on']}.",
+        f"Ensemble of the three (stacking, written to the submission): valid {pct(m.valid.accuracy)}, test "
+        f"{pct(m.test.accuracy)}; fitted on the {m.fitted_on}.",
         "",
         "| strategy | fitted on | valid top-1 | test top-1 | weights |",
         "|---|---|---|---|---|",
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps(
             {
                 "entries": {n: mm.to_json() for n, mm in metrics.items()},
-                "ensemble": m["strategies"],
+                "ensemble": {k: s.to_json() for k, s in m.strategies.items()},
                 "on_valid": fits["valid"],
                 "refit": refit.to_json(),
             },

@@ -373,8 +373,8 @@ def verdicts(c: Candidates, d: Prepared, members, best, best_member, chosen, out
     }
 
 
-def run(params: dict, root: Path = Path(".")) -> dict:
-    """The whole stage; returns the metrics it wrote (ensemble/metrics.json's JSON)."""
+def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
+    """The whole stage; returns the metrics it wrote (ensemble/metrics.json)."""
     cfg, seed, names = ensemble_params(params), seed_param(params), model_names(params)
     d = read_prepared(root, names)
     y, test_y = d.valid_y, d.test_y
@@ -430,7 +430,7 @@ def run(params: dict, root: Path = Path(".")) -> dict:
     )
     record = EnsembleMetrics.from_json(metrics, "ensemble/metrics.json", strict=True)  # every key a field
     write_outputs(root, c, d, results[chosen], record, model)
-    return record.to_json()
+    return record
 
 
 def write_outputs(
@@ -463,22 +463,18 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if not m["submission"]:
+    if not m.submission:
         print(f"note: {NO_TEST}", file=sys.stderr)
-    test = f", test {m['test']['accuracy']:.4f}" if "test" in m else ""
+    test = f", test {m.test.accuracy:.4f}" if m.test else ""
+    print(f"ensemble ({m.chosen}): {len(m.members)} members {', '.join(m.members)}; valid {m.valid.accuracy:.4f}{test}")
+    print(f"  weights and stacker fitted on the {m.fitted_on}")
     print(
-        f"ensemble ({m['chosen']}): {len(m['members'])} members {', '.join(m['members'])}; "
-        f"valid {m['valid']['accuracy']:.4f}{test}"
+        f"  gain over the best model ({m.best_model}, by validation accuracy): "
+        + ", ".join(f"{s} {100 * v:+.2f} points" for s, v in m.gain.items())
     )
-    g = m["gain"]
-    print(f"  weights and stacker fitted on the {m['fitted_on']}")
-    print(
-        f"  gain over the best model ({m['best_model']}, by validation accuracy): "
-        + ", ".join(f"{s} {100 * v:+.2f} points" for s, v in g.items())
-    )
-    for k, s in m["strategies"].items():
-        t = f"  test {s['test']['accuracy']:.4f}" if "test" in s else ""
-        print(f"  {k:9s} valid {s['valid']['accuracy']:.4f} (loss {s['valid']['loss']:.4f}, {s['valid_scored']}){t}")
+    for k, s in m.strategies.items():
+        t = f"  test {s.test.accuracy:.4f}" if s.test else ""
+        print(f"  {k:9s} valid {s.valid.accuracy:.4f} (loss {s.valid.loss:.4f}, {s.valid_scored}){t}")
     return 0
 
 

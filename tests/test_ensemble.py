@@ -152,21 +152,21 @@ def test_stage_writes_submissions_and_every_strategy(three):
         "ensemble": {"select": "threshold", "threshold": 0.7, "per_family": False}
     }
     m = E.run(params, root)
-    assert m["members"] == ["resnet34", "cnn4"] and m["chosen"] == "accuracy"
-    accs = [m["models"][n]["valid"]["accuracy"] for n in m["members"]]
-    np.testing.assert_allclose(list(m["weights"].values()), np.array(accs) / sum(accs), atol=1e-6)
-    assert set(m["strategies"]) == {"accuracy", "uniform", "greedy", "logloss", "stacking"}
-    for s in m["strategies"].values():
-        assert s["members"] == m["members"] and 0 <= s["test"]["accuracy"] <= 1
-    assert m["models"]["vgg19_bn"]["weight"] == 0.0 and m["models"]["vgg19_bn"]["family"] == "VGG"
+    assert m.members == ["resnet34", "cnn4"] and m.chosen == "accuracy"
+    accs = [m.models[n].valid.accuracy for n in m.members]
+    np.testing.assert_allclose(list(m.weights.values()), np.array(accs) / sum(accs), atol=1e-6)
+    assert set(m.strategies) == {"accuracy", "uniform", "greedy", "logloss", "stacking"}
+    for s in m.strategies.values():
+        assert s.members == m.members and 0 <= s.test.accuracy <= 1
+    assert m.models["vgg19_bn"].weight == 0.0 and m.models["vgg19_bn"].family == "VGG"
     for name in [*models, "ensemble"]:
         rows = list(csv.reader((root / "submissions" / f"{name}.csv").open()))
         assert rows[0] == ["id", "label"] and len(rows) == 1 + len(ty)
         assert {r[1] for r in rows[1:]} <= {f"class{i}" for i in range(C)}
     blended = np.load(root / "ensemble" / "preds" / "test.npy")
-    assert W.accuracy(blended, ty) == pytest.approx(m["test"]["accuracy"])
+    assert W.accuracy(blended, ty) == pytest.approx(m.test.accuracy)
     on_disk = json.loads((root / "ensemble" / "metrics.json").read_text())
-    assert on_disk["weights"] == m["weights"]
+    assert on_disk == m.to_json()
 
 
 def test_test_labels_change_no_weight(three, tmp_path_factory):
@@ -175,11 +175,11 @@ def test_test_labels_change_no_weight(three, tmp_path_factory):
     a = E.run(write_run(root, models, vy, ty) | cfg, root)
     other = tmp_path_factory.mktemp("shuffled")
     b = E.run(write_run(other, models, vy, np.random.default_rng(9).permutation(ty)) | cfg, other)
-    assert a["test"] != b["test"]  # the shuffle did change the test scores ...
-    for k in a["strategies"]:  # ... and nothing else
-        assert a["strategies"][k]["weights"] == b["strategies"][k]["weights"]
-        assert a["strategies"][k]["valid"] == b["strategies"][k]["valid"]
-    assert a["chosen"] == b["chosen"] and a["members"] == b["members"]
+    assert a.test != b.test  # the shuffle did change the test scores ...
+    for k in a.strategies:  # ... and nothing else
+        assert a.strategies[k].weights == b.strategies[k].weights
+        assert a.strategies[k].valid == b.strategies[k].valid
+    assert a.chosen == b.chosen and a.members == b.members
     assert (root / "submissions" / "ensemble.csv").read_text() == (other / "submissions" / "ensemble.csv").read_text()
 
 
@@ -188,15 +188,15 @@ def test_default_selection_gain_and_accuracy_by_number_of_members(three):
     against the best model by validation accuracy."""
     root, models, vy, ty = three
     m = E.run(write_run(root, models, vy, ty), root)
-    assert m["members"] == ["resnet34"]  # cnn4 (~0.8) and vgg19_bn (~0.6) are not within 1 point of ~0.9
-    assert m["best_model"] == "resnet34"
-    assert m["gain"]["test"] == pytest.approx(m["test"]["accuracy"] - m["models"]["resnet34"]["test"]["accuracy"])
-    assert m["gain"]["valid"] == pytest.approx(0.0)
-    assert [r["added"] for r in m["by_size"]] == ["resnet34", "cnn4", "vgg19_bn"]
-    assert m["by_size"][0]["test"] == pytest.approx(m["models"]["resnet34"]["test"]["accuracy"])
+    assert m.members == ["resnet34"]  # cnn4 (~0.8) and vgg19_bn (~0.6) are not within 1 point of ~0.9
+    assert m.best_model == "resnet34"
+    assert m.gain["test"] == pytest.approx(m.test.accuracy - m.models["resnet34"].test.accuracy)
+    assert m.gain["valid"] == pytest.approx(0.0)
+    assert [r.added for r in m.by_size] == ["resnet34", "cnn4", "vgg19_bn"]
+    assert m.by_size[0].test == pytest.approx(m.models["resnet34"].test.accuracy)
     acc = [W.accuracy(models[n][2], vy) for n in ("resnet34", "cnn4", "vgg19_bn")]
     all3 = W.blend(np.stack([models[n][3] for n in ("resnet34", "cnn4", "vgg19_bn")]), np.array(acc) / sum(acc))
-    assert m["by_size"][2]["test"] == pytest.approx(W.accuracy(all3, ty))
+    assert m.by_size[2].test == pytest.approx(W.accuracy(all3, ty))
 
 
 def test_the_best_model_is_chosen_on_validation_not_test(tmp_path):
@@ -207,14 +207,14 @@ def test_the_best_model_is_chosen_on_validation_not_test(tmp_path):
         "b": ("cnn4", "local", noisy(vy, 0.8, rng), noisy(ty, 0.95, rng)),
     }
     m = E.run(write_run(tmp_path, models, vy, ty), tmp_path)
-    assert m["best_model"] == "a" and m["members"] == ["a"]
+    assert m.best_model == "a" and m.members == ["a"]
 
 
 def test_best_picks_the_highest_validation_accuracy(three):
     root, models, vy, ty = three
     m = E.run(write_run(root, models, vy, ty) | {"ensemble": {"method": "best"}}, root)
-    best = max(m["strategies"].values(), key=lambda s: (s["valid"]["accuracy"], -s["valid"]["loss"]))
-    assert m["strategies"][m["chosen"]] == best
+    best = max(m.strategies.values(), key=lambda s: (s.valid.accuracy, -s.valid.loss))
+    assert m.strategies[m.chosen] == best
 
 
 def test_one_member(three):
@@ -223,9 +223,9 @@ def test_one_member(three):
         write_run(root, models, vy, ty) | {"ensemble": {"select": "threshold", "threshold": 0.85, "per_family": False}},
         root,
     )
-    assert m["members"] == ["resnet34"]
+    assert m.members == ["resnet34"]
     for k in ("accuracy", "uniform", "greedy", "logloss"):
-        assert m["strategies"][k]["weights"] == {"resnet34": 1.0}
+        assert m.strategies[k].weights == {"resnet34": 1.0}
     sub = (root / "submissions" / "ensemble.csv").read_text()
     assert sub == (root / "submissions" / "resnet34.csv").read_text()
 

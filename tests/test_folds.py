@@ -133,19 +133,18 @@ def test_fitted_strategies_fit_on_out_of_fold_rows_when_every_member_has_them(tm
     write_oof(tmp_path, "a", np.arange(2000), noisy(train_y, 0.6, rng))
     write_oof(tmp_path, "b", np.arange(2000), noisy(train_y, 0.9, rng))
     m = E.run(params, tmp_path)
-    assert m["fitted_on"] == "out-of-fold predictions on 2000 training rows (valid held out)"
+    assert m.fitted_on == "out-of-fold predictions on 2000 training rows (valid held out)"
     for k in ("greedy", "logloss", "stacking"):
-        s = m["strategies"][k]
-        assert s["valid_scored"].startswith("fitted on 2000 out-of-fold training rows")
-    assert m["strategies"]["logloss"]["weights"]["b"] > 0.7  # fitted on validation rows alone, `a` would lead
+        assert m.strategies[k].valid_scored.startswith("fitted on 2000 out-of-fold training rows")
+    assert m.strategies["logloss"].weights["b"] > 0.7  # fitted on validation rows alone, `a` would lead
     P = np.stack([models[n][2] for n in ("a", "b")])
-    w = np.array([m["strategies"]["logloss"]["weights"][n] for n in ("a", "b")])
-    assert m["strategies"]["logloss"]["valid"]["accuracy"] == pytest.approx(W.accuracy(W.blend(P, w), vy), abs=1e-6)
+    w = np.array([m.strategies["logloss"].weights[n] for n in ("a", "b")])
+    assert m.strategies["logloss"].valid.accuracy == pytest.approx(W.accuracy(W.blend(P, w), vy), abs=1e-6)
 
     (tmp_path / "preds/a/oof.npy").unlink()  # one member without OOF: back to the validation split
     m = E.run(params, tmp_path)
-    assert m["fitted_on"] == "validation split (cross-fitted scores)"
-    assert m["strategies"]["logloss"]["valid_scored"].startswith("cross-fitted")
+    assert m.fitted_on == "validation split (cross-fitted scores)"
+    assert m.strategies["logloss"].valid_scored.startswith("cross-fitted")
 
 
 @pytest.mark.bad_input

@@ -64,9 +64,9 @@ def test_report_leaderboard_and_figures(tmp_path):
     assert [r["model"] for r in on_disk].count("ensemble:accuracy*") == 1
     by = {r["model"]: r for r in rows}
     # 100 test rows: an interval of ±6 points, so top-1 is a whole number
-    assert by["resnet34"]["top1"] == round(100 * ens["models"]["resnet34"]["test"]["accuracy"])
+    assert by["resnet34"]["top1"] == round(100 * ens.models["resnet34"].test.accuracy)
     assert isinstance(by["resnet34"]["top1"], int) and by["resnet34"]["top1"] + by["resnet34"]["top1_err"] == 100
-    assert by["resnet34"]["param_count"] == 1.0 and by["resnet34"]["weight"] == round(ens["weights"]["resnet34"], 4)
+    assert by["resnet34"]["param_count"] == 1.0 and by["resnet34"]["weight"] == round(ens.weights["resnet34"], 4)
     assert by["ensemble:accuracy*"]["train_s"] == 30.0 and by["ensemble:accuracy*"]["param_count"] == 3.0
     md = (tmp_path / "reports" / "leaderboard.md").read_text()
     assert "| model | top1 | top1_ci95 | top1_err |" in md and "Top-1 on the test split" in md
@@ -74,13 +74,13 @@ def test_report_leaderboard_and_figures(tmp_path):
     lo, hi = (float(v) for v in on_disk[0]["top1_ci95"].split("–"))
     assert lo < float(on_disk[0]["top1"]) < hi and 5 < hi - lo < 25
     # the submission against each member, paired, in words; the verdict on its best member
-    best = next(c for c in ens["comparisons"] if c["b"] == "resnet34")
-    assert f"| resnet34 (best member, best by validation) | {verdict(best['valid'])} | {verdict(best['test'])} |" in md
+    best = ens.comparison("resnet34")
+    assert f"| resnet34 (best member, best by validation) | {verdict(best.valid)} | {verdict(best.test)} |" in md
     assert "\nVerdict: " in md and "McNemar's exact p" in md
     assert "Leave one out: ensemble:accuracy refitted without each member" in md
     assert "| without | valid | test |" in md and "| cnn4 |" in md.split("Leave one out")[1]
     assert "Per class on test, the submission against its best member (resnet34)" in md
-    assert f"| all | 100 | | | {best['test']['a_only']} | {best['test']['b_only']} |" in md
+    assert f"| all | 100 | | | {best.test.a_only} | {best.test.b_only} |" in md
     assert "Equal compute: not measured for this run; `python -m bench.equal_compute`" in md
     figs = {p.name for p in (tmp_path / "reports" / "figures").iterdir()}
     assert figs == {

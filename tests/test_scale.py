@@ -159,10 +159,10 @@ def test_stacking_takes_the_tied_form_at_200_classes(tmp_path):
     params, vy, ty, models = many_class_run(tmp_path)
     params["ensemble"] = {"select": "threshold", "threshold": 0.0, "method": "stacking"}
     m = E.run(params, tmp_path)
-    s = m["strategies"]["stacking"]
-    assert s["form"] == "tied" and s["valid_scored"].startswith("cross-fitted")
+    s = m.strategies["stacking"]
+    assert s.form == "tied" and s.valid_scored.startswith("cross-fitted")
     best_member = max(W.accuracy(v[2], vy) for v in models.values())
-    assert s["valid"]["accuracy"] > best_member - 0.02  # a sensible blend, not a broken fit
+    assert s.valid.accuracy > best_member - 0.02  # a sensible blend, not a broken fit
     import json
 
     saved = json.loads((tmp_path / "ensemble" / "model.json").read_text())
@@ -179,7 +179,7 @@ def test_strategies_are_choosable_and_method_must_be_among_them(tmp_path):
     params, *_ = many_class_run(tmp_path, n_classes=20, rows=400)
     params["ensemble"] = {"select": "threshold", "threshold": 0.0, "strategies": ["accuracy", "greedy"]}
     m = E.run(params, tmp_path)
-    assert list(m["strategies"]) == ["accuracy", "greedy"]
+    assert list(m.strategies) == ["accuracy", "greedy"]
     params["ensemble"]["method"] = "stacking"
     with pytest.raises(PipelineError, match=r"ensemble.method` = 'stacking' is not among `ensemble.strategies"):
         E.run(params, tmp_path)
@@ -191,8 +191,8 @@ def test_one_member_says_why_nothing_is_cross_fitted(tmp_path):
     params, *_ = many_class_run(tmp_path, n_classes=20, rows=400, members=1)
     params["ensemble"] = {"select": "threshold", "threshold": 0.0}
     m = E.run(params, tmp_path)
-    assert m["strategies"]["greedy"]["valid_scored"] == "direct: one member, nothing to fit"
-    assert "validation rows" not in m["strategies"]["logloss"]["valid_scored"]
+    assert m.strategies["greedy"].valid_scored == "direct: one member, nothing to fit"
+    assert "validation rows" not in m.strategies["logloss"].valid_scored
 
 
 def test_confusion_at_200_classes_is_a_heatmap_with_a_pairs_table(tmp_path, monkeypatch):

@@ -104,27 +104,27 @@ def four(tmp_path):
 def test_the_ensemble_compares_itself_to_every_member_on_the_same_rows(four):
     root, models, vy, ty = four
     m = E.run(write_run(root, models, vy, ty) | {"ensemble": {"margin": 0.1}}, root)
-    assert m["members"] == sorted(m["members"], key=lambda n: -m["models"][n]["valid"]["accuracy"])
-    assert {r["b"] for r in m["comparisons"]} == set(m["members"]) and "d" not in m["members"]
+    assert m.members == sorted(m.members, key=lambda n: -m.models[n].valid.accuracy)
+    assert {r.b for r in m.comparisons} == set(m.members) and "d" not in m.members
     sub = np.load(root / "ensemble" / "preds" / "test.npy")
-    for r in m["comparisons"]:
-        t = r["test"]
+    for r in m.comparisons:
+        t = r.test
         mine = sub.argmax(1) == ty
-        theirs = models[r["b"]][3].argmax(1) == ty
-        assert t["a_only"] == int((mine & ~theirs).sum()) and t["b_only"] == int((~mine & theirs).sum())
-        assert t["diff"] == pytest.approx(mine.mean() - theirs.mean())
-        assert t["ci95"][0] <= t["diff"] <= t["ci95"][1] and 0 <= t["p"] <= 1
+        theirs = models[r.b][3].argmax(1) == ty
+        assert t.a_only == int((mine & ~theirs).sum()) and t.b_only == int((~mine & theirs).sum())
+        assert t.diff == pytest.approx(mine.mean() - theirs.mean())
+        assert t.ci95[0] <= t.diff <= t.ci95[1] and 0 <= t.p <= 1
     # three noisy 80 % models blended: a real gain over each, resolved on 500 test rows
-    assert all(r["test"]["resolved"] and r["test"]["diff"] > 0 for r in m["comparisons"])
-    loo = {r["without"]: r for r in m["leave_one_out"]}
-    assert set(loo) == set(m["members"])
+    assert all(r.test.resolved and r.test.diff > 0 for r in m.comparisons)
+    loo = {r.without: r for r in m.leave_one_out}
+    assert set(loo) == set(m.members)
     for r in loo.values():
-        assert r["test"]["accuracy"] == pytest.approx(m["test"]["accuracy"] - r["full_vs_without"]["test"]["diff"])
-    pc = m["per_class"]
-    assert pc["against"] == m["best_member"]
-    best = next(r for r in m["comparisons"] if r["b"] == m["best_member"])
-    assert sum(pc["test"]["fixes"]) == best["test"]["a_only"] and sum(pc["test"]["breaks"]) == best["test"]["b_only"]
-    assert sum(pc["test"]["rows"]) == len(ty)
+        assert r.test.accuracy == pytest.approx(m.test.accuracy - r.full_vs_without["test"].diff)
+    pc = m.per_class
+    assert pc.against == m.best_member
+    best = m.comparison(m.best_member)
+    assert sum(pc.test.fixes) == best.test.a_only and sum(pc.test.breaks) == best.test.b_only
+    assert sum(pc.test.rows) == len(ty)
 
 
 def test_the_best_model_is_compared_even_when_it_is_no_member(four):
@@ -134,7 +134,7 @@ def test_the_best_model_is_compared_even_when_it_is_no_member(four):
         | {"ensemble": {"select": "threshold", "threshold": 0.0, "per_family": False, "margin": 0.1}},
         root,
     )
-    assert m["best_model"] in {r["b"] for r in m["comparisons"]}
+    assert m.best_model in {r.b for r in m.comparisons}
 
 
 def logit_model(y, rng, signal=2.0, sharp=3.0):
@@ -154,21 +154,19 @@ def test_temperature_calibration_fits_on_validation_only(tmp_path, tmp_path_fact
     a = E.run(write_run(tmp_path, models, vy, ty) | cfg, tmp_path)
     other = tmp_path_factory.mktemp("shuffled")
     b = E.run(write_run(other, models, vy, np.random.default_rng(9).permutation(ty)) | cfg, other)
-    assert a["test"] != b["test"]  # shuffling the test labels changes test scores, and no temperature or weight
-    assert a["members"] == b["members"] and a["chosen"] == b["chosen"]
-    for k in a["strategies"]:
-        assert a["strategies"][k]["weights"] == b["strategies"][k]["weights"]
-        assert a["strategies"][k]["temperature"] == b["strategies"][k]["temperature"]
-    assert {n: v["temperature"] for n, v in a["models"].items()} == {
-        n: v["temperature"] for n, v in b["models"].items()
-    }
-    for v in a["models"].values():  # over-confident members: T > 1, and a lower ECE on the held-out test split
-        assert v["temperature"] > 1.2 and v["test"]["ece"] < v["uncalibrated"]["test"]["ece"]
-    best = a["models"][a["best_member"]]
-    assert a["test"]["ece"] <= best["test"]["ece"]  # the goal, on these members
+    assert a.test != b.test  # shuffling the test labels changes test scores, and no temperature or weight
+    assert a.members == b.members and a.chosen == b.chosen
+    for k in a.strategies:
+        assert a.strategies[k].weights == b.strategies[k].weights
+        assert a.strategies[k].temperature == b.strategies[k].temperature
+    assert {n: v.temperature for n, v in a.models.items()} == {n: v.temperature for n, v in b.models.items()}
+    for v in a.models.values():  # over-confident members: T > 1, and a lower ECE on the held-out test split
+        assert v.temperature > 1.2 and v.test.ece < v.uncalibrated["test"].ece
+    best = a.models[a.best_member]
+    assert a.test.ece <= best.test.ece  # the goal, on these members
     model = json.loads((tmp_path / "ensemble" / "model.json").read_text())
-    assert model["temperatures"] == {n: a["models"][n]["temperature"] for n in a["members"]}
-    assert model["temperature"] == a["temperature"]
+    assert model["temperatures"] == {n: a.models[n].temperature for n in a.members}
+    assert model["temperature"] == a.temperature
 
 
 def test_compare_command_reads_the_runs_predictions(four, monkeypatch, capsys):
