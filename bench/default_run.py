@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.machine import add_paths, cpu_name, out_dir
+from bench.machine import add_paths, cpu_name, md_table, out_dir
 from pipeline.contracts import load_ensemble_metrics, load_member_metrics
 
 
@@ -125,10 +125,12 @@ def main(argv: list[str] | None = None) -> None:
         f"gain over the best model ({ens.best_model}, by validation): {gain}; "
         f"largest peak memory {max(s['peak_rss_mib'] for s in stages.values()) / 1024:.2f} GiB; "
         f"precision {', '.join(precisions)}\n\n"
-        "| stage | wall s | peak memory MiB | valid acc % | test acc % |\n|---|---|---|---|---|\n"
-        + "".join(
-            f"| {k} | {v['wall_s']} | {v['peak_rss_mib']} | {pct(v.get('valid_acc'))} | {pct(v.get('test_acc'))} |\n"
-            for k, v in stages.items()
+        + md_table(
+            ["stage", "wall s", "peak memory MiB", "valid acc %", "test acc %"],
+            [
+                [k, v["wall_s"], v["peak_rss_mib"], pct(v.get("valid_acc")), pct(v.get("test_acc"))]
+                for k, v in stages.items()
+            ],
         )
         + "\nEnsemble strategies (valid / test %): "
         + "; ".join(

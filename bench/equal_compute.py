@@ -21,14 +21,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
-from bench.machine import cpu_name
+from bench.machine import ROOT, cpu_name, md_table
 from pipeline import member
 from pipeline.contracts import EqualCompute, load_ensemble_metrics, load_member_metrics, save_equal_compute
 from pipeline.data import load_prepared
 from pipeline.params import load_params, seed_param, train_spec
 from pipeline.scores import compare, score, verdict
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(root: Path, out: Path, scale: float = 1.0) -> dict:
@@ -69,13 +67,14 @@ def run(root: Path, out: Path, scale: float = 1.0) -> dict:
         f"Recipe {best} with the ensemble's budget ({' + '.join(used)}: {budget:.0f} s of training), "
         f"{r['images_seen']} images seen in {r['train_s']:.0f} s (chosen: {r['time_budget']['chosen']}).",
         "",
-        "| split | single recipe, equal compute | submission | submission − single |",
-        "|---|---|---|---|",
+        *md_table(
+            ["split", "single recipe, equal compute", "submission", "submission − single"],
+            [
+                [s, f"{100 * r[f'single_{s}']:.2f}", f"{100 * r[f'ensemble_{s}']:.2f}", verdict(r["comparison"][s])]
+                for s in splits
+            ],
+        ).splitlines(),
     ]
-    for s in splits:
-        lines.append(
-            f"| {s} | {100 * r[f'single_{s}']:.2f} | {100 * r[f'ensemble_{s}']:.2f} | {verdict(r['comparison'][s])} |"
-        )
     (out / "equal_compute.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     # not a dependency of the report stage (a project without the file must still run): rerun it by hand

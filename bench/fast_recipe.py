@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.machine import ROOT, add_paths, out_dir
+from bench.machine import ROOT, add_paths, md_table, out_dir
 from pipeline import archs, member
 from pipeline.data import load_prepared
 from pipeline.params import TrainSpec, load_params, make_spec, train_spec
@@ -107,14 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     epochs = sum(ep for _, ep in m.phases)
     cmd = "python -m bench.fast_recipe " + " ".join(sys.argv[1:] if argv is None else argv)
     (dest / f"fast_recipe_{args.recipe}_{tag}.json").write_text(json.dumps({**out, "command": cmd}, indent=2) + "\n")
+    header = ["recipe", "phases (size × epochs)", "train s", "valid acc", "test acc", "img/s", "train GFLOP/s"]
+    row = [args.recipe, f"{', '.join(f'{sz} × {ep}' for sz, ep in m.phases)} ({epochs} epochs)", f"{m.train_s:.0f}"]
+    row += [f"{m.valid.accuracy:.4f}", f"{m.test.accuracy:.4f}", f"{m.img_per_s:.0f}", f"{achieved / 1e9:.1f}"]
+    row += [f"{out['fraction_of_matmul'][p]:.2f}" for p in ("fp32", "bf16")]
     md = (
-        f"`{cmd.strip()}`\n\n| recipe | phases (size × epochs) | train s | valid acc | test acc | img/s | train GFLOP/s | "
-        "of fp32 matmul | of bf16 matmul |\n|---|---|---|---|---|---|---|---|---|\n"
-        f"| {args.recipe} | {', '.join(f'{sz} × {ep}' for sz, ep in m.phases)} ({epochs} epochs) | "
-        f"{m.train_s:.0f} | "
-        f"{m.valid.accuracy:.4f} | {m.test.accuracy:.4f} | {m.img_per_s:.0f} | {achieved / 1e9:.1f} | "
-        f"{out['fraction_of_matmul']['fp32']:.2f} | {out['fraction_of_matmul']['bf16']:.2f} |\n"
-        f"\nmatmul 1024²: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; "
+        f"`{cmd.strip()}`\n\n"
+        + md_table([*header, "of fp32 matmul", "of bf16 matmul"], [row])
+        + f"\nmatmul 1024²: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; "
         f"{torch.get_num_threads()} threads, device {m.device}, precision {m.precision}; "
         f"training FLOPs: 3 × forward FLOPs per image at each phase's size (validation passes not counted)\n"
     )

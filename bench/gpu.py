@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.machine import ROOT, md_table
+
 CACHE = ROOT / "bench" / "cache" / "gpu"
 PROFILE = {  # the benchmark's architectures, on the whole training split (no train_limit), at 32 px
     "resnet34": {"size": 32, "bs": 256, "lr": 0.002, "tta": False},
@@ -155,12 +156,9 @@ def markdown(r: dict) -> str:
             continue
         d = r[part]
         out.append(f"\n{part}: `dvc repro` {d['total_s']} s; ensemble test {d['ensemble_test']}\n")
-        out.append("| stage | wall s | img/s | peak GPU MiB | valid acc | test acc |\n|---|---|---|---|---|---|")
-        for s, v in d["stages"].items():
-            out.append(
-                f"| {s} | {v['wall_s']} | {v.get('img_per_s') or ''} | {v.get('peak_gpu_mib') or ''} | "
-                f"{v.get('valid_acc') or ''} | {v.get('test_acc') or ''} |"
-            )
+        cols = ("img_per_s", "peak_gpu_mib", "valid_acc", "test_acc")
+        table = [[s, v["wall_s"], *(v.get(c) or "" for c in cols)] for s, v in d["stages"].items()]
+        out.append(md_table(["stage", "wall s", "img/s", "peak GPU MiB", "valid acc", "test acc"], table).rstrip("\n"))
     if "overhead" in r:
         o = r["overhead"]
         out.append(

@@ -23,13 +23,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import yaml
 
+from bench.machine import ROOT, md_table
 from ensembles import ensemble
 from ensembles.strategies import ensemble_params
 from pipeline import prepare, train
 from pipeline.contracts import MemberMetrics, load_member_metrics, load_prepared_meta
 from pipeline.datasets import digits_file
 
-ROOT = Path(__file__).resolve().parents[1]
 WORK_DIR = ROOT / "bench" / "cache" / "kfold"
 FAST = {"arch": "resnet9", "pad": 2, "epochs": 10, "lr": 0.005, "model_kwargs": {"widths": [16, 32, 64, 128]}}
 DATA = {  # data section, train defaults, what the fast net adds
@@ -164,27 +164,28 @@ def main(argv: list[str] | None = None) -> None:
         f"One test image = {100 / len(ty):.3f} points. Entries: {json.dumps(p['archs'])}; train defaults "
         f"{json.dumps(p['train'])}.",
         "",
-        "| entry | CV top-1 (held-out folds) | fold models on valid | their average: valid | test |",
-        "|---|---|---|---|---|",
+        *md_table(
+            ["entry", "CV top-1 (held-out folds)", "fold models on valid", "their average: valid", "test"],
+            [
+                [n, f"{pct(f.cv_mean)} ± {pct(f.cv_std)}", f"{pct(f.valid_mean)} ± {pct(f.valid_std)}"]
+                + [pct(mm.valid.accuracy), pct(mm.test.accuracy)]
+                for n, mm in metrics.items()
+                for f in [mm.folds]
+            ],
+        ).splitlines(),
     ]
-    for n, mm in metrics.items():
-        f = mm.folds
-        lines.append(
-            f"| {n} | {pct(f.cv_mean)} ± {pct(f.cv_std)} | {pct(f.valid_mean)} ± {pct(f.valid_std)} | "
-            f"{pct(mm.valid.accuracy)} | {pct(mm.test.accuracy)} |"
-        )
     lines += [
         "",
         f"Ensemble of the three (stacking, written to the submission): valid {pct(m.valid.accuracy)}, test "
         f"{pct(m.test.accuracy)}; fitted on the {m.fitted_on}.",
         "",
-        "| strategy | fitted on | valid top-1 | test top-1 | weights |",
-        "|---|---|---|---|---|",
     ]
+    table = []
     for where, label in (("valid", f"valid ({len(vy)} rows, cross-fitted score)"), ("oof", "out-of-fold rows")):
         for k, r in fits[where].items():
             w = ", ".join(f"{n} {v:.2f}" for n, v in r["weights"].items())
-            lines.append(f"| {k} | {label} | {pct(r['valid']['accuracy'])} | {pct(r['test']['accuracy'])} | {w} |")
+            table.append([k, label, pct(r["valid"]["accuracy"]), pct(r["test"]["accuracy"]), w])
+    lines += md_table(["strategy", "fitted on", "valid top-1", "test top-1", "weights"], table).splitlines()
     lines += [
         "",
         f"Refit (`fast-refit`: the fast recipe, `refit: true`): validated model valid {pct(refit.valid.accuracy)}"

@@ -31,7 +31,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="levers
 import torch
 
 from bench.fast_recipe import entry_spec
-from bench.machine import add_paths, machine, out_dir
+from bench.machine import add_paths, machine, md_table, out_dir
 from pipeline import archs, datasets
 from pipeline.data import BatchTfm, to_tensor
 
@@ -190,13 +190,15 @@ def main(argv: list[str] | None = None) -> None:
     md = (
         f"Levers on the fast recipe's network (training img/s unless noted; median of {args.rounds} alternating "
         f"rounds of {args.batches} batches of {args.bs}), `python -m bench.levers`\n\n"
-        "| lever | baseline img/s | variant img/s | variant / baseline | |\n|---|---|---|---|---|\n"
     )
-    for r in rows:
-        md += (
-            f"| {r['lever']} | {r['baseline']}: {statistics.median(r['baseline_img_s']):.0f} | "
-            f"{r['variant']}: {statistics.median(r['variant_img_s']):.0f} | {r['ratio']:.2f} | {r['note']} |\n"
-        )
+    md += md_table(
+        ["lever", "baseline img/s", "variant img/s", "variant / baseline", ""],
+        [
+            [r["lever"], f"{r['baseline']}: {statistics.median(r['baseline_img_s']):.0f}"]
+            + [f"{r['variant']}: {statistics.median(r['variant_img_s']):.0f}", f"{r['ratio']:.2f}", r["note"]]
+            for r in rows
+        ],
+    )
     md += f"\nMachine: {out['machine']}\n"
     (OUT / "levers.md").write_text(md)
     print(md)

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.machine import add_paths, out_dir
+from bench.machine import add_paths, md_table, out_dir
 from pipeline import member
 from pipeline.data import load_prepared
 from pipeline.params import load_params, train_spec
@@ -58,10 +58,18 @@ def main(argv: list[str] | None = None) -> None:
     md = (
         f"`python -m bench.lr_sweep {args.arch} --lrs {' '.join(args.lrs)} --train-limit {args.train_limit} "
         f"--epochs {args.epochs}` (seed {args.seed})\n\n"
-        "| lr | used | valid acc | test acc | train s |\n|---|---|---|---|---|\n"
-        + "".join(
-            f"| {r['lr_param']} | {r['lr']:.2e} | {r['valid_acc']:.4f} | {r['test_acc']:.4f} | {r['train_s']:.0f} |\n"
-            for r in rows
+        + md_table(
+            ["lr", "used", "valid acc", "test acc", "train s"],
+            [
+                [
+                    r["lr_param"],
+                    f"{r['lr']:.2e}",
+                    f"{r['valid_acc']:.4f}",
+                    f"{r['test_acc']:.4f}",
+                    f"{r['train_s']:.0f}",
+                ]
+                for r in rows
+            ],
         )
     )
     (out / f"lr_sweep_{args.arch}.md").write_text(md)

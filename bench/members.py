@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import yaml
 
-from bench.machine import ROOT, add_paths, out_dir
+from bench.machine import ROOT, add_paths, md_table, out_dir
 from ensembles.ensemble import by_size
 from ensembles.weights import accuracy
 from pipeline import member
@@ -79,31 +79,32 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"`python -m bench.members {' '.join(args.models)} --tag {args.tag}`",
         "",
-        "| model | valid acc | test acc | train s | overrides |",
-        "|---|---|---|---|---|",
-    ]
-    for n in order:
-        over = {k: v for k, v in params.get("variants", {}).get(n, {}).items()}
-        lines.append(f"| {n} | {acc[n][0]:.4f} | {acc[n][1]:.4f} | {runs[n]['metrics'].train_s:.0f} | {over or ''} |")
-    lines += [
+        *md_table(
+            ["model", "valid acc", "test acc", "train s", "overrides"],
+            [
+                [n, f"{acc[n][0]:.4f}", f"{acc[n][1]:.4f}", f"{runs[n]['metrics'].train_s:.0f}"]
+                + [params.get("variants", {}).get(n) or ""]
+                for n in order
+            ],
+        ).splitlines(),
         "",
         "Accuracy-weighted ensemble of the k best models by validation accuracy:",
         "",
-        "| k | models | valid acc | test acc | gain over the best member (valid / test) |",
-        "|---|---|---|---|---|",
     ]
     curve = by_size(
         order, np.stack([runs[n]["valid"] for n in order]), yv, np.stack([runs[n]["test"] for n in order]), yt
     )
     best_v, best_t = acc[order[0]]
-    table = []
+    table, md_rows = [], []
     for r in curve:
         top = order[: r["k"]]
         table.append({"k": r["k"], "models": top, "valid": r["valid"], "test": r["test"]})
-        lines.append(
-            f"| {r['k']} | {', '.join(top)} | {r['valid']:.4f} | {r['test']:.4f} | "
-            f"{r['valid'] - best_v:+.4f} / {r['test'] - best_t:+.4f} |"
+        md_rows.append(
+            [r["k"], ", ".join(top), f"{r['valid']:.4f}", f"{r['test']:.4f}"]
+            + [f"{r['valid'] - best_v:+.4f} / {r['test'] - best_t:+.4f}"]
         )
+    header = ["k", "models", "valid acc", "test acc", "gain over the best member (valid / test)"]
+    lines += md_table(header, md_rows).splitlines()
     text = "\n".join(lines) + "\n"
     print(text)
     out = out_dir(args) / f"members_{args.tag}"

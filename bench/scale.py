@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.machine import ROOT, cpu_name, md_table
+
 CACHE = ROOT / "bench" / "cache" / "scale"
 FAST = {"arch": "resnet9", "model_kwargs": {"widths": [16, 32, 64, 128]}, "size": 32, "lr": 0.005, "tta": False}
 SIZES = {  # set -> (full, small)
@@ -306,8 +307,6 @@ def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
     ens = load_ensemble_metrics(repo / "ensemble" / "metrics.json") if not target else None
     import psutil
 
-    from bench.machine import cpu_name
-
     return {
         "set": name,
         "small": small,
@@ -347,18 +346,16 @@ def markdown(r: dict) -> str:
         f"arrays {gib:.2f} GiB. Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, "
         f"{r['machine']['memory_gib']} GiB.\n\n"
     )
-    rows = [
-        "| stage | wall s | images/s | peak RSS GiB (stage process) | × arrays | − arrays GiB | "
-        "peak GiB (process tree) | valid acc |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for s, v in r["stages"].items():
         ips = f"{v['img_per_s']:.0f}" if "img_per_s" in v else ""
         acc = f"{100 * v['valid_acc']:.2f} %" if "valid_acc" in v else ""
         rows.append(
-            f"| {s} | {v['wall_s']:.1f} | {ips} | {v['peak_rss_gib']:.2f} | {v['peak_over_arrays']:.2f} | "
-            f"{v['peak_minus_arrays_gib']:+.2f} | {v['peak_tree_gib']:.2f} | {acc} |"
+            [s, f"{v['wall_s']:.1f}", ips, f"{v['peak_rss_gib']:.2f}", f"{v['peak_over_arrays']:.2f}"]
+            + [f"{v['peak_minus_arrays_gib']:+.2f}", f"{v['peak_tree_gib']:.2f}", acc]
         )
+    header = ["stage", "wall s", "images/s", "peak RSS GiB (stage process)", "× arrays", "− arrays GiB"]
+    table = md_table([*header, "peak GiB (process tree)", "valid acc"], rows).rstrip("\n")
     e, p = r["ensemble"], r["stages"]["prepare"]
     decode = (
         f"\n\nprepare's images/s is over the stage's whole wall time (Python start, listing, splitting, statistics); "
@@ -381,7 +378,7 @@ def markdown(r: dict) -> str:
         f"raw folder and the outputs, checks, caching) {r['dvc_overhead_s']:.0f} s; a `dvc status` after it "
         f"{r['dvc_status_s']:.1f} s.\n"
     )
-    return head + "\n".join(rows) + tail
+    return head + table + tail
 
 
 def main(argv: list[str] | None = None) -> int:

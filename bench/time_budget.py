@@ -17,13 +17,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.machine import cpu_name
+from bench.machine import ROOT, cpu_name, md_table
 from pipeline import member
 from pipeline.contracts import load_member_metrics
 from pipeline.data import load_prepared
 from pipeline.params import load_params, model_names, seed_param, train_spec
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: float | None = None) -> dict:
@@ -45,14 +43,15 @@ def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: flo
     lines = [
         f"`python -m bench.time_budget {' '.join(names)} {how}` on {res['cpu']}",
         "",
-        "| entry | asked s | predicted s | taken s | taken / asked | chosen | valid acc |",
-        "|---|---|---|---|---|---|---|",
+        *md_table(
+            ["entry", "asked s", "predicted s", "taken s", "taken / asked", "chosen", "valid acc"],
+            [
+                [n, f"{r['asked_s']:.1f}", f"{r['predicted_s']:.1f}", f"{r['train_s']:.1f}", f"{r['ratio']:.3f}"]
+                + [r["chosen"], f"{r['valid']:.4f}"]
+                for n, r in rows.items()
+            ],
+        ).splitlines(),
     ]
-    for n, r in rows.items():
-        lines.append(
-            f"| {n} | {r['asked_s']:.1f} | {r['predicted_s']:.1f} | {r['train_s']:.1f} | {r['ratio']:.3f} | "
-            f"{r['chosen']} | {r['valid']:.4f} |"
-        )
     worst = max(abs(r["ratio"] - 1) for r in rows.values())
     lines += ["", f"Largest miss: {100 * worst:.1f} % of the asked seconds."]
     (out / "time_budget.md").write_text("\n".join(lines) + "\n")
