@@ -222,6 +222,7 @@ def params(name: str, raw: Path, small: bool) -> dict:
         fast = {**FAST, "epochs": 2}
     return {
         "seed": 0,
+        "metric": "auto",
         "data": data,
         "train": {"bs": 16 if small else 128, "eval_bs": 128, "lr": 0.001, "pad": 2, "flip": False, "tta": False},
         "archs": {"logreg": {"epochs": 1, "pad": 0}, "fast": fast},

@@ -1,6 +1,6 @@
 """Stage `ensemble`: blend the trained models' predictions; write Kaggle-style submissions.
 
-Reads:  params.yaml (`seed`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json, train_y.npy, valid_y.npy,
+Reads:  params.yaml (`seed`, `metric`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json, train_y.npy, valid_y.npy,
         test_y.npy, test_ids.json}, preds/<name>/{valid,test}.npy (and oof.npy, oof_rows.npy of `folds` entries)
         and metrics/<name>.json for every model (never the models).
 Writes: submissions/<name>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
@@ -9,7 +9,8 @@ Writes: submissions/<name>.csv for every model and submissions/ensemble.csv; ens
         ensemble/model.json (what pipeline.predict needs to blend: members, weights, or the stacker's numbers).
 Run:    python -m ensembles.ensemble        (or `dvc repro ensemble`)
 
-Selection uses the validation split. Weights and the stacker fit on the validation split, or, when every member
+Everything is decided by the run's metric (`metric:`; auto: accuracy on balanced training classes, else balanced
+accuracy): members, weights, the strategy, the comparisons. Selection uses the validation split. Weights and the stacker fit on the validation split, or, when every member
 is a `folds` entry, on their out-of-fold predictions over the training split (the validation split then scores
 them untouched). Test labels are read only to report test scores.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ensembles.calibrate import apply_temperature, fit_temperature
+from ensembles.calibrate import adjust_logits, apply_temperature, fit_tau, fit_temperature, log_prior
 from ensembles.select import family, select
 from ensembles.strategies import REGISTRY, Fit, ensemble_params, stacking_form
 from ensembles.weights import accuracy, accuracy_weights, blend, crossfit
@@ -43,8 +44,8 @@ from pipeline.contracts import (
 )
 from pipeline.errors import PipelineError
 from pipeline.io import staged
-from pipeline.params import group_of, load_params, model_names, seed_param
-from pipeline.scores import compare, score
+from pipeline.params import group_of, load_params, metric_param, model_names, seed_param
+from pipeline.scores import class_report, compare, metric_value, resolve_metric, score
 
 NO_TEST = (
     "no submission: the prepared data has no test split (e.g. an ImageFolder set without test/); "
@@ -150,11 +151,13 @@ def run_strategies(
     fit_on: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Outcome]:
     """Every strategy on the same members: weights, validation and (where labelled) test scores, test probs.
+    `cfg["metric"]` is the run's metric (members' scores for the metric-weighted blend); `cfg["log_prior"]`, where
+    set, the training classes' log prior the blend's logits are adjusted by (τ chosen on validation).
 
     `fit_on`: (members' out-of-fold probabilities, labels) on training rows, when every member is a `folds` entry:
     the fitted strategies fit there (more rows than the validation split) and are scored on the whole validation
     split, which none of them saw. Otherwise they fit on the validation split, scored by cross-fitting."""
-    accs = np.array([accuracy(p, y) for p in P])
+    accs = np.array([member_score(p, y, cfg["metric"]) for p in P])
     counts = np.bincount(y)
     k_folds = int(min(cfg["folds"], counts[counts > 0].min()))  # no more folds than the rarest class has rows
     out = {}
@@ -185,6 +188,10 @@ def run_strategies(
             t = round(fit_temperature(vp, y), 6)
             vp, tp = apply_temperature(vp, t), apply_temperature(tp, t)
             rec["temperature"] = round(t, 6)
+        if cfg.get("log_prior") is not None:  # `adjust: logit`: τ by the metric on the validation probabilities
+            tau = fit_tau(vp, y, cfg["log_prior"], cfg["metric"])
+            vp, tp = adjust_logits(vp, cfg["log_prior"], tau), adjust_logits(tp, cfg["log_prior"], tau)
+            rec["tau"] = tau
         rec |= {"valid": score(vp, y), "valid_scored": how}
         if kind == "stacking":
             rec["form"] = stacking_form(len(P), P.shape[2], cfg)
@@ -194,28 +201,35 @@ def run_strategies(
     return out
 
 
-def best_strategy(results: dict[str, Outcome]) -> str:
-    """Highest validation accuracy (cross-fitted where fitted), then lowest validation log-loss."""
-    return min(results, key=lambda k: (-results[k].record["valid"]["accuracy"], results[k].record["valid"]["loss"]))
+def member_score(p: np.ndarray, y: np.ndarray, metric: str) -> float:
+    """A model's score in the run's metric (accuracy computed as it always was, so balanced runs stay identical)."""
+    return accuracy(p, y) if metric == "accuracy" else metric_value(metric, p, y)
 
 
-def gain(rec: dict, best: dict) -> dict:
-    """Ensemble accuracy minus the best single model's (chosen by validation accuracy), per split."""
-    return {s: rec[s]["accuracy"] - best[s]["accuracy"] for s in ("valid", "test") if s in rec and s in best}
+def best_strategy(results: dict[str, Outcome], metric: str = "accuracy") -> str:
+    """Highest validation score in the run's metric (cross-fitted where fitted), then lowest validation log-loss."""
+    return min(results, key=lambda k: (-results[k].record["valid"][metric], results[k].record["valid"]["loss"]))
 
 
-def by_size(names: list[str], valid: np.ndarray, y: np.ndarray, test=None, test_y=None) -> list[dict]:
-    """Accuracy of the accuracy-weighted blend of the k best models by validation accuracy, k = 1 .. all;
+def gain(rec: dict, best: dict, metric: str = "accuracy") -> dict:
+    """The ensemble's score minus the best single model's (chosen by validation), per split, in the run's metric."""
+    return {s: rec[s][metric] - best[s][metric] for s in ("valid", "test") if s in rec and s in best}
+
+
+def by_size(
+    names: list[str], valid: np.ndarray, y: np.ndarray, test=None, test_y=None, metric: str = "accuracy"
+) -> list[dict]:
+    """The run's metric of the metric-weighted blend of the k best models by validation, k = 1 .. all;
     `valid`/`test` are (models, rows, classes) in the order of `names`."""
-    acc = [accuracy(p, y) for p in valid]
+    acc = [member_score(p, y, metric) for p in valid]
     order = sorted(range(len(names)), key=lambda i: (-acc[i], names[i]))
     out = []
     for k in range(1, len(order) + 1):
         top = order[:k]
         w = accuracy_weights([acc[i] for i in top])
-        row = {"k": k, "added": names[top[-1]], "valid": accuracy(blend(valid[top], w), y)}
+        row = {"k": k, "added": names[top[-1]], "valid": member_score(blend(valid[top], w), y, metric)}
         if test_y is not None:
-            row["test"] = accuracy(blend(test[top], w), test_y)
+            row["test"] = member_score(blend(test[top], w), test_y, metric)
         out.append(row)
     return out
 
@@ -234,16 +248,23 @@ def calibrate_members(c: Candidates, y: np.ndarray) -> dict[str, float]:
 
 
 def comparisons(
-    probs: dict[str, np.ndarray], c: Candidates, against: list[str], y: np.ndarray, test_y, seed: int, resamples: int
+    probs: dict[str, np.ndarray],
+    c: Candidates,
+    against: list[str],
+    y: np.ndarray,
+    test_y,
+    seed: int,
+    resamples: int,
+    metric: str = "accuracy",
 ) -> list[dict]:
-    """The submission against each model of `against`, on the same rows of each split: accuracy difference,
-    paired bootstrap 95 % interval, McNemar's exact p-value (pipeline.scores.compare)."""
+    """The submission against each model of `against`, on the same rows of each split: the difference in the run's
+    metric, paired bootstrap 95 % interval, p-value (pipeline.scores.compare: McNemar for accuracy)."""
     out = []
     for n in against:
         i = c.names.index(n)
-        row = {"a": "ensemble", "b": n, "valid": compare(probs["valid"], c.valid[i], y, seed, resamples)}
+        row = {"a": "ensemble", "b": n, "valid": compare(probs["valid"], c.valid[i], y, seed, resamples, metric)}
         if test_y is not None:
-            row["test"] = compare(probs["test"], c.test[i], test_y, seed, resamples)
+            row["test"] = compare(probs["test"], c.test[i], test_y, seed, resamples, metric)
         out.append(row)
     return out
 
@@ -264,18 +285,22 @@ def leave_one_out(
         row = {
             "without": drop,
             "valid": o.record["valid"],
-            "full_vs_without": {"valid": compare(full.valid_probs, o.valid_probs, y, seed, cfg["resamples"])},
+            "full_vs_without": {
+                "valid": compare(full.valid_probs, o.valid_probs, y, seed, cfg["resamples"], cfg["metric"])
+            },
         }
         if test_y is not None:
             row["test"] = o.record["test"]
-            row["full_vs_without"]["test"] = compare(full.test_probs, o.test_probs, test_y, seed, cfg["resamples"])
+            row["full_vs_without"]["test"] = compare(
+                full.test_probs, o.test_probs, test_y, seed, cfg["resamples"], cfg["metric"]
+            )
         out.append(row)
     return out
 
 
 def per_class(pe: np.ndarray, pm: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
-    """Per class: rows, the ensemble's and the member's accuracy, the rows the ensemble fixes (it right, the
-    member wrong) and breaks (the reverse)."""
+    """Per class: rows, the ensemble's and the member's accuracy (recall), the rows the ensemble fixes (it right,
+    the member wrong) and breaks (the reverse); each one's precision, recall, F1 and support."""
     e, m = pe.argmax(1) == y, pm.argmax(1) == y
     rows = np.bincount(y, minlength=n_classes)
     safe = np.maximum(rows, 1)
@@ -285,6 +310,8 @@ def per_class(pe: np.ndarray, pm: np.ndarray, y: np.ndarray, n_classes: int) -> 
         "member": (np.bincount(y, m, n_classes) / safe).round(6).tolist(),
         "fixes": np.bincount(y, e & ~m, n_classes).astype(int).tolist(),
         "breaks": np.bincount(y, ~e & m, n_classes).astype(int).tolist(),
+        "ensemble_report": class_report(y, pe.argmax(1), n_classes),
+        "member_report": class_report(y, pm.argmax(1), n_classes),
     }
 
 
@@ -367,7 +394,7 @@ def verdicts(c: Candidates, d: Prepared, members, best, best_member, chosen, out
         classes_of["test"] = per_class(sub["test"], c.test[bm], d.test_y, n_classes)
     against = members + ([best] if best not in members else [])
     return {
-        "comparisons": comparisons(sub, c, against, d.valid_y, d.test_y, seed, cfg["resamples"]),
+        "comparisons": comparisons(sub, c, against, d.valid_y, d.test_y, seed, cfg["resamples"], cfg["metric"]),
         "leave_one_out": leave_one_out(c, members, chosen, d.valid_y, d.test_y, cfg, seed, out, fit_on_of),
         "per_class": classes_of,
     }
@@ -378,12 +405,17 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
     cfg, seed, names = ensemble_params(params), seed_param(params), model_names(params)
     d = read_prepared(root, names)
     y, test_y = d.valid_y, d.test_y
+    train_counts = d.meta.counts_per_class.get("train", {})
+    metric, why = resolve_metric(metric_param(params), train_counts)
+    cfg["metric"] = metric
+    adjust = cfg["adjust"] == "logit" or cfg["adjust"] == "auto" and metric != "accuracy"
+    cfg["log_prior"] = log_prior([train_counts.get(k, 0) for k in d.meta.classes]) if adjust else None
     c = load_candidates(names, len(y), len(d.test_ids), len(d.meta.classes), root, n_train=len(d.train_y))
     raw = {
         n: (score(c.valid[i], y), score(c.test[i], test_y) if test_y is not None else None) for i, n in enumerate(names)
     }
     temps = calibrate_members(c, y) if cfg["calibrate"] == "temperature" else {}
-    valid_acc = {n: accuracy(p, y) for n, p in zip(names, c.valid)}
+    valid_acc = {n: member_score(p, y, metric) for n, p in zip(names, c.valid)}  # in the run's metric
     families = {n: str(cfg["families"].get(n) or family(c.info[n].arch, c.info[n].source)) for n in names}
     members = select(
         valid_acc, families, cfg["threshold"], cfg["per_family"], cfg["on_empty"], cfg["select"], cfg["margin"]
@@ -396,10 +428,10 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
     idx = [names.index(m) for m in members]
     fit_on = fit_on_of(members)
     results = run_strategies(c.valid[idx], y, c.test[idx], test_y, members, cfg, seed, fit_on)
-    chosen = best_strategy(results) if cfg["method"] == "best" else cfg["method"]
+    chosen = best_strategy(results, metric) if cfg["method"] == "best" else cfg["method"]
     rec = results[chosen].record
     models = model_records(params, c, d, families, rec["weights"], temps, raw)
-    best = max(names, key=lambda n: (valid_acc[n], n))  # the best model, by validation accuracy
+    best = max(names, key=lambda n: (valid_acc[n], n))  # the best model, by validation (the run's metric)
     best_member = max(members, key=lambda n: (valid_acc[n], n))
     metrics = {
         "method": cfg["method"],
@@ -408,13 +440,15 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
         "fitted_on": "validation split (cross-fitted scores)"
         if fit_on is None
         else f"out-of-fold predictions on {len(fit_on[1])} training rows (valid held out)",
+        "metric": metric,
+        "metric_why": why,
         "best_model": best,
         "best_member": best_member,
-        "gain": gain(rec, models[best]),
-        "gain_over_best_member": gain(rec, models[best_member]),
+        "gain": gain(rec, models[best], metric),
+        "gain_over_best_member": gain(rec, models[best_member], metric),
         "calibrate": cfg["calibrate"],
         **verdicts(c, d, members, best, best_member, chosen, results[chosen], cfg, seed, fit_on_of),
-        "by_size": by_size(names, c.valid, y, c.test, test_y),
+        "by_size": by_size(names, c.valid, y, c.test, test_y, metric),
         "strategies": {k: v.record for k, v in results.items()},
         "models": models,
         "submission": "submissions/ensemble.csv" if d.test_ids else None,
@@ -427,6 +461,8 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
         stacker=results[chosen].stacker,
         temperatures={m: temps[m] for m in rec["members"]} if temps else None,  # each member's, before blending
         temperature=rec.get("temperature"),  # the blend's, after
+        tau=rec.get("tau") or None,  # then the logit adjustment's (none where τ is 0)
+        log_prior=cfg["log_prior"].tolist() if rec.get("tau") else None,
     )
     record = EnsembleMetrics.from_json(metrics, "ensemble/metrics.json", strict=True)  # every key a field
     write_outputs(root, c, d, results[chosen], record, model)
@@ -465,16 +501,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not m.submission:
         print(f"note: {NO_TEST}", file=sys.stderr)
-    test = f", test {m.test.accuracy:.4f}" if m.test else ""
-    print(f"ensemble ({m.chosen}): {len(m.members)} members {', '.join(m.members)}; valid {m.valid.accuracy:.4f}{test}")
+    k = m.judged_by()
+    test = f", test {m.test.value(k):.4f}" if m.test else ""
+    print(f"metric: {k} ({m.metric_why})")
+    print(f"ensemble ({m.chosen}): {len(m.members)} members {', '.join(m.members)}; valid {m.valid.value(k):.4f}{test}")
     print(f"  weights and stacker fitted on the {m.fitted_on}")
+    if m.tau:
+        print(f"  logit adjustment: log p − {m.tau} · log(training prior), τ chosen on validation")
     print(
-        f"  gain over the best model ({m.best_model}, by validation accuracy): "
+        f"  gain over the best model ({m.best_model}, by validation {k}): "
         + ", ".join(f"{s} {100 * v:+.2f} points" for s, v in m.gain.items())
     )
-    for k, s in m.strategies.items():
-        t = f"  test {s.test.accuracy:.4f}" if s.test else ""
-        print(f"  {k:9s} valid {s.valid.accuracy:.4f} (loss {s.valid.loss:.4f}, {s.valid_scored}){t}")
+    for name, s in m.strategies.items():
+        t = f"  test {s.test.value(k):.4f}" if s.test else ""
+        print(f"  {name:9s} valid {s.valid.value(k):.4f} (loss {s.valid.loss:.4f}, {s.valid_scored}){t}")
     return 0
 
 

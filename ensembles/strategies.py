@@ -2,7 +2,7 @@
 score is cross-fitted) or given by a rule, and how it turns members' probabilities into a blend.
 
 `P` is (members, rows, classes) of validation probabilities, `y` their labels, `accs` the members' validation
-accuracies, `cfg` the checked `ensemble:` section.
+scores in the run's metric (accuracy on balanced data), `cfg` the checked `ensemble:` section.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ REGISTRY: dict[str, Strategy] = {
         Strategy(
             "accuracy",
             False,
-            "weights ∝ validation accuracy (the benchmark's rule)",
+            "weights ∝ validation score in the run's metric (accuracy on balanced data: the benchmark's rule)",
             weighted(lambda P, y, accs, cfg: blends.accuracy_weights(accs)),
         ),
         Strategy(
@@ -137,6 +137,9 @@ class EnsembleParams:
     # after (never on test); none: the members' probabilities as trained
     calibrate: str = param("none", one_of("none", "temperature"), "temperature scaling, fitted on validation")
     resamples: int = param(2000, is_int(lo=100), "paired bootstrap resamples of every comparison's interval")
+    # logit: subtract τ·log(training class prior) from the blend's log-probabilities, τ in 0..2 chosen on validation
+    # by the run's metric (Menon et al., 2021; free: no retraining); auto: logit where the metric is not accuracy
+    adjust: str = param("auto", one_of("auto", "none", "logit"), "post-hoc logit adjustment for imbalanced classes")
 
 
 ENSEMBLE_SCHEMA = schema_of(EnsembleParams)

@@ -118,6 +118,23 @@ class Score(Record):
     n: int | None = None  # the split's rows
     loss: float | None = None  # negative log-likelihood
     ece: float | None = None  # expected calibration error, 15 bins
+    balanced_accuracy: float | None = opt()  # mean per-class recall (None: metrics that predate it)
+    balanced_ci95: list[float] | None = opt()  # class-stratified bootstrap
+    macro_f1: float | None = opt()
+    macro_f1_ci95: list[float] | None = opt()
+    worst_recall: float | None = opt()  # the lowest per-class recall, and its class index
+    worst_class: int | None = opt()
+
+    def value(self, metric: str) -> float:
+        """The score in the run's metric (accuracy, balanced_accuracy or macro_f1)."""
+        v = getattr(self, metric)
+        if v is None:
+            raise PipelineError(f"a score has no `{metric}` (written by an older version): rerun its stage")
+        return v
+
+    def interval(self, metric: str) -> list[float] | None:
+        """The 95 % interval of the score in `metric`."""
+        return {"accuracy": self.ci95, "balanced_accuracy": self.balanced_ci95, "macro_f1": self.macro_f1_ci95}[metric]
 
     @classmethod
     def of(cls, s: dict | None) -> "Score | None":
@@ -129,13 +146,14 @@ class Score(Record):
 class Paired(Record):
     """pipeline.scores.compare: A against B on the same rows."""
 
-    diff: float  # accuracy(A) − accuracy(B)
-    ci95: list[float]  # paired bootstrap
-    p: float  # McNemar's exact
+    diff: float  # metric(A) − metric(B)
+    ci95: list[float]  # paired bootstrap (class-stratified for balanced accuracy and macro-F1)
+    p: float  # accuracy: McNemar's exact; else the paired bootstrap's
     a_only: int
     b_only: int
     n: int
     resolved: bool
+    metric: str | None = opt()  # None: accuracy
 
 
 # ------------------------------------------------------------------------------------------------ the data
@@ -268,6 +286,8 @@ class EnsembleModel(Record):
     stacker: dict | None  # stacking: the fitted model as plain numbers
     temperatures: dict[str, float] | None = None  # `calibrate: temperature`: each member's, before blending
     temperature: float | None = None  # and the blend's, after
+    tau: float | None = opt()  # `adjust: logit`: log p − τ · log_prior after the temperature (None or 0: none)
+    log_prior: list[float] | None = opt()  # the training classes' log frequencies
 
 
 @dataclass(kw_only=True)
@@ -277,6 +297,7 @@ class Strategy(Record):
     members: list[str]
     weights: dict[str, float]
     temperature: float | None = opt()  # `calibrate: temperature`: the blend's
+    tau: float | None = opt()  # `adjust: logit`: the logit adjustment's τ, chosen on validation
     valid: Score
     valid_scored: str = "direct"  # how the validation score was got (cross-fitted, direct, held out)
     form: str | None = opt()  # stacking: full | diagonal
@@ -329,6 +350,8 @@ class ClassCounts(Record):
     member: list[float]
     fixes: list[int]  # the ensemble right, the member wrong
     breaks: list[int]  # the reverse
+    ensemble_report: dict[str, list] | None = opt()  # precision, recall, f1, support per class (scores.class_report)
+    member_report: dict[str, list] | None = opt()
 
 
 @dataclass(kw_only=True)
@@ -358,14 +381,17 @@ class EnsembleMetrics(Record):
     members: list[str]
     weights: dict[str, float]
     temperature: float | None = opt()
+    tau: float | None = opt()
     valid: Score
     valid_scored: str = "direct"
     form: str | None = opt()
     test: Score | None = opt()
     fitted_on: str = ""
+    metric: str | None = opt()  # what the run is judged by (members, weights, strategy, verdicts); None: accuracy
+    metric_why: str | None = opt()
     best_model: str
     best_member: str | None = None  # older metrics: None
-    gain: dict[str, float]  # split -> accuracy − the best model's (by validation)
+    gain: dict[str, float]  # split -> metric − the best model's (by validation)
     gain_over_best_member: dict[str, float] | None = None
     calibrate: str | None = None
     comparisons: list[Comparison] = field(default_factory=list)
@@ -375,6 +401,10 @@ class EnsembleMetrics(Record):
     strategies: dict[str, Strategy]
     models: dict[str, ModelScores]
     submission: str | None = None
+
+    def judged_by(self) -> str:
+        """The run's metric (accuracy where the metrics predate `metric`)."""
+        return self.metric or "accuracy"
 
     def comparison(self, b: str | None) -> Comparison | None:
         return next((c for c in self.comparisons if c.b == b), None)

@@ -8,6 +8,7 @@ with whole-batch torch ops on the training device.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,21 @@ class TensorDL(DataLoader):
             yield self.dataset[idxs[i : i + self.bs]]
 
 
+class BalancedDL(TensorDL):
+    """A TensorDL whose epoch draws its rows with replacement, each ∝ `wgts` (`sampler: balanced`: 1 / its class's
+    size, so every class is seen about equally often), from fastai's seeded per-loader rng. Without `wgts` (a copy
+    made by fastai's `new`) it shuffles as TensorDL does."""
+
+    def __init__(self, dataset=None, wgts=None, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.wgts = wgts
+
+    def get_idxs(self):
+        if self.wgts is None or not self.shuffle or self.n == 0:
+            return super().get_idxs()
+        return self.rng.choices(range(self.n), weights=self.wgts, k=self.n)
+
+
 def make_dls(
     arrays: dict,
     size: int,
@@ -212,8 +228,10 @@ def make_dls(
     device=None,
     eval_bs: int = 1024,
     channels_last: bool = True,
+    sample_weights: np.ndarray | None = None,
 ) -> DataLoaders:
-    """Training and validation DataLoaders at image side `size`."""
+    """Training and validation DataLoaders at image side `size`; `sample_weights` (one per training row): the
+    training loader draws rows ∝ them (BalancedDL)."""
     n_train = len(arrays["train_y"])
     if bs > n_train:
         raise PipelineError(f"params.yaml: `bs` = {bs} is larger than the training set ({n_train} images)")
@@ -222,7 +240,7 @@ def make_dls(
     resident = device is not None and fits_on(device, nbytes)
     train = TensorPair(arrays["train_x"], arrays["train_y"], device, resident)
     valid = TensorPair(arrays["valid_x"], arrays["valid_y"], device, resident)
-    tr = TensorDL(
+    tr = (TensorDL if sample_weights is None else partial(BalancedDL, wgts=sample_weights))(
         train,
         bs=bs,
         shuffle=True,

@@ -186,6 +186,15 @@ def seed_param(params: dict) -> int:
         raise PipelineError(f"params.yaml: `seed` = {seed!r}: {e}") from None
 
 
+def metric_param(params: dict) -> str:
+    """The top-level `metric`: the score a run is judged by (pipeline.scores.resolve_metric resolves `auto`)."""
+    v = params.get("metric", "auto")
+    try:
+        return one_of("auto", "accuracy", "balanced_accuracy", "macro_f1")(v)
+    except ValueError as e:
+        raise PipelineError(f"params.yaml: `metric` = {v!r}: {e}") from None
+
+
 def is_lr(v):
     if v == "auto":
         return v
@@ -264,6 +273,10 @@ class TrainSpec:
     pct_start: float = param(0.25, is_float(0.0, 1.0), "one-cycle: share of the steps warming up")
     ps: float = param(0.5, is_float(0.0, 1.0, open_=False), "dropout in fastai's head of ImageNet networks")
     label_smoothing: float = param(0.1, is_float(0.0, 1.0, open_=False), "of the cross-entropy")
+    # imbalanced classes: `balanced` weighs each class's loss by n / (classes × its images); auto: balanced where the
+    # run's metric is not accuracy (pipeline.scores.resolve_metric), else none
+    loss_weights: str = param("auto", one_of("auto", "none", "balanced"), "class weights of the loss")
+    sampler: str = param("shuffle", one_of("shuffle", "balanced"), "balanced: batches drawn ∝ 1 / class size")
     flip: bool = param(True, is_bool, "random horizontal flips while training")
     pad: int = param(2, is_int(lo=0, hi=64), "random translations of up to `pad` pixels while training")
     tta: bool = param(True, is_bool, "average with the mirrored image at evaluation (where flip is on)")

@@ -27,7 +27,8 @@ from pipeline.datasets import Files, take
 from pipeline.errors import PipelineError
 from pipeline.images import luma, to_channels
 from pipeline.io import staged
-from pipeline.params import data_params, load_params, seed_param
+from pipeline.params import data_params, load_params, metric_param, seed_param
+from pipeline.scores import imbalance_line, resolve_metric
 from pipeline.splits import split_valid, stratified_subset
 
 OUT = Path("data/prepared")
@@ -326,6 +327,9 @@ def main(params_file: str = "params.yaml", out: Path = OUT, workers: int | None 
         f"{len(meta.classes)} classes, images {'×'.join(map(str, meta.image_shape))}, "
         f"{meta.bad_images['count']} bad images skipped -> {out}"
     )
+    train_counts = meta.counts_per_class.get("train", {})
+    if train_counts:
+        print(imbalance_line(train_counts, resolve_metric(metric_param(params), train_counts)[0]))
     return meta
 
 

@@ -42,6 +42,11 @@ COLUMNS = [
     "top1_ci95",
     "top1_err",
     "valid_top1",
+    "bal_acc",
+    "bal_acc_ci95",
+    "valid_bal_acc",
+    "macro_f1",
+    "worst_recall",
     "nll",
     "ece",
     "param_count",
@@ -64,11 +69,14 @@ def ci_words(ci: list[float] | None) -> str:
     return f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}" if ci else ""
 
 
-def pct(s: Score, accuracy: float | None = None) -> float:
-    """An accuracy in percent (`s`'s, or `accuracy` with `s`'s interval), rounded to what its 95 % interval
-    supports (pipeline.scores.decimals)."""
-    d = decimals(s.ci95)
-    v = round(100 * (s.accuracy if accuracy is None else accuracy), d)
+def pct(s: Score, accuracy: float | None = None, metric: str = "accuracy") -> float | str:
+    """A score in percent (`s`'s in `metric`, or `accuracy` with `s`'s interval), rounded to what its 95 % interval
+    supports (pipeline.scores.decimals); empty where the score predates the metric."""
+    v = getattr(s, metric) if accuracy is None else accuracy
+    if v is None:
+        return ""
+    d = decimals(s.interval(metric))
+    v = round(100 * v, d)
     return int(v) if d == 0 else v
 
 
@@ -77,22 +85,28 @@ def err(s: Score) -> float:
     return pct(s, 1 - s.accuracy)
 
 
-def score_cells(s: Score, valid: Score) -> dict:
+def score_cells(s: Score, valid: Score, metric: str = "accuracy") -> dict:
     """The leaderboard's score columns of one row: `s` on the report's split, `valid` on validation (and the
-    unrounded sort key, dropped before writing)."""
+    unrounded sort key in the run's metric, dropped before writing)."""
+    sort = [getattr(x, metric) for x in (s, valid)]
     return {
         "top1": pct(s),
         "top1_ci95": ci_words(s.ci95),
         "top1_err": err(s),
         "valid_top1": pct(valid),
+        "bal_acc": pct(s, metric="balanced_accuracy"),
+        "bal_acc_ci95": ci_words(s.balanced_ci95),
+        "valid_bal_acc": pct(valid, metric="balanced_accuracy"),
+        "macro_f1": pct(s, metric="macro_f1"),
+        "worst_recall": round(100 * s.worst_recall, 1) if s.worst_recall is not None else "",
         "nll": round(s.loss, 3) if s.loss is not None else "",
         "ece": round(s.ece, 3) if s.ece is not None else "",
-        "_sort": (-s.accuracy, -valid.accuracy),
+        "_sort": tuple(-v if v is not None else 1.0 for v in sort),
     }
 
 
 def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[dict]:
-    """Rows sorted by test top-1 (valid top-1 where the test split is unlabelled), then valid top-1.
+    """Rows sorted by the run's metric on test (on valid where the test split is unlabelled), then on valid.
 
     `models`: name -> metrics/<name>.json; `ens`: ensemble/metrics.json. Accuracies in percent like timm's
     CSVs, rounded to what their intervals support; parameter counts in millions. `nll`, `ece`: on the same split
@@ -105,7 +119,7 @@ def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[
         rows.append(
             {
                 "model": name,
-                **score_cells((e.test or m.test) if labeled else e.valid, m.valid),
+                **score_cells((e.test or m.test) if labeled else e.valid, m.valid, ens.judged_by()),
                 "param_count": round(m.param_count / 1e6, 3),
                 "images_seen": m.seen(),
                 "train_s": round(m.train_s, 1),
@@ -119,7 +133,7 @@ def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[
         rows.append(
             {
                 "model": f"ensemble:{kind}{star}",
-                **score_cells(st.test if labeled else st.valid, st.valid),
+                **score_cells(st.test if labeled else st.valid, st.valid, ens.judged_by()),
                 "param_count": round(sum(models[n].param_count for n in used) / 1e6, 3),
                 "images_seen": sum(models[n].seen() for n in used),
                 "train_s": round(sum(models[n].train_s for n in used), 1),
@@ -133,7 +147,16 @@ def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[
     return rows
 
 
-def markdown(rows: list[dict], labeled: bool, n_test: int = 1) -> str:
+METRIC_WORDS = {"accuracy": "top-1 accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
+
+
+def metric_line(ens: EnsembleMetrics) -> str:
+    """Which metric judged the run (members, weights, strategy, verdicts, the table's order) and why."""
+    why = f" ({ens.metric_why})" if ens.metric_why else ""
+    return f"Metric: **{METRIC_WORDS[ens.judged_by()]}**{why}.\n\n"
+
+
+def markdown(rows: list[dict], labeled: bool, n_test: int = 1, metric: str = "accuracy") -> str:
     if labeled:
         what = "test"
     elif n_test:
@@ -141,8 +164,10 @@ def markdown(rows: list[dict], labeled: bool, n_test: int = 1) -> str:
     else:
         what = "validation (the data set has no test split)"
     head = (
-        f"Top-1 on the {what} split, in %, with its 95 % Wilson interval over the split's rows (`top1_ci95`), "
-        "rounded to what that interval supports; whether two models differ is the paired comparison's to say "
+        f"Scores on the {what} split, in %, best first by {METRIC_WORDS[metric]}: top-1 with its 95 % Wilson "
+        "interval over the split's rows (`top1_ci95`); balanced accuracy (mean per-class recall, `bal_acc`) with its "
+        "class-stratified bootstrap interval, macro-F1 and the worst class's recall (`worst_recall`); each rounded "
+        "to what its interval supports; `valid_*` on validation. Whether two models differ is the paired comparison's to say "
         "(below; `python -m pipeline.compare A B` for any two). `nll` (log-loss) and `ece` (15 bins) on the same "
         "split. Budgets: `images_seen` = epochs × training images, `train_s` the training seconds; "
         "`param_count` in millions; an ensemble's cost is the sum of its members'. `weight`: the model's weight in "
@@ -157,12 +182,23 @@ def gain_line(ens: EnsembleMetrics) -> str:
     """Is the submission better than its members and than the best model by validation? Each difference with its
     paired bootstrap interval and McNemar p-value, per split, and a plain verdict on the best member."""
     fitted = f" Fitted strategies (greedy, logloss, stacking) fit on the {ens.fitted_on}." if ens.fitted_on else ""
+    words = METRIC_WORDS[ens.judged_by()]
     if not ens.comparisons:  # metrics from before the paired comparisons
         g = ", ".join(f"{100 * v:+.2f} points on {s}" for s, v in ens.gain.items())
-        return f"\nEnsemble gain over the best model ({ens.best_model}, by validation accuracy): {g}.{fitted}\n"
+        return f"\nEnsemble gain over the best model ({ens.best_model}, by validation {words}): {g}.{fitted}\n"
+    how = (
+        "[paired bootstrap 95 % interval], McNemar's exact p"
+        if ens.judged_by() == "accuracy"
+        else "[paired class-stratified bootstrap 95 % interval and its two-sided p]"
+    )
+    tau = (
+        f" The blend's logits are adjusted by −{ens.tau} · log(training prior), τ chosen on validation."
+        if ens.tau
+        else ""
+    )
     lines = [
-        f"\nThe submission (ensemble:{ens.chosen}) against each model, on the same rows: accuracy difference in "
-        f"points [paired bootstrap 95 % interval], McNemar's exact p; resolved = p < 0.05.{fitted}\n",
+        f"\nThe submission (ensemble:{ens.chosen}) against each model, on the same rows: {words} difference in "
+        f"points {how}; resolved = p < 0.05.{fitted}{tau}\n",
         "| against | valid | test |",
         "|---|---|---|",
     ]
@@ -211,10 +247,43 @@ def markdown_leave_one_out(ens: EnsembleMetrics) -> str:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        t = pct(r.test) if labeled else "-"
+        t = pct(r.test, metric=ens.judged_by()) if labeled else "-"
         ft = verdict(r.full_vs_without["test"]) if labeled else "-"
-        lines.append(f"| {r.without} | {pct(r.valid)} | {t} | {verdict(r.full_vs_without['valid'])} | {ft} |")
+        lines.append(
+            f"| {r.without} | {pct(r.valid, metric=ens.judged_by())} | {t} | {verdict(r.full_vs_without['valid'])} | {ft} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def markdown_class_report(ens: EnsembleMetrics, classes: list[str], k: int = 15) -> str:
+    """Per class, precision / recall / F1 of the submission and of its best member, on validation and on test
+    (scikit-learn's classification_report); beyond 30 classes the k classes with the submission's lowest recall."""
+    pc = ens.per_class
+    if not pc or pc.valid.ensemble_report is None:
+        return ""
+    out = []
+    for split, d in (("valid", pc.valid), ("test", pc.test)):
+        if d is None or d.ensemble_report is None:
+            continue
+        e, m = d.ensemble_report, d.member_report
+        order = range(len(classes))
+        if len(classes) > NUMBERED_CLASSES:
+            order = sorted(order, key=lambda i: e["recall"][i])[:k]
+        never = [classes[i] for i in range(len(classes)) if e["support"][i] and e["recall"][i] == 0]
+        lines = [
+            f"\nPer class on {split}: precision / recall / F1 in % of the submission and of {pc.against}"
+            + (f"; the {k} classes with the submission's lowest recall" if len(classes) > NUMBERED_CLASSES else "")
+            + ":\n",
+            "| class | rows | submission P / R / F1 | " + pc.against + " P / R / F1 |",
+            "|---|---|---|---|",
+        ]
+        for i in order:
+            cells = [" / ".join(f"{100 * r[x][i]:.1f}" for x in ("precision", "recall", "f1")) for r in (e, m)]
+            lines.append(f"| {classes[i]} | {e['support'][i]} | {cells[0]} | {cells[1]} |")
+        if never:
+            lines.append(f"\nThe submission never gets these classes right on {split}: {', '.join(never)}.")
+        out.append("\n".join(lines) + "\n")
+    return "".join(out)
 
 
 def markdown_per_class(ens: EnsembleMetrics, classes: list[str], k: int = 15) -> str:
@@ -690,6 +759,7 @@ def verdicts_md(ens: EnsembleMetrics, classes: list[str], root: Path, labeled: b
         gain_line(ens)
         + markdown_leave_one_out(ens)
         + markdown_per_class(ens, classes)
+        + markdown_class_report(ens, classes)
         + (markdown_equal_compute(ens, root) if labeled else "")
     )
 
@@ -725,7 +795,8 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             w.writerows(rows)
         group_rows = groups(models, {n: group_of(params, n) for n in names}, labeled)
         (out / "leaderboard.md").write_text(
-            markdown(rows, labeled, meta.counts.get("test", 1))
+            metric_line(ens)
+            + markdown(rows, labeled, meta.counts.get("test", 1), ens.judged_by())
             + verdicts_md(ens, classes, root, labeled)
             + markdown_groups(group_rows, labeled)
             + markdown_folds(models)

@@ -1,7 +1,7 @@
 """Stages `train@<key>` and `variant@<key>`: train one model from params.yaml `archs.<key>`, or `variants.<key>`
 (its `archs` entry with a few keys overridden), over the `train:` defaults.
 
-Reads:  data/prepared/, params.yaml (`seed`, `train`, `archs.<key>`, `variants.<key>`).
+Reads:  data/prepared/, params.yaml (`seed`, `metric`, `train`, `archs.<key>`, `variants.<key>`).
 Writes: models/<key>/ (model.safetensors, spec.json, versions.json), preds/<key>/{valid,test}.npy,
         metrics/<key>.json, dvclive/<key>/ (training curves, lr_find curve) — all whole or not at all.
         `folds: K`: models/<key>/fold<i>/ (one model per fold; spec.json names them), preds/<key>/oof.npy and
@@ -24,7 +24,9 @@ from pipeline.folds import train_folds, train_refit
 from pipeline.hardware import pick_device
 from pipeline.io import staged
 from pipeline.member import TrainResult, train_arch, write_member
-from pipeline.params import TrainSpec, load_params, seed_param, train_spec
+from pipeline.params import TrainSpec, load_params, metric_param, seed_param, train_spec
+from pipeline.recipe import resolve_remedies
+from pipeline.scores import resolve_metric
 
 
 def train_entry(key, spec: TrainSpec, arrays, meta, seed, device=None, live=None, evaluate=True) -> TrainResult:
@@ -47,6 +49,8 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
     archs_mod.resolve(spec.arch)  # unknown names fail before loading data
     device = pick_device(spec.device, key)
     arrays, meta = load_prepared(root / "data/prepared")
+    metric, _ = resolve_metric(metric_param(params), meta.counts_per_class.get("train", {}))
+    spec = resolve_remedies(spec, metric)
     if rank_distrib() > 0:  # data-parallel: the other ranks train in step; rank 0 alone evaluates and writes
         return train_entry(key, spec, arrays, meta, seed, device=device, evaluate=False)
     outs = [root / "models" / key, root / "preds" / key, root / "metrics" / f"{key}.json", root / "dvclive" / key]

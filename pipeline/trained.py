@@ -3,7 +3,7 @@ the report and notebooks use.
 
 Model: models/<key>/{spec.json, model.safetensors}, rebuilt from the spec (no pickled learners, no code from model
 files); `folds` entries average their fold models. Ensemble: ensemble/model.json (members, weights or the
-stacker's numbers, temperatures) over its members' Models.
+stacker's numbers, temperatures, logit adjustment) over its members' Models.
 Python: load_ensemble() or load_model("resnet9") -> .predict(images) -> probabilities (N × classes)
 """
 
@@ -120,7 +120,7 @@ class Ensemble:
 
     def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
         """Probabilities for prepared-format uint8 arrays (every member was trained on the same prepared data)."""
-        from ensembles.calibrate import apply_temperature
+        from ensembles.calibrate import adjust_logits, apply_temperature
         from ensembles.weights import blend, stacker_apply
 
         P = np.stack([m.predict_arrays(x, bs) for m in self.members]).astype(np.float64)
@@ -133,7 +133,10 @@ class Ensemble:
         else:
             out = blend(P, np.array([self.spec.weights[m.name] for m in self.members]))
         t = self.spec.temperature
-        return (apply_temperature(out, t) if t else out).astype(np.float32)
+        out = apply_temperature(out, t) if t else out
+        if self.spec.tau:  # `adjust: logit`: the training prior's logits taken off, as the stage did
+            out = adjust_logits(out, np.asarray(self.spec.log_prior), self.spec.tau)
+        return out.astype(np.float32)
 
 
 def load_model(name: str, root: str | Path = ".", device: str = "cpu") -> Model:

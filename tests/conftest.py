@@ -225,6 +225,7 @@ def make_repo(tmp: Path, params: dict) -> Path:
     for f in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / f, repo / f)
     params = {**params, "variants": params.get("variants") or {}}  # dvc.yaml's `foreach: ${variants}` needs one
+    params.setdefault("metric", "auto")  # and its stages declare `metric`
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", repo)
     return repo

@@ -69,7 +69,7 @@ def test_report_leaderboard_and_figures(tmp_path):
     assert by["resnet34"]["param_count"] == 1.0 and by["resnet34"]["weight"] == round(ens.weights["resnet34"], 4)
     assert by["ensemble:accuracy*"]["train_s"] == 30.0 and by["ensemble:accuracy*"]["param_count"] == 3.0
     md = (tmp_path / "reports" / "leaderboard.md").read_text()
-    assert "| model | top1 | top1_ci95 | top1_err |" in md and "Top-1 on the test split" in md
+    assert "| model | top1 | top1_ci95 | top1_err |" in md and "Scores on the test split" in md
     # each accuracy carries its 95 % Wilson interval over the split's 100 rows
     lo, hi = (float(v) for v in on_disk[0]["top1_ci95"].split("–"))
     assert lo < float(on_disk[0]["top1"]) < hi and 5 < hi - lo < 25
