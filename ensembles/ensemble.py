@@ -1,6 +1,6 @@
 """Stage `ensemble`: blend the trained models' predictions; write Kaggle-style submissions.
 
-Reads:  params.yaml (`seed`, `metric`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json, train_y.npy, valid_y.npy,
+Reads:  params.yaml (`seed`, `metric`, `train`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json, train_y.npy, valid_y.npy,
         test_y.npy, test_ids.json}, preds/<name>/{valid,test}.npy (and oof.npy, oof_rows.npy of `folds` entries)
         and metrics/<name>.json for every model (never the models).
 Writes: submissions/<name>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
@@ -44,7 +44,7 @@ from pipeline.contracts import (
 )
 from pipeline.errors import PipelineError
 from pipeline.io import staged
-from pipeline.params import group_of, load_params, metric_param, model_names, seed_param
+from pipeline.params import group_of, load_params, metric_param, model_names, resolve_remedies, seed_param, train_spec
 from pipeline.scores import class_report, compare, metric_value, resolve_metric, score
 
 NO_TEST = (
@@ -199,6 +199,12 @@ def run_strategies(
             rec["test"] = score(tp, test_y)
         out[kind] = Outcome(rec, vp, tp, f.stacker)
     return out
+
+
+def balanced(params: dict, metric: str) -> bool:
+    """Was every model trained with `sampler: balanced` (as the run's metric resolves `auto`)? Then each learnt a
+    uniform class prior, and `adjust: auto` has no training prior to take off."""
+    return all(resolve_remedies(train_spec(params, n), metric).sampler == "balanced" for n in model_names(params))
 
 
 def member_score(p: np.ndarray, y: np.ndarray, metric: str) -> float:
@@ -408,7 +414,9 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
     train_counts = d.meta.counts_per_class.get("train", {})
     metric, why = resolve_metric(metric_param(params), train_counts)
     cfg["metric"] = metric
-    adjust = cfg["adjust"] == "logit" or cfg["adjust"] == "auto" and metric != "accuracy"
+    adjust = (
+        cfg["adjust"] == "logit" or cfg["adjust"] == "auto" and metric != "accuracy" and not balanced(params, metric)
+    )
     cfg["log_prior"] = log_prior([train_counts.get(k, 0) for k in d.meta.classes]) if adjust else None
     c = load_candidates(names, len(y), len(d.test_ids), len(d.meta.classes), root, n_train=len(d.train_y))
     raw = {

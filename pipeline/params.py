@@ -10,7 +10,7 @@ import copy
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -273,10 +273,10 @@ class TrainSpec:
     pct_start: float = param(0.25, is_float(0.0, 1.0), "one-cycle: share of the steps warming up")
     ps: float = param(0.5, is_float(0.0, 1.0, open_=False), "dropout in fastai's head of ImageNet networks")
     label_smoothing: float = param(0.1, is_float(0.0, 1.0, open_=False), "of the cross-entropy")
-    # imbalanced classes: `balanced` weighs each class's loss by n / (classes × its images); auto: balanced where the
-    # run's metric is not accuracy (pipeline.scores.resolve_metric), else none
-    loss_weights: str = param("auto", one_of("auto", "none", "balanced"), "class weights of the loss")
-    sampler: str = param("shuffle", one_of("shuffle", "balanced"), "balanced: batches drawn ∝ 1 / class size")
+    # imbalanced classes: `balanced` draws each epoch's rows ∝ 1 / their class's size (with replacement); auto:
+    # balanced where the run's metric is not accuracy (pipeline.scores.resolve_metric), else shuffle
+    sampler: str = param("auto", one_of("auto", "shuffle", "balanced"), "how an epoch draws its training rows")
+    loss_weights: str = param("none", one_of("none", "balanced"), "balanced: class weights n / (classes × images)")
     flip: bool = param(True, is_bool, "random horizontal flips while training")
     pad: int = param(2, is_int(lo=0, hi=64), "random translations of up to `pad` pixels while training")
     tta: bool = param(True, is_bool, "average with the mirrored image at evaluation (where flip is on)")
@@ -389,3 +389,10 @@ def train_spec(params: dict, key: str) -> TrainSpec:
         )
     spec["arch"] = spec["arch"] or group
     return TrainSpec(**spec)
+
+
+def resolve_remedies(spec: TrainSpec, metric: str) -> TrainSpec:
+    """`sampler: auto` made explicit by the run's resolved metric: balanced unless it is accuracy."""
+    if spec.sampler != "auto":
+        return spec
+    return replace(spec, sampler="shuffle" if metric == "accuracy" else "balanced")

@@ -105,7 +105,12 @@ def build_learner(
         model = model.to(memory_format=torch.channels_last)
 
     counts = np.bincount(arrays["train_y"], minlength=len(meta.classes))
-    sample_weights = 1.0 / np.maximum(counts, 1)[arrays["train_y"]] if spec.sampler == "balanced" else None
+    sampler = spec.sampler
+    if sampler == "auto":  # left unresolved by the stage (a bench, a notebook): by the data alone
+        sampler = (
+            "shuffle" if resolve_metric("auto", meta.counts_per_class.get("train", {}))[0] == "accuracy" else "balanced"
+        )
+    sample_weights = 1.0 / np.maximum(counts, 1)[arrays["train_y"]] if sampler == "balanced" else None
 
     def dls_at(size):
         return make_dls(
@@ -115,7 +120,7 @@ def build_learner(
     cbs = [StopOnNaN(key), TrimHeap(), *precision_callbacks(dtype, device)]
     if not len(arrays["valid_y"]):  # a refit: nothing to validate on
         cbs.append(NoValidation())
-    loss = CrossEntropyLossFlat(weight=class_weights(spec, meta, counts, device), label_smoothing=spec.label_smoothing)
+    loss = CrossEntropyLossFlat(weight=class_weights(spec, counts, device), label_smoothing=spec.label_smoothing)
     splitter = splitter or trainable_params
     learn = Learner(
         dls_at(phases[0][0]),
@@ -134,24 +139,13 @@ def build_learner(
     return learn, setup
 
 
-def class_weights(spec: TrainSpec, meta: PreparedMeta, counts: np.ndarray, device) -> torch.Tensor | None:
+def class_weights(spec: TrainSpec, counts: np.ndarray, device) -> torch.Tensor | None:
     """`loss_weights: balanced`: each class's loss weighed by n / (classes × its training images) (scikit-learn's
-    "balanced" class_weight); `auto` (left unresolved by the stage, e.g. a bench): balanced where the training
-    classes are imbalanced (pipeline.scores.resolve_metric); `none`: None."""
-    how = spec.loss_weights
-    if how == "auto":
-        how = "none" if resolve_metric("auto", meta.counts_per_class.get("train", {}))[0] == "accuracy" else "balanced"
-    if how == "none":
+    "balanced" class_weight); `none`: None."""
+    if spec.loss_weights == "none":
         return None
     w = counts.sum() / (len(counts) * np.maximum(counts, 1))
     return torch.tensor(w, dtype=torch.float32, device=device)
-
-
-def resolve_remedies(spec: TrainSpec, metric: str) -> TrainSpec:
-    """`loss_weights: auto` made explicit by the run's resolved metric: balanced unless it is accuracy."""
-    if spec.loss_weights != "auto":
-        return spec
-    return replace(spec, loss_weights="none" if metric == "accuracy" else "balanced")
 
 
 def precision_callbacks(dtype: torch.dtype | None, device: torch.device) -> list:

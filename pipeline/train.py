@@ -24,8 +24,7 @@ from pipeline.folds import train_folds, train_refit
 from pipeline.hardware import pick_device
 from pipeline.io import staged
 from pipeline.member import TrainResult, train_arch, write_member
-from pipeline.params import TrainSpec, load_params, metric_param, seed_param, train_spec
-from pipeline.recipe import resolve_remedies
+from pipeline.params import TrainSpec, load_params, metric_param, resolve_remedies, seed_param, train_spec
 from pipeline.scores import resolve_metric
 
 

@@ -1,0 +1,244 @@
+"""Imbalanced classes: a photo folder of 60:1 through the pipeline, with its remedies off and on.
+
+Builds its own ImageFolder in the real layout from Fashion-MNIST (digits in --small mode, or where Fashion-MNIST is
+absent): train/<class>/ with 1 500 down to 25 images a class (geometric; class names with spaces and accents;
+PNG, JPEG, WebP and BMP files) and a balanced, labelled test/<class>/ of 100 a class. Then runs the stages
+in-process (prepare, train, ensemble) for each setting:
+- `off, metric accuracy`: no remedy, everything chosen by top-1 (what the pipeline did before `metric:`);
+- `off`: no remedy (loss_weights none, sampler shuffle, adjust none), balanced accuracy chooses;
+- `loss_weights`, `sampler`: one training remedy; `adjust`: the `off` models with post-hoc logit adjustment;
+- `default`: nothing set but `data:` (sampler auto -> balanced, adjust auto -> logit).
+The `archs`/`variants` entries are the project's params.yaml's (`--archs`; the ImageNet ones, 1 epoch from scratch
+and never in the blend, are left out by default). Each setting's row is written as soon as it is measured.
+Writes bench/results/imbalance.{json,md} (--out).
+Run:    python -m bench.imbalance [--small] [--archs logreg fast ...]   (full: ~10 min on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import yaml
+
+from bench.machine import ROOT, cpu_name, md_table, out_dir
+
+CACHE = ROOT / "bench" / "cache" / "imbalance"
+NAMES = ["T-shirt top", "Trouser", "Pull-over", "Dress", "Coat", "Sandale été", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FORMATS = ["png", "jpg", "webp", "bmp"]
+FULL = {"hi": 1500, "lo": 25, "test": 100}
+SMALL = {"hi": 100, "lo": 2, "test": 4, "classes": 3}
+ARCHS = ["logreg", "mlp", "fast", "fast-32", "fast-noflip"]
+OFF = {"loss_weights": "none", "sampler": "shuffle"}
+SETTINGS = {  # name -> (metric, train keys, ensemble keys, the training it shares)
+    "off, metric accuracy": ("accuracy", OFF, {"adjust": "none"}, "off"),
+    "off": ("auto", OFF, {"adjust": "none"}, "off"),
+    "adjust": ("auto", OFF, {"adjust": "logit"}, "off"),
+    "loss_weights": ("auto", {**OFF, "loss_weights": "balanced"}, {"adjust": "none"}, "loss_weights"),
+    "sampler": ("auto", {**OFF, "sampler": "balanced"}, {"adjust": "none"}, "sampler"),
+    "default": ("auto", {}, {}, "sampler"),  # sampler: auto resolves to the sampler setting's models here
+}
+
+
+def counts(cfg: dict, k: int) -> list[int]:
+    """Training images per class: geometric from `hi` down to `lo`."""
+    return [int(round(cfg["hi"] * (cfg["lo"] / cfg["hi"]) ** (i / (k - 1)))) for i in range(k)]
+
+
+def make_folder(root: Path, small: bool) -> tuple[Path, list[int]]:
+    """train/<class>/ (imbalanced) and test/<class>/ (balanced), mixed image formats; made once (a stamp)."""
+    from PIL import Image
+
+    from bench.scale import source_images
+
+    cfg = SMALL if small else FULL
+    x, y, src = source_images(small)
+    k = cfg.get("classes", len(NAMES))
+    n = counts(cfg, k)
+    stamp = root / ".complete"
+    if stamp.is_file():
+        return root, n
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    for c in range(k):
+        rows = rng.permutation(np.flatnonzero(y == c))[: n[c] + cfg["test"]]
+        for j, i in enumerate(rows):
+            split, fmt = ("train", FORMATS[j % 4]) if j < n[c] else ("test", "png")
+            path = root / split / NAMES[c] / f"img_{j}.{fmt}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img = Image.fromarray(x[i])
+            (img.convert("RGB") if fmt == "jpg" else img).save(path)
+    stamp.write_text(src + "\n")
+    return root, n
+
+
+def project_params(raw: Path, archs: list[str], small: bool) -> dict:
+    """The project's params.yaml with `data:` pointing at the folder and only `archs` kept."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    entries = {k: v for k, v in p["archs"].items() if k in archs}
+    variants = {k: v for k, v in (p.get("variants") or {}).items() if k in archs and v["of"] in entries}
+    p["data"] = {"name": "folder", "path": str(raw), "size": 28, "valid_pct": 0.1}
+    p["archs"], p["variants"] = entries, variants
+    if small:
+        p["train"] = {**p["train"], "bs": 16, "eval_bs": 64}
+        p["archs"] = {k: {**(v or {}), "epochs": 1} for k, v in entries.items()}
+        p["ensemble"] = {**p["ensemble"], "resamples": 200, "folds": 2}
+    return p
+
+
+def run_setting(name: str, base: dict, work: Path, trained: dict[str, Path]) -> dict:
+    """One setting: train (unless another setting trained the same models), then the ensemble stage."""
+    from ensembles import ensemble
+    from pipeline import train
+    from pipeline.params import model_names
+
+    metric, train_keys, ens_keys, group = SETTINGS[name]
+    p = json.loads(json.dumps(base))
+    p["metric"] = metric
+    p["train"] = {**p["train"], **train_keys}
+    p["ensemble"] = {**p["ensemble"], **ens_keys}
+    root = work / group
+    t0 = time.perf_counter()
+    if group not in trained:
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "data").mkdir(parents=True)
+        (root / "data" / "prepared").symlink_to(work / "prepared")
+        (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+        for key in model_names(p):
+            train.main(key, str(root / "params.yaml"), root)
+        trained[group] = root
+    m = ensemble.run(p, root)
+    k = len(m.per_class.test.rows)
+    rec = m.per_class.test.ensemble_report["recall"]
+    worst = int(np.argmin(rec))
+    return {
+        "setting": name,
+        "metric": m.judged_by(),
+        "members": [n for n, w in m.weights.items() if w > 0],
+        "strategy": m.chosen,
+        "tau": m.tau or 0.0,
+        "test_accuracy": m.test.accuracy,
+        "test_accuracy_ci95": m.test.ci95,
+        "test_balanced": m.test.balanced_accuracy,
+        "test_balanced_ci95": m.test.balanced_ci95,
+        "test_macro_f1": m.test.macro_f1,
+        "test_worst_recall": m.test.worst_recall,
+        "test_worst_class": NAMES[worst] if k <= len(NAMES) else worst,
+        "classes_never_right": sum(1 for r in rec if r == 0),
+        "valid_accuracy": m.valid.accuracy,
+        "valid_balanced": m.valid.balanced_accuracy,
+        "valid_balanced_ci95": m.valid.balanced_ci95,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def ci(v: list[float]) -> str:
+    return f"{100 * v[0]:.1f}–{100 * v[1]:.1f}"
+
+
+def markdown(r: dict) -> str:
+    rows = [
+        [
+            s["setting"],
+            s["metric"],
+            ", ".join(s["members"]),
+            s["tau"],
+            pct(s["test_accuracy"]),
+            f"{pct(s['test_balanced'])} [{ci(s['test_balanced_ci95'])}]",
+            pct(s["test_macro_f1"]),
+            f"{pct(s['test_worst_recall'])} ({s['test_worst_class']})",
+            f"{pct(s['valid_balanced'])} [{ci(s['valid_balanced_ci95'])}]",
+            pct(s["valid_accuracy"]),
+        ]
+        for s in r["settings"]
+    ]
+    head = [
+        "setting",
+        "metric",
+        "members (weight > 0)",
+        "τ",
+        "test top-1",
+        "test balanced acc [95 %]",
+        "test macro-F1",
+        "test worst recall",
+        "valid balanced acc [95 %]",
+        "valid top-1",
+    ]
+    lines = [
+        f"`python -m bench.imbalance{' --small' if r['small'] else ''}` on {r['cpu']}, {r['minutes']} min",
+        "",
+        f"train/ folders {r['train_counts'][0]:,} → {r['train_counts'][-1]:,} images a class ({r['ratio']:.0f}:1), "
+        f"prepared at 28 px; validation: a stratified 10 % of them (as imbalanced); test: {r['test_per_class']} a class "
+        f"(balanced). Archs: {', '.join(r['archs'])}. Test scores of the submission (ensemble.csv).",
+        "",
+        md_table(head, rows),
+    ]
+    by = {s["setting"]: s for s in r["settings"]}
+    if "default" in by and "off" in by:
+        d, o = by["default"], by["off"]
+        inside = d["test_balanced_ci95"][0] <= d["valid_balanced"] <= d["test_balanced_ci95"][1]
+        lines.append(
+            f"Default − off: balanced accuracy on test {100 * (d['test_balanced'] - o['test_balanced']):+.1f} points; "
+            f"classes never right on test: {d['classes_never_right']} (off: {o['classes_never_right']}); the "
+            f"default's validation balanced accuracy {pct(d['valid_balanced'])} is "
+            f"{'inside' if inside else 'outside'} its test interval [{ci(d['test_balanced_ci95'])}]."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.imbalance", description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_true", help="3 classes of digits, 50:1, one epoch of logreg (a test)")
+    ap.add_argument("--archs", nargs="+", default=None, help="archs/variants entries of params.yaml to train")
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=None, help="where results go (default: bench/results)")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: bench/cache/imbalance)")
+    args = ap.parse_args(argv)
+    from pipeline import prepare
+
+    archs = args.archs or (["logreg"] if args.small else ARCHS)
+    work = args.work or CACHE / ("small" if args.small else "full")
+    raw, n = make_folder(work / "raw", args.small)
+    base = project_params(raw, archs, args.small)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    t0 = time.perf_counter()
+    shutil.rmtree(work / "prepared", ignore_errors=True)
+    prepare.main(str(work / "params.yaml"), work / "prepared")
+    out = out_dir(args)
+    name = "imbalance_small" if args.small else "imbalance"
+    r = {
+        "cpu": cpu_name(),
+        "small": args.small,
+        "archs": archs,
+        "train_counts": n,
+        "ratio": n[0] / n[-1],
+        "test_per_class": (SMALL if args.small else FULL)["test"],
+        "settings": [],
+    }
+    trained: dict[str, Path] = {}
+    for s in args.settings:
+        r["settings"].append(run_setting(s, base, work, trained))
+        r["minutes"] = round((time.perf_counter() - t0) / 60, 1)
+        (out / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")  # each row as soon as it is measured
+        (out / f"{name}.md").write_text(markdown(r))
+        print(f"{s}: {json.dumps(r['settings'][-1])}", flush=True)
+    print(markdown(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
