@@ -36,6 +36,7 @@ from pipeline.contracts import (
     EnsembleModel,
     MemberMetrics,
     PreparedMeta,
+    Score,
     load_member_metrics,
     load_prepared_meta,
     rerun,
@@ -425,8 +426,17 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
     temps = calibrate_members(c, y) if cfg["calibrate"] == "temperature" else {}
     valid_acc = {n: member_score(p, y, metric) for n, p in zip(names, c.valid)}  # in the run's metric
     families = {n: str(cfg["families"].get(n) or family(c.info[n].arch, c.info[n].source)) for n in names}
+    top = max(names, key=lambda n: (valid_acc[n], n))
+    lo, hi = Score.of(score(c.valid[names.index(top)], y)).interval(metric) or (0.0, 0.0)  # no rows: no interval
     members = select(
-        valid_acc, families, cfg["threshold"], cfg["per_family"], cfg["on_empty"], cfg["select"], cfg["margin"]
+        valid_acc,
+        families,
+        cfg["threshold"],
+        cfg["per_family"],
+        cfg["on_empty"],
+        cfg["select"],
+        cfg["margin"],
+        noise=(hi - lo) / 2,  # what validation cannot tell from the best
     )
 
     def fit_on_of(ms: list[str]):

@@ -1,5 +1,5 @@
-"""Which models join the ensemble, by validation accuracy: those within a margin of the best (the default), or the
-benchmark's literal rule, an absolute threshold plus the best model of each family.
+"""Which models join the ensemble, by validation score in the run's metric: those within a margin of the best (the
+default), or the benchmark's literal rule, an absolute threshold plus the best model of each family.
 
 Plain functions on plain values (names, accuracies, architecture names); the stage is ensembles/ensemble.py.
 """
@@ -43,11 +43,13 @@ def select(
     on_empty: str = "warn",
     rule: str = "threshold",
     margin: float = 0.01,
+    noise: float = 0.0,
 ) -> list[str]:
     """Members in order of decreasing validation accuracy.
 
-    rule `margin`: every model whose valid accuracy is at most `margin` below the best one's, so a family is
-    represented only when it is competitive (with weights ∝ accuracy, a model 15 points behind still gets nearly an
+    rule `margin`: every model whose valid score is at most max(`margin`, `noise`) below the best one's (`noise`:
+    the half-width of the best's 95 % validation interval, so that a model the validation split cannot tell from
+    the best is not dropped for a difference of a few rows), so a family is represented only when it is competitive (with weights ∝ accuracy, a model 15 points behind still gets nearly an
     equal share). rule `threshold`: every model with valid accuracy ≥ threshold; with `per_family`, the best model
     of every family too, however weak. Nothing selected: the best single model with a warning, or an error when
     `on_empty` is `fail`.
@@ -56,7 +58,7 @@ def select(
         raise PipelineError("ensemble: no models to choose from")
     ranked = sorted(valid_acc, key=lambda n: (-valid_acc[n], n))
     if rule == "margin":
-        return [n for n in ranked if valid_acc[n] >= valid_acc[ranked[0]] - margin - 1e-12]
+        return [n for n in ranked if valid_acc[n] >= valid_acc[ranked[0]] - max(margin, noise) - 1e-12]
     chosen = {n for n in ranked if valid_acc[n] >= threshold}
     if per_family:
         best: dict[str, str] = {}

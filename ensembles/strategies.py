@@ -120,7 +120,11 @@ class EnsembleParams:
     """The `ensemble:` section (stage ensembles/ensemble.py): each key's default, check and why, once."""
 
     select: str = param("margin", one_of("margin", "threshold"), "which rule picks the members")
-    margin: float = param(0.01, is_float(0.0, 1.0, open_=False), "margin: valid accuracy ≥ the best's − margin")
+    margin: float = param(
+        0.01,
+        is_float(0.0, 1.0, open_=False),
+        "margin: valid score ≥ the best's − max(margin, its interval's half-width)",
+    )
     threshold: float = param(0.85, is_float(0.0, 1.0, open_=False), "threshold: valid accuracy ≥ threshold ...")
     per_family: bool = param(True, is_bool, "... plus the best model of every family")
     on_empty: str = param("warn", one_of("warn", "fail"), "none reaches the threshold: best single model, or fail")

@@ -1,7 +1,8 @@
 """Which device and which precision a stage runs with: the `device` and `precision` params -> torch objects.
 
-Devices: `auto` is the GPU of this process (cuda:LOCAL_RANK under torchrun) where CUDA is usable, else the CPU, and
-a torch built with CUDA that finds no usable GPU says so in one line, with torch's reason; `cuda` is that GPU too,
+Devices: `auto` is the GPU of this process (cuda:LOCAL_RANK under torchrun) where CUDA is usable, else the CPU; a
+CUDA build of torch that cannot use an NVIDIA GPU or driver present on the machine warns, with torch's reason and
+what to do (no NVIDIA device at all: nothing to say beyond the log line's `cpu`); `cuda` is that GPU too,
 `cuda:N` pins one; asking for CUDA where there is none is an error naming the key. Every stage's log line names
 the device and its precision (`describe`).
 
@@ -16,7 +17,6 @@ autocast on any CPU (correct everywhere, fast only with AVX512-BF16/AMX); `fp16`
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 
 import torch
@@ -46,15 +46,29 @@ def cuda_usable() -> tuple[bool, str]:
     return False, told[0] if told else "no NVIDIA GPU or driver found"
 
 
+NVIDIA_SIGNS = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvidiactl")
+
+
+def nvidia_present() -> bool:
+    """Is there an NVIDIA GPU or driver on this machine (the kernel driver's files), whether torch can use it or
+    not?"""
+    return any(os.path.exists(f) for f in NVIDIA_SIGNS)
+
+
 def _note_cpu_fallback(why: str) -> None:
-    if torch.version.cuda is not None and "fallback" not in _said:
-        _said.add("fallback")
-        print(
-            f"note: torch {torch.__version__} (a CUDA {torch.version.cuda} build) found no usable GPU ({why}): "
-            "running on the CPU",
-            file=sys.stderr,
-            flush=True,
-        )
+    """A CUDA build of torch on a machine where it finds no usable GPU. Loud where an NVIDIA GPU or driver is there
+    but unusable (a driver too old for this CUDA, a GPU too old for the wheels): that user expected the GPU. Silent
+    where no NVIDIA device exists at all: the stage's own log line says `cpu`, and a CPU machine with the CUDA
+    wheels (the default install) needs no note in every stage."""
+    if torch.version.cuda is None or "fallback" in _said or not nvidia_present():
+        return
+    _said.add("fallback")
+    warn(
+        f"torch {torch.__version__} (a CUDA {torch.version.cuda} build) cannot use this machine's NVIDIA GPU "
+        f"({why}): running on the CPU, many times slower. Update the NVIDIA driver (CUDA {torch.version.cuda} "
+        "needs a recent one: `nvidia-smi` shows yours), or install a torch build for your CUDA version "
+        "(https://pytorch.org/get-started/locally/)"
+    )
 
 
 def pick_device(name: str, key: str = "", where: str | None = None) -> torch.device:
@@ -66,13 +80,16 @@ def pick_device(name: str, key: str = "", where: str | None = None) -> torch.dev
     if name == "auto":
         ok, why = cuda_usable()
         if ok:
-            return torch.device(f"cuda:{rank % max(torch.cuda.device_count(), 1)}")
+            one_gpu_per_process(where)
+            return torch.device(f"cuda:{rank}")
         _note_cpu_fallback(why)
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         ok, why = cuda_usable()
         if not ok:
             raise PipelineError(f"{where} = {name!r}, but CUDA is not usable here ({why}); set it to auto or cpu")
+        if name == "cuda":
+            one_gpu_per_process(where)
         index = rank if name == "cuda" else int(name.split(":", 1)[1])
         if index >= torch.cuda.device_count():
             raise PipelineError(f"{where} = {name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
@@ -80,6 +97,19 @@ def pick_device(name: str, key: str = "", where: str | None = None) -> torch.dev
     if name == "mps" and not torch.backends.mps.is_available():
         raise PipelineError(f"{where} = 'mps', but MPS is not available here")
     return torch.device(name)
+
+
+def one_gpu_per_process(where: str) -> None:
+    """Under torchrun / `accelerate launch`, each process needs a GPU of its own: NCCL cannot run two ranks on one
+    device (it fails at the first collective). More processes on this node than GPUs is an error, said before any
+    work."""
+    procs = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)) + 1)
+    gpus = torch.cuda.device_count()
+    if procs > gpus:
+        raise PipelineError(
+            f"{where}: {procs} processes on this machine (torchrun --nproc_per_node {procs}) but {gpus} GPU(s): "
+            f"each process needs its own GPU; use --nproc_per_node {gpus}, or `device: cpu` for CPU processes"
+        )
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -127,10 +157,15 @@ def describe(device: torch.device, dtype: torch.dtype | None) -> str:
 
 def configure(device: torch.device, deterministic: bool) -> None:
     """Speed settings of a GPU run: cuDNN autotuning and TF32 matmuls and convolutions, unless `deterministic`
-    (bit-reproducible GPU runs: autotuning off, deterministic cuDNN kernels, full fp32). Nothing changes on a CPU."""
+    (bit-reproducible GPU runs: autotuning off, full fp32, and torch's deterministic algorithms — cuDNN's and
+    cuBLAS's, with the workspace setting cuBLAS needs for them; an operation that has no deterministic CUDA kernel
+    warns instead of failing the run). Nothing changes on a CPU, whose kernels are deterministic already."""
     if device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cuda.matmul.allow_tf32 = not deterministic
     torch.backends.cudnn.allow_tf32 = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its handle
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)

@@ -34,6 +34,7 @@ class Model:
 
         from pipeline import archs
         from pipeline.data import BatchTfm
+        from pipeline.hardware import configure
 
         weights = folder / "model.safetensors"
         self.spec = s = load_member_spec(folder / "spec.json", stage_key or folder.name)
@@ -68,6 +69,11 @@ class Model:
                 f"{weights}: does not fit {s.arch} (missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
         self.model.to(self.device).eval()
+        # as the train stage ran it, so predictions reproduce preds/<key>/: the device's settings (cuDNN
+        # autotuning, TF32, deterministic kernels) and the model's memory format
+        configure(self.device, bool(s.train.get("deterministic", False)))
+        if s.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.tfm = BatchTfm(s.size, s.mean, s.std, train=False, channels_last=s.channels_last)
         # on the device type it trained on, the precision the stage evaluated with (older specs: fp32, cpu), so
         # predictions match preds/<key>/; on another, that device's own (a GPU's bf16 model runs fp32 on a CPU)

@@ -22,6 +22,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a model hub
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# ------------------------------------------------------------------------------------------------ CPU unless `gpu`
+def hide_cuda(monkeypatch) -> None:
+    """This process and those it starts see no CUDA device: torch.cuda's queries say none, CUDA_VISIBLE_DEVICES is
+    empty. On a GPU machine `device: auto` would otherwise train the tests on CUDA in bf16, and the tests that
+    compare a log line, predictions against a CPU reload or two runs bit for bit would fail there."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_gpu(request, monkeypatch):
+    """Every test not marked `gpu` runs on the CPU, whatever machine runs the suite."""
+    if request.node.get_closest_marker("gpu") is None:
+        hide_cuda(monkeypatch)
+
+
 def pixels(x):
     """A reader's images as an array: an array as is, a Files decoded (bad training images dropped)."""
     return decoded(x)[0] if isinstance(x, Files) else x
@@ -189,6 +208,7 @@ ENV = {
     **os.environ,
     "PATH": f"{BIN}:{os.environ['PATH']}",
     "HF_HUB_OFFLINE": "1",
+    "CUDA_VISIBLE_DEVICES": "",  # the stages a test starts (dvc repro, predict) run on the CPU too
     "GIT_AUTHOR_NAME": "t",
     "GIT_AUTHOR_EMAIL": "t@t",
     "GIT_COMMITTER_NAME": "t",

@@ -1,6 +1,7 @@
 """Issue 19, what a CPU can decide: device and precision resolution on a faked CUDA machine (torch.cuda's queries
 patched), the CPU-fallback note, the params errors, the log line; and `gpu` tests that run only where CUDA is."""
 
+import os
 import warnings
 
 import numpy as np
@@ -39,8 +40,9 @@ def test_auto_and_cuda_resolve_to_a_concrete_gpu(fake_cuda, monkeypatch):
         H.pick_device("cuda:2", "big")
 
 
-def test_a_cuda_build_without_a_usable_gpu_says_why_then_uses_the_cpu(monkeypatch, capsys):
+def test_a_cuda_build_that_cannot_use_the_nvidia_gpu_warns_why_then_uses_the_cpu(monkeypatch, capsys):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(H, "nvidia_present", lambda: True)  # a GPU and a driver too old for CUDA 13
 
     def unavailable():
         warnings.warn(
@@ -52,12 +54,60 @@ def test_a_cuda_build_without_a_usable_gpu_says_why_then_uses_the_cpu(monkeypatc
     H._said.clear()
     assert H.pick_device("auto") == torch.device("cpu")
     err = capsys.readouterr().err
-    assert "found no usable GPU (CUDA initialization: The NVIDIA driver on your system is too old" in err
-    assert err.count("\n") == 1  # one line
+    assert (
+        err.startswith("warning: torch")
+        and "cannot use this machine's NVIDIA GPU (CUDA initialization: The NVIDIA" in err
+    )
+    assert "Update the NVIDIA driver" in err and err.count("\n") == 1  # one line, once per process
+    assert H.pick_device("auto") == torch.device("cpu") and capsys.readouterr().err == ""
     with pytest.raises(PipelineError, match=r"`archs.fast.device` = 'cuda', but CUDA is not usable here \(CUDA init"):
         H.pick_device("cuda", "fast")
     with pytest.raises(PipelineError, match=r"--device = 'cuda:0'"):
         H.pick_device("cuda:0", where="--device")
+
+
+def test_the_suite_stays_on_the_cpu_where_cuda_is_present(monkeypatch):
+    """On a GPU machine an unmarked test would train on CUDA; conftest's autouse fixture (hide_cuda) keeps it on the
+    CPU, in this process and in the stages a test starts."""
+    import os
+
+    from conftest import ENV, hide_cuda
+
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and ENV["CUDA_VISIBLE_DEVICES"] == ""  # the fixture ran here
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend: a machine with a GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert H.pick_device("auto") == torch.device("cuda:0")  # what an unguarded test would train on
+    hide_cuda(monkeypatch)
+    assert H.pick_device("auto") == torch.device("cpu")
+    with pytest.raises(PipelineError, match="CUDA is not usable"):
+        H.pick_device("cuda", "m")
+
+
+def test_a_cuda_build_on_a_machine_without_nvidia_says_nothing(monkeypatch, capsys):
+    """The default install (CUDA wheels) on a CPU machine: no note in every stage; the log line says `cpu`."""
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(H, "nvidia_present", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    H._said.clear()
+    assert H.pick_device("auto") == torch.device("cpu")
+    assert capsys.readouterr().err == ""
+
+
+def test_more_processes_than_gpus_is_a_named_error(fake_cuda, monkeypatch):
+    """torchrun --nproc_per_node 2 on a 1-GPU machine: two ranks on one GPU would fail in NCCL's first collective."""
+    fake_cuda["n"] = 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for name in ("auto", "cuda"):
+        with pytest.raises(PipelineError, match=r"2 processes on this machine .* but 1 GPU\(s\).*--nproc_per_node 1"):
+            H.pick_device(name, "fast")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert H.pick_device("auto") == torch.device("cuda:0")
+    assert H.pick_device("cpu") == torch.device("cpu")  # CPU processes (gloo) need no GPU
 
 
 @pytest.mark.parametrize(
@@ -115,13 +165,20 @@ def test_gpu_speed_settings_and_deterministic(monkeypatch):
         H.configure(torch.device("cuda:0"), deterministic=False)
         assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
         assert not torch.backends.cudnn.deterministic
+        assert not torch.are_deterministic_algorithms_enabled()
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
         H.configure(torch.device("cuda:0"), deterministic=True)
         assert not torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
         assert torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled()  # cuBLAS and scatter kernels too, not only cuDNN's
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        H.configure(torch.device("cuda:0"), deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
         before = torch.backends.cudnn.benchmark
         H.configure(torch.device("cpu"), deterministic=False)  # a CPU run changes nothing
         assert torch.backends.cudnn.benchmark == before
     finally:
+        torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:]
 
@@ -146,6 +203,42 @@ def test_the_stage_log_line_names_the_device(capsys):
     assert f"cpu, {torch.get_num_threads()} threads, fp32" in capsys.readouterr().out
 
 
+def trained_member(tmp_path, device="cpu", **keys):
+    """A small CNN trained by the pipeline and written as models/<key>/ is; returns (folder, TrainResult, arrays)."""
+    import json
+
+    from conftest import synth
+    from safetensors.torch import save_file
+
+    from pipeline.params import make_spec
+
+    arrays, meta = synth(n=96, size=16, c=1)
+    spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 3e-3, "precision": "fp32", **keys}, "t")
+    res = member.train_arch("m", spec, arrays, meta, seed=0, device=torch.device(device))
+    res.spec.key = "m"
+    (tmp_path / "m").mkdir()
+    save_file(
+        {k: v.cpu().contiguous() for k, v in res.model.state_dict().items()}, str(tmp_path / "m" / "model.safetensors")
+    )
+    (tmp_path / "m" / "spec.json").write_text(json.dumps(res.spec.to_json()))
+    return tmp_path / "m", res, arrays
+
+
+def test_predict_configures_the_device_and_memory_format_as_the_stage(tmp_path, monkeypatch):
+    """pipeline.predict's Model: the stage's device settings (`deterministic` included) and channels-last weights,
+    so that on a GPU its predictions reproduce preds/ (there TF32, cuDNN autotuning and the layout change them)."""
+    from pipeline.trained import Model
+
+    folder, res, arrays = trained_member(tmp_path, deterministic=True)
+    calls = []
+    monkeypatch.setattr(H, "configure", lambda device, deterministic: calls.append((device.type, deterministic)))
+    m = Model(folder, "cpu")
+    assert calls == [("cpu", True)]
+    conv = next(p for p in m.model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(m.predict_arrays(arrays["test_x"]), res.preds["test"], atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ on a GPU
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -168,23 +261,10 @@ def test_gpu_trains_a_tiny_net(precision):
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_predict_and_gradcam_match_the_cpu(tmp_path):
-    from conftest import synth
-
-    from pipeline.params import make_spec
     from pipeline.predict import Model
 
-    arrays, meta = synth(n=96, size=16, c=1)
-    spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 3e-3, "precision": "fp32"}, "t")
-    res = member.train_arch("m", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
-    res.spec.key = "m"
-    from safetensors.torch import save_file
-
-    (tmp_path / "m").mkdir()
-    save_file({k: v.cpu() for k, v in res.model.state_dict().items()}, str(tmp_path / "m" / "model.safetensors"))
-    import json
-
-    (tmp_path / "m" / "spec.json").write_text(json.dumps(res.spec.to_json()))
-    gpu, cpu = Model(tmp_path / "m", "cuda:0"), Model(tmp_path / "m", "cpu")
+    folder, res, arrays = trained_member(tmp_path, "cuda:0")
+    gpu, cpu = Model(folder, "cuda:0"), Model(folder, "cpu")
     pg, pc = gpu.predict_arrays(arrays["test_x"]), cpu.predict_arrays(arrays["test_x"])
     np.testing.assert_allclose(pg, res.preds["test"], atol=1e-5)  # on its device: the stage's own predictions
     np.testing.assert_allclose(pg, pc, atol=1e-3)  # TF32 and cuDNN kernels: close, not bitwise

@@ -1,5 +1,6 @@
 """Checks that keep the project's structure honest: requirements match imports, dvc.yaml's hand-kept deps cover
-each stage's imports, every `# noqa` names a rule ruff enables, commit subjects stay short."""
+each stage's imports, every `# noqa` names a rule ruff enables. Commit subjects are the maintainers' check
+.ci/commit_subjects, run by CI after the suite: a shallow clone or an archive has no history to read."""
 
 import ast
 import re
@@ -106,12 +107,11 @@ def test_every_noqa_names_an_enabled_rule():
                 assert any(code.startswith(p) for p in enabled), f"{f.name}:{i}: noqa {code}, a rule ruff does not run"
 
 
-CUTOFF = "d27410b"  # the last commit before subjects were held to 72 characters
-
-
-def test_commit_subjects_are_short():
-    r = subprocess.run(["git", "log", "--format=%s", f"{CUTOFF}..HEAD"], cwd=ROOT, capture_output=True, text=True)
+def test_the_commit_check_skips_a_shallow_clone(tmp_path):
+    """`git clone --depth 1` (notebooks, CI templates): no history, so the maintainers' check says so and passes."""
+    r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if r.returncode:
-        pytest.fail(f"git log {CUTOFF}..HEAD failed (not a full clone?): {r.stderr.strip()}")
-    long = [s for s in r.stdout.splitlines() if len(s) > 72]
-    assert not long, f"commit subjects over 72 characters: {long}"
+        pytest.skip("this checkout is not a git repository (an archive): nothing to clone")
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{ROOT}", str(tmp_path / "c")], check=True)
+    out = subprocess.run([tmp_path / "c" / ".ci" / "commit_subjects"], capture_output=True, text=True)
+    assert out.returncode == 0 and "skipped" in out.stdout, out.stdout + out.stderr
