@@ -99,6 +99,41 @@ def test_pretrained_vs_scratch(tmp_path):
     assert set(r["summary"]) == {"pretrained", "scratch"} and r["summary"]["scratch"]["n"] == 1
 
 
+def test_imbalance(tmp_path):
+    """The smallest mode: 3 classes of digits at 50:1, one epoch of logreg, every setting; a row each."""
+    from bench import imbalance
+
+    assert imbalance.main(["--small", "--out", str(tmp_path), "--work", str(tmp_path / "work")]) == 0
+    r = json.loads((tmp_path / "imbalance_small.json").read_text())
+    assert [s["setting"] for s in r["settings"]] == list(imbalance.SETTINGS) and r["ratio"] == 50
+    by = {s["setting"]: s for s in r["settings"]}
+    assert by["off, metric accuracy"]["metric"] == "accuracy" and by["default"]["metric"] == "balanced_accuracy"
+    assert by["adjust"]["tau"] >= 0 and by["off"]["tau"] == 0
+    for s in r["settings"]:
+        lo, hi = s["test_balanced_ci95"]
+        assert lo <= s["test_balanced"] <= hi
+    assert "| default | balanced_accuracy |" in (tmp_path / "imbalance_small.md").read_text()
+
+
+def test_pythons_check(tmp_path):
+    """The smallest mode: `make python` with this Python (supported) and a missing one (refused, saying what to
+    install); nothing installed."""
+    import sys
+
+    from bench import pythons
+
+    assert pythons.main(["--check", "--pythons", sys.executable, "--out", str(tmp_path)]) == 0
+    assert pythons.main(["--check", "--pythons", sys.executable, "no-such-python3", "--out", str(tmp_path)]) == 1
+    rows = json.loads((tmp_path / "pythons_check.json").read_text())["rows"]
+    v = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert (
+        rows[0]["check_rc"] == 0
+        and rows[0]["resolved"].startswith(f"Python {v}: ")
+        and f"venv-py{v}-" in rows[0]["resolved"]
+    )
+    assert rows[1]["check_rc"] != 0 and "Install one" in rows[1]["resolved"]
+
+
 def test_every_bench_script_has_a_smoke_test():
     here = Path(__file__).parent
     tested = "".join(p.read_text() for p in here.glob("test_*.py"))

@@ -1,0 +1,113 @@
+"""Set-up on other Pythons: a fresh clone, `make quick PYTHON=<python>` (its own virtual environment, the pinned
+requirements, the suite without the slow tests), per Python; what passed and how long it took.
+
+`--check` (the smallest mode, what the test runs): only `make python PYTHON=<python>`, which says which Python and
+virtual environment the set-up would use or what to install; nothing is installed.
+Writes bench/results/pythons.{json,md} (--out), a row as soon as each Python is measured.
+Run:    python -m bench.pythons [--pythons /usr/bin/python3.12 python3.13] [--check]
+        (a new Python downloads torch's CUDA wheels, several GB: minutes per Python)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.machine import ROOT, cpu_name, md_table
+
+PYENV = Path("/root/.pyenv/versions")
+
+
+def found() -> list[str]:
+    """python3.12 and python3.13 where this machine has them (on PATH, or pyenv's builds)."""
+    out = []
+    for v in ("3.12", "3.13"):
+        p = shutil.which(f"python{v}")
+        builds = sorted(PYENV.glob(f"{v}.*/bin/python{v}"))
+        if builds:
+            p = str(builds[-1])  # pyenv's shims answer only for the global version
+        if p:
+            out.append(p)
+    return out
+
+
+def make(target: str, python: str, cwd: Path, timeout: int = 5400) -> tuple[int, str, float]:
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p and "venv-" not in p)
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        ["make", "--no-print-directory", target, f"PYTHON={python}"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return r.returncode, r.stdout + r.stderr, time.perf_counter() - t0
+
+
+def measure(python: str, check: bool) -> dict:
+    row: dict = {"python": python}
+    rc, out, dt = make("python", python, ROOT)
+    said = [line for line in out.splitlines() if line.startswith(("Python ", "error:"))]
+    row |= {"resolved": said[0] if said else out.strip(), "check_rc": rc}
+    if check or rc:
+        return row
+    with tempfile.TemporaryDirectory() as d:
+        clone = Path(d) / "clone"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        rc, out, dt = make("quick", python, clone)
+    tail = out.strip().splitlines()[-1] if out.strip() else ""
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)", tail)}
+    return row | {"rc": rc, "minutes": round(dt / 60, 1), "summary": tail, **counts}
+
+
+def markdown(r: dict) -> str:
+    rows = [
+        [
+            x["python"],
+            x["resolved"],
+            x.get("minutes", "-"),
+            x.get("passed", "-"),
+            x.get("failed", 0) if "rc" in x else "-",
+            "ok" if x.get("rc", x["check_rc"]) == 0 else "failed",
+        ]
+        for x in r["rows"]
+    ]
+    head = ["python", "`make python` says", "minutes (fresh venv + quick suite)", "passed", "failed", "result"]
+    mode = " --check" if r["check"] else ""
+    return f"`python -m bench.pythons{mode}` on {r['cpu']}\n\n" + md_table(head, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.pythons", description=__doc__.split("\n")[0])
+    ap.add_argument("--pythons", nargs="+", default=None, help="interpreters (default: python3.12 and 3.13 found)")
+    ap.add_argument("--check", action="store_true", help="only `make python`: which Python and venv, no install")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args(argv)
+    pythons = args.pythons or found()
+    if not pythons:
+        print("no python3.12 or python3.13 on this machine: nothing to measure (--pythons to name one)")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "pythons_check" if args.check else "pythons"
+    r = {"cpu": cpu_name(), "check": args.check, "rows": []}
+    for p in pythons:
+        r["rows"].append(measure(p, args.check))
+        (args.out / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
+        (args.out / f"{name}.md").write_text(markdown(r))
+        print(json.dumps(r["rows"][-1]), flush=True)
+    print(markdown(r))
+    return 0 if all(x.get("rc", x["check_rc"]) == 0 for x in r["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
