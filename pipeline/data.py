@@ -202,6 +202,16 @@ class TensorDL(DataLoader):
             yield self.dataset[idxs[i : i + self.bs]]
 
 
+def make_pairs(arrays: dict, device=None) -> tuple[TensorPair, TensorPair]:
+    """The training and validation rows as TensorPairs: uploaded to a GPU once where both fit in a quarter of its
+    free memory (resident), else gathered per batch (pinned on a GPU, memory-mapped on a CPU)."""
+    device = torch.device(device) if device is not None else None
+    nbytes = sum(int(np.prod(Rows.of(arrays[k]).shape)) for k in ("train_x", "valid_x"))
+    resident = device is not None and fits_on(device, nbytes)
+    train = TensorPair(arrays["train_x"], arrays["train_y"], device, resident)
+    return train, TensorPair(arrays["valid_x"], arrays["valid_y"], device, resident)
+
+
 class BalancedDL(TensorDL):
     """A TensorDL whose epoch draws its rows with replacement, each ∝ `wgts` (`sampler: balanced`: 1 / its class's
     size, so every class is seen about equally often), from fastai's seeded per-loader rng. Without `wgts` (a copy
@@ -229,17 +239,16 @@ def make_dls(
     eval_bs: int = 1024,
     channels_last: bool = True,
     sample_weights: np.ndarray | None = None,
+    pairs: tuple[TensorPair, TensorPair] | None = None,
 ) -> DataLoaders:
     """Training and validation DataLoaders at image side `size`; `sample_weights` (one per training row): the
-    training loader draws rows ∝ them (BalancedDL)."""
+    training loader draws rows ∝ them (BalancedDL). `pairs`: the TensorPairs of make_pairs, made once per learner
+    and shared by every size (progressive resizing), so a GPU-resident copy is uploaded once."""
     n_train = len(arrays["train_y"])
     if bs > n_train:
         raise PipelineError(f"params.yaml: `bs` = {bs} is larger than the training set ({n_train} images)")
     device = torch.device(device) if device is not None else None
-    nbytes = sum(int(np.prod(Rows.of(arrays[k]).shape)) for k in ("train_x", "valid_x"))
-    resident = device is not None and fits_on(device, nbytes)
-    train = TensorPair(arrays["train_x"], arrays["train_y"], device, resident)
-    valid = TensorPair(arrays["valid_x"], arrays["valid_y"], device, resident)
+    train, valid = pairs or make_pairs(arrays, device)
     tr = (TensorDL if sample_weights is None else partial(BalancedDL, wgts=sample_weights))(
         train,
         bs=bs,

@@ -36,7 +36,9 @@ def data_parallel(learn: Learner, device: torch.device):
     """fastai's learn.distrib_ctx() for processes launched by torchrun or `accelerate launch`: NCCL with
     SyncBatchNorm on GPUs, gloo on CPU processes (Accelerate's cpu=True)."""
     kw = {"sync_bn": True} if device.type == "cuda" else {"sync_bn": False, "cpu": True}
-    learn.add_cb(AnyBackendTrainer(**kw))
+    # precision is fastai's (MixedPrecision's loss scaler, or Autocast): an accelerate config's `mixed_precision`
+    # (ACCELERATE_MIXED_PRECISION under `accelerate launch`) would autocast and scale the loss a second time
+    learn.add_cb(AnyBackendTrainer(mixed_precision="no", **kw))
     if rank_distrib():
         learn.remove_cb(ProgressCallback)
     try:

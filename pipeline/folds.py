@@ -55,6 +55,12 @@ def train_folds(key, spec: TrainSpec, arrays, meta, seed, device, live, evaluate
     return combine_folds(results, pool, splits, arrays, spec)
 
 
+def peak(metrics) -> int | None:
+    """The largest GPU peak among several models' metrics (each reset per model); None on a CPU."""
+    peaks = [m.peak_gpu_mib for m in metrics if m.peak_gpu_mib is not None]
+    return max(peaks) if peaks else None
+
+
 def combine_folds(results: list[TrainResult], pool, splits, arrays, spec: TrainSpec) -> TrainResult:
     """The entry's outputs from its fold models: valid and test predicted by their average, the out-of-fold
     predictions over the pool, and mean ± std of the fold models' held-out (CV) and validation accuracies."""
@@ -77,6 +83,7 @@ def combine_folds(results: list[TrainResult], pool, splits, arrays, spec: TrainS
         img_per_s=round(seen / train_s, 1) if train_s else 0.0,
         images_seen=sum(r.metrics.images_seen for r in results),
         eval_s=round(sum(r.metrics.eval_s for r in results), 2),
+        peak_gpu_mib=peak(r.metrics for r in results),
         train_images=len(pool),
         folds=FoldScores(
             k=len(results),
@@ -121,6 +128,7 @@ def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed
         test=r.metrics.test,
         train_s=round(v.train_s + r.metrics.train_s, 2),
         images_seen=v.images_seen + r.metrics.images_seen,
+        peak_gpu_mib=peak([v, r.metrics]),
         refit=Refit(
             train_images=r.metrics.train_images,
             lr=r.lr,

@@ -19,9 +19,9 @@ from pipeline.callbacks import live_callback
 from pipeline.contracts import MemberMetrics, MemberSpec, PreparedMeta, Score, save_member_metrics, save_member_spec
 from pipeline.data import BatchTfm
 from pipeline.distributed import data_parallel, say, share
-from pipeline.hardware import describe, dtype_name
+from pipeline.hardware import describe, dtype_name, pick_device
 from pipeline.infer import predict_probs
-from pipeline.params import TrainSpec
+from pipeline.params import TrainSpec, eval_batch
 from pipeline.recipe import Setup, budget_recipe, build_learner, fit_phases, pick_lr
 from pipeline.scores import score
 
@@ -71,9 +71,14 @@ def train_arch(
     validation split too (`arrays` then has an empty one), so nothing is validated; `evaluate=False`: a
     data-parallel rank other than 0, which trains in step and returns the model only."""
     budget = None
+    if device is None:  # under torchrun / accelerate launch each process takes its own GPU
+        device = pick_device("auto")
+    spec = eval_batch(spec, device.type)
     if spec.time_budget:
         spec, budget = budget_recipe(key, spec, arrays, meta, seed, device)
     learn, setup = build_learner(key, spec, arrays, meta, seed, device)
+    if setup.device.type == "cuda":  # this model's peak (from what it holds now), not the process's: folds, refit
+        torch.cuda.reset_peak_memory_stats(setup.device)
     fine_tune = bool(setup.pretrained)
     if fine_tune:
         learn.freeze()

@@ -29,11 +29,11 @@ from fastai.torch_core import set_seed, trainable_params
 from pipeline import archs as archs_mod
 from pipeline.callbacks import Autocast, EpochLog, NoValidation, Probe, StopOnNaN, TrimHeap
 from pipeline.contracts import PreparedMeta
-from pipeline.data import Rows, make_dls
+from pipeline.data import Rows, make_dls, make_pairs
 from pipeline.distributed import say, single_process
 from pipeline.errors import PipelineError, warn
 from pipeline.hardware import configure, pick_device, pick_dtype
-from pipeline.params import TrainSpec
+from pipeline.params import TrainSpec, eval_batch
 from pipeline.scores import resolve_metric
 from pipeline.splits import stratified_subset
 
@@ -76,6 +76,7 @@ def build_learner(
     # CPU runs are reproducible whatever the flag; on a GPU autotuning and TF32 unless `deterministic`
     set_seed(seed, reproducible=device.type != "cuda" or spec.deterministic)
     configure(device, spec.deterministic)
+    spec = eval_batch(spec, device.type)  # `eval_bs: auto` (the caller may have resolved it already)
     arch = archs_mod.resolve(spec.arch)
     h, _, n_in = meta.image_shape
     n_out = len(meta.classes)
@@ -112,9 +113,22 @@ def build_learner(
         )
     sample_weights = 1.0 / np.maximum(counts, 1)[arrays["train_y"]] if sampler == "balanced" else None
 
+    pairs = make_pairs(arrays, device)  # once: every phase's loaders share the (GPU-resident) rows
+
     def dls_at(size):
         return make_dls(
-            arrays, size, bs, mean, std, spec.flip, spec.pad, device, spec.eval_bs, spec.channels_last, sample_weights
+            arrays,
+            size,
+            bs,
+            mean,
+            std,
+            spec.flip,
+            spec.pad,
+            device,
+            spec.eval_bs,
+            spec.channels_last,
+            sample_weights,
+            pairs,
         )
 
     cbs = [StopOnNaN(key), TrimHeap(), *precision_callbacks(dtype, device)]
@@ -254,8 +268,22 @@ def probe_costs(
             probe = Probe()
             learn.fit(1, 1e-6, cbs=probe)
             vb = probe.per_batch("valid")
-            costs.append((probe.per_batch("train") / setup.bs, vb / spec.eval_bs if vb else 0.0))
-    return costs, len(setup.arrays["train_y"]), len(arrays["valid_y"])
+            eval_bs = eval_batch(spec, setup.device.type).eval_bs
+            costs.append((probe.per_batch("train") / setup.bs, vb / eval_bs if vb else 0.0))
+    n_train = len(setup.arrays["train_y"])
+    del learn, setup  # the throwaway learner's model, optimizer and (GPU-resident) data go before the real one
+    free_memory(device)
+    return costs, n_train, len(arrays["valid_y"])
+
+
+def free_memory(device) -> None:
+    """Let go of what dropped learners held: Python's cycles (fastai's callbacks refer back to the learner), then
+    the CUDA cache, so the next learner's peak is its own."""
+    import gc
+
+    gc.collect()
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def budget_recipe(

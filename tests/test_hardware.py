@@ -239,6 +239,95 @@ def test_predict_configures_the_device_and_memory_format_as_the_stage(tmp_path, 
     np.testing.assert_allclose(m.predict_arrays(arrays["test_x"]), res.preds["test"], atol=1e-6)
 
 
+def test_progressive_resizing_uploads_the_rows_once(monkeypatch):
+    """Where the rows fit on the device (a GPU; here the CPU made to look roomy), each phase's loaders share one
+    uploaded copy instead of uploading train and valid again while the previous copy is still referenced."""
+    from conftest import synth
+
+    from pipeline import data
+    from pipeline.params import make_spec
+
+    uploads = []
+    real = data.upload
+    monkeypatch.setattr(data, "fits_on", lambda device, nbytes, share=0.25: True)
+    monkeypatch.setattr(data, "upload", lambda x, device, rows=4096: uploads.append(len(x)) or real(x, device, rows))
+    arrays, meta = synth(n=48, size=16)
+    spec = make_spec({"arch": "cnn_small", "phases": [[12, 1], [16, 1]], "bs": 16, "lr": 1e-3}, "t")
+    member.train_arch("t", spec, arrays, meta, seed=0, device=torch.device("cpu"))
+    assert uploads == [len(arrays["train_y"]), len(arrays["valid_y"])]  # once each, for both phases
+
+
+def test_the_time_budget_probe_is_freed_before_training(monkeypatch):
+    import weakref
+
+    from conftest import synth
+
+    from pipeline.params import make_spec
+
+    built = []
+    real = recipe.build_learner
+
+    def spy(*a, **kw):
+        learn, setup = real(*a, **kw)
+        built.append(weakref.ref(learn))
+        return learn, setup
+
+    monkeypatch.setattr(recipe, "build_learner", spy)
+    arrays, meta = synth(n=48, size=16)
+    spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 1e-3, "time_budget": 1}, "t")
+    recipe.budget_recipe("t", spec, arrays, meta, 0, torch.device("cpu"))
+    assert len(built) == 1 and built[0]() is None  # the probe learner is gone once the recipe is chosen
+
+
+def test_accelerate_launch_leaves_mixed_precision_to_fastai(monkeypatch):
+    """`accelerate launch` with a config of `mixed_precision: fp16` sets ACCELERATE_MIXED_PRECISION; the trainer
+    asks accelerate for none, so fastai's MixedPrecision alone scales the loss."""
+    import fastai.distributed
+
+    from pipeline.distributed import data_parallel
+
+    made = []
+    monkeypatch.setattr(fastai.distributed, "Accelerator", lambda **kw: made.append(kw))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    learn = synth_learner()
+    with data_parallel(learn, torch.device("cpu")):
+        pass
+    assert made == [{"mixed_precision": "no", "cpu": True}]
+
+
+def synth_learner():
+    from conftest import synth
+    from fastai.learner import Learner
+
+    from pipeline.data import make_dls
+
+    arrays, _ = synth(n=32, size=8)
+    dls = make_dls(arrays, 8, 8, [0.5], [0.25], False, 0, torch.device("cpu"))
+    return Learner(
+        dls, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), loss_func=torch.nn.CrossEntropyLoss()
+    )
+
+
+def test_eval_batch_size_follows_the_device_unless_set():
+    from pipeline.params import eval_batch, make_spec
+
+    auto = make_spec({}, "t")
+    assert auto.eval_bs == "auto"
+    assert eval_batch(auto, "cpu").eval_bs == 128 and eval_batch(auto, "cuda").eval_bs == 1024
+    assert eval_batch(make_spec({"eval_bs": 64}, "t"), "cuda").eval_bs == 64
+    with pytest.raises(PipelineError, match=r"`t.eval_bs` = 0"):
+        make_spec({"eval_bs": 0}, "t")
+
+
+def test_peak_gpu_memory_of_folds_and_refit_is_the_largest_model_s():
+    from conftest import member_metrics
+
+    from pipeline.folds import peak
+
+    assert peak([member_metrics(peak_gpu_mib=m) for m in (300, 900, 500)]) == 900
+    assert peak([member_metrics(), member_metrics()]) is None  # CPU runs record none
+
+
 # ------------------------------------------------------------------------------------------------ on a GPU
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
