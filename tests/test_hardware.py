@@ -416,3 +416,98 @@ def test_gpu_nan_stop_is_an_error_not_a_hang():
     spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 1e9}, "t")
     with pytest.raises(PipelineError, match="training loss became"):
         member.train_arch("nan", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
+
+
+def gpu_env() -> dict:
+    """The environment of a process a `gpu` test starts: conftest's ENV with this machine's GPUs visible."""
+    import os
+
+    from conftest import ENV
+
+    env = dict(ENV)
+    env.pop("CUDA_VISIBLE_DEVICES")
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return env
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_predict_in_a_fresh_process_reproduces_the_stage(tmp_path):
+    """`pipeline.predict` starts a new process: its device settings (TF32, cuDNN) and layout must be the stage's,
+    or its predictions drift from preds/ (the in-process test cannot see that)."""
+    import subprocess
+    import sys
+
+    folder, res, arrays = trained_member(tmp_path, "cuda:0")
+    np.save(tmp_path / "x.npy", arrays["test_x"])
+    code = (
+        "import sys, numpy as np; from pipeline.trained import Model; "
+        f"np.save(sys.argv[1], Model(__import__('pathlib').Path({str(folder)!r}), 'cuda:0')"
+        f".predict_arrays(np.load({str(tmp_path / 'x.npy')!r})))"
+    )
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.npy")], cwd=ROOT, env=gpu_env(), text=True)
+    assert r.returncode == 0
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), res.preds["test"], atol=1e-5)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_pinned_path_time_budget_and_peak_memory(monkeypatch):
+    """Data too big to keep on the GPU (pinned host batches, non_blocking copies), `time_budget` timed on CUDA, and
+    a peak memory recorded per model: folds report their largest."""
+    from conftest import synth
+
+    from pipeline import data
+    from pipeline.params import make_spec
+
+    monkeypatch.setattr(data, "fits_on", lambda device, nbytes, share=0.25: False)  # not resident: pinned batches
+    arrays, meta = synth(n=120, size=16, c=3)
+    spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 3e-3, "time_budget": 3, "folds": 2}, "t")
+    res = train.train_entry("g", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
+    m = res.metrics
+    assert m.time_budget and m.time_budget["chosen"] and m.device == "cuda:0"
+    assert m.peak_gpu_mib and m.peak_gpu_mib == max(r.metrics.peak_gpu_mib for r in res.folds)
+    assert np.isfinite(res.preds["test"]).all()
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_deterministic_runs_are_bit_for_bit(tmp_path):
+    from conftest import synth
+
+    from pipeline.params import make_spec
+
+    arrays, meta = synth(n=96, size=16, c=3)
+    spec = make_spec({"arch": "cnn_small", "epochs": 2, "bs": 16, "lr": 3e-3, "deterministic": True}, "t")
+    a, b = (member.train_arch("d", spec, arrays, meta, seed=0, device=torch.device("cuda:0")) for _ in range(2))
+    assert torch.are_deterministic_algorithms_enabled()
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    assert np.array_equal(a.preds["test"], b.preds["test"])
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@needs_cuda
+def test_gpu_torchrun_one_process_trains_over_nccl(tmp_path):
+    """`torchrun --nproc_per_node 1` on the GPU: torchrun's environment (LOCAL_RANK, LOCAL_WORLD_SIZE) resolves to
+    cuda:0 and the stage writes once. (One process trains without DDP — fastai's num_distrib() is 1 — so NCCL's
+    collectives need a machine with two GPUs: `--nproc_per_node 2` there.)"""
+    import subprocess
+    import sys
+
+    from conftest import TINY, make_repo, run
+
+    repo = make_repo(tmp_path, {**TINY, "train": {**TINY["train"], "device": "auto"}})
+    run("dvc repro prepare", repo)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+    r = subprocess.run([*cmd, "-m", "pipeline.train", "mlp"], cwd=repo, env=gpu_env(), capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert out.count("mlp: valid acc") == 1 and "cuda:0" in out
+    m = __import__("json").loads((repo / "metrics" / "mlp.json").read_text())
+    assert m["device"] == "cuda:0" and 0 <= m["valid"]["accuracy"] <= 1
