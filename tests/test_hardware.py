@@ -379,6 +379,34 @@ def test_bench_gpu_without_cuda_says_so_and_skips(monkeypatch, capsys, tmp_path)
     assert "| train@a | 1 | 5 |" in md and "= 0.9" in md
 
 
+def test_bench_gpu_writes_each_step_as_it_ends_and_skips_past_its_time(monkeypatch, tmp_path, mnist_dir):
+    """Faked GPU and steps: the results file holds the tests' row before the repro starts, and a step that would
+    start after --minutes is named as skipped (a call that runs out of time keeps what it measured)."""
+    import json
+
+    from bench import gpu
+
+    monkeypatch.setattr(gpu, "gpu", lambda: "Fake GPU")
+    seen = []
+
+    def fake_repro(name, params):
+        seen.append(json.loads((tmp_path / "gpu_Fake-GPU.json").read_text()))  # what was on disk when it started
+        assert params["data"]["path"] == str(mnist_dir)  # the data it found
+        return {"total_s": 1, "ensemble_test": 0.9, "stages": {}}
+
+    monkeypatch.setattr(gpu, "run_tests", lambda: {"rc": 0, "summary": "9 passed", "wall_s": 1})
+    monkeypatch.setattr(gpu, "repro", fake_repro)
+    monkeypatch.setattr(gpu, "default_params", lambda: {"data": {"path": str(gpu.find_data(mnist_dir))}})
+    assert gpu.main(["--out", str(tmp_path), "--skip", "profile", "overhead"]) == 0
+    assert seen[0]["tests"]["summary"] == "9 passed" and "default" not in seen[0]
+    r = json.loads((tmp_path / "gpu_Fake-GPU.json").read_text())
+    assert r["default"]["ensemble_test"] == 0.9
+    assert gpu.main(["--out", str(tmp_path), "--minutes", "0"]) == 0
+    r = json.loads((tmp_path / "gpu_Fake-GPU.json").read_text())
+    assert len(r["skipped"]) == 4 and "past 0.0 min" in r["skipped"][0]
+    assert "skipped: tests: not started" in (tmp_path / "gpu_Fake-GPU.md").read_text()
+
+
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_folds_refit_lr_find_and_progressive_resizing():
