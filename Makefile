@@ -1,6 +1,7 @@
 # make repro : set up (virtual environment, requirements, the default data set), then `dvc repro`
 # make test  : the whole test suite, as CI runs it (sets up first if needed)
 # make quick : the suite without the slow end-to-end tests (real `dvc repro`, torchrun): a quick answer
+# make study : the seeds' GPU study (python -m bench.study)
 # make lint  : ruff check and format check
 # Python: PYTHON=..., else `python3` where it is a version the pinned libraries support (3.11, 3.12, 3.13: Debian
 # 13's 3.13, Ubuntu 24.04's and Colab's 3.12), else the first python3.13 / python3.12 / python3.11 on PATH.
@@ -60,7 +61,10 @@ test: setup  ## the whole test suite (CPU only, no network), as CI runs it
 quick: setup  ## the suite without the tests marked slow (real dvc repro, torchrun): a quick answer
 	HF_HUB_OFFLINE=1 python -m pytest
 
+study: setup  ## the seeds' study on a GPU: four ImageNet nets fine-tuned on CIFAR-10, ensembled (network needed)
+	python -m bench.study
+
 lint: setup  ## ruff lint and format check
 	ruff check . && ruff format --check .
 
-.PHONY: help python setup data repro test quick lint
+.PHONY: help python setup data repro test quick study lint

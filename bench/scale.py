@@ -255,7 +255,7 @@ def make_project(folder: Path, p: dict, stages_log: Path) -> Path:
 
 def sh(cmd: str, cwd: Path) -> tuple[float, str]:
     t0 = time.perf_counter()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {"HF_HUB_OFFLINE": "1", **os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env |= {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
     r = subprocess.run(cmd, shell=True, cwd=cwd, env=env, text=True, capture_output=True)
     if r.returncode:

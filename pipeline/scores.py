@@ -181,10 +181,8 @@ def resampled_counts(
         codes, n = np.unique(code[y == c], return_counts=True)
         draws = rng.multinomial(support[c], n / n.sum(), size=resamples)  # (resamples, joint predictions)
         for i in range(m):
-            pi = codes // k ** (m - 1 - i) % k
-            onehot = np.zeros((len(codes), k))
-            onehot[np.arange(len(codes)), pi] = 1
-            col[i] += draws @ onehot
+            pi = codes // k ** (m - 1 - i) % k  # model i's prediction of each joint prediction
+            np.add.at(col[i], (slice(None), pi), draws)
             tp[i, :, c] = draws[:, pi == c].sum(1)
     return tp, col, support
 

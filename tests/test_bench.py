@@ -134,6 +134,28 @@ def test_pythons_check(tmp_path):
     assert rows[1]["check_rc"] != 0 and "Install one" in rows[1]["resolved"]
 
 
+def test_study_small(tmp_path, monkeypatch):
+    """The seeds' study in its CPU mode: EfficientNet-Lite0's offline weights fine-tuned (a frozen epoch, two sizes)
+    beside logreg, through `dvc repro`, ensembled; and the GPU preset's shape."""
+    from bench import study
+
+    monkeypatch.setattr(study, "CACHE", tmp_path / "cache")
+    assert study.main(["--small", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "study_fashion-mnist-small.json").read_text())
+    assert set(r["models"]) == {"efficientnet_lite0", "logreg"} and r["ensemble"]["test"] is not None
+    assert r["models"]["efficientnet_lite0"]["valid"] > 0.3  # fine-tuned from real weights on 240 images
+    spec = json.loads(
+        (
+            tmp_path / "cache" / "fashion-mnist-small" / "repo" / "models" / "efficientnet_lite0" / "spec.json"
+        ).read_text()
+    )
+    assert spec["train"]["freeze_epochs"] == 1 and spec["train"]["phases"] == [[32, 1], [40, 1]] and spec["pretrained"]
+    p = study.preset("cifar10", "/data/cifar10")
+    tuned = [k for k, v in p["archs"].items() if v.get("pretrained") is True]
+    assert tuned == ["vgg19_bn", "resnet34", "densenet121", "efficientnet_b0"]
+    assert all(p["archs"][k]["phases"][0][0] >= 128 and p["archs"][k]["freeze_epochs"] for k in tuned)
+
+
 def test_every_bench_script_has_a_smoke_test():
     here = Path(__file__).parent
     tested = "".join(p.read_text() for p in here.glob("test_*.py"))
