@@ -314,7 +314,9 @@ def markdown_per_class(ens: EnsembleMetrics, classes: list[str], k: int = 15) ->
     return "\n".join(lines) + "\n"
 
 
-def groups(models: dict[str, MemberMetrics], group: dict[str, str], labeled: bool) -> list[dict]:
+def groups(
+    models: dict[str, MemberMetrics], group: dict[str, str], labeled: bool, metric: str = "accuracy"
+) -> list[dict]:
     """Mean ± std (over its models) of every `archs` entry with variants."""
     out = []
     for g in dict.fromkeys(group.values()):
@@ -323,18 +325,18 @@ def groups(models: dict[str, MemberMetrics], group: dict[str, str], labeled: boo
             continue
         row = {"group": g, "models": len(ns)}
         for split in ("valid", "test") if labeled else ("valid",):
-            a = 100 * np.array([getattr(models[n], split).accuracy for n in ns])
+            a = 100 * np.array([getattr(models[n], split).value(metric) for n in ns])
             row[split] = (round(float(a.mean()), 3), round(float(a.std(ddof=1)), 3))
         out.append(row)
     return out
 
 
-def markdown_groups(rows: list[dict], labeled: bool) -> str:
+def markdown_groups(rows: list[dict], labeled: bool, metric: str = "accuracy") -> str:
     if not rows:
         return ""
     splits = ("valid", "test") if labeled else ("valid",)
     lines = [
-        "\nModels of one `archs` entry (the entry and its `variants`), top-1 % mean ± std:\n",
+        f"\nModels of one `archs` entry (the entry and its `variants`), {METRIC_WORDS[metric]} % mean ± std:\n",
         "| entry | models | " + " | ".join(splits) + " |",
         "|---|---|" + "---|" * len(splits),
     ]
@@ -402,8 +404,8 @@ def markdown_refit(models: dict[str, MemberMetrics], labeled: bool) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- figures
-def fig_members(path: Path, by_size: list[SizeStep]) -> None:
-    """Accuracy of the accuracy-weighted blend of the k best models (by validation accuracy) against k."""
+def fig_members(path: Path, by_size: list[SizeStep], metric: str = "accuracy") -> None:
+    """The run's metric of the metric-weighted blend of the k best models (by validation) against k."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -412,8 +414,9 @@ def fig_members(path: Path, by_size: list[SizeStep]) -> None:
     if all(r.test is not None for r in by_size):
         ax.plot(k, [100 * r.test for r in by_size], "s--", label="test")
     ax.set_xticks(k, [f"{r.k}\n{r.added}" for r in by_size], fontsize=7)
-    ax.set(xlabel="models (best first by validation accuracy; the one added)", ylabel="top-1 %")
-    ax.set_title("accuracy-weighted ensemble of the k best models")
+    words = METRIC_WORDS[metric]
+    ax.set(xlabel=f"models (best first by validation {words}; the one added)", ylabel=f"{words} %")
+    ax.set_title(f"{'accuracy' if metric == 'accuracy' else words}-weighted ensemble of the k best models")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -673,18 +676,27 @@ def fig_feature_maps(path: Path, img: np.ndarray, model, n: int = 8) -> None:
     plt.close(fig)
 
 
-def fig_acc_time(path: Path, rows: list[dict]) -> None:
-    """Accuracy against training time (log scale): which models are worth their cost."""
+COLUMN = {"accuracy": "top1", "balanced_accuracy": "bal_acc", "macro_f1": "macro_f1"}  # the leaderboard's
+
+
+def fig_acc_time(path: Path, rows: list[dict], metric: str = "accuracy") -> None:
+    """The run's metric against training time (log scale): which models are worth their cost."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for r in rows:
         ens = r["model"].startswith("ensemble:")
         t = max(float(r["train_s"]), 0.1)
-        ax.scatter(t, r["top1"], marker="*" if ens else "o", s=120 if ens else 50, color="C3" if ens else "C0")
-        ax.annotate(r["model"], (t, r["top1"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        v = r[COLUMN[metric]]
+        if v == "":  # metrics that predate the metric
+            continue
+        ax.scatter(t, v, marker="*" if ens else "o", s=120 if ens else 50, color="C3" if ens else "C0")
+        ax.annotate(r["model"], (t, v), fontsize=7, xytext=(4, 2), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set(xlabel="training seconds (ensembles: sum of members')", ylabel="top-1 %", title="accuracy vs training time")
+    words = METRIC_WORDS[metric]
+    ax.set(
+        xlabel="training seconds (ensembles: sum of members')", ylabel=f"{words} %", title=f"{words} vs training time"
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -793,12 +805,12 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             w.writerows(rows)
-        group_rows = groups(models, {n: group_of(params, n) for n in names}, labeled)
+        group_rows = groups(models, {n: group_of(params, n) for n in names}, labeled, ens.judged_by())
         (out / "leaderboard.md").write_text(
             metric_line(ens)
             + markdown(rows, labeled, meta.counts.get("test", 1), ens.judged_by())
             + verdicts_md(ens, classes, root, labeled)
-            + markdown_groups(group_rows, labeled)
+            + markdown_groups(group_rows, labeled, ens.judged_by())
             + markdown_folds(models)
             + markdown_refit(models, labeled)
             + (
@@ -808,7 +820,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             )
         )
         if ens.by_size:
-            fig_members(figs / "accuracy_vs_members.png", ens.by_size)
+            fig_members(figs / "accuracy_vs_members.png", ens.by_size, ens.judged_by())
         fig_confusion(
             figs / "confusion_matrix.png", y, {best: best_p, f"ensemble ({ens.chosen})": ens_p}, classes, split
         )
@@ -819,7 +831,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         fig_predictions(figs / "predictions.png", x, y, ens_p, classes, seed=0)
         fig_lr_find(figs / "lr_find.png", lr_curves(root, models))
         fig_training(figs / "training_curves.png", {n: root / "dvclive" / n for n in names})
-        fig_acc_time(figs / "accuracy_vs_time.png", rows)
+        fig_acc_time(figs / "accuracy_vs_time.png", rows, ens.judged_by())
         look_inside(figs, root / "models" / best, x, y, best_p, classes, split)
     return rows
 

@@ -86,9 +86,9 @@ def resolve_metric(setting: str, train_counts: dict[str, int]) -> tuple[str, str
         return "balanced_accuracy", "auto: a class has no training images"
     ratio = max(n) / min(n)
     if ratio <= BALANCED_RATIO:
-        return "accuracy", f"auto: the training classes are balanced ({max(n)} to {min(n)} images, {ratio:.2g}:1)"
+        return "accuracy", f"auto: the training classes are balanced, {max(n):,} to {min(n):,} images ({ratio:.2g}:1)"
     return "balanced_accuracy", (
-        f"auto: the training classes are imbalanced ({max(n):,} to {min(n):,} images, {ratio:.0f}:1, beyond "
+        f"auto: the training classes are imbalanced, {max(n):,} to {min(n):,} images ({ratio:.0f}:1, beyond "
         f"{BALANCED_RATIO}:1), where top-1 rewards ignoring the small classes"
     )
 

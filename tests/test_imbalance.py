@@ -239,3 +239,28 @@ def test_balanced_data_keeps_accuracy_and_no_adjustment(skewed):
     assert m.metric == "accuracy" and m.tau is None
     accs = [m.models[n].valid.accuracy for n in m.members]
     np.testing.assert_allclose(list(m.weights.values()), np.array(accs) / sum(accs), atol=1e-6)
+
+
+def test_the_report_orders_by_the_run_s_metric_and_names_classes_never_predicted(skewed):
+    from pipeline import report as R
+    from pipeline.contracts import load_member_metrics
+
+    root, models, vy, ty = skewed
+    # a fourth model that never predicts the two small classes
+    major = np.where(np.isin(vy, [0, 1]), vy, 0), np.where(np.isin(ty, [0, 1]), ty, 0)
+    models["lazy"] = ("cnn4", "local", onehot(major[0], n=4), onehot(major[1], n=4))
+    params = write_run(root, models, vy, ty) | {"ensemble": {"select": "threshold", "threshold": 0.0}}
+    with_counts(root, [1000, 300, 40, 10])
+    ens = E.run(params, root)
+    metrics = {n: load_member_metrics(root / "metrics" / f"{n}.json", n) for n in models}
+    rows = [r for r in R.leaderboard(metrics, ens) if not r["model"].startswith("ensemble")]
+    bal = [r["bal_acc"] for r in rows]
+    assert bal == sorted(bal, reverse=True)  # by balanced accuracy, not by top-1
+    by = {r["model"]: r for r in rows}
+    assert by["lazy"]["worst_recall"] == 0 and by["lazy"]["bal_acc"] == 50
+    assert R.metric_line(ens).startswith("Metric: **balanced accuracy** (auto: the training classes are imbalanced")
+    classes = [f"class{i}" for i in range(4)]
+    md = R.markdown_class_report(ens, classes)
+    assert "| class | rows | submission P / R / F1 |" in md and "Per class on test" in md
+    lazy = E.per_class(models["lazy"][3], models["lazy"][3], ty, 4)
+    assert lazy["ensemble_report"]["recall"][2:] == [0.0, 0.0]
