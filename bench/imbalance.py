@@ -32,7 +32,10 @@ import yaml
 from bench.machine import ROOT, cpu_name, md_table, out_dir
 
 CACHE = ROOT / "bench" / "cache" / "imbalance"
-NAMES = ["T-shirt top", "Trouser", "Pull-over", "Dress", "Coat", "Sandale été", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+NAMES = [  # Fashion-MNIST's classes, as a user might name their folders: spaces, accents
+    *("T-shirt top", "Trouser", "Pull-over", "Dress", "Coat"),
+    *("Sandale été", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+]
 FORMATS = ["png", "jpg", "webp", "bmp"]
 FULL = {"hi": 1500, "lo": 25, "test": 100}
 SMALL = {"hi": 100, "lo": 2, "test": 4, "classes": 3}
@@ -180,7 +183,8 @@ def markdown(r: dict) -> str:
         f"`python -m bench.imbalance{' --small' if r['small'] else ''}` on {r['cpu']}, {r['minutes']} min",
         "",
         f"train/ folders {r['train_counts'][0]:,} → {r['train_counts'][-1]:,} images a class ({r['ratio']:.0f}:1), "
-        f"prepared at 28 px; validation: a stratified 10 % of them (as imbalanced); test: {r['test_per_class']} a class "
+        "prepared at 28 px; validation: a stratified 10 % of them (as imbalanced); "
+        f"test: {r['test_per_class']} a class "
         f"(balanced). Archs: {', '.join(r['archs'])}. Test scores of the submission (ensemble.csv).",
         "",
         md_table(head, rows),
@@ -190,7 +194,8 @@ def markdown(r: dict) -> str:
         d, o = by["default"], by["off"]
         inside = d["test_balanced_ci95"][0] <= d["valid_balanced"] <= d["test_balanced_ci95"][1]
         lines.append(
-            f"Default − off: balanced accuracy on test {100 * (d['test_balanced'] - o['test_balanced']):+.1f} points; "
+            "Default − off: balanced accuracy on test "
+            f"{100 * (d['test_balanced'] - o['test_balanced']):+.1f} points; "
             f"classes never right on test: {d['classes_never_right']} (off: {o['classes_never_right']}); the "
             f"default's validation balanced accuracy {pct(d['valid_balanced'])} is "
             f"{'inside' if inside else 'outside'} its test interval [{ci(d['test_balanced_ci95'])}]."

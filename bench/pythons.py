@@ -1,10 +1,11 @@
-"""Set-up on other Pythons: a fresh clone, `make quick PYTHON=<python>` (its own virtual environment, the pinned
-requirements, the suite without the slow tests), per Python; what passed and how long it took.
+"""Set-up on other Pythons: a fresh `git clone --depth 1` (what notebooks and CI templates make: no history), then
+`make quick PYTHON=<python>` (its own virtual environment, the pinned requirements, the suite without the slow
+tests; `--target test` for the whole suite), per Python; what passed and how long it took.
 
 `--check` (the smallest mode, what the test runs): only `make python PYTHON=<python>`, which says which Python and
 virtual environment the set-up would use or what to install; nothing is installed.
-Writes bench/results/pythons.{json,md} (--out), a row as soon as each Python is measured.
-Run:    python -m bench.pythons [--pythons /usr/bin/python3.12 python3.13] [--check]
+Writes bench/results/pythons_<target>.{json,md} (--out), a row as soon as each Python is measured.
+Run:    python -m bench.pythons [--pythons /usr/bin/python3.12 python3.13] [--target quick|test] [--check]
         (a new Python downloads torch's CUDA wheels, several GB: minutes per Python)
 """
 
@@ -54,7 +55,7 @@ def make(target: str, python: str, cwd: Path, timeout: int = 5400) -> tuple[int,
     return r.returncode, r.stdout + r.stderr, time.perf_counter() - t0
 
 
-def measure(python: str, check: bool) -> dict:
+def measure(python: str, check: bool, target: str = "quick") -> dict:
     row: dict = {"python": python}
     rc, out, dt = make("python", python, ROOT)
     said = [line for line in out.splitlines() if line.startswith(("Python ", "error:"))]
@@ -63,11 +64,12 @@ def measure(python: str, check: bool) -> dict:
         return row
     with tempfile.TemporaryDirectory() as d:
         clone = Path(d) / "clone"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        rc, out, dt = make("quick", python, clone)
-    tail = out.strip().splitlines()[-1] if out.strip() else ""
+        subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{ROOT}", str(clone)], check=True)
+        rc, out, dt = make(target, python, clone)
+    summary = [line for line in out.splitlines() if re.search(r"\d+ (passed|failed)", line)]  # pytest's last line
+    tail = summary[-1].strip("= ") if summary else out.strip()[-300:]
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)", tail)}
-    return row | {"rc": rc, "minutes": round(dt / 60, 1), "summary": tail, **counts}
+    return row | {"target": target, "rc": rc, "minutes": round(dt / 60, 1), "summary": tail, **counts}
 
 
 def markdown(r: dict) -> str:
@@ -75,6 +77,7 @@ def markdown(r: dict) -> str:
         [
             x["python"],
             x["resolved"],
+            x.get("target", "-"),
             x.get("minutes", "-"),
             x.get("passed", "-"),
             x.get("failed", 0) if "rc" in x else "-",
@@ -82,8 +85,8 @@ def markdown(r: dict) -> str:
         ]
         for x in r["rows"]
     ]
-    head = ["python", "`make python` says", "minutes (fresh venv + quick suite)", "passed", "failed", "result"]
-    mode = " --check" if r["check"] else ""
+    head = ["python", "`make python` says", "make target", "minutes", "passed", "failed", "result"]
+    mode = " --check" if r["check"] else f" --target {r['target']}"
     return f"`python -m bench.pythons{mode}` on {r['cpu']}\n\n" + md_table(head, rows)
 
 
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.pythons", description=__doc__.split("\n")[0])
     ap.add_argument("--pythons", nargs="+", default=None, help="interpreters (default: python3.12 and 3.13 found)")
     ap.add_argument("--check", action="store_true", help="only `make python`: which Python and venv, no install")
+    ap.add_argument("--target", default="quick", choices=["quick", "test"], help="the make target run in the clone")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
     pythons = args.pythons or found()
@@ -98,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         print("no python3.12 or python3.13 on this machine: nothing to measure (--pythons to name one)")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "pythons_check" if args.check else "pythons"
-    r = {"cpu": cpu_name(), "check": args.check, "rows": []}
+    name = "pythons_check" if args.check else f"pythons_{args.target}"
+    r = {"cpu": cpu_name(), "check": args.check, "target": args.target, "rows": []}
     for p in pythons:
-        r["rows"].append(measure(p, args.check))
+        r["rows"].append(measure(p, args.check, args.target))
         (args.out / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
         (args.out / f"{name}.md").write_text(markdown(r))
         print(json.dumps(r["rows"][-1]), flush=True)

@@ -1,8 +1,8 @@
 """Stage `ensemble`: blend the trained models' predictions; write Kaggle-style submissions.
 
-Reads:  params.yaml (`seed`, `metric`, `train`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json, train_y.npy, valid_y.npy,
-        test_y.npy, test_ids.json}, preds/<name>/{valid,test}.npy (and oof.npy, oof_rows.npy of `folds` entries)
-        and metrics/<name>.json for every model (never the models).
+Reads:  params.yaml (`seed`, `metric`, `train`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json,
+        train_y.npy, valid_y.npy, test_y.npy, test_ids.json}, preds/<name>/{valid,test}.npy (and oof.npy,
+        oof_rows.npy of `folds` entries) and metrics/<name>.json for every model (never the models).
 Writes: submissions/<name>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
         (the chosen strategy's probabilities); ensemble/metrics.json (every strategy's members, weights, scores;
         the gain over the best model; accuracy against the number of members);
@@ -10,9 +10,10 @@ Writes: submissions/<name>.csv for every model and submissions/ensemble.csv; ens
 Run:    python -m ensembles.ensemble        (or `dvc repro ensemble`)
 
 Everything is decided by the run's metric (`metric:`; auto: accuracy on balanced training classes, else balanced
-accuracy): members, weights, the strategy, the comparisons. Selection uses the validation split. Weights and the stacker fit on the validation split, or, when every member
-is a `folds` entry, on their out-of-fold predictions over the training split (the validation split then scores
-them untouched). Test labels are read only to report test scores.
+accuracy): members, weights, the strategy, the comparisons. Selection uses the validation split. Weights and the
+stacker fit on the validation split, or, when every member is a `folds` entry, on their out-of-fold predictions over
+the training split (the validation split then scores them untouched). Test labels are read only to report test
+scores.
 """
 
 from __future__ import annotations

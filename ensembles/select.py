@@ -45,13 +45,13 @@ def select(
     margin: float = 0.01,
     noise: float = 0.0,
 ) -> list[str]:
-    """Members in order of decreasing validation accuracy.
+    """Members in order of decreasing validation score (`valid_acc`: in the run's metric).
 
     rule `margin`: every model whose valid score is at most max(`margin`, `noise`) below the best one's (`noise`:
     the half-width of the best's 95 % validation interval, so that a model the validation split cannot tell from
-    the best is not dropped for a difference of a few rows), so a family is represented only when it is competitive (with weights ∝ accuracy, a model 15 points behind still gets nearly an
-    equal share). rule `threshold`: every model with valid accuracy ≥ threshold; with `per_family`, the best model
-    of every family too, however weak. Nothing selected: the best single model with a warning, or an error when
+    the best is not dropped for a difference of a few rows), so a family is represented only when it is competitive
+    (with weights ∝ accuracy, a model 15 points behind still gets nearly an equal share). rule `threshold`: every
+    model with valid score ≥ threshold; with `per_family`, the best model of every family too, however weak. Nothing selected: the best single model with a warning, or an error when
     `on_empty` is `fail`.
     """
     if not valid_acc:

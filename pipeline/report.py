@@ -167,7 +167,8 @@ def markdown(rows: list[dict], labeled: bool, n_test: int = 1, metric: str = "ac
         f"Scores on the {what} split, in %, best first by {METRIC_WORDS[metric]}: top-1 with its 95 % Wilson "
         "interval over the split's rows (`top1_ci95`); balanced accuracy (mean per-class recall, `bal_acc`) with its "
         "class-stratified bootstrap interval, macro-F1 and the worst class's recall (`worst_recall`); each rounded "
-        "to what its interval supports; `valid_*` on validation. Whether two models differ is the paired comparison's to say "
+        "to what its interval supports; `valid_*` on validation. Whether two models differ is the paired "
+        "comparison's to say "
         "(below; `python -m pipeline.compare A B` for any two). `nll` (log-loss) and `ece` (15 bins) on the same "
         "split. Budgets: `images_seen` = epochs × training images, `train_s` the training seconds; "
         "`param_count` in millions; an ensemble's cost is the sum of its members'. `weight`: the model's weight in "
@@ -247,10 +248,11 @@ def markdown_leave_one_out(ens: EnsembleMetrics) -> str:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        t = pct(r.test, metric=ens.judged_by()) if labeled else "-"
+        metric = ens.judged_by()
+        t = pct(r.test, metric=metric) if labeled else "-"
         ft = verdict(r.full_vs_without["test"]) if labeled else "-"
         lines.append(
-            f"| {r.without} | {pct(r.valid, metric=ens.judged_by())} | {t} | {verdict(r.full_vs_without['valid'])} | {ft} |"
+            f"| {r.without} | {pct(r.valid, metric=metric)} | {t} | {verdict(r.full_vs_without['valid'])} | {ft} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -98,9 +98,8 @@ def imbalance_line(train_counts: dict[str, int], metric: str) -> str:
     n = list(train_counts.values())
     hi, lo = max(n), min(n)
     ratio = f"{hi / lo:.0f}:1" if lo else "a class is empty"
-    return (
-        f"classes range {hi:,} → {lo:,} training images ({ratio}): the benchmark's metric is {metric.replace('_', ' ')}"
-    )
+    words = metric.replace("_", " ")
+    return f"classes range {hi:,} → {lo:,} training images ({ratio}): the benchmark's metric is {words}"
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:

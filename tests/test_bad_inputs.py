@@ -55,6 +55,7 @@ def fmnist_repo(tmp_path: Path, path: str) -> Path:
     return make_repo(tmp_path, params)
 
 
+@pytest.mark.slow  # a real `dvc repro`: `make quick` runs none
 @pytest.mark.parametrize("where", ["in the repo", "absolute path"])
 def test_a_changed_raw_file_reruns_prepare(tmp_path, where):
     repo = fmnist_repo(tmp_path, "data/raw/fm" if where == "in the repo" else str(tmp_path / "elsewhere" / "fm"))
