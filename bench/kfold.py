@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     c = ensemble.load_candidates(
         m.members, len(vy), len(ty), n_classes, WORK, n_train=len(np.load(prep / "train_y.npy"))
     )
-    cfg = ensemble_params(ens_params)
+    cfg = ensemble_params(ens_params) | {"metric": m.judged_by()}
     on_valid = ensemble.run_strategies(c.valid, vy, c.test, ty, m.members, cfg, 0)
     fitted = ("greedy", "logloss", "stacking")
     fits = {

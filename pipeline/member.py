@@ -156,6 +156,7 @@ def member_metrics(f: Fitted, preds: dict, held_out: tuple | None, eval_s: float
         peak_gpu_mib=round(torch.cuda.max_memory_allocated(setup.device) / 2**20)
         if setup.device.type == "cuda"
         else None,
+        sampler=setup.sampler,
         arch=setup.arch.name,
         source=setup.arch.source,
         pretrained=bool(setup.pretrained),

@@ -55,6 +55,7 @@ class Setup:
     native: int  # the prepared image side
     arrays: dict[str, np.ndarray]  # after `train_limit`
     dls_at: Callable[[int], object]  # image side -> DataLoaders
+    sampler: str = "shuffle"  # how an epoch draws its rows: shuffle | balanced (`sampler: auto` resolved)
 
 
 def training_pool(arrays: dict, spec: TrainSpec, seed: int) -> np.ndarray:
@@ -149,7 +150,7 @@ def build_learner(
     if not sys.stdout.isatty():
         learn.remove_cb(ProgressCallback)
         learn.logger = EpochLog(learn)
-    setup = Setup(arch, phases, pretrained, mean, std, dtype, device, bs, n_in, n_out, h, arrays, dls_at)
+    setup = Setup(arch, phases, pretrained, mean, std, dtype, device, bs, n_in, n_out, h, arrays, dls_at, sampler)
     return learn, setup
 
 

@@ -216,6 +216,7 @@ ENV = {
 }
 TINY = {
     "seed": 0,
+    "metric": "auto",  # dvc.yaml's stages declare it
     "data": {"name": "digits", "path": str(digits_file()), "limit": 300, "test_limit": 100},
     "train": {"epochs": 1, "bs": 32, "lr": 0.01, "tta": False, "flip": False, "pad": 0},  # digits: no mirror images
     "archs": {"logreg": {}, "mlp": {"epochs": 2}},

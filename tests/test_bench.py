@@ -149,7 +149,7 @@ def test_study_small(tmp_path, monkeypatch):
             tmp_path / "cache" / "fashion-mnist-small" / "repo" / "models" / "efficientnet_lite0" / "spec.json"
         ).read_text()
     )
-    assert spec["train"]["freeze_epochs"] == 1 and spec["train"]["phases"] == [[32, 1], [40, 1]] and spec["pretrained"]
+    assert spec["train"]["freeze_epochs"] == 1 and spec["train"]["phases"] == [[48, 2], [64, 1]] and spec["pretrained"]
     p = study.preset("cifar10", "/data/cifar10")
     tuned = [k for k, v in p["archs"].items() if v.get("pretrained") is True]
     assert tuned == ["vgg19_bn", "resnet34", "densenet121", "efficientnet_b0"]

@@ -137,14 +137,15 @@ def test_balanced_class_weights_and_sampler():
     spec = make_spec({"epochs": 1, "bs": 10, "lr": 0.01, "arch": "logreg", "loss_weights": "balanced"})
     assert spec.sampler == "auto" and resolve_remedies(spec, "accuracy").sampler == "shuffle"
     assert resolve_remedies(spec, "macro_f1").sampler == "balanced"  # the stage resolves it by the run's metric
-    learn, _ = build_learner("logreg", spec, arrays, meta, 0, torch.device("cpu"))
+    learn, setup = build_learner("logreg", spec, arrays, meta, 0, torch.device("cpu"))
+    assert setup.sampler == "balanced"  # what metrics/<key>.json records, and the ensemble's adjust: auto reads
     np.testing.assert_allclose(learn.loss_func.func.weight.numpy(), 60 / (3 * np.array([40, 15, 5])), rtol=1e-6)
     drawn = np.concatenate([learn.dls.train.get_idxs() for _ in range(50)])
     shares = np.bincount(arrays["train_y"][drawn], minlength=3) / len(drawn)
     np.testing.assert_allclose(shares, 1 / 3, atol=0.05)  # sampler auto on 8:1 data; shuffled, class 2 is 1/12
     off = make_spec({"epochs": 1, "bs": 10, "lr": 0.01, "arch": "logreg", "sampler": "shuffle"})
-    learn, _ = build_learner("logreg", off, arrays, meta, 0, torch.device("cpu"))
-    assert learn.loss_func.func.weight is None
+    learn, setup = build_learner("logreg", off, arrays, meta, 0, torch.device("cpu"))
+    assert learn.loss_func.func.weight is None and setup.sampler == "shuffle"
     drawn = np.concatenate([learn.dls.train.get_idxs() for _ in range(5)])
     assert sorted(drawn[:60]) == list(range(60))  # a plain shuffle: each row once an epoch
 
@@ -197,8 +198,13 @@ def test_the_stage_is_judged_by_balanced_accuracy_and_adjusts_logits(skewed):
     root, models, vy, ty = skewed
     params = write_run(root, models, vy, ty) | {"ensemble": {"select": "threshold", "threshold": 0.0}}
     with_counts(root, [1000, 300, 40, 10])
-    assert E.run(params, root).tau is None  # `sampler: auto` -> balanced: the members learnt no prior to take off
-    params["train"] = {"sampler": "shuffle"}  # members that learnt the training prior
+    for n in models:  # members trained with balanced sampling learnt no prior to take off: no adjustment
+        f = root / "metrics" / f"{n}.json"
+        f.write_text(json.dumps(json.loads(f.read_text()) | {"sampler": "balanced"}))
+    assert E.run(params, root).tau is None
+    write_run(root / "shuffled", models, vy, ty)  # members that learnt the training prior (sampler: shuffle)
+    root = root / "shuffled"
+    with_counts(root, [1000, 300, 40, 10])
     m = E.run(params, root)
     assert m.metric == "balanced_accuracy" and "imbalanced" in m.metric_why
     bal = {n: m.models[n].valid.balanced_accuracy for n in m.members}
@@ -217,7 +223,7 @@ def test_the_stage_is_judged_by_balanced_accuracy_and_adjusts_logits(skewed):
 
 def test_shuffled_test_labels_change_no_tau_weight_or_member(skewed, tmp_path_factory):
     root, models, vy, ty = skewed
-    cfg = {"ensemble": {"select": "margin", "method": "best"}, "train": {"sampler": "shuffle"}}
+    cfg = {"ensemble": {"select": "margin", "method": "best"}}
     a_params = write_run(root, models, vy, ty) | cfg
     with_counts(root, [1000, 300, 40, 10])
     a = E.run(a_params, root)
