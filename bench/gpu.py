@@ -72,12 +72,7 @@ def repro(name: str, params: dict) -> dict:
     from bench import scale
     from pipeline.contracts import load_ensemble_metrics, load_member_metrics
 
-    folder = CACHE / name
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder / "stages.jsonl"
-    log.unlink(missing_ok=True)
-    repo = scale.make_project(folder, params, log)
-    total, _ = scale.sh("dvc repro", repo)
+    repo, total, log = scale.repro_project(CACHE / name, params)
     stages = {}
     for line in log.read_text().splitlines():
         r = json.loads(line)

@@ -253,6 +253,17 @@ def make_project(folder: Path, p: dict, stages_log: Path) -> Path:
     return repo
 
 
+def repro_project(folder: Path, p: dict) -> tuple[Path, float, Path]:
+    """A fresh project of params `p` in folder/repo and its `dvc repro`, every stage measured:
+    (the repo, the seconds it took, the stages' log)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "stages.jsonl"
+    log.unlink(missing_ok=True)
+    repo = make_project(folder, p, log)
+    total, _ = sh("dvc repro", repo)
+    return repo, total, log
+
+
 def sh(cmd: str, cwd: Path) -> tuple[float, str]:
     t0 = time.perf_counter()
     env = {"HF_HUB_OFFLINE": "1", **os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -75,12 +75,7 @@ def run(p: dict, name: str) -> dict:
     from bench import scale
     from pipeline.contracts import load_ensemble_metrics
 
-    folder = CACHE / name
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder / "stages.jsonl"
-    log.unlink(missing_ok=True)
-    repo = scale.make_project(folder, p, log)
-    total, _ = scale.sh("dvc repro", repo)
+    repo, total, _ = scale.repro_project(CACHE / name, p)
     ens = load_ensemble_metrics(repo / "ensemble" / "metrics.json")
     k = ens.judged_by()
     models = {
