@@ -1,10 +1,12 @@
 """Command `python -m pipeline.compare A B`: is model A better than model B, on the same rows?
 
 A and B name models of the run (`preds/<name>/`) or `ensemble` (the submission, `ensemble/preds/`). For the
-validation split and, where it has labels, the test split: both accuracies with their 95 % Wilson intervals, the
-difference with a paired bootstrap 95 % interval (seeded) and McNemar's exact p-value, and whether the split
-resolves it (p < 0.05). Reads nothing else and writes nothing.
-Run:    python -m pipeline.compare fast fast-32 [--resamples 2000] [--seed 42] [--json]
+validation split and, where it has labels, the test split, in the run's metric (params.yaml `metric`; auto:
+accuracy on balanced training classes, else balanced accuracy; `--metric` to choose): both scores with their 95 %
+intervals, the difference with a paired bootstrap 95 % interval (seeded; class-stratified beside accuracy) and its
+p-value (McNemar's exact for accuracy), and whether the split resolves it (p < 0.05). Reads params.yaml's `metric`
+and data/prepared; writes nothing.
+Run:    python -m pipeline.compare fast fast-32 [--metric auto] [--resamples 2000] [--seed 42] [--json]
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 
 from pipeline.contracts import load_prepared_meta
 from pipeline.errors import PipelineError
-from pipeline.scores import compare, score, verdict
+from pipeline.params import load_params, metric_param
+from pipeline.scores import compare, resolve_metric, score, verdict
 
 
 def probs_of(name: str, split: str, root: Path) -> np.ndarray:
@@ -32,8 +35,10 @@ def probs_of(name: str, split: str, root: Path) -> np.ndarray:
     return np.load(f, allow_pickle=False)
 
 
-def run(a: str, b: str, root: Path = Path("."), seed: int = 42, resamples: int = 2000) -> dict:
-    """{split: {a: score, b: score, "a_vs_b": comparison}} on every labelled split."""
+def run(
+    a: str, b: str, root: Path = Path("."), seed: int = 42, resamples: int = 2000, metric: str = "accuracy"
+) -> dict:
+    """{split: {a: score, b: score, "a_vs_b": comparison in `metric`}} on every labelled split."""
     prep = root / "data" / "prepared"
     meta = load_prepared_meta(prep / "meta.json")
     out = {}
@@ -45,20 +50,33 @@ def run(a: str, b: str, root: Path = Path("."), seed: int = 42, resamples: int =
         for n, p in ((a, pa), (b, pb)):
             if len(p) != len(y):
                 raise PipelineError(f"{n}: {len(p)} {split} predictions for {len(y)} rows: a stale stage; `dvc repro`")
-        out[split] = {a: score(pa, y), b: score(pb, y), "a_vs_b": compare(pa, pb, y, seed, resamples)}
+        out[split] = {a: score(pa, y), b: score(pb, y), "a_vs_b": compare(pa, pb, y, seed, resamples, metric)}
     return out
 
 
-def words(a: str, b: str, res: dict) -> str:
+CI_KEY = {"accuracy": "ci95", "balanced_accuracy": "balanced_ci95", "macro_f1": "macro_f1_ci95"}
+
+
+def words(a: str, b: str, res: dict, metric: str = "accuracy") -> str:
     lines = []
+    test = "McNemar exact" if metric == "accuracy" else "class-stratified"
     for split, r in res.items():
         sa, sb = r[a], r[b]
-        ci = lambda s: f"[{100 * s['ci95'][0]:.2f}, {100 * s['ci95'][1]:.2f}]"
+        ci = lambda s: f"[{100 * s[CI_KEY[metric]][0]:.2f}, {100 * s[CI_KEY[metric]][1]:.2f}]"  # noqa: E731
         lines.append(
-            f"{split} ({sa['n']} rows): {a} {100 * sa['accuracy']:.2f} % {ci(sa)}, {b} {100 * sb['accuracy']:.2f} % "
-            f"{ci(sb)}; {a} − {b}: {verdict(r['a_vs_b'])} (paired bootstrap 95 %, McNemar exact)"
+            f"{split} ({sa['n']} rows), {metric.replace('_', ' ')}: {a} {100 * sa[metric]:.2f} % {ci(sa)}, "
+            f"{b} {100 * sb[metric]:.2f} % {ci(sb)}; {a} − {b}: {verdict(r['a_vs_b'])} (paired bootstrap 95 %, {test})"
         )
     return "\n".join(lines)
+
+
+def run_metric(setting: str, root: Path) -> str:
+    """`--metric auto`: params.yaml's `metric` (auto by default), resolved on the prepared training counts."""
+    if setting != "auto":
+        return setting
+    params = load_params(root / "params.yaml") if (root / "params.yaml").is_file() else {}
+    meta = load_prepared_meta(root / "data" / "prepared" / "meta.json")
+    return resolve_metric(metric_param(params), meta.counts_per_class.get("train", {}))[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    ap.add_argument("--metric", default="auto", choices=["auto", "accuracy", "balanced_accuracy", "macro_f1"])
     args = ap.parse_args(argv)
     try:
-        res = run(args.a, args.b, Path("."), args.seed, args.resamples)
+        metric = run_metric(args.metric, Path("."))
+        res = run(args.a, args.b, Path("."), args.seed, args.resamples, metric)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(res, indent=1) if args.json else words(args.a, args.b, res))
+    print(json.dumps(res, indent=1) if args.json else words(args.a, args.b, res, metric))
     return 0
 
 

@@ -270,3 +270,20 @@ def test_the_report_orders_by_the_run_s_metric_and_names_classes_never_predicted
     assert "| class | rows | submission P / R / F1 |" in md and "Per class on test" in md
     lazy = E.per_class(models["lazy"][3], models["lazy"][3], ty, 4)
     assert lazy["ensemble_report"]["recall"][2:] == [0.0, 0.0]
+
+
+def test_the_compare_command_judges_by_the_run_s_metric(skewed, monkeypatch, capsys):
+    from pipeline import compare as K
+
+    root, models, vy, ty = skewed
+    write_run(root, models, vy, ty)
+    with_counts(root, [1000, 300, 40, 10])
+    monkeypatch.chdir(root)
+    assert K.run_metric("auto", root) == "balanced_accuracy"  # no params.yaml: `metric: auto` on 100:1 classes
+    assert K.main(["resnet34", "cnn4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("valid (330 rows), balanced accuracy: resnet34") and "class-stratified" in out
+    res = K.run("resnet34", "cnn4", root, metric="balanced_accuracy")
+    r = res["test"]
+    assert r["a_vs_b"]["metric"] == "balanced_accuracy"
+    assert r["a_vs_b"]["diff"] == pytest.approx(r["resnet34"]["balanced_accuracy"] - r["cnn4"]["balanced_accuracy"])

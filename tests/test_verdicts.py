@@ -177,7 +177,7 @@ def test_compare_command_reads_the_runs_predictions(four, monkeypatch, capsys):
     monkeypatch.chdir(root)
     assert K.main(["ensemble", "a"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("valid (600 rows): ensemble") and "\ntest (500 rows):" in out and "points, p" in out
+    assert out.startswith("valid (600 rows), accuracy: ensemble") and "\ntest (500 rows)" in out and "points, p" in out
     res = K.run("a", "b", root)
     assert res["test"]["a_vs_b"]["diff"] == pytest.approx(res["test"]["a"]["accuracy"] - res["test"]["b"]["accuracy"])
     assert K.main(["ensemble", "nosuch"]) == 1
