@@ -31,7 +31,7 @@ import numpy as np
 from ensembles.calibrate import adjust_logits, apply_temperature, fit_tau, fit_temperature, log_prior
 from ensembles.select import family, select
 from ensembles.strategies import REGISTRY, Fit, ensemble_params, stacking_form
-from ensembles.weights import accuracy, accuracy_weights, blend, crossfit
+from ensembles.weights import accuracy_weights, blend, crossfit
 from pipeline.contracts import (
     EnsembleMetrics,
     EnsembleModel,
@@ -160,7 +160,7 @@ def run_strategies(
     the fitted strategies fit there (more rows than the validation split) and are scored on the whole validation
     split, which none of them saw. Otherwise they fit on the validation split, scored by cross-fitting."""
     metric = cfg.get("metric", "accuracy")  # `run` sets it; a caller of this function alone may not
-    accs = np.array([member_score(p, y, metric) for p in P])
+    accs = np.array([metric_value(metric, p, y) for p in P])
     counts = np.bincount(y)
     k_folds = int(min(cfg["folds"], counts[counts > 0].min()))  # no more folds than the rarest class has rows
     out = {}
@@ -210,11 +210,6 @@ def balanced(c: Candidates) -> bool:
     return all(c.info[n].sampler == "balanced" for n in c.names)
 
 
-def member_score(p: np.ndarray, y: np.ndarray, metric: str) -> float:
-    """A model's score in the run's metric (accuracy computed as it always was, so balanced runs stay identical)."""
-    return accuracy(p, y) if metric == "accuracy" else metric_value(metric, p, y)
-
-
 def best_strategy(results: dict[str, Outcome], metric: str = "accuracy") -> str:
     """Highest validation score in the run's metric (cross-fitted where fitted), then lowest validation log-loss."""
     return min(results, key=lambda k: (-results[k].record["valid"][metric], results[k].record["valid"]["loss"]))
@@ -230,15 +225,15 @@ def by_size(
 ) -> list[dict]:
     """The run's metric of the metric-weighted blend of the k best models by validation, k = 1 .. all;
     `valid`/`test` are (models, rows, classes) in the order of `names`."""
-    acc = [member_score(p, y, metric) for p in valid]
+    acc = [metric_value(metric, p, y) for p in valid]
     order = sorted(range(len(names)), key=lambda i: (-acc[i], names[i]))
     out = []
     for k in range(1, len(order) + 1):
         top = order[:k]
         w = accuracy_weights([acc[i] for i in top])
-        row = {"k": k, "added": names[top[-1]], "valid": member_score(blend(valid[top], w), y, metric)}
+        row = {"k": k, "added": names[top[-1]], "valid": metric_value(metric, blend(valid[top], w), y)}
         if test_y is not None:
-            row["test"] = member_score(blend(test[top], w), test_y, metric)
+            row["test"] = metric_value(metric, blend(test[top], w), test_y)
         out.append(row)
     return out
 
@@ -424,7 +419,7 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
         n: (score(c.valid[i], y), score(c.test[i], test_y) if test_y is not None else None) for i, n in enumerate(names)
     }
     temps = calibrate_members(c, y) if cfg["calibrate"] == "temperature" else {}
-    valid_acc = {n: member_score(p, y, metric) for n, p in zip(names, c.valid)}  # in the run's metric
+    valid_acc = {n: metric_value(metric, p, y) for n, p in zip(names, c.valid)}  # in the run's metric
     families = {n: str(cfg["families"].get(n) or family(c.info[n].arch, c.info[n].source)) for n in names}
     top = max(names, key=lambda n: (valid_acc[n], n))
     lo, hi = Score.of(score(c.valid[names.index(top)], y)).interval(metric) or (0.0, 0.0)  # no rows: no interval

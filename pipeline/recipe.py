@@ -33,7 +33,7 @@ from pipeline.data import Rows, make_dls, make_pairs
 from pipeline.distributed import say, single_process
 from pipeline.errors import PipelineError, warn
 from pipeline.hardware import configure, pick_device, pick_dtype
-from pipeline.params import TrainSpec, eval_batch
+from pipeline.params import TrainSpec, eval_batch, resolve_remedies
 from pipeline.scores import resolve_metric
 from pipeline.splits import stratified_subset
 
@@ -107,11 +107,8 @@ def build_learner(
         model = model.to(memory_format=torch.channels_last)
 
     counts = np.bincount(arrays["train_y"], minlength=len(meta.classes))
-    sampler = spec.sampler
-    if sampler == "auto":  # left unresolved by the stage (a bench, a notebook): by the data alone
-        sampler = (
-            "shuffle" if resolve_metric("auto", meta.counts_per_class.get("train", {}))[0] == "accuracy" else "balanced"
-        )
+    # `sampler: auto` left unresolved by the stage (a bench, a notebook): by the data alone (`metric: auto`)
+    sampler = resolve_remedies(spec, resolve_metric("auto", meta.counts_per_class.get("train", {}))[0]).sampler
     sample_weights = 1.0 / np.maximum(counts, 1)[arrays["train_y"]] if sampler == "balanced" else None
 
     pairs = make_pairs(arrays, device)  # once: every phase's loaders share the (GPU-resident) rows

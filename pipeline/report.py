@@ -34,7 +34,7 @@ from pipeline.contracts import (
 from pipeline.errors import PipelineError
 from pipeline.io import staged
 from pipeline.params import group_of, load_params, model_names
-from pipeline.scores import decimals, reliability, row_losses, verdict
+from pipeline.scores import confusion, decimals, reliability, row_losses, verdict
 
 COLUMNS = [
     "model",
@@ -433,11 +433,6 @@ def _imshow(ax, img: np.ndarray) -> None:
 
 
 NUMBERED_CLASSES = 30  # up to this many classes the confusion matrix prints its counts; beyond, a heatmap
-
-
-def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """n × n counts, rows the true class, columns the predicted one."""
-    return np.bincount(y * n + pred, minlength=n * n).reshape(n, n)
 
 
 def fig_confusion(path: Path, y: np.ndarray, probs: dict[str, np.ndarray], classes: list[str], split: str) -> None:
