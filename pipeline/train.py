@@ -19,6 +19,7 @@ from fastai.distributed import rank_distrib
 
 from pipeline import archs as archs_mod
 from pipeline.data import load_prepared
+from pipeline.distributed import shutdown
 from pipeline.errors import PipelineError
 from pipeline.folds import train_folds, train_refit
 from pipeline.hardware import pick_device
@@ -76,3 +77,5 @@ if __name__ == "__main__":
         main(sys.argv[1])
     except PipelineError as e:
         sys.exit(f"error: {e}")
+    finally:
+        shutdown()
