@@ -22,11 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 from bench.machine import ROOT, cpu_name, md_table
-from pipeline import member
 from pipeline.contracts import EqualCompute, load_ensemble_metrics, load_member_metrics, save_equal_compute
-from pipeline.data import load_prepared
+from pipeline.data.loaders import load_prepared
+from pipeline.inspect.scores import compare, score, verdict
+from pipeline.learn import member
 from pipeline.params import load_params, seed_param, train_spec
-from pipeline.scores import compare, score, verdict
 
 
 def run(root: Path, out: Path, scale: float = 1.0) -> dict:

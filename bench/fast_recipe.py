@@ -26,8 +26,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.machine import ROOT, add_paths, md_table, out_dir
-from pipeline import archs, member
-from pipeline.data import load_prepared
+from pipeline.data.loaders import load_prepared
+from pipeline.learn import archs, member
 from pipeline.params import TrainSpec, load_params, make_spec, train_spec
 
 

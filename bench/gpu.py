@@ -43,7 +43,7 @@ PROFILE = {  # the benchmark's architectures, on the whole training split (no tr
 
 def gpu() -> str | None:
     """The name of the usable GPU, or None (and why, printed)."""
-    from pipeline.hardware import cuda_usable
+    from pipeline.learn.hardware import cuda_usable
 
     ok, why = cuda_usable()
     if ok:
@@ -90,7 +90,7 @@ def repro(name: str, params: dict) -> dict:
 def find_data(path: Path) -> Path:
     """A folder holding Fashion-MNIST's four IDX files: `path` (params.yaml's data.path), else Debian's folder
     (after `apt-get install dataset-fashion-mnist` where apt can), else `path` filled by prepare's download."""
-    from pipeline import datasets
+    from pipeline.data import datasets
 
     deb = datasets.DEBIAN_PLACES["fashion-mnist"]
     files = [f for pair in datasets.IDX_FILES.values() for f in pair]
@@ -128,8 +128,8 @@ def bare_loop_ratio(epochs: int = 2, bs: int = 512) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pipeline import archs, recipe
-    from pipeline.data import BatchTfm, load_prepared
+    from pipeline.data.loaders import BatchTfm, load_prepared
+    from pipeline.learn import archs, recipe
     from pipeline.params import make_spec
 
     arrays, meta = load_prepared(CACHE / "profile" / "repo" / "data" / "prepared")

@@ -28,7 +28,7 @@ from ensembles import ensemble
 from ensembles.strategies import ensemble_params
 from pipeline import prepare, train
 from pipeline.contracts import MemberMetrics, load_member_metrics, load_prepared_meta
-from pipeline.datasets import digits_file
+from pipeline.data.datasets import digits_file
 
 WORK_DIR = ROOT / "bench" / "cache" / "kfold"
 FAST = {"arch": "resnet9", "pad": 2, "epochs": 10, "lr": 0.005, "model_kwargs": {"widths": [16, 32, 64, 128]}}

@@ -32,8 +32,9 @@ import torch
 
 from bench.fast_recipe import entry_spec
 from bench.machine import add_paths, machine, md_table, out_dir
-from pipeline import archs, datasets
-from pipeline.data import BatchTfm, to_tensor
+from pipeline.data import datasets
+from pipeline.data.loaders import BatchTfm, to_tensor
+from pipeline.learn import archs
 
 MEAN, STD = [0.286], [0.353]  # Fashion-MNIST's pixel statistics (throughput does not depend on them)
 EPOCH_IMAGES = 54_000  # one epoch of the fast recipe: the training split of Fashion-MNIST less 10 % validation

@@ -17,8 +17,8 @@ from dataclasses import replace
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.machine import add_paths, md_table, out_dir
-from pipeline import member
-from pipeline.data import load_prepared
+from pipeline.data.loaders import load_prepared
+from pipeline.learn import member
 from pipeline.params import load_params, train_spec
 
 

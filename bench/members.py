@@ -26,9 +26,9 @@ import yaml
 from bench.machine import ROOT, add_paths, md_table, out_dir
 from ensembles.ensemble import by_size
 from ensembles.weights import accuracy
-from pipeline import member
 from pipeline.contracts import PreparedMeta, load_member_metrics, save_member_metrics
-from pipeline.data import load_prepared
+from pipeline.data.loaders import load_prepared
+from pipeline.learn import member
 from pipeline.params import load_params, seed_param, train_spec
 
 CACHE = ROOT / "bench" / "cache" / "members"

@@ -1,6 +1,6 @@
 """Benchmark 1: training images/s of the pipeline's fastai learner against a bare PyTorch loop.
 
-Same model (built by pipeline.archs), batch size, precision, thread count and in-memory data; the bare loop
+Same model (built by pipeline.learn.archs), batch size, precision, thread count and in-memory data; the bare loop
 also applies the pipeline's batch transform (uint8 -> float, flip, translation, normalisation), so the gap is
 the learner's own overhead (callbacks, recorder, metrics, fastai's DataLoader). Runs alternate in one process,
 pipeline then bare, `--rounds` times; the ratio is of the medians. Only the training loop is timed (fastai's
@@ -23,8 +23,10 @@ from fastai.callback.core import Callback
 
 from bench.fast_recipe import entry_spec
 from bench.machine import add_paths, machine, md_table, out_dir
-from pipeline import archs, datasets, prepare, recipe
-from pipeline.data import BatchTfm, to_tensor
+from pipeline import prepare
+from pipeline.data import datasets
+from pipeline.data.loaders import BatchTfm, to_tensor
+from pipeline.learn import archs, recipe
 from pipeline.params import arch_names, load_params, make_spec
 
 

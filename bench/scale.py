@@ -83,7 +83,7 @@ def measure(out: Path, cmd: list[str]) -> int:
 # --------------------------------------------------------------------------------------------- data
 def source_images(small: bool) -> tuple[np.ndarray, np.ndarray, str]:
     """28×28 uint8 garment images and labels: Fashion-MNIST where installed, else digits upscaled."""
-    from pipeline import datasets
+    from pipeline.data import datasets
     from pipeline.errors import PipelineError
 
     if not small:

@@ -18,9 +18,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.machine import ROOT, cpu_name, md_table
-from pipeline import member
 from pipeline.contracts import load_member_metrics
-from pipeline.data import load_prepared
+from pipeline.data.loaders import load_prepared
+from pipeline.learn import member
 from pipeline.params import load_params, model_names, seed_param, train_spec
 
 

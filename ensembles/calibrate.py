@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.scores import EPS, log_loss
+from pipeline.inspect.scores import EPS, log_loss
 
 
 def apply_temperature(P: np.ndarray, t: float) -> np.ndarray:
@@ -61,7 +61,7 @@ def adjust_logits(P: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
 def fit_tau(P: np.ndarray, y: np.ndarray, prior: np.ndarray, metric: str, taus=TAUS) -> float:
     """The τ of `taus` whose adjusted validation probabilities score best in `metric`; ties go to the smaller τ
     (the least change), so τ = 0 unless adjusting helps on validation."""
-    from pipeline.scores import metric_value
+    from pipeline.inspect.scores import metric_value
 
     if len(y) == 0:
         return 0.0

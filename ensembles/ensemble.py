@@ -6,7 +6,7 @@ Reads:  params.yaml (`seed`, `metric`, `archs`, `variants`, `ensemble`), data/pr
 Writes: submissions/<name>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
         (the chosen strategy's probabilities); ensemble/metrics.json (every strategy's members, weights, scores;
         the gain over the best model; accuracy against the number of members);
-        ensemble/model.json (what pipeline.predict needs to blend: members, weights, or the stacker's numbers).
+        ensemble/model.json (what pipeline.commands.predict needs to blend: members, weights, or the stacker's numbers).
 Run:    python -m ensembles.ensemble        (or `dvc repro ensemble`)
 
 Everything is decided by the run's metric (`metric:`; auto: accuracy on balanced training classes, else balanced
@@ -45,9 +45,9 @@ from pipeline.contracts import (
     save_ensemble_model,
 )
 from pipeline.errors import PipelineError
+from pipeline.inspect.scores import class_report, compare, metric_value, resolve_metric, score
 from pipeline.io import staged
 from pipeline.params import group_of, load_params, metric_param, model_names, seed_param
-from pipeline.scores import class_report, compare, metric_value, resolve_metric, score
 
 NO_TEST = (
     "no submission: the prepared data has no test split (e.g. an ImageFolder set without test/); "
@@ -262,7 +262,7 @@ def comparisons(
     metric: str = "accuracy",
 ) -> list[dict]:
     """The submission against each model of `against`, on the same rows of each split: the difference in the run's
-    metric, paired bootstrap 95 % interval, p-value (pipeline.scores.compare: McNemar for accuracy)."""
+    metric, paired bootstrap 95 % interval, p-value (pipeline.inspect.scores.compare: McNemar for accuracy)."""
     out = []
     for n in against:
         i = c.names.index(n)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.scores import EPS, accuracy, log_loss  # noqa: F401 - the scores every strategy is judged by
+from pipeline.inspect.scores import EPS, accuracy, log_loss  # noqa: F401 - the scores every strategy is judged by
 
 
 def blend(P: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -1,10 +1,10 @@
 """The files the stages hand each other, as typed records: the one place their shape is written down.
 
     data/prepared/meta.json   PreparedMeta    prepare writes; train, the ensemble, the report, compare read
-    models/<key>/spec.json    MemberSpec      train writes; pipeline.trained (predict, the report) reads
+    models/<key>/spec.json    MemberSpec      train writes; pipeline.learn.trained (predict, the report) reads
     metrics/<key>.json        MemberMetrics   train writes (folds and refit build it by `replace`); the ensemble,
                                               the report and bench read
-    ensemble/model.json       EnsembleModel   the ensemble stage writes; pipeline.trained reads
+    ensemble/model.json       EnsembleModel   the ensemble stage writes; pipeline.learn.trained reads
     ensemble/metrics.json     EnsembleMetrics the ensemble stage writes; the report and bench read
     bench/results/equal_compute.json  EqualCompute  bench.equal_compute writes; the report reads when present
 
@@ -111,7 +111,7 @@ def _load(path: Path, record: type[Record], missing_hint: str) -> Any:
 # ------------------------------------------------------------------------------------------------ scores
 @dataclass(kw_only=True)
 class Score(Record):
-    """pipeline.scores.score: a model's probabilities against one split's labels."""
+    """pipeline.inspect.scores.score: a model's probabilities against one split's labels."""
 
     accuracy: float
     ci95: list[float] | None = None  # 95 % Wilson interval (None: no rows, or metrics that predate it)
@@ -138,13 +138,13 @@ class Score(Record):
 
     @classmethod
     def of(cls, s: dict | None) -> "Score | None":
-        """A pipeline.scores.score dict as a record."""
+        """A pipeline.inspect.scores.score dict as a record."""
         return None if s is None else cls.from_json(s, "score", strict=True)
 
 
 @dataclass(kw_only=True)
 class Paired(Record):
-    """pipeline.scores.compare: A against B on the same rows."""
+    """pipeline.inspect.scores.compare: A against B on the same rows."""
 
     diff: float  # metric(A) − metric(B)
     ci95: list[float]  # paired bootstrap (class-stratified for balanced accuracy and macro-F1)
@@ -183,7 +183,7 @@ class PreparedMeta(Record):
 # ------------------------------------------------------------------------------------------------ a member
 @dataclass(kw_only=True)
 class MemberSpec(Record):
-    """models/<key>/spec.json: everything pipeline.trained needs to rebuild and run one model."""
+    """models/<key>/spec.json: everything pipeline.learn.trained needs to rebuild and run one model."""
 
     key: str
     arch: str
@@ -263,7 +263,7 @@ class MemberMetrics(Record):
     arch: str
     source: str = "timm"
     pretrained: bool = False
-    time_budget: dict | None = opt()  # `time_budget`: asked, probed, chosen (pipeline.recipe.budget_recipe)
+    time_budget: dict | None = opt()  # `time_budget`: asked, probed, chosen (pipeline.learn.recipe.budget_recipe)
     folds: FoldScores | None = opt()
     test_validated: Score | None = opt()  # `refit`: the validated model's test score
     refit: Refit | None = opt()
@@ -278,7 +278,7 @@ class MemberMetrics(Record):
 # ------------------------------------------------------------------------------------------------ the ensemble
 @dataclass(kw_only=True)
 class EnsembleModel(Record):
-    """ensemble/model.json: how pipeline.trained.Ensemble blends its members' probabilities."""
+    """ensemble/model.json: how pipeline.learn.trained.Ensemble blends its members' probabilities."""
 
     method: str
     members: list[str]

@@ -187,7 +187,7 @@ def seed_param(params: dict) -> int:
 
 
 def metric_param(params: dict) -> str:
-    """The top-level `metric`: the score a run is judged by (pipeline.scores.resolve_metric resolves `auto`)."""
+    """The top-level `metric`: the score a run is judged by (pipeline.inspect.scores.resolve_metric resolves `auto`)."""
     v = params.get("metric", "auto")
     try:
         return one_of("auto", "accuracy", "balanced_accuracy", "macro_f1")(v)
@@ -288,7 +288,7 @@ class TrainSpec:
     ps: float = param(0.5, is_float(0.0, 1.0, open_=False), "dropout in fastai's head of ImageNet networks")
     label_smoothing: float = param(0.1, is_float(0.0, 1.0, open_=False), "of the cross-entropy")
     # imbalanced classes: `balanced` draws each epoch's rows ∝ 1 / their class's size (with replacement); auto:
-    # balanced where the run's metric is not accuracy (pipeline.scores.resolve_metric), else shuffle
+    # balanced where the run's metric is not accuracy (pipeline.inspect.scores.resolve_metric), else shuffle
     sampler: str = param("auto", one_of("auto", "shuffle", "balanced"), "how an epoch draws its training rows")
     loss_weights: str = param("none", one_of("none", "balanced"), "balanced: class weights n / (classes × images)")
     flip: bool = param(True, is_bool, "random horizontal flips while training")

@@ -1,6 +1,6 @@
 """Stage `prepare`: read the data set named in params.yaml `data:`, write data/prepared/ whole or not at all.
 
-Reads:  params.yaml (`data`, `seed`), the data set's files (see pipeline/datasets.py).
+Reads:  params.yaml (`data`, `seed`), the data set's files (see pipeline/data/datasets.py).
 Writes: data/prepared/{train,valid,test}_x.npy (uint8 N×H×W×C), *_y.npy (int64), test_ids.json, meta.json.
 Run:    dvc repro prepare    (or: python -m pipeline.prepare)
 
@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline import datasets
 from pipeline.contracts import PreparedMeta, save_prepared_meta
-from pipeline.datasets import Files, take
+from pipeline.data import datasets
+from pipeline.data.datasets import Files, take
+from pipeline.data.images import luma, to_channels
+from pipeline.data.splits import split_valid, stratified_subset
 from pipeline.errors import PipelineError
-from pipeline.images import luma, to_channels
+from pipeline.inspect.scores import imbalance_line, resolve_metric
 from pipeline.io import staged
 from pipeline.params import data_params, load_params, metric_param, seed_param
-from pipeline.scores import imbalance_line, resolve_metric
-from pipeline.splits import split_valid, stratified_subset
 
 OUT = Path("data/prepared")
 ROWS_PER_CHUNK = 4096  # rows read at a time when a written file is converted, compacted or summed

@@ -32,9 +32,9 @@ from pipeline.contracts import (
     load_prepared_meta,
 )
 from pipeline.errors import PipelineError
+from pipeline.inspect.scores import confusion, decimals, reliability, row_losses, verdict
 from pipeline.io import staged
 from pipeline.params import group_of, load_params, model_names
-from pipeline.scores import confusion, decimals, reliability, row_losses, verdict
 
 COLUMNS = [
     "model",
@@ -71,7 +71,7 @@ def ci_words(ci: list[float] | None) -> str:
 
 def pct(s: Score, accuracy: float | None = None, metric: str = "accuracy") -> float | str:
     """A score in percent (`s`'s in `metric`, or `accuracy` with `s`'s interval), rounded to what its 95 % interval
-    supports (pipeline.scores.decimals); empty where the score predates the metric."""
+    supports (pipeline.inspect.scores.decimals); empty where the score predates the metric."""
     v = getattr(s, metric) if accuracy is None else accuracy
     if v is None:
         return ""
@@ -169,7 +169,7 @@ def markdown(rows: list[dict], labeled: bool, n_test: int = 1, metric: str = "ac
         "class-stratified bootstrap interval, macro-F1 and the worst class's recall (`worst_recall`); each rounded "
         "to what its interval supports; `valid_*` on validation. Whether two models differ is the paired "
         "comparison's to say "
-        "(below; `python -m pipeline.compare A B` for any two). `nll` (log-loss) and `ece` (15 bins) on the same "
+        "(below; `python -m pipeline.commands.compare A B` for any two). `nll` (log-loss) and `ece` (15 bins) on the same "
         "split. Budgets: `images_seen` = epochs × training images, `train_s` the training seconds; "
         "`param_count` in millions; an ensemble's cost is the sum of its members'. `weight`: the model's weight in "
         "the ensemble submission; `*` marks the strategy that wrote it.\n\n"
@@ -606,8 +606,8 @@ def fig_training(path: Path, live: dict[str, Path]) -> None:
 def look_inside(figs: Path, folder: Path, x, y, p: np.ndarray, classes: list[str], split: str) -> None:
     """gradcam.png and feature_maps.png of the model in `folder`; a note instead where the model is absent
     (predictions pulled without their models) or has no convolution (logreg, mlp)."""
-    from pipeline.cam import conv_layers
-    from pipeline.trained import Model
+    from pipeline.inspect.cam import conv_layers
+    from pipeline.learn.trained import Model
 
     if not (folder / "spec.json").is_file():
         print(f"note: {folder} is absent: no Grad-CAM or feature-map figures", file=sys.stderr)
@@ -625,7 +625,7 @@ def fig_gradcam(path: Path, x, y, p: np.ndarray, model, classes: list[str], spli
     predicted/actual: where the network looked for the class it chose."""
     import matplotlib.pyplot as plt
 
-    from pipeline.cam import overlay
+    from pipeline.inspect.cam import overlay
 
     rng = np.random.default_rng(0)
     pred = p.argmax(1)
@@ -653,7 +653,7 @@ def fig_feature_maps(path: Path, img: np.ndarray, model, n: int = 8) -> None:
     """The first n channels after the first and after the last convolution (the Grad-CAM layer) for one image."""
     import matplotlib.pyplot as plt
 
-    from pipeline.cam import conv_layers, feature_maps, pick_layer
+    from pipeline.inspect.cam import conv_layers, feature_maps, pick_layer
 
     xb = model.inputs(img)
     layers = [pick_layer(model.model, conv_layers(model.model)[0]), pick_layer(model.model, None)]
@@ -704,7 +704,7 @@ def fig_reliability(path: Path, y: np.ndarray, probs: dict[str, np.ndarray], spl
     """Reliability diagram: accuracy against confidence in 15 bins, each model's curve beside the diagonal."""
     import matplotlib.pyplot as plt
 
-    from pipeline.scores import ece
+    from pipeline.inspect.scores import ece
 
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="perfectly calibrated")

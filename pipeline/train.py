@@ -17,16 +17,16 @@ from pathlib import Path
 
 from fastai.distributed import rank_distrib
 
-from pipeline import archs as archs_mod
-from pipeline.data import load_prepared
-from pipeline.distributed import shutdown
+from pipeline.data.loaders import load_prepared
 from pipeline.errors import PipelineError
-from pipeline.folds import train_folds, train_refit
-from pipeline.hardware import pick_device
+from pipeline.inspect.scores import resolve_metric
 from pipeline.io import staged
-from pipeline.member import TrainResult, train_arch, write_member
+from pipeline.learn import archs as archs_mod
+from pipeline.learn.distributed import shutdown
+from pipeline.learn.folds import train_folds, train_refit
+from pipeline.learn.hardware import pick_device
+from pipeline.learn.member import TrainResult, train_arch, write_member
 from pipeline.params import TrainSpec, load_params, metric_param, resolve_remedies, seed_param, train_spec
-from pipeline.scores import resolve_metric
 
 
 def train_entry(key, spec: TrainSpec, arrays, meta, seed, device=None, live=None, evaluate=True) -> TrainResult:

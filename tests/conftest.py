@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from pipeline.contracts import PreparedMeta
-from pipeline.datasets import Files, decoded, digits_file
+from pipeline.data.datasets import Files, decoded, digits_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a model hub
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def synth(n=48, size=16, c=1, k=3, seed=0):
 @pytest.fixture
 def project(tmp_path):
     """A prepared digits folder (200 images) and a writer of params.yaml files: (root, write(archs, **train))."""
-    from pipeline.datasets import read_digits
+    from pipeline.data.datasets import read_digits
     from pipeline.prepare import prepare, write_prepared
 
     arrays, meta = prepare(read_digits(0), 0.2, 0, limit=200)
@@ -226,8 +226,8 @@ TINY = {
 
 
 def predict_cli(*args: str) -> subprocess.CompletedProcess:
-    """`python -m pipeline.predict ARGS` as a user runs it, from the project root; output captured."""
-    cmd = [sys.executable, "-m", "pipeline.predict", *args]
+    """`python -m pipeline.commands.predict ARGS` as a user runs it, from the project root; output captured."""
+    cmd = [sys.executable, "-m", "pipeline.commands.predict", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT)
 
 

@@ -2,7 +2,7 @@
 processes, from the project root).
 
 Trains mlp on tiny digits data through the pipeline's own path (build_learner, pick_lr, fit_phases inside
-pipeline.distributed.data_parallel, fastai's DistributedTrainer) and saves this rank's weights before and after,
+pipeline.learn.distributed.data_parallel, fastai's DistributedTrainer) and saves this rank's weights before and after,
 for the test to compare.
 """
 
@@ -13,8 +13,10 @@ import torch
 from fastai.distributed import num_distrib, rank_distrib
 from safetensors.torch import save_file
 
-from pipeline import datasets, prepare, recipe
-from pipeline.distributed import data_parallel, share
+from pipeline import prepare
+from pipeline.data import datasets
+from pipeline.learn import recipe
+from pipeline.learn.distributed import data_parallel, share
 from pipeline.params import make_spec
 
 

@@ -19,9 +19,12 @@ from conftest import ENV, ROOT, TINY, make_repo, predict_cli, run, write_idx, wr
 from PIL import Image
 
 from ensembles import weights as W
-from pipeline import datasets, predict, train, trained
+from pipeline import train
+from pipeline.commands import predict
+from pipeline.data import datasets
+from pipeline.data.images import decode
 from pipeline.errors import PipelineError
-from pipeline.images import decode
+from pipeline.learn import trained
 from pipeline.params import TRAIN_SCHEMA, check_section, train_spec
 
 pytestmark = pytest.mark.bad_input
@@ -29,7 +32,7 @@ pytestmark = pytest.mark.bad_input
 
 # ------------------------------------------------------------------------------------------------ precision
 def test_bf16_precision_is_recorded_and_predict_reproduces_it(project):
-    """Forced bf16 runs on any CPU (slowly without AVX512-BF16); pipeline.predict evaluates as the stage did."""
+    """Forced bf16 runs on any CPU (slowly without AVX512-BF16); pipeline.commands.predict evaluates as the stage did."""
     root, write = project
     train.main("mlp", write({"mlp": {"precision": "bf16"}}, epochs=1), root)
     assert json.loads((root / "models/mlp/spec.json").read_text())["precision"] == "bf16"

@@ -1,5 +1,5 @@
-"""Grad-CAM and feature maps (pipeline/cam.py): the layer picked for every kind of network, heatmaps that point
-at the evidence, the report's figures and `pipeline.predict --cam`."""
+"""Grad-CAM and feature maps (pipeline/inspect/cam.py): the layer picked for every kind of network, heatmaps that point
+at the evidence, the report's figures and `pipeline.commands.predict --cam`."""
 
 import json
 
@@ -9,10 +9,12 @@ import torch
 from conftest import write_image
 from safetensors.torch import save_file
 
-from pipeline import archs, cam, member, predict
+from pipeline.commands import predict
 from pipeline.contracts import PreparedMeta
-from pipeline.data import BatchTfm, to_tensor
+from pipeline.data.loaders import BatchTfm, to_tensor
 from pipeline.errors import PipelineError
+from pipeline.inspect import cam
+from pipeline.learn import archs, member
 from pipeline.params import make_spec
 
 

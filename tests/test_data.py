@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.data import TensorDL, TensorPair, augment
+from pipeline.data.loaders import TensorDL, TensorPair, augment
 from pipeline.io import remove_leftovers, staged
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import digits_file, make_tiny, pixels, write_idx, write_image
 
-from pipeline import datasets, prepare
+from pipeline import prepare
+from pipeline.data import datasets
 from pipeline.errors import PipelineError
 from pipeline.params import data_params
 

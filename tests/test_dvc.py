@@ -77,10 +77,10 @@ def test_variants_are_stages_of_their_own_that_follow_their_entry(tmp_path):
 
 def test_kfold_and_refit_entries_under_dvc_repro(tmp_path):
     """`folds` and `refit` run as ordinary stages: the ensembler fits on the out-of-fold rows (every member has
-    them), pipeline.predict rebuilds the fold average and the refit model exactly, and nothing reruns after."""
+    them), pipeline.commands.predict rebuilds the fold average and the refit model exactly, and nothing reruns after."""
     import numpy as np
 
-    from pipeline import predict
+    from pipeline.commands import predict
 
     archs = {"logreg": {"folds": 2, "refit": True}, "mlp": {"epochs": 2, "folds": 2}}
     # calibrate: the members' temperatures apply to their out-of-fold rows too, and predict applies them all
@@ -135,7 +135,7 @@ def test_predict_rebuilds_models_and_the_ensemble_exactly(repo, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pipeline import predict
+    from pipeline.commands import predict
 
     x = np.load(repo / "data" / "prepared" / "test_x.npy")
     for key in ("logreg", "mlp"):
@@ -235,7 +235,7 @@ def test_queued_experiments_run_in_parallel_and_show_up(tmp_path):
         assert data["params"]["params.yaml"]["data"]["archs"]["mlp"]["epochs"] == epochs
         assert "metrics/mlp.json" in data["metrics"] and "ensemble/metrics.json" in data["metrics"]
     # the sweep's table: every finished experiment and the baseline, by validation accuracy, with what was swept
-    out = run("python -m pipeline.sweep --metric metrics/mlp.json:valid.accuracy", repo)
+    out = run("python -m pipeline.commands.sweep --metric metrics/mlp.json:valid.accuracy", repo)
     rows = list(csv.DictReader((repo / "sweep" / "table.csv").open()))
     assert {r["experiment"] for r in rows} >= {"mlp-1ep", "mlp-3ep"} and "archs.mlp.epochs" in rows[0]
     accs = [float(r["metrics/mlp.json:valid.accuracy"]) for r in rows]

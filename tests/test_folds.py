@@ -11,9 +11,10 @@ from conftest import C, member_metrics, noisy, write_run
 
 from ensembles import ensemble as E
 from ensembles import weights as W
-from pipeline import folds, report, train
+from pipeline import report, train
+from pipeline.commands.predict import Model
 from pipeline.errors import PipelineError
-from pipeline.predict import Model
+from pipeline.learn import folds
 
 
 def load(root, *parts):
@@ -44,7 +45,7 @@ def test_folds_train_k_models_whose_held_out_predictions_cover_the_training_spli
     each = [fm.predict_arrays(valid_x) for fm in folds]
     assert [W.accuracy(p, valid_y) for p in each] == pytest.approx(f["valid_accuracy"])
     np.testing.assert_allclose(load(root, "preds/mlp/valid.npy"), np.mean(each, 0), atol=1e-6)  # the average
-    # pipeline.predict rebuilds the entry as the average of its fold models
+    # pipeline.commands.predict rebuilds the entry as the average of its fold models
     np.testing.assert_allclose(Model(root / "models/mlp").predict_arrays(valid_x), np.mean(each, 0), atol=1e-6)
     (root / "models/mlp/fold1/spec.json").unlink()  # a fold model lost: named, with the entry's stage
     with pytest.raises(PipelineError, match=r"models/mlp/fold1/spec.json: missing; .*dvc repro train@mlp`"):

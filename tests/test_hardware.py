@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import hardware as H
-from pipeline import member, recipe, train
-from pipeline.callbacks import Autocast
+from pipeline import train
 from pipeline.errors import PipelineError
+from pipeline.learn import hardware as H
+from pipeline.learn import member, recipe
+from pipeline.learn.callbacks import Autocast
 
 
 @pytest.fixture
@@ -225,9 +226,9 @@ def trained_member(tmp_path, device="cpu", **keys):
 
 
 def test_predict_configures_the_device_and_memory_format_as_the_stage(tmp_path, monkeypatch):
-    """pipeline.predict's Model: the stage's device settings (`deterministic` included) and channels-last weights,
+    """pipeline.commands.predict's Model: the stage's device settings (`deterministic` included) and channels-last weights,
     so that on a GPU its predictions reproduce preds/ (there TF32, cuDNN autotuning and the layout change them)."""
-    from pipeline.trained import Model
+    from pipeline.learn.trained import Model
 
     folder, res, arrays = trained_member(tmp_path, deterministic=True)
     calls = []
@@ -244,7 +245,7 @@ def test_progressive_resizing_uploads_the_rows_once(monkeypatch):
     uploaded copy instead of uploading train and valid again while the previous copy is still referenced."""
     from conftest import synth
 
-    from pipeline import data
+    from pipeline.data import loaders as data
     from pipeline.params import make_spec
 
     uploads = []
@@ -284,7 +285,7 @@ def test_accelerate_launch_leaves_mixed_precision_to_fastai(monkeypatch):
     asks accelerate for none, so fastai's MixedPrecision alone scales the loss."""
     import fastai.distributed
 
-    from pipeline.distributed import data_parallel
+    from pipeline.learn.distributed import data_parallel
 
     made = []
     monkeypatch.setattr(fastai.distributed, "Accelerator", lambda **kw: made.append(kw))
@@ -299,7 +300,7 @@ def synth_learner():
     from conftest import synth
     from fastai.learner import Learner
 
-    from pipeline.data import make_dls
+    from pipeline.data.loaders import make_dls
 
     arrays, _ = synth(n=32, size=8)
     dls = make_dls(arrays, 8, 8, [0.5], [0.25], False, 0, torch.device("cpu"))
@@ -322,7 +323,7 @@ def test_eval_batch_size_follows_the_device_unless_set():
 def test_peak_gpu_memory_of_folds_and_refit_is_the_largest_model_s():
     from conftest import member_metrics
 
-    from pipeline.folds import peak
+    from pipeline.learn.folds import peak
 
     assert peak([member_metrics(peak_gpu_mib=m) for m in (300, 900, 500)]) == 900
     assert peak([member_metrics(), member_metrics()]) is None  # CPU runs record none
@@ -350,7 +351,7 @@ def test_gpu_trains_a_tiny_net(precision):
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_predict_and_gradcam_match_the_cpu(tmp_path):
-    from pipeline.predict import Model
+    from pipeline.commands.predict import Model
 
     folder, res, arrays = trained_member(tmp_path, "cuda:0")
     gpu, cpu = Model(folder, "cuda:0"), Model(folder, "cpu")
@@ -462,7 +463,7 @@ def gpu_env() -> dict:
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_predict_in_a_fresh_process_reproduces_the_stage(tmp_path):
-    """`pipeline.predict` starts a new process: its device settings (TF32, cuDNN) and layout must be the stage's,
+    """`pipeline.commands.predict` starts a new process: its device settings (TF32, cuDNN) and layout must be the stage's,
     or its predictions drift from preds/ (the in-process test cannot see that)."""
     import subprocess
     import sys
@@ -470,7 +471,7 @@ def test_gpu_predict_in_a_fresh_process_reproduces_the_stage(tmp_path):
     folder, res, arrays = trained_member(tmp_path, "cuda:0")
     np.save(tmp_path / "x.npy", arrays["test_x"])
     code = (
-        "import sys, numpy as np; from pipeline.trained import Model; "
+        "import sys, numpy as np; from pipeline.learn.trained import Model; "
         f"np.save(sys.argv[1], Model(__import__('pathlib').Path({str(folder)!r}), 'cuda:0')"
         f".predict_arrays(np.load({str(tmp_path / 'x.npy')!r})))"
     )
@@ -488,7 +489,7 @@ def test_gpu_pinned_path_time_budget_and_peak_memory(monkeypatch):
     a peak memory recorded per model: folds report their largest."""
     from conftest import synth
 
-    from pipeline import data
+    from pipeline.data import loaders as data
     from pipeline.params import make_spec
 
     monkeypatch.setattr(data, "fits_on", lambda device, nbytes, share=0.25: False)  # not resident: pinned batches

@@ -11,8 +11,8 @@ from sklearn.metrics import balanced_accuracy_score, classification_report, f1_s
 
 from ensembles import ensemble as E
 from ensembles.calibrate import adjust_logits, fit_tau, log_prior
-from pipeline import scores
 from pipeline.errors import PipelineError
+from pipeline.inspect import scores
 from pipeline.params import make_spec, metric_param, resolve_remedies
 
 HAND = [  # (labels, predictions, classes): a class never predicted, a predicted class with no rows, one row a class
@@ -129,7 +129,7 @@ def test_tau_is_chosen_on_validation_by_the_metric():
 
 
 def test_balanced_class_weights_and_sampler():
-    from pipeline.recipe import build_learner
+    from pipeline.learn.recipe import build_learner
 
     arrays, meta = synth(n=60, k=3)
     arrays["train_y"] = np.repeat([0, 1, 2], [40, 15, 5])
@@ -180,12 +180,12 @@ def with_counts(root, counts):
 
 
 def served_by_predict(root, models, members):
-    """What pipeline.trained.Ensemble (pipeline.predict) returns on the test rows, each member replaced by a stub
+    """What pipeline.learn.trained.Ensemble (pipeline.commands.predict) returns on the test rows, each member replaced by a stub
     that returns its test predictions: the blend, its temperatures and the logit adjustment of ensemble/model.json."""
     from types import SimpleNamespace
 
     from pipeline.contracts import load_ensemble_model
-    from pipeline.trained import Ensemble
+    from pipeline.learn.trained import Ensemble
 
     ens = Ensemble.__new__(Ensemble)
     ens.spec = load_ensemble_model(root / "ensemble" / "model.json")
@@ -273,7 +273,7 @@ def test_the_report_orders_by_the_run_s_metric_and_names_classes_never_predicted
 
 
 def test_the_compare_command_judges_by_the_run_s_metric(skewed, monkeypatch, capsys):
-    from pipeline import compare as K
+    from pipeline.commands import compare as K
 
     root, models, vy, ty = skewed
     write_run(root, models, vy, ty)

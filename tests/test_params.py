@@ -80,7 +80,7 @@ def test_seeds_command_adds_variants_and_keeps_comments(tmp_path, capsys):
     import shutil
     from pathlib import Path
 
-    from pipeline import seeds
+    from pipeline.commands import seeds
     from pipeline.params import group_of, model_names, train_spec
 
     p = tmp_path / "params.yaml"

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from conftest import make_tiny, write_image
 
-from pipeline import datasets, prepare
+from pipeline import prepare
+from pipeline.data import datasets
 from pipeline.errors import PipelineError
 from pipeline.params import data_params
 

@@ -11,11 +11,11 @@ from safetensors.torch import save_file
 from ensembles import ensemble as E
 from ensembles import weights as W
 from ensembles.strategies import NAMES as STRATEGIES
-from pipeline import archs
 from pipeline import report as R
 from pipeline.contracts import Comparison, EnsembleMetrics
 from pipeline.errors import PipelineError
-from pipeline.scores import verdict
+from pipeline.inspect.scores import verdict
+from pipeline.learn import archs
 
 
 def test_report_leaderboard_and_figures(tmp_path):
@@ -155,7 +155,7 @@ def exp(name, lr, bs, acc):
 
 
 def test_sweep_table_sorts_by_validation_and_keeps_the_swept_params(tmp_path):
-    from pipeline import sweep
+    from pipeline.commands import sweep
 
     base = exp("x", 0.005, 128, 0.90)["revs"][0]
     shown = [

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from conftest import write_image
 
-from pipeline import datasets, images, prepare, train
-from pipeline.data import Rows, load_prepared
+from pipeline import prepare, train
+from pipeline.data import datasets, images
+from pipeline.data.loaders import Rows, load_prepared
 from pipeline.params import make_spec
 
 
@@ -262,7 +263,7 @@ def test_bench_scale_smallest_mode_runs(tmp_path):
 
 
 def test_wilson_interval_matches_the_textbook_formula():
-    from pipeline.scores import score, wilson
+    from pipeline.inspect.scores import score, wilson
 
     k, n, z = 87, 100, 1.959963984540054
     p = k / n
@@ -279,7 +280,7 @@ def test_resident_batches_equal_host_gathered_ones():
     uint8 N×C×H×W batches and labels as the host path's gather from the memory-mapped rows."""
     import torch
 
-    from pipeline.data import TensorPair
+    from pipeline.data.loaders import TensorPair
 
     x = np.random.default_rng(0).integers(0, 256, (40, 5, 5, 3), dtype=np.uint8)
     view = Rows.of(x).take(np.arange(39, -1, -2))

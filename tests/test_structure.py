@@ -73,7 +73,7 @@ def local_closure(module: str) -> set[Path]:
     while todo:
         mod = todo.pop()
         parts = mod.split(".")
-        for n in range(len(parts), 0, -1):  # `pipeline.scores.score` -> pipeline/scores.py
+        for n in range(len(parts), 0, -1):  # `pipeline.inspect.scores.score` -> pipeline/inspect/scores.py
             f = ROOT.joinpath(*parts[:n]).with_suffix(".py")
             if f.is_file():
                 break

@@ -9,8 +9,9 @@ import torch
 import yaml
 from conftest import synth
 
-from pipeline import archs, member, models, recipe, train
+from pipeline import train
 from pipeline.errors import PipelineError
+from pipeline.learn import archs, member, models, recipe
 from pipeline.params import make_spec, train_spec
 
 DEFAULT_HEAVY = ["resnet34", "torchvision.vgg19_bn", "densenet121", "efficientnet_b0"]

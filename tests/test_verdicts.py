@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 
 from ensembles import ensemble as E
 from ensembles.calibrate import apply_temperature, fit_temperature
-from pipeline.scores import compare, decimals, ece, mcnemar, paired_bootstrap, verdict
+from pipeline.inspect.scores import compare, decimals, ece, mcnemar, paired_bootstrap, verdict
 
 
 def rights(pattern: str) -> np.ndarray:
@@ -170,7 +170,7 @@ def test_temperature_calibration_fits_on_validation_only(tmp_path, tmp_path_fact
 
 
 def test_compare_command_reads_the_runs_predictions(four, monkeypatch, capsys):
-    from pipeline import compare as K
+    from pipeline.commands import compare as K
 
     root, models, vy, ty = four
     E.run(write_run(root, models, vy, ty) | {"ensemble": {"margin": 0.1}}, root)

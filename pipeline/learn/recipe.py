@@ -1,6 +1,6 @@
 """The fastai recipe of one model: its Learner (data, network, loss, optimizer, callbacks), the learning rate
 (lr_find or fixed), the schedule of each phase, and `time_budget`'s choice of epochs. No files: train_arch in
-pipeline.member runs it; the stage (pipeline.train) writes.
+pipeline.learn.member runs it; the stage (pipeline.train) writes.
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from fastai.metrics import accuracy
 from fastai.optimizer import SGD, Adam, Lamb, QHAdam, RMSProp, ranger
 from fastai.torch_core import set_seed, trainable_params
 
-from pipeline import archs as archs_mod
-from pipeline.callbacks import Autocast, EpochLog, NoValidation, Probe, StopOnNaN, TrimHeap
 from pipeline.contracts import PreparedMeta
-from pipeline.data import Rows, make_dls, make_pairs
-from pipeline.distributed import say, single_process
+from pipeline.data.loaders import Rows, make_dls, make_pairs
+from pipeline.data.splits import stratified_subset
 from pipeline.errors import PipelineError, warn
-from pipeline.hardware import configure, pick_device, pick_dtype
+from pipeline.inspect.scores import resolve_metric
+from pipeline.learn import archs as archs_mod
+from pipeline.learn.callbacks import Autocast, EpochLog, NoValidation, Probe, StopOnNaN, TrimHeap
+from pipeline.learn.distributed import say, single_process
+from pipeline.learn.hardware import configure, pick_device, pick_dtype
 from pipeline.params import TrainSpec, eval_batch, resolve_remedies
-from pipeline.scores import resolve_metric
-from pipeline.splits import stratified_subset
 
 
 @dataclass

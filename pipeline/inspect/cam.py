@@ -4,7 +4,7 @@ Grad-CAM (Selvaraju et al., 2017), as fastai's book computes it: the activations
 `hook_output`), weighted by the mean gradient of the class score over each channel, summed, ReLU, upsampled to
 the image. The layer is the model's last nn.Conv2d unless `cam_layer` (an entry's param, a name from
 `model.named_modules()`) names another; that works alike for timm, torchvision and the local networks.
-Used by the report stage (the best model's right and wrong test images) and `pipeline.predict --cam DIR`.
+Used by the report stage (the best model's right and wrong test images) and `pipeline.commands.predict --cam DIR`.
 """
 
 from __future__ import annotations

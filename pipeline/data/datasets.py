@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError, warn
-from pipeline.images import IMAGE_EXTS, decode, is_gray, luma, open_image
+from pipeline.data.images import IMAGE_EXTS, decode, is_gray, luma, open_image
 
 FASHION_CLASSES = [
     "T-shirt/top",

@@ -3,8 +3,8 @@
 Reads:  models/<arch>/{spec.json, model.safetensors} (rebuilt from the spec: no pickled learners, no code from
         model files); for `--model ensemble`, ensemble/model.json (members and weights, or the stacker's numbers).
 Writes: a CSV: file, then label_1, prob_1, ..., label_k, prob_k.
-Run:    python -m pipeline.predict PATH... [--model ensemble|<arch>] [--top-k 3] [--out preds.csv] [--cam DIR]
-Python: pipeline.trained's load_ensemble() or load_model("resnet9") -> .predict(images) -> probabilities
+Run:    python -m pipeline.commands.predict PATH... [--model ensemble|<arch>] [--top-k 3] [--out preds.csv] [--cam DIR]
+Python: pipeline.learn.trained's load_ensemble() or load_model("resnet9") -> .predict(images) -> probabilities
 
 Images are preprocessed exactly as in training: any mode PIL reads -> RGB -> the prepared size (bilinear,
 antialiased) -> the model's channels (ITU-R 601 luma for gray) -> the model's size and normalisation.
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.images import IMAGE_EXTS, decode
 from pipeline.errors import PipelineError
-from pipeline.hardware import pick_device
-from pipeline.images import IMAGE_EXTS, decode
-from pipeline.trained import Ensemble, Model, load_ensemble, load_model
+from pipeline.learn.hardware import pick_device
+from pipeline.learn.trained import Ensemble, Model, load_ensemble, load_model
 
 
 def expand(paths: Sequence[str]) -> list[Path]:
@@ -49,7 +49,7 @@ def write_cams(out: Path, names: list[str], images: list, predictor: Model | Ens
     """One Grad-CAM overlay per image, `out/<stem>.png` (`<stem>-2.png`, … where stems repeat in `used`)."""
     from PIL import Image
 
-    from pipeline.cam import overlay
+    from pipeline.inspect.cam import overlay
 
     model = predictor.members[0] if isinstance(predictor, Ensemble) else predictor
     x = model.arrays(images)
@@ -68,7 +68,7 @@ def write_cams(out: Path, names: list[str], images: list, predictor: Model | Ens
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.commands.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (walked recursively)")
     ap.add_argument("--model", default="ensemble", help="`ensemble` (default) or an architecture key of params.yaml")
     ap.add_argument("--top-k", type=int, default=1)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             load_ensemble(args.root, device) if args.model == "ensemble" else load_model(args.model, args.root, device)
         )
         if args.cam:
-            from pipeline.cam import pick_layer
+            from pipeline.inspect.cam import pick_layer
 
             looked_at = predictor.members[0] if isinstance(predictor, Ensemble) else predictor
             pick_layer(looked_at.model, looked_at.spec.cam_layer)  # fails before any work

@@ -1,6 +1,6 @@
 """Architecture registry: a name -> a model with a fastai head, built the way fastai's vision_learner does.
 
-Names resolve in order: a local network (pipeline/models.py), `torchvision.<name>`, any timm model name.
+Names resolve in order: a local network (pipeline/learn/models.py), `torchvision.<name>`, any timm model name.
 `build_model` is used both to train and to rebuild a saved model from its spec (no pickled learners).
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models import LOCAL
+from pipeline.learn.models import LOCAL
 
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 

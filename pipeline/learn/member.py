@@ -1,4 +1,4 @@
-"""One member: trained by the recipe (pipeline.recipe), evaluated on valid, test and any held-out rows, and its
+"""One member: trained by the recipe (pipeline.learn.recipe), evaluated on valid, test and any held-out rows, and its
 outputs written — the model, its spec, predictions, metrics and curves.
 """
 
@@ -15,15 +15,15 @@ import numpy as np
 import torch
 from fastai.distributed import num_distrib
 
-from pipeline.callbacks import live_callback
 from pipeline.contracts import MemberMetrics, MemberSpec, PreparedMeta, Score, save_member_metrics, save_member_spec
-from pipeline.data import BatchTfm
-from pipeline.distributed import data_parallel, say, share
-from pipeline.hardware import describe, dtype_name, pick_device
-from pipeline.infer import predict_probs
+from pipeline.data.loaders import BatchTfm
+from pipeline.inspect.scores import score
+from pipeline.learn.callbacks import live_callback
+from pipeline.learn.distributed import data_parallel, say, share
+from pipeline.learn.hardware import describe, dtype_name, pick_device
+from pipeline.learn.infer import predict_probs
+from pipeline.learn.recipe import Setup, budget_recipe, build_learner, fit_phases, pick_lr
 from pipeline.params import TrainSpec, eval_batch
-from pipeline.recipe import Setup, budget_recipe, build_learner, fit_phases, pick_lr
-from pipeline.scores import score
 
 
 @dataclass
@@ -32,7 +32,7 @@ class TrainResult:
 
     model: torch.nn.Module
     lr: float
-    spec: MemberSpec | None = None  # models/<key>/spec.json: what pipeline.trained rebuilds the model from
+    spec: MemberSpec | None = None  # models/<key>/spec.json: what pipeline.learn.trained rebuilds the model from
     preds: dict[str, np.ndarray] | None = None  # split -> probabilities
     metrics: MemberMetrics | None = None  # metrics/<key>.json
     lr_curve: dict | None = None  # lr_find's curve, when lr was `auto`
@@ -164,7 +164,7 @@ def member_metrics(f: Fitted, preds: dict, held_out: tuple | None, eval_s: float
 
 
 def member_spec(key: str, f: Fitted, meta: PreparedMeta, seed: int, tta: bool) -> MemberSpec:
-    """models/<key>/spec.json: what pipeline.predict rebuilds the model from."""
+    """models/<key>/spec.json: what pipeline.commands.predict rebuilds the model from."""
     setup, spec = f.setup, f.spec
     return MemberSpec(
         key=key,
@@ -182,7 +182,7 @@ def member_spec(key: str, f: Fitted, meta: PreparedMeta, seed: int, tta: bool) -
         pretrained=setup.pretrained,
         tta=tta,
         channels_last=spec.channels_last,
-        precision=dtype_name(setup.dtype),  # pipeline.predict evaluates with the same autocast on the same
+        precision=dtype_name(setup.dtype),  # pipeline.commands.predict evaluates with the same autocast on the same
         device=str(setup.device),  # device type, so it reproduces preds/; elsewhere with that device's own
         seed=seed,
         train=spec.to_dict(),

@@ -1,4 +1,4 @@
-"""Decode one image file -> uint8 RGB array: the one place the prepare stage and `pipeline.predict` share.
+"""Decode one image file -> uint8 RGB array: the one place the prepare stage and `pipeline.commands.predict` share.
 
 EXIF orientation is applied (phone photos), 16-bit and 32-bit images are scaled to 8 bits (not clipped),
 every other mode PIL reads becomes RGB, and the image is resized to size×size (bilinear, antialiased).

@@ -1,4 +1,4 @@
-"""A trained model or the ensemble, loaded from the stages' outputs and run on new images: what pipeline.predict,
+"""A trained model or the ensemble, loaded from the stages' outputs and run on new images: what pipeline.commands.predict,
 the report and notebooks use.
 
 Model: models/<key>/{spec.json, model.safetensors}, rebuilt from the spec (no pickled learners, no code from model
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from pipeline.contracts import load_ensemble_model, load_member_spec, rerun
+from pipeline.data.images import decode, to_channels
 from pipeline.errors import PipelineError
-from pipeline.hardware import eval_dtype
-from pipeline.images import decode, to_channels
+from pipeline.learn.hardware import eval_dtype
 
 
 def to_array(image, size: int, n_in: int) -> np.ndarray:
@@ -32,9 +32,9 @@ class Model:
     def __init__(self, folder: Path, device: str | torch.device = "cpu", stage_key: str | None = None):
         from safetensors.torch import load_file
 
-        from pipeline import archs
-        from pipeline.data import BatchTfm
-        from pipeline.hardware import configure
+        from pipeline.data.loaders import BatchTfm
+        from pipeline.learn import archs
+        from pipeline.learn.hardware import configure
 
         weights = folder / "model.safetensors"
         self.spec = s = load_member_spec(folder / "spec.json", stage_key or folder.name)
@@ -81,7 +81,7 @@ class Model:
 
     def inputs(self, x: np.ndarray) -> torch.Tensor:
         """Prepared-format uint8 arrays -> the normalised batch the network takes."""
-        from pipeline.data import to_tensor
+        from pipeline.data.loaders import to_tensor
 
         (xb,) = self.tfm((to_tensor(x).to(self.device),))
         return xb
@@ -89,7 +89,7 @@ class Model:
     def cam(self, x: np.ndarray, targets: np.ndarray | None = None) -> np.ndarray:
         """Grad-CAM heatmaps (N × size × size, in [0, 1]) of prepared-format uint8 arrays, for `targets` (default:
         the predicted classes), at the entry's `cam_layer` or the last convolution."""
-        from pipeline.cam import grad_cam, pick_layer
+        from pipeline.inspect.cam import grad_cam, pick_layer
 
         _, layer = pick_layer(self.model, self.spec.cam_layer)
         t = None if targets is None else torch.as_tensor(targets, device=self.device)
@@ -100,7 +100,7 @@ class Model:
 
     def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
         """Probabilities for prepared-format uint8 N×H×W×C arrays (as data/prepared holds them)."""
-        from pipeline.infer import predict_probs
+        from pipeline.learn.infer import predict_probs
 
         if self.folds:
             return np.mean([m.predict_arrays(x, bs) for m in self.folds], axis=0)

@@ -1,10 +1,10 @@
-"""Command `python -m pipeline.seeds ENTRY N`: N more seeds of an `archs` entry, as `variants` in params.yaml.
+"""Command `python -m pipeline.commands.seeds ENTRY N`: N more seeds of an `archs` entry, as `variants` in params.yaml.
 
 Each is one line, `<entry>-s<seed>: {of: <entry>, seed: <seed>}` (seeds after the entry's own), so each is a DVC
 stage (`variant@<entry>-s<seed>`), a model of its own and a candidate member; the leaderboard reports the entry's
 mean ± std over its models and marks entries whose difference is smaller than that spread. The lines go under
 `variants:` with the file's comments kept; existing names are left as they are (rerunning adds nothing).
-Run:    python -m pipeline.seeds fast 2 [--params params.yaml]
+Run:    python -m pipeline.commands.seeds fast 2 [--params params.yaml]
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def add_seeds(path: Path, entry: str, n: int) -> list[str]:
     new = [(f"{entry}-s{s}", s) for s in range(base + 1, base + 1 + n) if f"{entry}-s{s}" not in have]
     if not new:
         return []
-    lines = [f"  {name}: {{of: {entry}, seed: {s}}}   # python -m pipeline.seeds {entry} {n}\n" for name, s in new]
+    lines = [
+        f"  {name}: {{of: {entry}, seed: {s}}}   # python -m pipeline.commands.seeds {entry} {n}\n" for name, s in new
+    ]
     out = text.splitlines(keepends=True)
     at = next((i for i, line in enumerate(out) if re.match(r"variants:\s*(\{\s*\})?\s*(#.*)?$", line)), None)
     if at is None:
@@ -56,7 +58,7 @@ def add_seeds(path: Path, entry: str, n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.seeds", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.commands.seeds", description=__doc__.split("\n")[0])
     ap.add_argument("entry")
     ap.add_argument("n", type=int)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))

@@ -1,4 +1,4 @@
-"""Probabilities of a model on uint8 arrays: shared by the train stage and pipeline.predict."""
+"""Probabilities of a model on uint8 arrays: shared by the train stage and pipeline.commands.predict."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.data import BatchTfm, to_tensor
+from pipeline.data.loaders import BatchTfm, to_tensor
 
 
 def predict_probs(

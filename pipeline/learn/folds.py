@@ -1,4 +1,4 @@
-"""`folds: K` and `refit: true`: functions over one member (pipeline.member.train_arch). K fold models with their
+"""`folds: K` and `refit: true`: functions over one member (pipeline.learn.member.train_arch). K fold models with their
 out-of-fold predictions and averaged valid/test predictions; a refit on train + valid with the validated recipe.
 """
 
@@ -9,13 +9,13 @@ from dataclasses import replace
 import numpy as np
 
 from pipeline.contracts import FoldScores, Refit, Score
-from pipeline.data import Rows
-from pipeline.distributed import say
+from pipeline.data.loaders import Rows
 from pipeline.errors import PipelineError
-from pipeline.member import TrainResult, score_on_test, train_arch
+from pipeline.inspect.scores import score
+from pipeline.learn.distributed import say
+from pipeline.learn.member import TrainResult, score_on_test, train_arch
+from pipeline.learn.recipe import training_pool
 from pipeline.params import TrainSpec
-from pipeline.recipe import training_pool
-from pipeline.scores import score
 
 
 def fold_splits(key: str, y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

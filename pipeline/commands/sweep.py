@@ -1,14 +1,14 @@
-"""Command `python -m pipeline.sweep`: DVC's finished experiments as a table sorted by validation accuracy, and a
+"""Command `python -m pipeline.commands.sweep`: DVC's finished experiments as a table sorted by validation accuracy, and a
 plot of that accuracy against each swept param.
 
 A sweep is DVC's own grid (no code of ours runs it):
     dvc exp run --queue -S 'archs.fast.lr=0.002,0.005,0.01' -S 'archs.fast.bs=64,128'
     dvc queue start --jobs 1          # then wait for `dvc queue status`
-    python -m pipeline.sweep          # the table and the plot
+    python -m pipeline.commands.sweep          # the table and the plot
 Reads:  `dvc exp show --json` (the experiments of the current commit; the commit itself is the baseline row).
 Writes: sweep/table.md, sweep/table.csv, sweep/accuracy_vs_params.png, whole or not at all (not a DVC output:
         rerun it whenever experiments finish).
-Run:    python -m pipeline.sweep [--metric ensemble/metrics.json:valid.accuracy] [--out sweep]
+Run:    python -m pipeline.commands.sweep [--metric ensemble/metrics.json:valid.accuracy] [--out sweep]
 """
 
 from __future__ import annotations

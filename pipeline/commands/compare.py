@@ -1,4 +1,4 @@
-"""Command `python -m pipeline.compare A B`: is model A better than model B, on the same rows?
+"""Command `python -m pipeline.commands.compare A B`: is model A better than model B, on the same rows?
 
 A and B name models of the run (`preds/<name>/`) or `ensemble` (the submission, `ensemble/preds/`). For the
 validation split and, where it has labels, the test split, in the run's metric (params.yaml `metric`; auto:
@@ -6,7 +6,7 @@ accuracy on balanced training classes, else balanced accuracy; `--metric` to cho
 intervals, the difference with a paired bootstrap 95 % interval (seeded; class-stratified beside accuracy) and its
 p-value (McNemar's exact for accuracy), and whether the split resolves it (p < 0.05). Reads params.yaml's `metric`
 and data/prepared; writes nothing.
-Run:    python -m pipeline.compare fast fast-32 [--metric auto] [--resamples 2000] [--seed 42] [--json]
+Run:    python -m pipeline.commands.compare fast fast-32 [--metric auto] [--resamples 2000] [--seed 42] [--json]
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 
 from pipeline.contracts import load_prepared_meta
 from pipeline.errors import PipelineError
+from pipeline.inspect.scores import compare, resolve_metric, score, verdict
 from pipeline.params import load_params, metric_param
-from pipeline.scores import compare, resolve_metric, score, verdict
 
 
 def probs_of(name: str, split: str, root: Path) -> np.ndarray:
@@ -80,7 +80,7 @@ def run_metric(setting: str, root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.commands.compare", description=__doc__.split("\n")[0])
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--resamples", type=int, default=2000)

@@ -1,0 +1,1 @@
+"""Commands a user runs beside the pipeline (`python -m pipeline.commands.<name>`): predict, compare, seeds, sweep."""
