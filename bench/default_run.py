@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from bench.machine import add_paths, cpu_name, md_table, out_dir
-from pipeline.contracts import load_ensemble_metrics, load_member_metrics
+from pipeline.artifacts import ensemble_metrics_file, load_ensemble_metrics, load_member_metrics, metrics_file
 
 
 def tree_rss(p: psutil.Process) -> int:
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> None:
         s["peak_rss_mib"] = round(s["peak_rss_mib"], 1)
     if rc:
         sys.exit(f"dvc repro failed with exit code {rc}")
-    ens = load_ensemble_metrics(ROOT / "ensemble" / "metrics.json")
+    ens = load_ensemble_metrics(ensemble_metrics_file(ROOT))
     for name, s in stages.items():  # each model's accuracy beside its cost
         key = name.split("@", 1)[-1]
-        if "@" in name and (ROOT / "metrics" / f"{key}.json").is_file():
-            m = load_member_metrics(ROOT / "metrics" / f"{key}.json", key)
+        if "@" in name and (metrics_file(ROOT, key)).is_file():
+            m = load_member_metrics(metrics_file(ROOT, key), key)
             s |= {"valid_acc": m.valid.accuracy, "test_acc": m.test.accuracy if m.test else None}
             s["precision"] = m.precision
     result = {

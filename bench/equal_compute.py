@@ -19,28 +19,36 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 
 from bench.machine import ROOT, cpu_name, md_table
-from pipeline.contracts import EqualCompute, load_ensemble_metrics, load_member_metrics, save_equal_compute
-from pipeline.data.loaders import load_prepared
+from pipeline.artifacts import (
+    ensemble_metrics_file,
+    load_ensemble_metrics,
+    load_member_metrics,
+    load_prepared,
+    load_submission_preds,
+    metrics_file,
+    save_equal_compute,
+)
 from pipeline.inspect.scores import compare, score, verdict
 from pipeline.learn import member
 from pipeline.params import load_params, seed_param, train_spec
+from pipeline.records import EqualCompute
 
 
 def run(root: Path, out: Path, scale: float = 1.0) -> dict:
     params = load_params(root / "params.yaml")
-    ens = load_ensemble_metrics(root / "ensemble" / "metrics.json")
+    ens = load_ensemble_metrics(ensemble_metrics_file(root))
     used = [n for n, w in ens.weights.items() if w > 0]
-    metrics = {n: load_member_metrics(root / "metrics" / f"{n}.json", n) for n in used}
+    metrics = {n: load_member_metrics(metrics_file(root, n), n) for n in used}
     best = ens.best_member or max(used, key=lambda n: metrics[n].valid.accuracy)
     budget = scale * sum(m.train_s for m in metrics.values())
     spec = replace(train_spec(params, best), time_budget=budget)
     seed = seed_param(params) if spec.seed is None else spec.seed
-    arrays, meta = load_prepared(root / "data" / "prepared")
+    prep = load_prepared(root)
+    arrays, meta = prep.arrays, prep.meta
     res = member.train_arch(best, spec, arrays, meta, seed)
-    sub = {s: np.load(root / "ensemble" / "preds" / f"{s}.npy") for s in ("valid", "test")}
+    sub = {s: load_submission_preds(root, s) for s in ("valid", "test")}
     labeled = ens.test is not None
     splits = ("valid", "test") if labeled else ("valid",)
     y = {s: arrays[f"{s}_y"] for s in splits}

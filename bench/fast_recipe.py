@@ -26,7 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.machine import ROOT, add_paths, md_table, out_dir
-from pipeline.data.loaders import load_prepared
+from pipeline.artifacts import load_prepared
 from pipeline.learn import archs, member
 from pipeline.params import TrainSpec, load_params, make_spec, train_spec
 
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: the entry's (auto)")
     ap.add_argument("--matmul-s", type=float, default=3.0, help="seconds of each matrix-multiply measurement")
     args = ap.parse_args(argv)
-    arrays, meta = load_prepared(args.root / "data" / "prepared")
+    prep = load_prepared(args.root)
+    arrays, meta = prep.arrays, prep.meta
     overrides = {}
     if args.epochs:
         overrides |= {"epochs": args.epochs, "phases": None}

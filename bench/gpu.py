@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import ROOT, md_table
+from pipeline.artifacts import ensemble_metrics_file, metrics_file
 
 CACHE = ROOT / "bench" / "cache" / "gpu"
 PROFILE = {  # the benchmark's architectures, on the whole training split (no train_limit), at 32 px
@@ -70,7 +71,7 @@ def run_tests() -> dict:
 def repro(name: str, params: dict) -> dict:
     """`dvc repro` of params in bench/cache/gpu/<name>/repo under bench.scale's wrapper: stages and metrics."""
     from bench import scale
-    from pipeline.contracts import load_ensemble_metrics, load_member_metrics
+    from pipeline.artifacts import load_ensemble_metrics, load_member_metrics
 
     repo, total, log = scale.repro_project(CACHE / name, params)
     stages = {}
@@ -79,29 +80,29 @@ def repro(name: str, params: dict) -> dict:
         s = scale.stage_name(r["cmd"])
         rec = {"wall_s": r["wall_s"], "peak_rss_gib": round(r["peak_rss"] / 2**30, 2)}
         if s.startswith(("train@", "variant@")):
-            m = load_member_metrics(repo / "metrics" / f"{s.split('@')[1]}.json", s.split("@")[1])
+            m = load_member_metrics(metrics_file(repo, s.split("@")[1]), s.split("@")[1])
             rec |= {k: getattr(m, k) for k in ("img_per_s", "train_s", "peak_gpu_mib", "device", "precision")}
             rec |= {"valid_acc": m.valid.accuracy, "test_acc": m.test.accuracy if m.test else None}
         stages[s] = rec
-    ens = load_ensemble_metrics(repo / "ensemble" / "metrics.json")
+    ens = load_ensemble_metrics(ensemble_metrics_file(repo))
     return {"total_s": round(total, 1), "stages": stages, "ensemble_test": ens.test.accuracy if ens.test else None}
 
 
 def find_data(path: Path) -> Path:
     """A folder holding Fashion-MNIST's four IDX files: `path` (params.yaml's data.path), else Debian's folder
     (after `apt-get install dataset-fashion-mnist` where apt can), else `path` filled by prepare's download."""
-    from pipeline.data import datasets
+    from pipeline.data import array_formats, downloads
 
-    deb = datasets.DEBIAN_PLACES["fashion-mnist"]
-    files = [f for pair in datasets.IDX_FILES.values() for f in pair]
-    has = lambda d: all(datasets.find_variant(d / f) for f in files)  # noqa: E731
+    deb = downloads.DEBIAN_PLACES["fashion-mnist"]
+    files = [f for pair in array_formats.IDX_FILES.values() for f in pair]
+    has = lambda d: all(downloads.find_variant(d / f) for f in files)  # noqa: E731
     if has(path):
         return path
     if not has(deb) and subprocess.run("command -v apt-get", shell=True, capture_output=True).returncode == 0:
         subprocess.run("apt-get install -y -qq dataset-fashion-mnist", shell=True, capture_output=True)
     if has(deb):
         return deb
-    datasets.read_mnist_like("fashion-mnist", path, download=True)  # downloads, or says where it looked
+    array_formats.read_mnist_like("fashion-mnist", path, download=True)  # downloads, or says where it looked
     return path
 
 
@@ -128,11 +129,14 @@ def bare_loop_ratio(epochs: int = 2, bs: int = 512) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.data.loaders import BatchTfm, load_prepared
+    from pipeline.artifacts import load_prepared
+    from pipeline.data.loaders import BatchTfm
     from pipeline.learn import archs, recipe
     from pipeline.params import make_spec
 
-    arrays, meta = load_prepared(CACHE / "profile" / "repo" / "data" / "prepared")
+    prep = load_prepared(CACHE / "profile" / "repo")
+
+    arrays, meta = prep.arrays, prep.meta
     device = torch.device("cuda:0")
     spec = make_spec({**PROFILE["fast_full"], "epochs": 1, "bs": bs}, "fast_full")
     learn, setup = recipe.build_learner("fast_full", spec, arrays, meta, seed=0, device=device)

@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from bench.machine import ROOT, cpu_name, md_table, out_dir
+from pipeline.artifacts import prepared_dir
 
 CACHE = ROOT / "bench" / "cache" / "imbalance"
 NAMES = [  # Fashion-MNIST's classes, as a user might name their folders: spaces, accents
@@ -113,7 +114,7 @@ def run_setting(name: str, base: dict, work: Path, trained: dict[str, Path]) -> 
     if group not in trained:
         shutil.rmtree(root, ignore_errors=True)
         (root / "data").mkdir(parents=True)
-        (root / "data" / "prepared").symlink_to(work / "prepared")
+        prepared_dir(root).symlink_to(prepared_dir(work).resolve())
         (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
         for key in model_names(p):
             train.main(key, str(root / "params.yaml"), root)
@@ -221,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     t0 = time.perf_counter()
-    shutil.rmtree(work / "prepared", ignore_errors=True)
-    prepare.main(str(work / "params.yaml"), work / "prepared")
+    shutil.rmtree(prepared_dir(work), ignore_errors=True)
+    prepare.main(str(work / "params.yaml"), prepared_dir(work))
     out = out_dir(args)
     name = "imbalance_small" if args.small else "imbalance"
     r = {

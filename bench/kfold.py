@@ -27,8 +27,9 @@ from bench.machine import ROOT, md_table
 from ensembles import ensemble
 from ensembles.strategies import ensemble_params
 from pipeline import prepare, train
-from pipeline.contracts import MemberMetrics, load_member_metrics, load_prepared_meta
-from pipeline.data.datasets import digits_file
+from pipeline.artifacts import load_member_metrics, load_prepared, metrics_file, prepared_dir
+from pipeline.data.array_formats import digits_file
+from pipeline.records import MemberMetrics
 
 WORK_DIR = ROOT / "bench" / "cache" / "kfold"
 FAST = {"arch": "resnet9", "pad": 2, "epochs": 10, "lr": 0.005, "model_kwargs": {"widths": [16, 32, 64, 128]}}
@@ -134,18 +135,17 @@ def main(argv: list[str] | None = None) -> None:
         p = smallest(p)
     pf = WORK / "params.yaml"
     pf.write_text(yaml.safe_dump(p, sort_keys=False))
-    prepare.main(str(pf), WORK / "data" / "prepared")
+    prepare.main(str(pf), prepared_dir(WORK))
     for key in [*p["archs"], *p["variants"]]:
         train.main(key, str(pf), WORK)
     ens_params = {**p, "variants": {}}  # the ensemble of the three K-fold entries
     m = ensemble.run(ens_params, WORK)
 
     # the fitted strategies again, fitted on the validation split alone (as for entries without folds)
-    prep = WORK / "data" / "prepared"
-    vy, ty = np.load(prep / "valid_y.npy"), np.load(prep / "test_y.npy")
-    n_classes = len(load_prepared_meta(prep / "meta.json").classes)
+    prep = load_prepared(WORK)
+    vy, ty = prep.labels("valid"), prep.labels("test")
     c = ensemble.load_candidates(
-        m.members, len(vy), len(ty), n_classes, WORK, n_train=len(np.load(prep / "train_y.npy"))
+        m.members, len(vy), len(ty), len(prep.meta.classes), WORK, n_train=len(prep.labels("train"))
     )
     cfg = ensemble_params(ens_params) | {"metric": m.judged_by()}
     on_valid = ensemble.run_strategies(c.valid, vy, c.test, ty, m.members, cfg, 0)
@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         "valid": {k: on_valid[k].record for k in fitted},
         "oof": {k: m.strategies[k].to_json() for k in fitted},
     }
-    metrics = {n: load_member_metrics(WORK / "metrics" / f"{n}.json", n) for n in p["archs"]}
-    refit = load_member_metrics(WORK / "metrics" / "fast-refit.json", "fast-refit")
+    metrics = {n: load_member_metrics(metrics_file(WORK, n), n) for n in p["archs"]}
+    refit = load_member_metrics(metrics_file(WORK, "fast-refit"), "fast-refit")
 
     lines = [
         f"# Stratified K-fold and refit on {args.data} (`python -m bench.kfold --data {args.data} --folds {args.folds}`)",

@@ -32,7 +32,7 @@ import torch
 
 from bench.fast_recipe import entry_spec
 from bench.machine import add_paths, machine, md_table, out_dir
-from pipeline.data import datasets
+from pipeline.data import array_formats
 from pipeline.data.loaders import BatchTfm, to_tensor
 from pipeline.learn import archs
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-compile", action="store_true")
     args = ap.parse_args(argv)
     spec = entry_spec("fast", args.root / "params.yaml")
-    raw = datasets.read_mnist_like("fashion-mnist", None, download=False)
+    raw = array_formats.read_mnist_like("fashion-mnist", None, download=False)
     n = max(
         args.batches * args.bs, args.eval_images
     )  # training runs read the first batches, evaluation the first images

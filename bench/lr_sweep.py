@@ -17,7 +17,7 @@ from dataclasses import replace
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.machine import add_paths, md_table, out_dir
-from pipeline.data.loaders import load_prepared
+from pipeline.artifacts import load_prepared
 from pipeline.learn import member
 from pipeline.params import load_params, train_spec
 
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    arrays, meta = load_prepared(args.root / "data" / "prepared")
+    prep = load_prepared(args.root)
+    arrays, meta = prep.arrays, prep.meta
     params = load_params(args.root / "params.yaml")
     rows = []
     for lr in args.lrs:

@@ -26,10 +26,10 @@ import yaml
 from bench.machine import ROOT, add_paths, md_table, out_dir
 from ensembles.ensemble import by_size
 from ensembles.weights import accuracy
-from pipeline.contracts import PreparedMeta, load_member_metrics, save_member_metrics
-from pipeline.data.loaders import load_prepared
+from pipeline.artifacts import load_member_metrics, load_prepared, read_probs, save_member_metrics, save_preds
 from pipeline.learn import member
 from pipeline.params import load_params, seed_param, train_spec
+from pipeline.records import PreparedMeta
 
 CACHE = ROOT / "bench" / "cache" / "members"
 
@@ -56,11 +56,10 @@ def trained(name: str, params: dict, arrays: dict, meta: PreparedMeta, cache: Pa
     if not (d / "metrics.json").exists():
         res = member.train_arch(name, spec, arrays, meta, seed)
         d.mkdir(parents=True, exist_ok=True)
-        for split, p in res.preds.items():
-            np.save(d / f"{split}.npy", p)
+        save_preds(d, res.preds)
         save_member_metrics(d / "metrics.json", res.metrics)
     m = load_member_metrics(d / "metrics.json", name)
-    return {"valid": np.load(d / "valid.npy"), "test": np.load(d / "test.npy"), "metrics": m, "spec": spec.to_dict()}
+    return {"valid": read_probs(d, "valid"), "test": read_probs(d, "test"), "metrics": m, "spec": spec.to_dict()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = load_params(args.root / "params.yaml")
     names = [parse_model(a, params) for a in args.models]
-    arrays, meta = load_prepared(args.root / "data" / "prepared")
+    prep = load_prepared(args.root)
+    arrays, meta = prep.arrays, prep.meta
     cache = args.out / "cache" if args.out else CACHE
     yv, yt = arrays["valid_y"], arrays["test_y"]
     runs = {n: trained(n, params, arrays, meta, cache) for n in names}

@@ -24,7 +24,7 @@ from fastai.callback.core import Callback
 from bench.fast_recipe import entry_spec
 from bench.machine import add_paths, machine, md_table, out_dir
 from pipeline import prepare
-from pipeline.data import datasets
+from pipeline.data import array_formats
 from pipeline.data.loaders import BatchTfm, to_tensor
 from pipeline.learn import archs, recipe
 from pipeline.params import arch_names, load_params, make_spec
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
 
-    raw = datasets.read_mnist_like("fashion-mnist", None, download=True)
+    raw = array_formats.read_mnist_like("fashion-mnist", None, download=True)
     arrays, meta = prepare.prepare(raw, 0.1, 0, limit=args.images + 500, test_limit=100)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results, keys = {}, arch_names(load_params(args.root / "params.yaml"))

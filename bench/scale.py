@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import ROOT, cpu_name, md_table
+from pipeline.artifacts import ensemble_metrics_file, metrics_file
 
 CACHE = ROOT / "bench" / "cache" / "scale"
 FAST = {"arch": "resnet9", "model_kwargs": {"widths": [16, 32, 64, 128]}, "size": 32, "lr": 0.005, "tta": False}
@@ -83,18 +84,18 @@ def measure(out: Path, cmd: list[str]) -> int:
 # --------------------------------------------------------------------------------------------- data
 def source_images(small: bool) -> tuple[np.ndarray, np.ndarray, str]:
     """28×28 uint8 garment images and labels: Fashion-MNIST where installed, else digits upscaled."""
-    from pipeline.data import datasets
+    from pipeline.data import array_formats
     from pipeline.errors import PipelineError
 
     if not small:
         try:
-            raw = datasets.read_mnist_like("fashion-mnist", None, download=False)
+            raw = array_formats.read_mnist_like("fashion-mnist", None, download=False)
             return raw.train_x[..., 0], raw.train_y, "fashion-mnist"
         except PipelineError:
             pass
     from PIL import Image
 
-    raw = datasets.read_digits(0)
+    raw = array_formats.read_digits(0)
     x = np.stack(
         [np.asarray(Image.fromarray(im[..., 0]).resize((28, 28), Image.Resampling.BILINEAR)) for im in raw.train_x]
     )
@@ -243,7 +244,8 @@ def make_project(folder: Path, p: dict, stages_log: Path) -> Path:
     (repo / "bench").mkdir()
     for f in ("__init__.py", "scale.py", "machine.py"):
         shutil.copy(ROOT / "bench" / f, repo / "bench" / f)
-    for f in (".dvcignore", ".gitignore"):
+    (repo / "bench" / "results").mkdir()
+    for f in (".dvcignore", ".gitignore", "bench/results/equal_compute.json"):  # the last: a dep of the report
         shutil.copy(ROOT / f, repo / f)
     dvc_yaml = (ROOT / "dvc.yaml").read_text()
     dvc_yaml = dvc_yaml.replace("cmd: python -m ", f"cmd: python -m bench.scale measure {stages_log} -- python -m ")
@@ -284,7 +286,7 @@ def stage_name(cmd: str) -> str:
 
 
 def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
-    from pipeline.contracts import load_ensemble_metrics, load_member_metrics, load_prepared_meta
+    from pipeline.artifacts import images_file, load_ensemble_metrics, load_member_metrics, load_prepared, prepared_dir
 
     raw, src = raw_data(name, small, workers)
     folder = raw.parent
@@ -297,9 +299,9 @@ def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
     status_s, _ = sh("dvc status", repo)
     decoded = re.search(r"decoded (\d+) image files in ([\d.]+) s \((\d+) img/s, (\d+) processes\)", out)
     recs = [json.loads(line) for line in log.read_text().splitlines()]
-    prep = repo / "data" / "prepared"
-    meta = load_prepared_meta(prep / "meta.json")
-    x_bytes = sum((prep / f"{s}_x.npy").stat().st_size for s in ("train", "valid", "test"))
+    prep = prepared_dir(repo)
+    meta = load_prepared(repo).meta
+    x_bytes = sum(images_file(prep, s).stat().st_size for s in ("train", "valid", "test"))
     all_bytes = sum(f.stat().st_size for f in prep.iterdir())
     n_images = sum(meta.counts.values())
     stages = {}
@@ -313,10 +315,10 @@ def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
             if decoded:
                 rec["decode_img_per_s"], rec["decode_processes"] = int(decoded.group(3)), int(decoded.group(4))
         if s.startswith("train@"):
-            m = load_member_metrics(repo / "metrics" / f"{s.split('@')[1]}.json", s.split("@")[1])
+            m = load_member_metrics(metrics_file(repo, s.split("@")[1]), s.split("@")[1])
             rec |= {"valid_acc": m.valid.accuracy, "train_images": m.train_images, "img_per_s": m.img_per_s}
         stages[s] = rec
-    ens = load_ensemble_metrics(repo / "ensemble" / "metrics.json") if not target else None
+    ens = load_ensemble_metrics(ensemble_metrics_file(repo)) if not target else None
     import psutil
 
     return {

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from bench.machine import ROOT, cpu_name, md_table
+from pipeline.artifacts import ensemble_metrics_file
 
 CACHE = ROOT / "bench" / "cache" / "study"
 FINE_TUNE = {"pretrained": True, "freeze_epochs": 1, "lr": "auto", "bs": 128, "tta": True}
@@ -73,10 +74,10 @@ def small_preset(path: str) -> dict:
 def run(p: dict, name: str) -> dict:
     """`dvc repro` of `p` in bench/cache/study/<name>/repo, every stage measured; the leaderboard's numbers."""
     from bench import scale
-    from pipeline.contracts import load_ensemble_metrics
+    from pipeline.artifacts import load_ensemble_metrics
 
     repo, total, _ = scale.repro_project(CACHE / name, p)
-    ens = load_ensemble_metrics(repo / "ensemble" / "metrics.json")
+    ens = load_ensemble_metrics(ensemble_metrics_file(repo))
     k = ens.judged_by()
     models = {
         n: {"valid": m.valid.value(k), "test": m.test.value(k) if m.test else None} for n, m in ens.models.items()

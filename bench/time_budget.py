@@ -18,8 +18,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.machine import ROOT, cpu_name, md_table
-from pipeline.contracts import load_member_metrics
-from pipeline.data.loaders import load_prepared
+from pipeline.artifacts import load_member_metrics, load_prepared, metrics_file
 from pipeline.learn import member
 from pipeline.params import load_params, model_names, seed_param, train_spec
 
@@ -27,10 +26,11 @@ from pipeline.params import load_params, model_names, seed_param, train_spec
 def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: float | None = None) -> dict:
     params = load_params(root / "params.yaml")
     names = names or model_names(params)
-    arrays, meta = load_prepared(root / "data" / "prepared")
+    prep = load_prepared(root)
+    arrays, meta = prep.arrays, prep.meta
     rows = {}
     for n in names:
-        asked = budget or scale * load_member_metrics(root / "metrics" / f"{n}.json", n).train_s
+        asked = budget or scale * load_member_metrics(metrics_file(root, n), n).train_s
         spec = replace(train_spec(params, n), time_budget=asked)
         seed = seed_param(params) if spec.seed is None else spec.seed
         m = member.train_arch(n, spec, arrays, meta, seed).metrics

@@ -19,7 +19,6 @@ scores.
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -32,22 +31,23 @@ from ensembles.calibrate import adjust_logits, apply_temperature, fit_tau, fit_t
 from ensembles.select import family, select
 from ensembles.strategies import REGISTRY, Fit, ensemble_params, stacking_form
 from ensembles.weights import accuracy_weights, blend, crossfit
-from pipeline.contracts import (
-    EnsembleMetrics,
-    EnsembleModel,
-    MemberMetrics,
-    PreparedMeta,
-    Score,
+from pipeline.artifacts import (
+    ensemble_outputs,
+    has_oof,
     load_member_metrics,
-    load_prepared_meta,
-    rerun,
+    load_oof,
+    load_preds,
+    load_prepared,
+    metrics_file,
     save_ensemble_metrics,
     save_ensemble_model,
+    save_preds,
 )
 from pipeline.errors import PipelineError
 from pipeline.inspect.scores import class_report, compare, metric_value, resolve_metric, score
 from pipeline.io import staged
 from pipeline.params import group_of, load_params, metric_param, model_names, seed_param
+from pipeline.records import EnsembleMetrics, EnsembleModel, MemberMetrics, PreparedMeta, Score
 
 NO_TEST = (
     "no submission: the prepared data has no test split (e.g. an ImageFolder set without test/); "
@@ -70,41 +70,12 @@ def load_candidates(
     """Every model's predictions, checked against the prepared data and each other."""
     valid, test, info, oof = [], [], {}, {}
     for name in names:
-        arrays = {}
-        for split, rows in (("valid", n_valid), ("test", n_test)):
-            f = root / "preds" / name / f"{split}.npy"
-            if not f.is_file():
-                raise PipelineError(f"{f}: missing; run {rerun(name)} first")
-            a = np.load(f, allow_pickle=False)
-            if a.shape != (rows, n_classes):
-                raise PipelineError(
-                    f"{f}: shape {a.shape}, but data/prepared has {rows} {split} rows and {n_classes} classes: "
-                    f"model {name} was trained on other data (a stale stage); rerun {rerun(name)}"
-                )
-            if not np.isfinite(a).all() or (a < 0).any() or not np.allclose(a.sum(1), 1.0, atol=1e-3):
-                raise PipelineError(f"{f}: rows are not probabilities (negative, non-finite, or not summing to 1)")
-            arrays[split] = a.astype(np.float64)
-        info[name] = load_member_metrics(root / "metrics" / f"{name}.json", name)
-        valid.append(arrays["valid"])
-        test.append(arrays["test"])
-        if (root / "preds" / name / "oof.npy").is_file():
-            oof[name] = load_oof(root / "preds" / name, n_train, n_classes)
+        valid.append(load_preds(root, name, "valid", n_valid, n_classes).astype(np.float64))
+        test.append(load_preds(root, name, "test", n_test, n_classes).astype(np.float64))
+        info[name] = load_member_metrics(metrics_file(root, name), name)
+        if has_oof(root, name):
+            oof[name] = load_oof(root, name, n_train, n_classes)
     return Candidates(names, np.stack(valid), np.stack(test), info, oof)
-
-
-def load_oof(folder: Path, n_train: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """A `folds` entry's out-of-fold probabilities and the training rows they belong to, checked."""
-    try:
-        rows = np.load(folder / "oof_rows.npy", allow_pickle=False)
-        p = np.load(folder / "oof.npy", allow_pickle=False).astype(np.float64)
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{folder}: cannot read oof.npy / oof_rows.npy ({e}); rerun its train stage") from e
-    if p.shape != (len(rows), n_classes) or len(rows) and (rows.min() < 0 or rows.max() >= n_train):
-        raise PipelineError(
-            f"{folder}/oof.npy: shape {p.shape} for {len(rows)} rows of a {n_train}-row training split with "
-            f"{n_classes} classes: trained on other data (a stale stage); rerun its train stage"
-        )
-    return rows, p
 
 
 def oof_fit_rows(c: Candidates, members: list[str]) -> np.ndarray | None:
@@ -345,34 +316,23 @@ def write_csv(path: Path, rows: list[list[Any]]) -> None:
 
 
 @dataclass
-class Prepared:
+class Labels:
     """What the stage reads of data/prepared: labels (test ones only where labelled), test ids, meta."""
 
     meta: PreparedMeta
     valid_y: np.ndarray
     test_y: np.ndarray | None
     test_ids: list[str]
-    train_y: np.ndarray  # only where a `folds` entry has out-of-fold rows; else empty
+    train_y: np.ndarray  # the labels of `folds` entries' out-of-fold rows
 
 
-def read_prepared(root: Path, names: list[str]) -> Prepared:
-    prep = root / "data" / "prepared"
-    try:
-        meta = load_prepared_meta(prep / "meta.json")
-        y = np.load(prep / "valid_y.npy")
-        ids = json.loads((prep / "test_ids.json").read_text())
-        test_y = np.load(prep / "test_y.npy") if meta.test_labeled else None
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{prep}: cannot read the prepared data ({e}); run `dvc repro prepare`") from e
-    has_oof = any((root / "preds" / n / "oof.npy").is_file() for n in names)
-    try:  # the labels of `folds` entries' out-of-fold rows
-        train_y = np.load(prep / "train_y.npy") if has_oof else np.zeros(0, np.int64)
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{prep}/train_y.npy: cannot read ({e}); run `dvc repro prepare`") from e
-    return Prepared(meta, y, test_y, ids, train_y)
+def read_labels(root: Path) -> Labels:
+    """The prepared data's labels, ids and meta (its images are memory-mapped and never touched here)."""
+    prep = load_prepared(root)
+    return Labels(prep.meta, prep.labels("valid"), prep.labels("test"), prep.test_ids, prep.labels("train"))
 
 
-def model_records(params, c: Candidates, d: Prepared, families: dict, weights: dict, temps: dict, raw: dict) -> dict:
+def model_records(params, c: Candidates, d: Labels, families: dict, weights: dict, temps: dict, raw: dict) -> dict:
     """ensemble/metrics.json `models`: each model's family, entry, scores (after its temperature) and weight."""
     models = {}
     for i, n in enumerate(c.names):
@@ -389,7 +349,7 @@ def model_records(params, c: Candidates, d: Prepared, families: dict, weights: d
     return models
 
 
-def verdicts(c: Candidates, d: Prepared, members, best, best_member, chosen, out: Outcome, cfg, seed, fit_on_of):
+def verdicts(c: Candidates, d: Labels, members, best, best_member, chosen, out: Outcome, cfg, seed, fit_on_of):
     """The submission against each member and the best model (paired), without each member, and per class."""
     sub = {"valid": out.valid_probs, "test": out.test_probs}
     bm, n_classes = c.names.index(best_member), len(d.meta.classes)
@@ -407,7 +367,7 @@ def verdicts(c: Candidates, d: Prepared, members, best, best_member, chosen, out
 def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
     """The whole stage; returns the metrics it wrote (ensemble/metrics.json)."""
     cfg, seed, names = ensemble_params(params), seed_param(params), model_names(params)
-    d = read_prepared(root, names)
+    d = read_labels(root)
     y, test_y = d.valid_y, d.test_y
     train_counts = d.meta.counts_per_class.get("train", {})
     metric, why = resolve_metric(metric_param(params), train_counts)
@@ -483,12 +443,11 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
 
 
 def write_outputs(
-    root: Path, c: Candidates, d: Prepared, out: Outcome, metrics: EnsembleMetrics, model: EnsembleModel
+    root: Path, c: Candidates, d: Labels, out: Outcome, metrics: EnsembleMetrics, model: EnsembleModel
 ) -> None:
     """submissions/, ensemble/preds/, ensemble/metrics.json and ensemble/model.json, whole or not at all."""
     classes, ids, header = d.meta.classes, d.test_ids, d.meta.submission_header
-    outs = (root / "submissions", root / "ensemble" / "preds", root / "ensemble" / "metrics.json")
-    with staged(*outs, root / "ensemble" / "model.json") as (subs, pr, mf, mj):
+    with staged(*ensemble_outputs(root)) as (subs, pr, mf, mj):
         save_ensemble_model(mj, model)
         subs.mkdir(exist_ok=True)
         if ids:
@@ -497,8 +456,7 @@ def write_outputs(
             write_csv(subs / "ensemble.csv", submission_rows(out.test_probs, ids, classes, header))
         else:
             (subs / "NO_TEST_SPLIT.txt").write_text(NO_TEST + "\n")
-        np.save(pr / "valid.npy", out.valid_probs.astype(np.float32))
-        np.save(pr / "test.npy", out.test_probs.astype(np.float32))
+        save_preds(pr, {"valid": out.valid_probs.astype(np.float32), "test": out.test_probs.astype(np.float32)})
         save_ensemble_metrics(mf, metrics)
 
 

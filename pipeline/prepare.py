@@ -21,17 +21,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.contracts import PreparedMeta, save_prepared_meta
-from pipeline.data import datasets
-from pipeline.data.datasets import Files, take
+from pipeline.artifacts import (
+    PREPARED,
+    ids_file,
+    images_file,
+    labels_file,
+    meta_file,
+    read_prepared,
+    save_prepared_meta,
+)
+from pipeline.data import datasets, images
 from pipeline.data.images import luma, to_channels
+from pipeline.data.raw import Files, RawData, take
 from pipeline.data.splits import split_valid, stratified_subset
 from pipeline.errors import PipelineError
 from pipeline.inspect.scores import imbalance_line, resolve_metric
 from pipeline.io import staged
 from pipeline.params import data_params, load_params, metric_param, seed_param
+from pipeline.records import PreparedMeta
 
-OUT = Path("data/prepared")
+OUT = PREPARED
 ROWS_PER_CHUNK = 4096  # rows read at a time when a written file is converted, compacted or summed
 
 
@@ -129,7 +138,7 @@ def channel_stats(path: Path) -> tuple[list[float], list[float]]:
 
 
 # --------------------------------------------------------------------------------------------- the stage
-def select_rows(raw: datasets.RawData, valid_pct: float, seed: int, limit: int | None, test_limit: int | None):
+def select_rows(raw: RawData, valid_pct: float, seed: int, limit: int | None, test_limit: int | None):
     """Train / valid / test rows (images not decoded yet where they are Files): the data set's own validation
     split or a seeded stratified one, `limit` and `test_limit` as seeded stratified subsets."""
     if len(raw.train_y) == 0:
@@ -170,7 +179,7 @@ def write_arrays(folder: Path, xs: dict, size: int | None, channels) -> list[int
     if size:
         xs = {k: resize_all(x, size) for k, x in xs.items()}
     for k, x in xs.items():
-        save(folder / f"{k}_x.npy", x)
+        save(images_file(folder, k), x)
     return list(xs["train"].shape[1:])
 
 
@@ -184,16 +193,16 @@ def write_files(folder: Path, xs: dict, ys: dict, channels, workers: int | None)
     all_gray, bad_paths, modes = True, [], set()
     n_files = sum(len(x) for x in xs.values() if isinstance(x, Files))
     t0 = time.perf_counter()
-    with datasets.decoder_pool(workers, n_files) as pool:
+    with images.decoder_pool(workers, n_files) as pool:
         for k, files in xs.items():
             bad_paths += decode_split(folder, k, files, ys, channels, size, c, pool, modes, gray_flags := [])
             all_gray &= all(gray_flags)
-    n_proc = datasets.decoder_processes(workers, n_files)
+    n_proc = images.decoder_processes(workers, n_files)
     dt = time.perf_counter() - t0
     print(f"decoded {n_files} image files in {dt:.1f} s ({n_files / dt:.0f} img/s, {n_proc} processes)", flush=True)
     if channels == "auto" and all_gray and c == 3:
         for k in xs:
-            rewrite(folder / f"{k}_x.npy", luma)
+            rewrite(images_file(folder, k), luma)
         c = 1
     return [size, size, c], bad_paths, sorted(modes)
 
@@ -201,13 +210,13 @@ def write_files(folder: Path, xs: dict, ys: dict, channels, workers: int | None)
 def decode_split(folder: Path, k: str, files, ys: dict, channels, size: int, c: int, pool, modes: set, gray: list):
     """One split's Files decoded into {k}_x.npy (an empty file where the split has none); returns the bad files'
     paths, drops their rows (and labels) unless the split keeps them black; appends per-chunk gray flags."""
-    path = folder / f"{k}_x.npy"
+    path = images_file(folder, k)
     if not isinstance(files, Files):  # no such split
         save(path, np.zeros((0, size, size, c), np.uint8))
         return []
     w = NpyWriter(path, (len(files), size, size, c))
     bad = []
-    for x, g, bad_rows, m in datasets.decode_files(files, channels, pool, desc=f"decode {k}"):
+    for x, g, bad_rows, m in images.decode_files(files, channels, pool, desc=f"decode {k}"):
         w.write(x)
         good = np.ones(len(x), bool)
         good[np.asarray(bad_rows, np.int64) - (w.n - len(x))] = False
@@ -224,7 +233,7 @@ def decode_split(folder: Path, k: str, files, ys: dict, channels, size: int, c: 
 
 def prepare_to(
     folder: Path,
-    raw: datasets.RawData,
+    raw: RawData,
     valid_pct: float,
     seed: int,
     limit: int | None = None,
@@ -251,11 +260,11 @@ def prepare_to(
         raise PipelineError(f"{raw.source.get('path')}: no readable training images")
     for k, y in ys.items():
         if y is not None:
-            save(folder / f"{k}_y.npy", y.astype(np.int64))
-    counts = {k: int(npy_shape(folder / f"{k}_x.npy")[0]) for k in xs}
+            save(labels_file(folder, k), y.astype(np.int64))
+    counts = {k: int(npy_shape(images_file(folder, k))[0]) for k in xs}
     test_labeled = ys["test"] is not None and counts["test"] > 0
-    (folder / "test_ids.json").write_text(json.dumps(list(ids)) + "\n")
-    mean, std = channel_stats(folder / "train_x.npy")
+    ids_file(folder).write_text(json.dumps(list(ids)) + "\n")
+    mean, std = channel_stats(images_file(folder, "train"))
     meta = PreparedMeta(
         source=source,
         classes=list(raw.classes),
@@ -280,17 +289,17 @@ def prepare_to(
             "channels": channels,
         },
     )
-    save_prepared_meta(folder / "meta.json", meta)
+    save_prepared_meta(meta_file(folder), meta)
     return meta
 
 
-def prepare(raw: datasets.RawData, valid_pct: float, seed: int, **kw) -> tuple[dict, PreparedMeta]:
+def prepare(raw: RawData, valid_pct: float, seed: int, **kw) -> tuple[dict, PreparedMeta]:
     """prepare_to into a temporary folder, read back into memory: (arrays by file stem + test_ids, meta). For
     small data sets, tests and notebooks; the stage itself writes straight into its staging folder."""
     with tempfile.TemporaryDirectory() as d:
         meta = prepare_to(Path(d), raw, valid_pct, seed, **kw)
-        arrays = {p.stem: np.load(p, allow_pickle=False) for p in sorted(Path(d).glob("*.npy"))}
-        arrays["test_ids"] = json.loads((Path(d) / "test_ids.json").read_text())
+        prep = read_prepared(Path(d), in_memory=True)
+        arrays = {**prep.arrays, "test_ids": prep.test_ids}
     return arrays, meta
 
 
@@ -299,10 +308,10 @@ def write_prepared(arrays: dict, meta: PreparedMeta, out: Path = OUT) -> None:
     with staged(out) as (tmp,):
         for name, value in arrays.items():
             if name == "test_ids":
-                (tmp / "test_ids.json").write_text(json.dumps(value) + "\n")
+                ids_file(tmp).write_text(json.dumps(value) + "\n")
             else:
                 save(tmp / f"{name}.npy", value)
-        save_prepared_meta(tmp / "meta.json", meta)
+        save_prepared_meta(meta_file(tmp), meta)
 
 
 def main(params_file: str = "params.yaml", out: Path = OUT, workers: int | None = None) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastai.distributed import rank_distrib
 
-from pipeline.data.loaders import load_prepared
+from pipeline.artifacts import load_prepared, member_outputs
 from pipeline.errors import PipelineError
 from pipeline.inspect.scores import resolve_metric
 from pipeline.io import staged
@@ -48,13 +48,13 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
     seed = seed_param(params) if spec.seed is None else spec.seed
     archs_mod.resolve(spec.arch)  # unknown names fail before loading data
     device = pick_device(spec.device, key)
-    arrays, meta = load_prepared(root / "data/prepared")
+    prep = load_prepared(root)
+    arrays, meta = prep.arrays, prep.meta
     metric, _ = resolve_metric(metric_param(params), meta.counts_per_class.get("train", {}))
     spec = resolve_remedies(spec, metric)
     if rank_distrib() > 0:  # data-parallel: the other ranks train in step; rank 0 alone evaluates and writes
         return train_entry(key, spec, arrays, meta, seed, device=device, evaluate=False)
-    outs = [root / "models" / key, root / "preds" / key, root / "metrics" / f"{key}.json", root / "dvclive" / key]
-    with staged(*outs) as (model_dir, preds_dir, metrics_file, live_dir):
+    with staged(*member_outputs(root, key)) as (model_dir, preds_dir, metrics_file, live_dir):
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
         res = train_entry(key, spec, arrays, meta, seed, device=device, live=live)
         write_member(res, live, model_dir, preds_dir, metrics_file, live_dir)

@@ -15,8 +15,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.contracts import PreparedMeta
-from pipeline.data.datasets import Files, decoded, digits_file
+from pipeline.artifacts import metrics_file
+from pipeline.data.array_formats import digits_file
+from pipeline.data.images import decoded
+from pipeline.data.raw import Files
+from pipeline.records import PreparedMeta
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a model hub
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +130,7 @@ def synth(n=48, size=16, c=1, k=3, seed=0):
 @pytest.fixture
 def project(tmp_path):
     """A prepared digits folder (200 images) and a writer of params.yaml files: (root, write(archs, **train))."""
-    from pipeline.data.datasets import read_digits
+    from pipeline.data.array_formats import read_digits
     from pipeline.prepare import prepare, write_prepared
 
     arrays, meta = prepare(read_digits(0), 0.2, 0, limit=200)
@@ -180,12 +183,12 @@ def write_run(root: Path, models: dict, valid_y, test_y, ids=None, header=("id",
         np.save(root / "preds" / name / "valid.npy", pv.astype(np.float32))
         np.save(root / "preds" / name / "test.npy", pt.astype(np.float32))
         (root / "metrics").mkdir(exist_ok=True)
-        (root / "metrics" / f"{name}.json").write_text(json.dumps(metrics_json(arch=arch, source=source)))
+        (metrics_file(root, name)).write_text(json.dumps(metrics_json(arch=arch, source=source)))
     return {"seed": 0, "archs": {n: {} for n in models}}
 
 
 def metrics_json(**kw) -> dict:
-    """A metrics/<key>.json as the train stage writes it (pipeline.contracts.MemberMetrics), with `kw` set."""
+    """A metrics/<key>.json as the train stage writes it (pipeline.records.MemberMetrics), with `kw` set."""
     base = {"valid": {"accuracy": 0.5}, "test": None, "lr": 1e-3, "phases": [[8, 1]], "bs": 8, "train_s": 1.0}
     base |= {"img_per_s": 10.0, "param_count": 1000, "train_images": 10, "arch": "cnn4", "source": "local"}
     return base | kw
@@ -193,7 +196,7 @@ def metrics_json(**kw) -> dict:
 
 def member_metrics(**kw):
     """metrics_json as the record the stages read."""
-    from pipeline.contracts import MemberMetrics
+    from pipeline.records import MemberMetrics
 
     return MemberMetrics.from_json(metrics_json(**kw), "test metrics", strict=True)
 
@@ -243,7 +246,8 @@ def make_repo(tmp: Path, params: dict) -> Path:
     repo.mkdir()
     for pkg in ("pipeline", "ensembles"):
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    for f in ("dvc.yaml", ".dvcignore", ".gitignore"):
+    for f in ("dvc.yaml", ".dvcignore", ".gitignore", "bench/results/equal_compute.json"):  # the report's deps
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / f, repo / f)
     params = {**params, "variants": params.get("variants") or {}}  # dvc.yaml's `foreach: ${variants}` needs one
     params.setdefault("metric", "auto")  # and its stages declare `metric`

@@ -14,14 +14,14 @@ from fastai.distributed import num_distrib, rank_distrib
 from safetensors.torch import save_file
 
 from pipeline import prepare
-from pipeline.data import datasets
+from pipeline.data import array_formats
 from pipeline.learn import recipe
 from pipeline.learn.distributed import data_parallel, share
 from pipeline.params import make_spec
 
 
 def main(out: Path) -> None:
-    arrays, meta = prepare.prepare(datasets.read_digits(0), 0.2, 0, limit=400, test_limit=50)
+    arrays, meta = prepare.prepare(array_formats.read_digits(0), 0.2, 0, limit=400, test_limit=50)
     spec = make_spec({"arch": "cnn4", "epochs": 1, "bs": 16, "lr": "auto", "num_it": 10, "tta": False}, "cnn4")
     learn, setup = recipe.build_learner("cnn4", spec, arrays, meta, seed=0)
     rank = rank_distrib()

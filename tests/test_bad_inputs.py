@@ -21,7 +21,7 @@ from PIL import Image
 from ensembles import weights as W
 from pipeline import train
 from pipeline.commands import predict
-from pipeline.data import datasets
+from pipeline.data import array_formats, image_folders, images
 from pipeline.data.images import decode
 from pipeline.errors import PipelineError
 from pipeline.learn import trained
@@ -229,8 +229,8 @@ def test_exif_orientation_in_prepare_and_predict_alike(tmp_path):
     for cls in ("a", "b"):
         (folder / "train" / cls).mkdir(parents=True)
         exif_rotated(folder / "train" / cls / "0.png")
-    raw = datasets.read_folder(folder, 8, "fail")
-    x = datasets.decoded(raw.train_x)[0]
+    raw = image_folders.read_folder(folder, 8, "fail")
+    x = images.decoded(raw.train_x)[0]
     np.testing.assert_array_equal(x[0], trained.to_array(tmp_path / "photo.png", 8, 3))
     assert x[0][:4].mean() > x[0][4:].mean() + 100  # white on top: rotated, not as stored
 
@@ -248,12 +248,12 @@ def kaggle(root: Path, labels: str, sample: bytes | None = None) -> Path:
 def test_kaggle_duplicate_id_with_another_label_is_refused(tmp_path):
     root = kaggle(tmp_path, "id,label\n0,cat\n1,dog\n2,cat\n1,cat\n3,dog\n")
     with pytest.raises(PipelineError, match=r"trainLabels.csv: id '1' has label 'dog' on line 3 and 'cat' on line 5"):
-        datasets.read_kaggle_csv(root, 8, "fail")
+        image_folders.read_kaggle_csv(root, 8, "fail")
 
 
 def test_kaggle_repeated_id_with_the_same_label_counts_once(tmp_path, capsys):
     root = kaggle(tmp_path, "id,label\n0,cat\n1,dog\n2,cat\n1,dog\n3,dog\n")
-    raw = datasets.read_kaggle_csv(root, 8, "fail")
+    raw = image_folders.read_kaggle_csv(root, 8, "fail")
     assert len(raw.train_y) == 4 and "repeated on line 5" in capsys.readouterr().err
 
 
@@ -262,7 +262,7 @@ def test_kaggle_bom_and_whitespace(tmp_path):
 
     sample = "\ufeffid,label\nt0,x\nt1,x\nt2,x\nt3,x\n".encode()
     root = kaggle(tmp_path, "\ufeffid,label\n0,cat \n1, dog\n2,cat\n3,dog\n", sample)
-    raw = datasets.read_kaggle_csv(root, 8, "fail")
+    raw = image_folders.read_kaggle_csv(root, 8, "fail")
     assert raw.classes == ["cat", "dog"] and raw.train_y.tolist() == [0, 1, 0, 1]
     assert raw.submission_header == ["id", "label"]
     rows = submission_rows(np.eye(2)[[0, 1, 0, 1]], raw.test_ids, raw.classes, raw.submission_header)
@@ -287,7 +287,7 @@ def test_cifar_batch_with_fewer_labels_than_images(tmp_path):
             info.size = len(blob)
             tf.addfile(info, io.BytesIO(blob))
     with pytest.raises(PipelineError, match=r"cifar-10-python.tar.gz:data_batch_1: 10 images but 9 labels"):
-        datasets.read_cifar("cifar10", d, download=False)
+        array_formats.read_cifar("cifar10", d, download=False)
 
 
 def test_batch_size_larger_than_a_small_data_set_runs_with_a_warning(project, capsys):

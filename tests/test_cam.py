@@ -9,13 +9,14 @@ import torch
 from conftest import write_image
 from safetensors.torch import save_file
 
+from pipeline.artifacts import model_dir
 from pipeline.commands import predict
-from pipeline.contracts import PreparedMeta
 from pipeline.data.loaders import BatchTfm, to_tensor
 from pipeline.errors import PipelineError
 from pipeline.inspect import cam
 from pipeline.learn import archs, member
 from pipeline.params import make_spec
+from pipeline.records import PreparedMeta
 
 
 @pytest.mark.parametrize("name", ["resnet9", "cnn4", "resnet34", "torchvision.vgg19_bn", "efficientnet_b0"])
@@ -85,7 +86,7 @@ def test_grad_cam_points_at_the_evidence(trained):
 
 
 def saved(res, root, key="best"):
-    d = root / "models" / key
+    d = model_dir(root, key)
     d.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in res.model.state_dict().items()}, str(d / "model.safetensors"))
     (d / "spec.json").write_text(json.dumps({**res.spec.to_json(), "key": key}))

@@ -10,7 +10,7 @@ import pytest
 from conftest import digits_file, make_tiny, pixels, write_idx, write_image
 
 from pipeline import prepare
-from pipeline.data import datasets
+from pipeline.data import array_formats, datasets, downloads, image_folders, images
 from pipeline.errors import PipelineError
 from pipeline.params import data_params
 
@@ -22,7 +22,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 def test_idx_round_trip(tmp_path, gz):
     arr = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     path = write_idx(tmp_path / "x-idx3-ubyte", arr, gz=gz)
-    np.testing.assert_array_equal(datasets.read_idx(path), arr)
+    np.testing.assert_array_equal(array_formats.read_idx(path), arr)
 
 
 @pytest.mark.bad_input
@@ -30,7 +30,7 @@ def test_truncated_idx_names_file_and_sizes(tmp_path):
     path = write_idx(tmp_path / "x-idx3-ubyte", np.zeros((4, 3, 3), np.uint8), gz=False)
     path.write_bytes(path.read_bytes()[:-5])
     with pytest.raises(PipelineError, match=r"x-idx3-ubyte.*4×3×3 = 36 bytes, file has 31"):
-        datasets.read_idx(path)
+        array_formats.read_idx(path)
 
 
 @pytest.mark.bad_input
@@ -38,18 +38,18 @@ def test_truncated_gzip_idx(tmp_path):
     path = write_idx(tmp_path / "x-idx3-ubyte", np.zeros((50, 28, 28), np.uint8))
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(PipelineError, match="x-idx3-ubyte.gz: cannot read IDX"):
-        datasets.read_idx(path)
+        array_formats.read_idx(path)
 
 
 @pytest.mark.bad_input
 def test_not_idx(tmp_path):
     (tmp_path / "f").write_bytes(b"PNG garbage")
     with pytest.raises(PipelineError, match="not an unsigned-byte IDX"):
-        datasets.read_idx(tmp_path / "f")
+        array_formats.read_idx(tmp_path / "f")
 
 
 def test_fashion_mnist_reader(mnist_dir):
-    raw = datasets.read_mnist_like("fashion-mnist", mnist_dir, download=False)
+    raw = array_formats.read_mnist_like("fashion-mnist", mnist_dir, download=False)
     assert raw.train_x.shape == (40, 28, 28, 1) and raw.train_x.dtype == np.uint8
     assert raw.test_x.shape == (20, 28, 28, 1)
     assert raw.train_y.dtype == np.int64 and list(raw.train_y[:3]) == [0, 1, 2]
@@ -60,7 +60,7 @@ def test_fashion_mnist_reader(mnist_dir):
 @pytest.mark.bad_input
 def test_missing_offline_message_names_files_places_and_remedy(tmp_path):
     with pytest.raises(PipelineError) as e:
-        datasets.read_mnist_like("mnist", tmp_path / "nowhere", download=False)
+        array_formats.read_mnist_like("mnist", tmp_path / "nowhere", download=False)
     msg = str(e.value)
     assert "nowhere" in msg and "train-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg
     assert "download" in msg
@@ -68,29 +68,29 @@ def test_missing_offline_message_names_files_places_and_remedy(tmp_path):
 
 @pytest.mark.bad_input
 def test_fashion_missing_mentions_debian_package(tmp_path, monkeypatch):
-    monkeypatch.setitem(datasets.DEBIAN_PLACES, "fashion-mnist", tmp_path / "deb")
+    monkeypatch.setitem(downloads.DEBIAN_PLACES, "fashion-mnist", tmp_path / "deb")
     with pytest.raises(PipelineError, match=r"(?s)p: missing.*apt-get install dataset-fashion-mnist"):
-        datasets.read_mnist_like("fashion-mnist", tmp_path / "p", download=False)
+        array_formats.read_mnist_like("fashion-mnist", tmp_path / "p", download=False)
 
 
 @pytest.mark.bad_input
 def test_an_explicit_path_reads_nothing_else(mnist_dir, tmp_path, monkeypatch):
     """data.path is the prepare stage's dependency: files elsewhere (Debian's copy) are named, never read."""
-    monkeypatch.setitem(datasets.DEBIAN_PLACES, "fashion-mnist", mnist_dir)
+    monkeypatch.setitem(downloads.DEBIAN_PLACES, "fashion-mnist", mnist_dir)
     with pytest.raises(PipelineError, match=rf"(?s)empty: missing.*`make data` copies them.*data.path: {mnist_dir}"):
-        datasets.read_mnist_like("fashion-mnist", tmp_path / "empty", download=False)
+        array_formats.read_mnist_like("fashion-mnist", tmp_path / "empty", download=False)
 
 
 def test_fashion_found_in_debian_place_from_python(mnist_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(datasets.DEBIAN_PLACES, "fashion-mnist", mnist_dir)
+    monkeypatch.setitem(downloads.DEBIAN_PLACES, "fashion-mnist", mnist_dir)
     monkeypatch.chdir(tmp_path)  # no data/raw/fashion-mnist here
-    raw = datasets.read_mnist_like("fashion-mnist", None, download=False)
+    raw = array_formats.read_mnist_like("fashion-mnist", None, download=False)
     assert raw.source["path"] == str(mnist_dir)
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed (make setup does it)")
 def test_real_fashion_mnist():
-    raw = datasets.read_mnist_like("fashion-mnist", FMNIST, download=False)
+    raw = array_formats.read_mnist_like("fashion-mnist", FMNIST, download=False)
     assert raw.train_x.shape == (60000, 28, 28, 1) and raw.test_x.shape == (10000, 28, 28, 1)
     assert np.bincount(raw.train_y).tolist() == [6000] * 10
     assert np.bincount(raw.test_y).tolist() == [1000] * 10
@@ -124,7 +124,7 @@ def make_cifar10(path: Path, n=6, seed=0) -> Path:
 
 def test_cifar10_tarball(tmp_path):
     make_cifar10(tmp_path / "cifar-10-python.tar.gz")
-    raw = datasets.read_cifar("cifar10", tmp_path, download=False)
+    raw = array_formats.read_cifar("cifar10", tmp_path, download=False)
     assert raw.train_x.shape == (12, 32, 32, 3) and raw.test_x.shape == (6, 32, 32, 3)
     assert raw.train_y[:3].tolist() == [1, 2, 3] and raw.train_y[6:9].tolist() == [2, 3, 4]
     assert raw.classes[:2] == ["c0", "c1"]
@@ -144,7 +144,7 @@ def test_cifar_pixel_layout(tmp_path):
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(blob)
             tf.addfile(info, io.BytesIO(blob))
-    x = datasets.read_cifar("cifar10", tmp_path, download=False).train_x
+    x = array_formats.read_cifar("cifar10", tmp_path, download=False).train_x
     assert x[0, 0, 0, 0] == 10 and x[0, 0, 1, 1] == 20 and x[0, 1, 0, 2] == 30
 
 
@@ -166,7 +166,7 @@ def test_cifar100_fine_and_coarse(tmp_path, mode, first):
             info = tarfile.TarInfo(f"cifar-100-python/{name}")
             info.size = len(blob)
             tf.addfile(info, io.BytesIO(blob))
-    raw = datasets.read_cifar("cifar100", tmp_path, download=False, label_mode=mode)
+    raw = array_formats.read_cifar("cifar100", tmp_path, download=False, label_mode=mode)
     assert raw.train_y.tolist() == first
     assert len(raw.classes) == (100 if mode == "fine" else 20)
 
@@ -175,7 +175,7 @@ def test_cifar100_fine_and_coarse(tmp_path, mode, first):
 def test_not_a_tarball(tmp_path):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"this is not a tarball")
     with pytest.raises(PipelineError, match="cifar-10-python.tar.gz: not a readable tarball"):
-        datasets.read_cifar("cifar10", tmp_path, download=False)
+        array_formats.read_cifar("cifar10", tmp_path, download=False)
 
 
 @pytest.mark.bad_input
@@ -190,7 +190,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
         info.size = len(blob)
         tf.addfile(info, io.BytesIO(blob))
     with pytest.raises(PipelineError, match="refusing to load builtins.print"):
-        datasets.read_cifar("cifar10", tmp_path, download=False)
+        array_formats.read_cifar("cifar10", tmp_path, download=False)
 
 
 # ------------------------------------------------------------------------------------------ folder
@@ -211,10 +211,10 @@ def make_folder(root: Path, corrupt=True) -> Path:
 
 @pytest.mark.bad_input
 def test_folder_reader_mixed_modes_and_corrupt_file(tmp_path, capsys):
-    raw = datasets.read_folder(make_folder(tmp_path / "ds"), size=24, on_bad="skip")
+    raw = image_folders.read_folder(make_folder(tmp_path / "ds"), size=24, on_bad="skip")
     assert raw.classes == ["cats", "dogs"]
-    assert isinstance(raw.train_x, datasets.Files) and len(raw.train_x) == 12  # listed, not decoded yet
-    x, kept, bad = datasets.decoded(raw.train_x)
+    assert isinstance(raw.train_x, raw.Files) and len(raw.train_x) == 12  # listed, not decoded yet
+    x, kept, bad = images.decoded(raw.train_x)
     assert x.shape == (11, 24, 24, 3)  # 5 + big.jpg cats, 5 dogs; broken.jpg skipped
     assert raw.train_y[kept].tolist() == [0] * 6 + [1] * 5
     assert pixels(raw.valid_x).shape == (2, 24, 24, 3)
@@ -231,7 +231,7 @@ def test_folder_reader_mixed_modes_and_corrupt_file(tmp_path, capsys):
 
 @pytest.mark.bad_input
 def test_folder_on_bad_image_fail(tmp_path):
-    raw = datasets.read_folder(make_folder(tmp_path / "ds"), size=24, on_bad="fail")
+    raw = image_folders.read_folder(make_folder(tmp_path / "ds"), size=24, on_bad="fail")
     with pytest.raises(PipelineError, match="broken.jpg: unreadable image"):
         prepare.prepare(raw, 0.25, 0)
 
@@ -242,7 +242,7 @@ def test_folder_labeled_test(tmp_path):
         p.unlink()
     write_image(root / "test" / "dogs" / "a.png")
     write_image(root / "test" / "cats" / "b.png")
-    raw = datasets.read_folder(root, size=8, on_bad="skip")
+    raw = image_folders.read_folder(root, size=8, on_bad="skip")
     assert raw.test_y.tolist() == [0, 1] and raw.test_ids == ["cats/b.png", "dogs/a.png"]
 
 
@@ -251,7 +251,7 @@ def test_folder_empty_class(tmp_path):
     root = make_folder(tmp_path / "ds", corrupt=False)
     (root / "train" / "birds").mkdir()
     with pytest.raises(PipelineError, match="birds: class `birds` has no images"):
-        datasets.read_folder(root, size=8, on_bad="skip")
+        image_folders.read_folder(root, size=8, on_bad="skip")
 
 
 @pytest.mark.bad_input
@@ -260,7 +260,7 @@ def test_folder_empty_test(tmp_path):
     for p in (root / "test").iterdir():
         p.unlink()
     with pytest.raises(PipelineError, match="test: test folder has no images"):
-        datasets.read_folder(root, size=8, on_bad="skip")
+        image_folders.read_folder(root, size=8, on_bad="skip")
 
 
 # ------------------------------------------------------------------------------------------ kaggle-csv
@@ -280,7 +280,7 @@ def make_kaggle(root: Path, n=8, sample=True) -> Path:
 
 
 def test_kaggle_follows_sample_submission(tmp_path):
-    raw = datasets.read_kaggle_csv(make_kaggle(tmp_path / "k"), size=32, on_bad="skip")
+    raw = image_folders.read_kaggle_csv(make_kaggle(tmp_path / "k"), size=32, on_bad="skip")
     assert raw.classes == ["frog", "truck"]
     assert raw.train_y.tolist() == [1, 0, 1, 0, 1, 0, 1, 0]
     assert raw.test_ids[:4] == ["3", "1", "12", "2"] and len(raw.test_ids) == 12
@@ -294,7 +294,7 @@ def test_kaggle_follows_sample_submission(tmp_path):
 
 
 def test_kaggle_without_sample_sorts_naturally(tmp_path):
-    raw = datasets.read_kaggle_csv(make_kaggle(tmp_path / "k", sample=False), size=32, on_bad="skip")
+    raw = image_folders.read_kaggle_csv(make_kaggle(tmp_path / "k", sample=False), size=32, on_bad="skip")
     assert raw.test_ids[:3] == ["1", "2", "3"] and raw.test_ids[-1] == "12"
 
 
@@ -304,7 +304,7 @@ def test_kaggle_labels_name_missing_files(tmp_path):
     (root / "train" / "3.png").unlink()
     (root / "train" / "5.png").unlink()
     with pytest.raises(PipelineError, match=r"trainLabels.csv: 2 ids have no image in .*train: 3, 5"):
-        datasets.read_kaggle_csv(root, size=32, on_bad="skip")
+        image_folders.read_kaggle_csv(root, size=32, on_bad="skip")
 
 
 @pytest.mark.bad_input
@@ -312,7 +312,7 @@ def test_kaggle_sample_submission_names_missing_test_file(tmp_path):
     root = make_kaggle(tmp_path / "k")
     (root / "test" / "12.png").unlink()
     with pytest.raises(PipelineError, match=r"sampleSubmission.csv: 1 ids have no image .*: 12"):
-        datasets.read_kaggle_csv(root, size=32, on_bad="skip")
+        image_folders.read_kaggle_csv(root, size=32, on_bad="skip")
 
 
 @pytest.mark.bad_input
@@ -321,22 +321,22 @@ def test_kaggle_empty_test(tmp_path):
     for p in (root / "test").iterdir():
         p.unlink()
     with pytest.raises(PipelineError, match="test folder has no images"):
-        datasets.read_kaggle_csv(root, size=32, on_bad="skip")
+        image_folders.read_kaggle_csv(root, size=32, on_bad="skip")
 
 
 @pytest.mark.bad_input
 def test_kaggle_corrupt_test_image_kept_blank(tmp_path):
     root = make_kaggle(tmp_path / "k")
     (root / "test" / "1.png").write_bytes(b"broken")
-    raw = datasets.read_kaggle_csv(root, size=32, on_bad="skip")
-    x, _, bad = datasets.decoded(raw.test_x)
+    raw = image_folders.read_kaggle_csv(root, size=32, on_bad="skip")
+    x, _, bad = images.decoded(raw.test_x)
     assert len(raw.test_ids) == 12 and len(x) == 12 and x[1].max() == 0  # id 1 is second in the sample order
     assert bad[0].endswith("1.png")
 
 
 # ------------------------------------------------------------------------------------------ tiny-imagenet
 def test_tiny_imagenet(tmp_path):
-    raw = datasets.read_tiny_imagenet(make_tiny(tmp_path), size=64, on_bad="skip", download=False)
+    raw = image_folders.read_tiny_imagenet(make_tiny(tmp_path), size=64, on_bad="skip", download=False)
     assert raw.classes == ["n01443537", "n01629819", "n01641577"]
     assert raw.class_names == ["goldfish", "European fire salamander", "n01641577"]
     assert pixels(raw.train_x).shape == (12, 64, 64, 3) and raw.train_y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
@@ -349,11 +349,11 @@ def test_tiny_imagenet_bad_annotation(tmp_path):
     root = make_tiny(tmp_path)
     (root / "tiny-imagenet-200" / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99999999\n")
     with pytest.raises(PipelineError, match=r"val_annotations.txt: line 1: .*known wnid"):
-        datasets.read_tiny_imagenet(root, size=64, on_bad="skip", download=False)
+        image_folders.read_tiny_imagenet(root, size=64, on_bad="skip", download=False)
 
 
 def test_digits():
-    raw = datasets.read_digits(seed=0)
+    raw = array_formats.read_digits(seed=0)
     assert raw.train_x.shape == (1437, 8, 8, 1) and raw.test_x.shape == (360, 8, 8, 1)
     assert raw.train_x.max() == 255 and len(raw.classes) == 10
 

@@ -8,6 +8,8 @@ import pytest
 from conftest import ENV, ROOT, TINY, make_repo, run
 from safetensors.torch import load_file
 
+from pipeline.artifacts import metrics_file
+
 pytestmark = pytest.mark.slow  # real `dvc repro` / torchrun runs: `make test` runs them, `make quick` does not
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -46,7 +48,7 @@ def test_torchrun_stage_writes_outputs_once_from_rank_0(tmp_path):
     repo = make_repo(tmp_path, params)
     out = torchrun_train(repo, "mlp")
     assert out.count("mlp: valid acc") == 1 and "(2 processes, data-parallel)" in out
-    m = json.loads((repo / "metrics" / "mlp.json").read_text())
+    m = json.loads((metrics_file(repo, "mlp")).read_text())
     assert m["lr_found"] and 0 <= m["valid"]["accuracy"] <= 1
     assert sorted(p.name for p in (repo / "models").iterdir() if not p.name.startswith(".git")) == ["mlp"]
 
@@ -58,5 +60,5 @@ def test_torchrun_folds_and_refit_train_in_step_and_write_once(tmp_path):
     repo = make_repo(tmp_path, {**TINY, "archs": archs})
     out = torchrun_train(repo, "mlp")
     assert out.count("mlp: valid acc") == 1 and out.count("(2 processes, data-parallel)") == 3  # 2 folds + refit
-    m = json.loads((repo / "metrics" / "mlp.json").read_text())
+    m = json.loads((metrics_file(repo, "mlp")).read_text())
     assert m["folds"]["k"] == 2 and m["refit"]["lr"] == m["lr"] and m["lr_found"]

@@ -10,6 +10,8 @@ import pytest
 import yaml
 from conftest import ENV, TINY, make_repo, predict_cli, run
 
+from pipeline.artifacts import ensemble_metrics_file, metrics_file, model_dir
+
 pytestmark = pytest.mark.slow  # real `dvc repro` / torchrun runs: `make test` runs them, `make quick` does not
 
 
@@ -28,11 +30,11 @@ def repo(tmp_path_factory):
 
 def test_repro_writes_every_output_then_reruns_nothing(repo):
     for key in ("logreg", "mlp"):
-        assert (repo / "models" / key / "model.safetensors").is_file()
+        assert (model_dir(repo, key) / "model.safetensors").is_file()
         assert (repo / "preds" / key / "valid.npy").is_file()
-        m = json.loads((repo / "metrics" / f"{key}.json").read_text())
+        m = json.loads((metrics_file(repo, key)).read_text())
         assert m["lr"] == 0.01 and not m["lr_found"]
-    assert json.loads((repo / "metrics" / "mlp.json").read_text())["valid"]["accuracy"] > 0.5  # learned; chance 0.1
+    assert json.loads((metrics_file(repo, "mlp")).read_text())["valid"]["accuracy"] > 0.5  # learned; chance 0.1
     rows = list(csv.reader((repo / "submissions" / "ensemble.csv").open()))
     assert rows[0] == ["id", "label"] and len(rows) == 1 + 100
     assert {p.name for p in (repo / "submissions").iterdir()} == {"logreg.csv", "mlp.csv", "ensemble.csv"}
@@ -64,7 +66,7 @@ def test_variants_are_stages_of_their_own_that_follow_their_entry(tmp_path):
     repo = make_repo(tmp_path, {**TINY, "variants": {"mlp-s1": {"of": "mlp", "seed": 1}}})
     run("dvc repro", repo)
     run("git add -A && git commit -qm run", repo)
-    a, b = (json.loads((repo / "models" / k / "spec.json").read_text()) for k in ("mlp", "mlp-s1"))
+    a, b = (json.loads((model_dir(repo, k) / "spec.json").read_text()) for k in ("mlp", "mlp-s1"))
     assert (a["seed"], b["seed"]) == (0, 1) and a["train"]["epochs"] == b["train"]["epochs"] == 2
     assert (repo / "preds" / "mlp-s1" / "test.npy").is_file() and (repo / "submissions" / "mlp-s1.csv").is_file()
     assert "| mlp | 2 |" in (repo / "reports" / "leaderboard.md").read_text()
@@ -110,7 +112,7 @@ def test_metrics_and_plots_are_declared(repo):
 
 def test_exp_run_set_param(repo):
     run("dvc exp run -S archs.mlp.epochs=1", repo)
-    m = json.loads((repo / "metrics" / "mlp.json").read_text())
+    m = json.loads((metrics_file(repo, "mlp")).read_text())
     assert m["phases"] == [[8, 1]]
     run("git checkout -- . && git clean -fdq && dvc checkout -q", repo)
 
@@ -125,9 +127,9 @@ def test_new_timm_entry_needs_no_code(tmp_path):
     assert stages_to_run(repo) == {"train@convnext_atto", "ensemble", "report"}
     out = run("dvc repro", repo)
     assert "Running stage 'train@convnext_atto'" in out and "Running stage 'train@logreg'" not in out
-    assert "convnext_atto" in json.loads((repo / "ensemble" / "metrics.json").read_text())["models"]
+    assert "convnext_atto" in json.loads((ensemble_metrics_file(repo)).read_text())["models"]
     assert (repo / "submissions" / "convnext_atto.csv").is_file()
-    m = json.loads((repo / "metrics" / "convnext_atto.json").read_text())
+    m = json.loads((metrics_file(repo, "convnext_atto")).read_text())
     assert m["source"] == "timm" and m["arch"] == "convnext_atto"
 
 
@@ -247,8 +249,9 @@ def test_equal_compute_and_time_budget_benches_in_their_smallest_mode(repo, tmp_
     """bench.equal_compute trains the best member with the members' whole budget and compares it, paired, with the
     submission; the report shows it; bench.time_budget trains an entry to a budget and says how close it came."""
     from bench import equal_compute, time_budget
-    from pipeline import report as R
-    from pipeline.contracts import EnsembleMetrics
+    from pipeline.artifacts import load_equal_compute
+    from pipeline.inspect import verdicts as V
+    from pipeline.records import EnsembleMetrics
 
     r = equal_compute.run(repo, tmp_path / "results", scale=0.5)
     ens = json.loads((repo / "ensemble/metrics.json").read_text())
@@ -266,10 +269,12 @@ def test_equal_compute_and_time_budget_benches_in_their_smallest_mode(repo, tmp_
     (tmp_path / "bench/results").mkdir(parents=True)
     shutil.copy(tmp_path / "results/equal_compute.json", tmp_path / "bench/results/equal_compute.json")
     record = EnsembleMetrics.from_json(ens, strict=True)
-    words = R.markdown_equal_compute(record, tmp_path)
+    measured = load_equal_compute(tmp_path / "bench/results/equal_compute.json")
+    words = V.markdown_equal_compute(record, measured)
     assert words.startswith(f"\nEqual compute (bench/results/equal_compute.json): {r['recipe']} trained")
     other = EnsembleMetrics.from_json({**ens, "test": {"accuracy": 0.0}})
-    assert "another run" in R.markdown_equal_compute(other, tmp_path)
+    assert "another run" in V.markdown_equal_compute(other, measured)
+    assert "not measured for this run" in V.markdown_equal_compute(record, None)
 
     t = time_budget.run(repo, tmp_path / "results", ["mlp"], budget=1.5)
     row = t["entries"]["mlp"]

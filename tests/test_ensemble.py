@@ -10,6 +10,7 @@ from conftest import C, noisy, onehot, write_run
 from ensembles import ensemble as E
 from ensembles import select as S
 from ensembles import weights as W
+from pipeline.artifacts import ensemble_metrics_file
 from pipeline.errors import PipelineError
 
 
@@ -165,7 +166,7 @@ def test_stage_writes_submissions_and_every_strategy(three):
         assert {r[1] for r in rows[1:]} <= {f"class{i}" for i in range(C)}
     blended = np.load(root / "ensemble" / "preds" / "test.npy")
     assert W.accuracy(blended, ty) == pytest.approx(m.test.accuracy)
-    on_disk = json.loads((root / "ensemble" / "metrics.json").read_text())
+    on_disk = json.loads((ensemble_metrics_file(root)).read_text())
     assert on_disk == m.to_json()
 
 

@@ -11,9 +11,10 @@ from conftest import C, member_metrics, noisy, write_run
 
 from ensembles import ensemble as E
 from ensembles import weights as W
-from pipeline import report, train
+from pipeline import train
 from pipeline.commands.predict import Model
 from pipeline.errors import PipelineError
+from pipeline.inspect import leaderboard as LB
 from pipeline.learn import folds
 
 
@@ -174,10 +175,10 @@ def test_report_says_which_figure_comes_from_which_model():
         ),
         "plain": member_metrics(valid={"accuracy": 0.7}),
     }
-    folds = report.markdown_folds(models)
+    folds = LB.markdown_folds(models)
     assert "| k | 5 | 91.00 ± 1.00 | 88.00 ± 2.00 | 90.00 |" in folds and "plain" not in folds
-    refit = report.markdown_refit(models, labeled=True)
+    refit = LB.markdown_refit(models, labeled=True)
     assert "| r | 80.00 | 100 | 82.00 | 85.00 | 120 |" in refit and "refit on train + valid" in refit
-    assert report.markdown_folds({"plain": models["plain"]}) == report.markdown_refit({}, True) == ""
+    assert LB.markdown_folds({"plain": models["plain"]}) == LB.markdown_refit({}, True) == ""
     unlabelled = replace(models["r"], test=None, test_validated=None)  # a test split without labels
-    assert "| r | 80.00 | 100 | - | - | 120 |" in report.markdown_refit({"r": unlabelled}, labeled=False)
+    assert "| r | 80.00 | 100 | - | - | 120 |" in LB.markdown_refit({"r": unlabelled}, labeled=False)

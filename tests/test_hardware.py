@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline import train
+from pipeline.artifacts import metrics_file
 from pipeline.errors import PipelineError
 from pipeline.learn import hardware as H
 from pipeline.learn import member, recipe
@@ -538,5 +539,5 @@ def test_gpu_torchrun_one_process_trains_over_nccl(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert out.count("mlp: valid acc") == 1 and "cuda:0" in out
-    m = __import__("json").loads((repo / "metrics" / "mlp.json").read_text())
+    m = __import__("json").loads((metrics_file(repo, "mlp")).read_text())
     assert m["device"] == "cuda:0" and 0 <= m["valid"]["accuracy"] <= 1

@@ -11,6 +11,7 @@ from sklearn.metrics import balanced_accuracy_score, classification_report, f1_s
 
 from ensembles import ensemble as E
 from ensembles.calibrate import adjust_logits, fit_tau, log_prior
+from pipeline.artifacts import ensemble_model_file, metrics_file
 from pipeline.errors import PipelineError
 from pipeline.inspect import scores
 from pipeline.params import make_spec, metric_param, resolve_remedies
@@ -184,11 +185,11 @@ def served_by_predict(root, models, members):
     that returns its test predictions: the blend, its temperatures and the logit adjustment of ensemble/model.json."""
     from types import SimpleNamespace
 
-    from pipeline.contracts import load_ensemble_model
+    from pipeline.artifacts import load_ensemble_model
     from pipeline.learn.trained import Ensemble
 
     ens = Ensemble.__new__(Ensemble)
-    ens.spec = load_ensemble_model(root / "ensemble" / "model.json")
+    ens.spec = load_ensemble_model(ensemble_model_file(root))
     ens.classes = ens.spec.classes
     ens.members = [SimpleNamespace(name=n, predict_arrays=lambda x, bs, p=models[n][3]: p) for n in members]
     return ens.predict_arrays(np.zeros((1, 8, 8, 1), np.uint8))
@@ -199,7 +200,7 @@ def test_the_stage_is_judged_by_balanced_accuracy_and_adjusts_logits(skewed):
     params = write_run(root, models, vy, ty) | {"ensemble": {"select": "threshold", "threshold": 0.0}}
     with_counts(root, [1000, 300, 40, 10])
     for n in models:  # members trained with balanced sampling learnt no prior to take off: no adjustment
-        f = root / "metrics" / f"{n}.json"
+        f = metrics_file(root, n)
         f.write_text(json.dumps(json.loads(f.read_text()) | {"sampler": "balanced"}))
     assert E.run(params, root).tau is None
     write_run(root / "shuffled", models, vy, ty)  # members that learnt the training prior (sampler: shuffle)
@@ -210,7 +211,7 @@ def test_the_stage_is_judged_by_balanced_accuracy_and_adjusts_logits(skewed):
     bal = {n: m.models[n].valid.balanced_accuracy for n in m.members}
     np.testing.assert_allclose(list(m.weights.values()), np.array(list(bal.values())) / sum(bal.values()), atol=1e-6)
     assert m.tau and m.tau > 0
-    model = json.loads((root / "ensemble" / "model.json").read_text())
+    model = json.loads((ensemble_model_file(root)).read_text())
     assert model["tau"] == m.tau and len(model["log_prior"]) == 4
     served = served_by_predict(root, models, m.members)
     np.testing.assert_allclose(served, np.load(root / "ensemble" / "preds" / "test.npy"), atol=1e-6)
@@ -248,8 +249,9 @@ def test_balanced_data_keeps_accuracy_and_no_adjustment(skewed):
 
 
 def test_the_report_orders_by_the_run_s_metric_and_names_classes_never_predicted(skewed):
-    from pipeline import report as R
-    from pipeline.contracts import load_member_metrics
+    from pipeline.artifacts import load_member_metrics
+    from pipeline.inspect import leaderboard as LB
+    from pipeline.inspect import verdicts as V
 
     root, models, vy, ty = skewed
     # a fourth model that never predicts the two small classes
@@ -258,15 +260,15 @@ def test_the_report_orders_by_the_run_s_metric_and_names_classes_never_predicted
     params = write_run(root, models, vy, ty) | {"ensemble": {"select": "threshold", "threshold": 0.0}}
     with_counts(root, [1000, 300, 40, 10])
     ens = E.run(params, root)
-    metrics = {n: load_member_metrics(root / "metrics" / f"{n}.json", n) for n in models}
-    rows = [r for r in R.leaderboard(metrics, ens) if not r["model"].startswith("ensemble")]
+    metrics = {n: load_member_metrics(metrics_file(root, n), n) for n in models}
+    rows = [r for r in LB.leaderboard(metrics, ens) if not r["model"].startswith("ensemble")]
     bal = [r["bal_acc"] for r in rows]
     assert bal == sorted(bal, reverse=True)  # by balanced accuracy, not by top-1
     by = {r["model"]: r for r in rows}
     assert by["lazy"]["worst_recall"] == 0 and by["lazy"]["bal_acc"] == 50
-    assert R.metric_line(ens).startswith("Metric: **balanced accuracy** (auto: the training classes are imbalanced")
+    assert LB.metric_line(ens).startswith("Metric: **balanced accuracy** (auto: the training classes are imbalanced")
     classes = [f"class{i}" for i in range(4)]
-    md = R.markdown_class_report(ens, classes)
+    md = V.markdown_class_report(ens, classes)
     assert "| class | rows | submission P / R / F1 |" in md and "Per class on test" in md
     lazy = E.per_class(models["lazy"][3], models["lazy"][3], ty, 4)
     assert lazy["ensemble_report"]["recall"][2:] == [0.0, 0.0]

@@ -9,13 +9,13 @@ import yaml
 from conftest import make_tiny, write_image
 
 from pipeline import prepare
-from pipeline.data import datasets
+from pipeline.data import array_formats, image_folders, images
 from pipeline.errors import PipelineError
 from pipeline.params import data_params
 
 
 def raw_digits():
-    return datasets.read_digits(seed=0)
+    return array_formats.read_digits(seed=0)
 
 
 def test_stratified_split_counts():
@@ -58,8 +58,8 @@ def test_auto_channels_collapses_gray_rgb(tmp_path):
     for c in ("a", "b"):
         for i in range(4):
             write_image(tmp_path / "train" / c / f"{i}.png", mode="L", seed=i)
-    raw = datasets.read_folder(tmp_path, size=8, on_bad="skip")
-    assert datasets.decoded(raw.train_x)[0].shape[-1] == 3
+    raw = image_folders.read_folder(tmp_path, size=8, on_bad="skip")
+    assert images.decoded(raw.train_x)[0].shape[-1] == 3
     arrays, meta = prepare.prepare(raw, 0.25, seed=0)
     assert arrays["train_x"].shape[-1] == 1 and meta.image_shape == [8, 8, 1]
     assert meta.counts["test"] == 0
@@ -67,7 +67,7 @@ def test_auto_channels_collapses_gray_rgb(tmp_path):
 
 def test_own_validation_split_is_used(tmp_path):
 
-    raw = datasets.read_tiny_imagenet(make_tiny(tmp_path), size=16, on_bad="skip", download=False)
+    raw = image_folders.read_tiny_imagenet(make_tiny(tmp_path), size=16, on_bad="skip", download=False)
     arrays, meta = prepare.prepare(raw, 0.5, seed=0)
     assert meta.counts == {"train": 12, "valid": 6, "test": 3} and not meta.test_labeled
     assert "test_y" not in arrays

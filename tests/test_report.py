@@ -12,10 +12,14 @@ from ensembles import ensemble as E
 from ensembles import weights as W
 from ensembles.strategies import NAMES as STRATEGIES
 from pipeline import report as R
-from pipeline.contracts import Comparison, EnsembleMetrics
+from pipeline.artifacts import metrics_file
 from pipeline.errors import PipelineError
+from pipeline.inspect import interpret as I
+from pipeline.inspect import leaderboard as LB
+from pipeline.inspect import verdicts as V
 from pipeline.inspect.scores import verdict
 from pipeline.learn import archs
+from pipeline.records import Comparison, EnsembleMetrics
 
 
 def test_report_leaderboard_and_figures(tmp_path):
@@ -30,7 +34,7 @@ def test_report_leaderboard_and_figures(tmp_path):
     np.save(prep / "test_x.npy", rng.integers(0, 256, (100, 8, 8, 1), dtype=np.uint8))
     np.save(prep / "valid_x.npy", rng.integers(0, 256, (200, 8, 8, 1), dtype=np.uint8))
     for i, n in enumerate(models):
-        m = json.loads((tmp_path / "metrics" / f"{n}.json").read_text())
+        m = json.loads((metrics_file(tmp_path, n)).read_text())
         m |= {
             "valid": {"accuracy": W.accuracy(models[n][2], vy)},
             "test": {"accuracy": W.accuracy(models[n][3], ty)},
@@ -40,7 +44,7 @@ def test_report_leaderboard_and_figures(tmp_path):
             "lr": 1e-3,
             "lr_found": True,
         }
-        (tmp_path / "metrics" / f"{n}.json").write_text(json.dumps(m))
+        (metrics_file(tmp_path, n)).write_text(json.dumps(m))
     live = tmp_path / "dvclive" / "cnn4" / "plots"
     (live / "custom").mkdir(parents=True)
     (live / "custom" / "lr_find.json").write_text(json.dumps([{"lr": 1e-5, "loss": 2.0}, {"lr": 1e-2, "loss": 1.0}]))
@@ -58,7 +62,7 @@ def test_report_leaderboard_and_figures(tmp_path):
 
     rows = R.run(params, tmp_path)
     on_disk = list(csv.DictReader((tmp_path / "reports" / "leaderboard.csv").open()))
-    assert list(on_disk[0]) == R.COLUMNS and len(on_disk) == len(models) + len(STRATEGIES)
+    assert list(on_disk[0]) == LB.COLUMNS and len(on_disk) == len(models) + len(STRATEGIES)
     tops = [float(r["top1"]) for r in on_disk]
     assert tops == sorted(tops, reverse=True)
     assert [r["model"] for r in on_disk].count("ensemble:accuracy*") == 1
@@ -118,7 +122,7 @@ def test_unlabelled_test_ranks_by_validation():
             "uniform": {"members": ["a", "b"], "weights": {"a": 0.5, "b": 0.5}, "valid": {"accuracy": 0.85}}
         },
     }
-    rows = R.leaderboard(models, EnsembleMetrics.from_json(ens, strict=True))
+    rows = LB.leaderboard(models, EnsembleMetrics.from_json(ens, strict=True))
     assert [r["model"] for r in rows] == ["b", "ensemble:uniform*", "a"] and rows[0]["top1"] == 90.0
 
 
@@ -127,10 +131,10 @@ def test_groups_report_mean_and_std_of_an_entry_and_its_variants():
         n: member_metrics(valid={"accuracy": a}, test={"accuracy": a - 0.01})
         for n, a in [("f", 0.9), ("f2", 0.92), ("m", 0.5)]
     }
-    rows = R.groups(models, {"f": "f", "f2": "f", "m": "m"}, labeled=True)
+    rows = I.groups(models, {"f": "f", "f2": "f", "m": "m"}, labeled=True)
     assert rows == [{"group": "f", "models": 2, "valid": (91.0, 1.414), "test": (90.0, 1.414)}]
-    assert "| f | 2 | 91.00 ± 1.41 | 90.00 ± 1.41 |" in R.markdown_groups(rows, labeled=True)
-    assert "Not told apart" not in R.markdown_groups(rows, labeled=True)
+    assert "| f | 2 | 91.00 ± 1.41 | 90.00 ± 1.41 |" in LB.markdown_groups(rows, labeled=True)
+    assert "Not told apart" not in LB.markdown_groups(rows, labeled=True)
 
 
 def test_entries_closer_than_their_spread_are_marked():
@@ -139,9 +143,9 @@ def test_entries_closer_than_their_spread_are_marked():
         {"group": "g", "models": 3, "valid": (90.0, 0.2), "test": (89.5, 0.2)},  # 0.5 apart, spread 1.0
         {"group": "h", "models": 3, "valid": (80.0, 0.5), "test": (79.0, 0.5)},
     ]
-    assert R.spread_ties(rows, "test") == [("f", "g")]
+    assert I.spread_ties(rows, "test") == [("f", "g")]
     assert "Not told apart by their spread (test means differ by less than the larger std): f and g." in (
-        R.markdown_groups(rows, labeled=True)
+        LB.markdown_groups(rows, labeled=True)
     )
 
 
@@ -193,9 +197,9 @@ def test_verdict_words_say_what_the_test_split_resolves():
 
     best, other = c("f32", 0.008, 1e-5), c("f", 0.001, 0.5)
     assert (
-        R.verdict_words(best, [best]) == "the submission beats each of its 1 members on test, each difference resolved."
+        V.verdict_words(best, [best]) == "the submission beats each of its 1 members on test, each difference resolved."
     )
-    w = R.verdict_words(best, [best, other])
+    w = V.verdict_words(best, [best, other])
     assert "resolved, but not every member: against f, +0.10 [-0.20, +0.40] points, p = 0.5: not resolved" in w
-    assert "does not tell the submission from its best member by validation (f)" in R.verdict_words(other, [other])
-    assert "worse than its best member" in R.verdict_words(c("f", -0.01, 1e-4), [])
+    assert "does not tell the submission from its best member by validation (f)" in V.verdict_words(other, [other])
+    assert "worse than its best member" in V.verdict_words(c("f", -0.01, 1e-4), [])

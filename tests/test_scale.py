@@ -8,8 +8,12 @@ import pytest
 from conftest import write_image
 
 from pipeline import prepare, train
-from pipeline.data import datasets, images
-from pipeline.data.loaders import Rows, load_prepared
+from pipeline.artifacts import ensemble_model_file, read_prepared
+from pipeline.data import array_formats, datasets, image_folders, images
+from pipeline.data.rows import Rows
+from pipeline.inspect import figures as FIG
+from pipeline.inspect import interpret as I
+from pipeline.inspect import verdicts as V
 from pipeline.params import make_spec
 
 
@@ -33,9 +37,10 @@ def digest(folder):
 def test_memory_mapped_training_equals_in_memory(tmp_path):
     """The train stage's arrays are Rows over memory maps; a subset, a fold and a refit are index views. Training
     from them gives the very predictions training from in-memory copies gives."""
-    arrays, meta = prepare.prepare(datasets.read_digits(0), 0.2, 0, limit=300)
+    arrays, meta = prepare.prepare(array_formats.read_digits(0), 0.2, 0, limit=300)
     prepare.write_prepared(arrays, meta, tmp_path / "prepared")
-    mapped, meta2 = load_prepared(tmp_path / "prepared")
+    prep = read_prepared(tmp_path / "prepared")
+    mapped, meta2 = prep.arrays, prep.meta
     assert isinstance(mapped["train_x"], Rows) and isinstance(mapped["train_x"].parts[0][0], np.memmap)
     in_memory = {k: v for k, v in arrays.items() if k != "test_ids"}
     s = spec(arch="cnn6", train_limit=150, refit=True)
@@ -63,17 +68,17 @@ def test_rows_views_gather_the_right_rows():
 
 def test_parallel_decode_is_deterministic(tmp_path):
     """Two worker processes and small chunks give the bytes one process gives."""
-    raw = datasets.read_folder(photo_folder(tmp_path / "ds"), size=16, on_bad="skip")
+    raw = image_folders.read_folder(photo_folder(tmp_path / "ds"), size=16, on_bad="skip")
     one = tmp_path / "one"
     two = tmp_path / "two"
     for out, workers in ((one, 1), (two, 2)):
         out.mkdir()
-        chunk = datasets.CHUNK
-        datasets.CHUNK = 7
+        chunk = images.CHUNK
+        images.CHUNK = 7
         try:
             prepare.prepare_to(out, raw, 0.2, 0, workers=workers)
         finally:
-            datasets.CHUNK = chunk
+            images.CHUNK = chunk
     assert digest(one) == digest(two)
 
 
@@ -81,7 +86,7 @@ def test_rows_are_chosen_before_decoding(tmp_path, monkeypatch):
     """limit, test_limit and data.classes pick files from the list; only those are decoded."""
     photo_folder(tmp_path / "ds")
     calls = []
-    real = datasets.decode_chunk
+    real = images.decode_chunk
 
     def counting(paths, *a):
         calls.extend(paths)
@@ -166,7 +171,7 @@ def test_stacking_takes_the_tied_form_at_200_classes(tmp_path):
     assert s.valid.accuracy > best_member - 0.02  # a sensible blend, not a broken fit
     import json
 
-    saved = json.loads((tmp_path / "ensemble" / "model.json").read_text())
+    saved = json.loads((ensemble_model_file(tmp_path)).read_text())
     P = np.stack([models[n][3] for n in saved["members"]])
     np.testing.assert_allclose(
         W.stacker_apply(saved["stacker"], P, 200), np.load(tmp_path / "ensemble" / "preds" / "test.npy"), atol=1e-5
@@ -200,7 +205,6 @@ def test_confusion_at_200_classes_is_a_heatmap_with_a_pairs_table(tmp_path, monk
     import matplotlib
 
     matplotlib.use("Agg")
-    from pipeline import report as R
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 200, 3000)
@@ -213,12 +217,12 @@ def test_confusion_at_200_classes_is_a_heatmap_with_a_pairs_table(tmp_path, monk
 
     real_text = matplotlib.axes.Axes.text
     monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, *a, **k: texts.append(a) or real_text(self, *a, **k))
-    R.fig_confusion(tmp_path / "cm.png", y, {"m": p}, classes, "test")
+    FIG.fig_confusion(tmp_path / "cm.png", y, {"m": p}, classes, "test")
     assert (tmp_path / "cm.png").stat().st_size > 10_000 and len(texts) == 0  # no number in 40 000 cells
-    pairs = R.confused_pairs(y, p, classes, k=5)
+    pairs = I.confused_pairs(y, p, classes, k=5)
     assert len(pairs) == 5 and all(r["predicted"] == classes[(classes.index(r["true"]) + 1) % 200] for r in pairs)
-    assert "| true | predicted |" in R.markdown_confused(pairs, "m", "test")
-    R.fig_confusion(tmp_path / "cm10.png", y % 10, {"m": p[:, :10]}, classes[:10], "test")
+    assert "| true | predicted |" in V.markdown_confused(pairs, "m", "test")
+    FIG.fig_confusion(tmp_path / "cm10.png", y % 10, {"m": p[:, :10]}, classes[:10], "test")
     assert len(texts) == 100  # at 10 classes every cell has its count
 
 
@@ -230,7 +234,7 @@ def test_digits_with_another_data_sets_path_finds_the_bundled_file(tmp_path, cap
     raw = datasets.read(data_params({"data": {"name": "digits", "path": str(tmp_path / "fashion-mnist")}}), 0)
     assert len(raw.train_y) == 1437
     err = capsys.readouterr().err
-    assert f"set `data.path: {datasets.digits_file()}`" in err
+    assert f"set `data.path: {array_formats.digits_file()}`" in err
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from scipy.stats import binomtest
 
 from ensembles import ensemble as E
 from ensembles.calibrate import apply_temperature, fit_temperature
+from pipeline.artifacts import ensemble_model_file
 from pipeline.inspect.scores import compare, decimals, ece, mcnemar, paired_bootstrap, verdict
 
 
@@ -164,7 +165,7 @@ def test_temperature_calibration_fits_on_validation_only(tmp_path, tmp_path_fact
         assert v.temperature > 1.2 and v.test.ece < v.uncalibrated["test"].ece
     best = a.models[a.best_member]
     assert a.test.ece <= best.test.ece  # the goal, on these members
-    model = json.loads((tmp_path / "ensemble" / "model.json").read_text())
+    model = json.loads((ensemble_model_file(tmp_path)).read_text())
     assert model["temperatures"] == {n: a.models[n].temperature for n in a.members}
     assert model["temperature"] == a.temperature
 

@@ -18,32 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.contracts import load_prepared_meta
+from pipeline.artifacts import load_preds, load_prepared, load_submission_preds
 from pipeline.errors import PipelineError
 from pipeline.inspect.scores import compare, resolve_metric, score, verdict
 from pipeline.params import load_params, metric_param
 
 
 def probs_of(name: str, split: str, root: Path) -> np.ndarray:
-    f = root / ("ensemble/preds" if name == "ensemble" else f"preds/{name}") / f"{split}.npy"
-    if not f.is_file():
-        known = sorted(p.name for p in (root / "preds").iterdir()) if (root / "preds").is_dir() else []
-        raise PipelineError(
-            f"{f}: missing; `{name}` is not a trained model of this run (models: {', '.join(known) or 'none'}, "
-            "or `ensemble`)"
-        )
-    return np.load(f, allow_pickle=False)
+    """A model's probabilities on a split, or the submission's for `ensemble`."""
+    return load_submission_preds(root, split) if name == "ensemble" else load_preds(root, name, split)
 
 
 def run(
     a: str, b: str, root: Path = Path("."), seed: int = 42, resamples: int = 2000, metric: str = "accuracy"
 ) -> dict:
     """{split: {a: score, b: score, "a_vs_b": comparison in `metric`}} on every labelled split."""
-    prep = root / "data" / "prepared"
-    meta = load_prepared_meta(prep / "meta.json")
+    prep = load_prepared(root)
     out = {}
-    for split in ("valid", "test") if meta.test_labeled else ("valid",):
-        y = np.load(prep / f"{split}_y.npy")
+    for split in ("valid", "test") if prep.meta.test_labeled else ("valid",):
+        y = prep.labels(split)
         if not len(y):
             continue
         pa, pb = probs_of(a, split, root), probs_of(b, split, root)
@@ -75,7 +68,7 @@ def run_metric(setting: str, root: Path) -> str:
     if setting != "auto":
         return setting
     params = load_params(root / "params.yaml") if (root / "params.yaml").is_file() else {}
-    meta = load_prepared_meta(root / "data" / "prepared" / "meta.json")
+    meta = load_prepared(root).meta
     return resolve_metric(metric_param(params), meta.counts_per_class.get("train", {}))[0]
 
 

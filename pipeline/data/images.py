@@ -1,4 +1,5 @@
-"""Decode one image file -> uint8 RGB array: the one place the prepare stage and `pipeline.commands.predict` share.
+"""Decode one image file -> uint8 RGB array: the one place the prepare stage and `pipeline.commands.predict` share;
+and many files in parallel, in a fixed order, by a process pool no larger than the cores (`decode_files`).
 
 EXIF orientation is applied (phone photos), 16-bit and 32-bit images are scaled to 8 bits (not clipped),
 every other mode PIL reads becomes RGB, and the image is resized to size×size (bilinear, antialiased).
@@ -6,10 +7,18 @@ every other mode PIL reads becomes RGB, and the image is resized to size×size (
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from pipeline.data.raw import Files
+from pipeline.errors import PipelineError, warn
 
 IMAGE_EXTS = frozenset(ext.lower() for ext in Image.registered_extensions())
 HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # one channel, more than 8 bits
@@ -84,3 +93,111 @@ def to_channels(splits: dict[str, np.ndarray], channels) -> dict[str, np.ndarray
     if channels == 3:
         return {k: np.ascontiguousarray(np.repeat(x, 3, axis=3)) for k, x in splits.items()}
     return {k: luma(x) for k, x in splits.items()}
+
+
+# --------------------------------------------------------------------------------------------- many files
+def decode_chunk(paths: list[Path], size: int, on_bad: str, channels) -> tuple[np.ndarray, np.ndarray, list, set]:
+    """Decode image files to uint8 size×size (RGB; luma for channels 1): (images, per-image gray flags,
+    [(row, reason)] of unreadable files (black rows), the PIL modes met). Runs in a worker process."""
+    c = 1 if channels == 1 else 3
+    out = np.zeros((len(paths), size, size, c), np.uint8)
+    gray, bad, modes = np.ones(len(paths), bool), [], set()
+    for i, p in enumerate(paths):
+        try:
+            im, mode = open_image(p, size)
+            with im:
+                rgb = decode(im, size)
+        except Exception as e:  # any exception: PIL raises many types for broken files
+            if on_bad == "fail":
+                raise PipelineError(f"{p}: unreadable image ({e}); set data.on_bad_image: skip to skip it") from e
+            bad.append((i, f"{type(e).__name__}: {e}"))
+            continue
+        modes.add(mode)
+        if c == 1:
+            out[i] = luma(rgb)
+        else:
+            out[i] = rgb
+            gray[i] = is_gray(rgb[None])[0]
+    return out, gray, bad, modes
+
+
+def _decode_task(task):
+    return decode_chunk(*task)
+
+
+def cpu_count() -> int:
+    """The cores this process may use (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def pool_context():
+    """fork where the platform has it (Linux): no re-import per worker, and it works from a notebook or stdin,
+    where spawn cannot find the main module; spawn elsewhere (macOS, Windows)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
+
+
+CHUNK = 256  # images per worker task: large enough to amortise the pickling, small enough to keep cores busy
+
+
+def decoder_processes(workers: int | None, n_files: int) -> int:
+    """How many processes decode n_files: `workers` (default: every core this process may use), no more than
+    there are chunks of files."""
+    return max(1, min(workers or cpu_count(), -(-n_files // CHUNK)))
+
+
+@contextlib.contextmanager
+def decoder_pool(workers: int | None, n_files: int) -> Iterator:
+    """A pool of decoder_processes(...) processes for decode_files, or None where one process will do (a single
+    chunk of files); one pool serves every split."""
+    if decoder_processes(workers, n_files) == 1:
+        yield None
+        return
+    pool = pool_context().Pool(decoder_processes(workers, n_files))
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def decode_files(
+    files: Files, channels="auto", pool=None, desc: str = "decode"
+) -> Iterator[tuple[np.ndarray, np.ndarray, list, set]]:
+    """Chunks of decode_chunk's results, in file order, decoded by `pool` (a decoder_pool; None: this process).
+    The order and the bytes do not depend on the number of workers. A progress bar with images/s goes to stderr
+    for long decodes. Bad rows come back with their index in `files` and are warned about here, by path."""
+    chunk = CHUNK
+    tasks = [(files.paths[i : i + chunk], files.size, files.on_bad, channels) for i in range(0, len(files), chunk)]
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(files), desc=desc, unit="img", file=sys.stderr, disable=len(files) < 5000, mininterval=2, delay=2
+    )
+    try:
+        results = pool.imap(_decode_task, tasks) if pool else map(_decode_task, tasks)
+        for k, (x, gray, bad, modes) in enumerate(results):
+            start = k * chunk
+            for i, why in bad:
+                warn(f"skipping unreadable image {files.paths[start + i]} ({why})")
+            yield x, gray, [start + i for i, _ in bad], modes
+            bar.update(len(x))
+    finally:
+        bar.close()
+
+
+def decoded(files: Files, channels="auto", workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A Files decoded in memory (for small sets; the prepare stage streams into files instead): (images,
+    the rows kept, the bad files' paths). Bad rows are dropped, or kept black where files.keep_bad."""
+    parts, bad = [], []
+    with decoder_pool(workers, len(files)) as pool:
+        for x, _, bad_rows, _ in decode_files(files, channels, pool):
+            parts.append(x)
+            bad += bad_rows
+    c = 1 if channels == 1 else 3
+    x = np.concatenate(parts) if parts else np.zeros((0, files.size, files.size, c), np.uint8)
+    kept = np.arange(len(x)) if files.keep_bad else np.setdiff1d(np.arange(len(x)), bad)
+    return x[kept], kept, [str(files.paths[i]) for i in bad]

@@ -294,7 +294,7 @@ def compare_bootstrap(pa, pb, y, seed: int, resamples: int, metric: str) -> dict
 def verdict(c) -> str:
     """`+0.09 [−0.20, +0.38] points, p = 0.55: not resolved` — a comparison in words (a contracts.Paired record,
     or the dict `compare` returns)."""
-    from pipeline.contracts import Paired
+    from pipeline.records import Paired
 
     c = Paired.from_json(c, "comparison") if isinstance(c, dict) else c
     lo, hi = (100 * v for v in c.ci95)

@@ -8,14 +8,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipeline.contracts import FoldScores, Refit, Score
-from pipeline.data.loaders import Rows
+from pipeline.data.rows import Rows
 from pipeline.errors import PipelineError
 from pipeline.inspect.scores import score
 from pipeline.learn.distributed import say
 from pipeline.learn.member import TrainResult, score_on_test, train_arch
 from pipeline.learn.recipe import training_pool
 from pipeline.params import TrainSpec
+from pipeline.records import FoldScores, Refit, Score
 
 
 def fold_splits(key: str, y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

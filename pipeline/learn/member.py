@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from fastai.distributed import num_distrib
 
-from pipeline.contracts import MemberMetrics, MemberSpec, PreparedMeta, Score, save_member_metrics, save_member_spec
+from pipeline.artifacts import save_member_metrics, save_member_spec, save_preds
 from pipeline.data.loaders import BatchTfm
 from pipeline.inspect.scores import score
 from pipeline.learn.callbacks import live_callback
@@ -24,6 +24,7 @@ from pipeline.learn.hardware import describe, dtype_name, pick_device
 from pipeline.learn.infer import predict_probs
 from pipeline.learn.recipe import Setup, budget_recipe, build_learner, fit_phases, pick_lr
 from pipeline.params import TrainSpec, eval_batch
+from pipeline.records import MemberMetrics, MemberSpec, PreparedMeta, Score
 
 
 @dataclass
@@ -246,7 +247,5 @@ def write_member(res: TrainResult, live, model_dir: Path, preds_dir: Path, metri
         save_member_spec(folder / "spec.json", r.spec)
     save_member_spec(model_dir / "spec.json", res.spec)  # with folds: names their folders
     (model_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
-    preds_dir.mkdir(exist_ok=True)
-    for split, p in res.preds.items():
-        np.save(preds_dir / f"{split}.npy", p, allow_pickle=False)
+    save_preds(preds_dir, res.preds)
     save_member_metrics(metrics_file, res.metrics)

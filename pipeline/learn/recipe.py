@@ -26,8 +26,8 @@ from fastai.metrics import accuracy
 from fastai.optimizer import SGD, Adam, Lamb, QHAdam, RMSProp, ranger
 from fastai.torch_core import set_seed, trainable_params
 
-from pipeline.contracts import PreparedMeta
-from pipeline.data.loaders import Rows, make_dls, make_pairs
+from pipeline.data.loaders import make_dls, make_pairs
+from pipeline.data.rows import Rows
 from pipeline.data.splits import stratified_subset
 from pipeline.errors import PipelineError, warn
 from pipeline.inspect.scores import resolve_metric
@@ -36,6 +36,7 @@ from pipeline.learn.callbacks import Autocast, EpochLog, NoValidation, Probe, St
 from pipeline.learn.distributed import say, single_process
 from pipeline.learn.hardware import configure, pick_device, pick_dtype
 from pipeline.params import TrainSpec, eval_batch, resolve_remedies
+from pipeline.records import PreparedMeta
 
 
 @dataclass

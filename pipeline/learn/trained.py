@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.contracts import load_ensemble_model, load_member_spec, rerun
+from pipeline.artifacts import ensemble_model_file, load_ensemble_model, load_member_spec, model_dir, rerun
 from pipeline.data.images import decode, to_channels
 from pipeline.errors import PipelineError
 from pipeline.learn.hardware import eval_dtype
@@ -114,9 +114,9 @@ class Ensemble:
     """The ensemble the `ensemble` stage chose: its members' probabilities blended by ensemble/model.json."""
 
     def __init__(self, root: Path = Path("."), device: str | torch.device = "cpu"):
-        self.spec = load_ensemble_model(root / "ensemble" / "model.json")
+        self.spec = load_ensemble_model(ensemble_model_file(root))
         self.name, self.classes = "ensemble", self.spec.classes
-        self.members = [Model(root / "models" / m, device) for m in self.spec.members]
+        self.members = [Model(model_dir(root, m), device) for m in self.spec.members]
         for m in self.members:
             if m.classes != self.classes:
                 raise PipelineError(f"models/{m.name}: classes differ from the ensemble's; rerun `dvc repro`")
@@ -146,7 +146,7 @@ class Ensemble:
 
 
 def load_model(name: str, root: str | Path = ".", device: str = "cpu") -> Model:
-    return Model(Path(root) / "models" / name, device)
+    return Model(model_dir(Path(root), name), device)
 
 
 def load_ensemble(root: str | Path = ".", device: str = "cpu") -> Ensemble:

@@ -1,4 +1,4 @@
-"""The files the stages hand each other (pipeline.contracts): each read and written through its record."""
+"""The files the stages hand each other (pipeline.records): each read and written through its record."""
 
 import json
 import re
@@ -7,17 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import metrics_json
 
-from pipeline.contracts import (
-    EnsembleMetrics,
-    EnsembleModel,
-    MemberMetrics,
-    MemberSpec,
-    Score,
-    load_member_metrics,
-    load_member_spec,
-    save_member_metrics,
-)
+from pipeline.artifacts import load_member_metrics, load_member_spec, save_member_metrics
 from pipeline.errors import PipelineError
+from pipeline.records import EnsembleMetrics, EnsembleModel, MemberMetrics, MemberSpec, Score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,16 +80,16 @@ def test_records_written_by_an_older_version_still_load():
     assert m.temperatures is None and m.temperature is None
 
 
-def test_no_module_reads_a_stage_file_by_its_keys_outside_the_contracts():
+def test_no_module_reads_a_stage_file_by_its_keys_outside_the_artifacts():
     """data/prepared/meta.json, metrics/<key>.json, ensemble/metrics.json, spec.json, model.json and
-    bench/results/equal_compute.json are read through pipeline.contracts only: no json.loads of them elsewhere in
-    pipeline/, ensembles/ or bench/."""
+    bench/results/equal_compute.json are read through pipeline.artifacts only: no json.loads of them elsewhere in
+    pipeline/, ensembles/ or bench/ (subpackages included)."""
     pattern = re.compile(r"json\.loads?\(.*(metrics|meta\.json|spec\.json|model\.json|equal_compute)")
     offenders = [
         f"{p.relative_to(ROOT)}:{i}"
         for d in ("pipeline", "ensembles", "bench")
-        for p in sorted((ROOT / d).glob("*.py"))
-        if p.name != "contracts.py"
+        for p in sorted((ROOT / d).rglob("*.py"))
+        if p.name != "artifacts.py"
         for i, line in enumerate(p.read_text().splitlines(), 1)
         if pattern.search(line)
     ]

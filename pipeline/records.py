@@ -1,26 +1,14 @@
-"""The files the stages hand each other, as typed records: the one place their shape is written down.
-
-    data/prepared/meta.json   PreparedMeta    prepare writes; train, the ensemble, the report, compare read
-    models/<key>/spec.json    MemberSpec      train writes; pipeline.learn.trained (predict, the report) reads
-    metrics/<key>.json        MemberMetrics   train writes (folds and refit build it by `replace`); the ensemble,
-                                              the report and bench read
-    ensemble/model.json       EnsembleModel   the ensemble stage writes; pipeline.learn.trained reads
-    ensemble/metrics.json     EnsembleMetrics the ensemble stage writes; the report and bench read
-    bench/results/equal_compute.json  EqualCompute  bench.equal_compute writes; the report reads when present
+"""The typed records of the files the stages hand each other (pipeline.artifacts says which file is which).
 
 Each record is a dataclass with `from_json`/`to_json` (the JSON layout is the fields' order; a field made with
-`opt()` is left out of the file while it is None) and one `save_*`/`load_*` pair. A load names the file and the
-key when one is missing or of the wrong kind; a key a record does not know (a newer version's) is ignored when
-reading, refused when writing (`strict`), so nothing a stage computes is dropped unseen. Readers use attributes,
-never string keys: a renamed key is a renamed field, and a reader left behind fails at once (AttributeError)
-instead of reading a silent `.get` default.
+`opt()` is left out of the file while it is None). A load names the file and the key when one is missing or of the
+wrong kind; a key a record does not know (a newer version's) is ignored when reading, refused when writing
+(`strict`), so nothing a stage computes is dropped unseen. Readers use attributes, never string keys.
 """
 
-import json
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Self, get_args, get_origin, get_type_hints
 
 from pipeline.errors import PipelineError
@@ -89,23 +77,6 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
     return v
-
-
-def _save(path: Path, record: Record, indent: int) -> None:
-    path.write_text(json.dumps(record.to_json(), indent=indent) + "\n")
-
-
-def _load(path: Path, record: type[Record], missing_hint: str) -> Any:
-    if not path.is_file():
-        raise PipelineError(f"{path}: missing; {missing_hint}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{path}: cannot be read ({e}); {missing_hint}") from e
-    try:
-        return record.from_json(data, str(path))
-    except PipelineError as e:
-        raise PipelineError(f"{e}; {missing_hint}") from e
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -428,58 +399,3 @@ class EqualCompute(Record):
     comparison: dict[str, Paired]  # split -> the submission against the long run
     single_test: float | None = opt()
     ensemble_test: float | None = opt()
-
-
-# ------------------------------------------------------------------------------------------------ save / load
-def save_prepared_meta(path: Path, meta: PreparedMeta) -> None:
-    path.write_text(json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n")
-
-
-def load_prepared_meta(path: Path) -> PreparedMeta:
-    return _load(path, PreparedMeta, "run the prepare stage first (dvc repro prepare)")
-
-
-def rerun(key: str) -> str:
-    """The command that rebuilds one model's outputs (an `archs` entry's stage, or a variant's)."""
-    return f"`dvc repro train@{key}` (`variant@{key}` for a variant)"
-
-
-def save_member_spec(path: Path, spec: MemberSpec) -> None:
-    _save(path, spec, 2)
-
-
-def load_member_spec(path: Path, stage_key: str) -> MemberSpec:
-    """A spec.json; `stage_key` names the stage to run when it is missing or unreadable."""
-    return _load(path, MemberSpec, f"train the model first: {rerun(stage_key)}")
-
-
-def save_member_metrics(path: Path, metrics: MemberMetrics) -> None:
-    _save(path, metrics, 2)
-
-
-def load_member_metrics(path: Path, stage_key: str) -> MemberMetrics:
-    return _load(path, MemberMetrics, f"run {rerun(stage_key)}")
-
-
-def save_ensemble_model(path: Path, model: EnsembleModel) -> None:
-    _save(path, model, 1)
-
-
-def load_ensemble_model(path: Path) -> EnsembleModel:
-    return _load(path, EnsembleModel, "run `dvc repro ensemble` first")
-
-
-def save_equal_compute(path: Path, r: EqualCompute) -> None:
-    _save(path, r, 2)
-
-
-def load_equal_compute(path: Path) -> EqualCompute:
-    return _load(path, EqualCompute, "rerun `python -m bench.equal_compute`")
-
-
-def save_ensemble_metrics(path: Path, metrics: EnsembleMetrics) -> None:
-    _save(path, metrics, 2)
-
-
-def load_ensemble_metrics(path: Path) -> EnsembleMetrics:
-    return _load(path, EnsembleMetrics, "run `dvc repro ensemble`")

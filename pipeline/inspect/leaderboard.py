@@ -1,0 +1,204 @@
+"""The leaderboard: one row per model and per ensemble strategy (timm's results-CSV columns), best first by the
+run's metric, and its markdown tables (the main table, entries' spreads, folds, refits)."""
+
+from __future__ import annotations
+
+from pipeline.inspect.interpret import spread_ties
+from pipeline.inspect.scores import decimals
+from pipeline.records import EnsembleMetrics, MemberMetrics, Score
+
+COLUMNS = [
+    "model",
+    "top1",
+    "top1_ci95",
+    "top1_err",
+    "valid_top1",
+    "bal_acc",
+    "bal_acc_ci95",
+    "valid_bal_acc",
+    "macro_f1",
+    "worst_recall",
+    "nll",
+    "ece",
+    "param_count",
+    "images_seen",
+    "train_s",
+    "img_per_s",
+    "weight",
+]
+
+
+def ci_words(ci: list[float] | None) -> str:
+    """A 95 % Wilson interval in percent, `93.0–94.0`; empty where the metrics predate it."""
+    return f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}" if ci else ""
+
+
+def pct(s: Score, accuracy: float | None = None, metric: str = "accuracy") -> float | str:
+    """A score in percent (`s`'s in `metric`, or `accuracy` with `s`'s interval), rounded to what its 95 % interval
+    supports (pipeline.inspect.scores.decimals); empty where the score predates the metric."""
+    v = getattr(s, metric) if accuracy is None else accuracy
+    if v is None:
+        return ""
+    d = decimals(s.interval(metric))
+    v = round(100 * v, d)
+    return int(v) if d == 0 else v
+
+
+def err(s: Score) -> float:
+    """100 − top-1, rounded as the top-1 is."""
+    return pct(s, 1 - s.accuracy)
+
+
+def score_cells(s: Score, valid: Score, metric: str = "accuracy") -> dict:
+    """The leaderboard's score columns of one row: `s` on the report's split, `valid` on validation (and the
+    unrounded sort key in the run's metric, dropped before writing)."""
+    sort = [getattr(x, metric) for x in (s, valid)]
+    return {
+        "top1": pct(s),
+        "top1_ci95": ci_words(s.ci95),
+        "top1_err": err(s),
+        "valid_top1": pct(valid),
+        "bal_acc": pct(s, metric="balanced_accuracy"),
+        "bal_acc_ci95": ci_words(s.balanced_ci95),
+        "valid_bal_acc": pct(valid, metric="balanced_accuracy"),
+        "macro_f1": pct(s, metric="macro_f1"),
+        "worst_recall": round(100 * s.worst_recall, 1) if s.worst_recall is not None else "",
+        "nll": round(s.loss, 3) if s.loss is not None else "",
+        "ece": round(s.ece, 3) if s.ece is not None else "",
+        "_sort": tuple(-v if v is not None else 1.0 for v in sort),
+    }
+
+
+def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[dict]:
+    """Rows sorted by the run's metric on test (on valid where the test split is unlabelled), then on valid.
+
+    `models`: name -> metrics/<name>.json; `ens`: ensemble/metrics.json. Accuracies in percent like timm's
+    CSVs, rounded to what their intervals support; parameter counts in millions. `nll`, `ece`: on the same split
+    (after `calibrate`'s temperatures where set). An ensemble's cost is the sum of its members' with a weight > 0.
+    """
+    labeled = ens.test is not None
+    rows = []
+    for name, m in models.items():
+        e = ens.models[name]  # the ensemble's copy of the scores: after calibration where set
+        rows.append(
+            {
+                "model": name,
+                **score_cells((e.test or m.test) if labeled else e.valid, m.valid, ens.judged_by()),
+                "param_count": round(m.param_count / 1e6, 3),
+                "images_seen": m.seen(),
+                "train_s": round(m.train_s, 1),
+                "img_per_s": round(m.img_per_s, 1),
+                "weight": round(e.weight, 4),
+            }
+        )
+    for kind, st in ens.strategies.items():
+        used = st.used()
+        star = "*" if kind == ens.chosen else ""
+        rows.append(
+            {
+                "model": f"ensemble:{kind}{star}",
+                **score_cells(st.test if labeled else st.valid, st.valid, ens.judged_by()),
+                "param_count": round(sum(models[n].param_count for n in used) / 1e6, 3),
+                "images_seen": sum(models[n].seen() for n in used),
+                "train_s": round(sum(models[n].train_s for n in used), 1),
+                "img_per_s": "",
+                "weight": "",
+            }
+        )
+    rows.sort(key=lambda r: (*r["_sort"], r["model"]))
+    for r in rows:
+        del r["_sort"]
+    return rows
+
+
+METRIC_WORDS = {"accuracy": "top-1 accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
+
+
+def metric_line(ens: EnsembleMetrics) -> str:
+    """Which metric judged the run (members, weights, strategy, verdicts, the table's order) and why."""
+    why = f" ({ens.metric_why})" if ens.metric_why else ""
+    return f"Metric: **{METRIC_WORDS[ens.judged_by()]}**{why}.\n\n"
+
+
+def markdown(rows: list[dict], labeled: bool, n_test: int = 1, metric: str = "accuracy") -> str:
+    if labeled:
+        what = "test"
+    elif n_test:
+        what = "validation (the test split has no labels)"
+    else:
+        what = "validation (the data set has no test split)"
+    head = (
+        f"Scores on the {what} split, in %, best first by {METRIC_WORDS[metric]}: top-1 with its 95 % Wilson "
+        "interval over the split's rows (`top1_ci95`); balanced accuracy (mean per-class recall, `bal_acc`) with its "
+        "class-stratified bootstrap interval, macro-F1 and the worst class's recall (`worst_recall`); each rounded "
+        "to what its interval supports; `valid_*` on validation. Whether two models differ is the paired "
+        "comparison's to say "
+        "(below; `python -m pipeline.commands.compare A B` for any two). `nll` (log-loss) and `ece` (15 bins) on the same "
+        "split. Budgets: `images_seen` = epochs × training images, `train_s` the training seconds; "
+        "`param_count` in millions; an ensemble's cost is the sum of its members'. `weight`: the model's weight in "
+        "the ensemble submission; `*` marks the strategy that wrote it.\n\n"
+    )
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return head + "\n".join(lines) + "\n"
+
+
+def markdown_groups(rows: list[dict], labeled: bool, metric: str = "accuracy") -> str:
+    if not rows:
+        return ""
+    splits = ("valid", "test") if labeled else ("valid",)
+    lines = [
+        f"\nModels of one `archs` entry (the entry and its `variants`), {METRIC_WORDS[metric]} % mean ± std:\n",
+        "| entry | models | " + " | ".join(splits) + " |",
+        "|---|---|" + "---|" * len(splits),
+    ]
+    lines += [
+        f"| {r['group']} | {r['models']} | " + " | ".join(f"{r[s][0]:.2f} ± {r[s][1]:.2f}" for s in splits) + " |"
+        for r in rows
+    ]
+    close = spread_ties(rows, splits[-1])
+    if close:
+        lines.append(
+            f"\nNot told apart by their spread ({splits[-1]} means differ by less than the larger std): "
+            + "; ".join(f"{a} and {b}" for a, b in close)
+            + "."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def markdown_folds(models: dict[str, MemberMetrics]) -> str:
+    """`folds` entries: cross-validation accuracy (each fold model on its held-out fold) and the fold models'
+    validation accuracy, mean ± std, beside the validation accuracy of their average (the entry's prediction)."""
+    rows = [(n, m.folds, m.valid.accuracy) for n, m in models.items() if m.folds]
+    if not rows:
+        return ""
+    lines = [
+        "\nStratified K-fold entries (the training split in K folds; top-1 %, mean ± std over the K fold models):\n",
+        "| model | folds | CV (held-out folds) | fold models on valid | their average on valid |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {n} | {f.k} | {100 * f.cv_mean:.2f} ± {100 * f.cv_std:.2f} | "
+        f"{100 * f.valid_mean:.2f} ± {100 * f.valid_std:.2f} | {100 * v:.2f} |"
+        for n, f, v in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_refit(models: dict[str, MemberMetrics], labeled: bool) -> str:
+    """`refit` entries: which figure comes from which model."""
+    rows = [(n, m) for n, m in models.items() if m.refit]
+    if not rows:
+        return ""
+    lines = [
+        "\nRefit entries: `valid_top1` is the validated model's (trained without the validation split); the test "
+        "figures and the submission are the model refit on train + valid with the validated lr and epochs:\n",
+        "| model | valid (validated model) | images | test (validated model) | test (refit model) | images |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, m in rows:
+        t = [f"{100 * s.accuracy:.2f}" if labeled else "-" for s in (m.test_validated, m.test)]
+        lines.append(
+            f"| {n} | {100 * m.valid.accuracy:.2f} | {m.train_images} | {t[0]} | {t[1]} | {m.refit.train_images} |"
+        )
+    return "\n".join(lines) + "\n"
