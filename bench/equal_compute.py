@@ -32,7 +32,7 @@ from pipeline.artifacts import (
 )
 from pipeline.inspect.scores import compare, score, verdict
 from pipeline.learn import member
-from pipeline.params import load_params, seed_param, train_spec
+from pipeline.params import load_params, member_seed, train_spec
 from pipeline.records import EqualCompute
 
 
@@ -44,7 +44,7 @@ def run(root: Path, out: Path, scale: float = 1.0) -> dict:
     best = ens.best_member or max(used, key=lambda n: metrics[n].valid.accuracy)
     budget = scale * sum(m.train_s for m in metrics.values())
     spec = replace(train_spec(params, best), time_budget=budget)
-    seed = seed_param(params) if spec.seed is None else spec.seed
+    seed = member_seed(params, spec)
     prep = load_prepared(root)
     arrays, meta = prep.arrays, prep.meta
     res = member.train_arch(best, spec, arrays, meta, seed)

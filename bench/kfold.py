@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,7 +26,8 @@ import yaml
 
 from bench.machine import ROOT, md_table
 from ensembles import ensemble
-from ensembles.strategies import ensemble_params
+from ensembles.candidates import load_candidates
+from ensembles.strategies import ensemble_params, run_strategies
 from pipeline import prepare, train
 from pipeline.artifacts import load_member_metrics, load_prepared, metrics_file, prepared_dir
 from pipeline.data.array_formats import digits_file
@@ -144,14 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     # the fitted strategies again, fitted on the validation split alone (as for entries without folds)
     prep = load_prepared(WORK)
     vy, ty = prep.labels("valid"), prep.labels("test")
-    c = ensemble.load_candidates(
-        m.members, len(vy), len(ty), len(prep.meta.classes), WORK, n_train=len(prep.labels("train"))
-    )
-    cfg = ensemble_params(ens_params) | {"metric": m.judged_by()}
-    on_valid = ensemble.run_strategies(c.valid, vy, c.test, ty, m.members, cfg, 0)
+    c = load_candidates(m.members, len(vy), len(ty), len(prep.meta.classes), WORK, n_train=len(prep.labels("train")))
+    cfg = replace(ensemble_params(ens_params), metric=m.judged_by())
+    on_valid = run_strategies(c.valid, vy, c.test, ty, m.members, cfg, 0)
     fitted = ("greedy", "logloss", "stacking")
     fits = {
-        "valid": {k: on_valid[k].record for k in fitted},
+        "valid": {k: on_valid[k].record.to_json() for k in fitted},
         "oof": {k: m.strategies[k].to_json() for k in fitted},
     }
     metrics = {n: load_member_metrics(metrics_file(WORK, n), n) for n in p["archs"]}

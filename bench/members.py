@@ -24,11 +24,11 @@ import numpy as np
 import yaml
 
 from bench.machine import ROOT, add_paths, md_table, out_dir
-from ensembles.ensemble import by_size
+from ensembles.evaluate import by_size
 from ensembles.weights import accuracy
 from pipeline.artifacts import load_member_metrics, load_prepared, read_probs, save_member_metrics, save_preds
 from pipeline.learn import member
-from pipeline.params import load_params, seed_param, train_spec
+from pipeline.params import load_params, member_seed, train_spec
 from pipeline.records import PreparedMeta
 
 CACHE = ROOT / "bench" / "cache" / "members"
@@ -50,7 +50,7 @@ def parse_model(arg: str, params: dict) -> str:
 
 def trained(name: str, params: dict, arrays: dict, meta: PreparedMeta, cache: Path = CACHE) -> dict:
     spec = train_spec(params, name)
-    seed = seed_param(params) if spec.seed is None else spec.seed
+    seed = member_seed(params, spec)
     h = hashlib.sha1(json.dumps([spec.to_dict(), seed, len(arrays["train_y"]), meta.classes], sort_keys=True).encode())
     d = cache / f"{name}-{h.hexdigest()[:10]}"
     if not (d / "metrics.json").exists():
@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     best_v, best_t = acc[order[0]]
     table, md_rows = [], []
     for r in curve:
-        top = order[: r["k"]]
-        table.append({"k": r["k"], "models": top, "valid": r["valid"], "test": r["test"]})
+        top = order[: r.k]
+        table.append({"k": r.k, "models": top, "valid": r.valid, "test": r.test})
         md_rows.append(
-            [r["k"], ", ".join(top), f"{r['valid']:.4f}", f"{r['test']:.4f}"]
-            + [f"{r['valid'] - best_v:+.4f} / {r['test'] - best_t:+.4f}"]
+            [r.k, ", ".join(top), f"{r.valid:.4f}", f"{r.test:.4f}"]
+            + [f"{r.valid - best_v:+.4f} / {r.test - best_t:+.4f}"]
         )
     header = ["k", "models", "valid acc", "test acc", "gain over the best member (valid / test)"]
     lines += md_table(header, md_rows).splitlines()

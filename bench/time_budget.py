@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.machine import ROOT, cpu_name, md_table
 from pipeline.artifacts import load_member_metrics, load_prepared, metrics_file
 from pipeline.learn import member
-from pipeline.params import load_params, model_names, seed_param, train_spec
+from pipeline.params import load_params, member_seed, model_names, train_spec
 
 
 def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: float | None = None) -> dict:
@@ -32,7 +32,7 @@ def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: flo
     for n in names:
         asked = budget or scale * load_member_metrics(metrics_file(root, n), n).train_s
         spec = replace(train_spec(params, n), time_budget=asked)
-        seed = seed_param(params) if spec.seed is None else spec.seed
+        seed = member_seed(params, spec)
         m = member.train_arch(n, spec, arrays, meta, seed).metrics
         tb = m.time_budget
         rows[n] = {**tb, "ratio": round(m.train_s / asked, 3), "valid": m.valid.accuracy}

@@ -13,8 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ensembles import weights as blends
+from ensembles.calibrate import adjust_logits, apply_temperature, fit_tau, fit_temperature
+from ensembles.weights import crossfit
+from pipeline import records
+from pipeline.checks import check_section, is_bool, is_dict, is_float, is_int, one_of, param, schema_of
 from pipeline.errors import PipelineError
-from pipeline.params import check_section, is_bool, is_dict, is_float, is_int, one_of, param, schema_of
+from pipeline.inspect.scores import metric_value, score
+from pipeline.records import Score
 
 
 @dataclass
@@ -44,17 +49,17 @@ def weighted(rule: Callable[[np.ndarray, np.ndarray, np.ndarray, dict], np.ndarr
     return fit
 
 
-def stacking_form(members: int, n_classes: int, cfg: dict) -> str:
+def stacking_form(members: int, n_classes: int, cfg: EnsembleParams) -> str:
     """`full`: a logistic regression on members × classes features; `tied` beyond `stack_max_features` of them."""
-    return "full" if members * n_classes <= cfg["stack_max_features"] else "tied"
+    return "full" if members * n_classes <= cfg.stack_max_features else "tied"
 
 
 def fit_stacking(P, y, accs, cfg, seed) -> Fit:
     n_classes = P.shape[2]
     if stacking_form(len(P), n_classes, cfg) == "tied":
-        model = blends.fit_tied_stacker(P, y, cfg["stack_C"])
+        model = blends.fit_tied_stacker(P, y, cfg.stack_C)
     else:
-        model = blends.fit_stacker(P, y, cfg["stack_C"], seed)
+        model = blends.fit_stacker(P, y, cfg.stack_C, seed)
     return Fit(
         blends.stacker_weights(model, len(P), n_classes),
         lambda Q: blends.stacker_proba(model, Q, n_classes),
@@ -78,7 +83,7 @@ REGISTRY: dict[str, Strategy] = {
             "greedy",
             True,
             "Caruana's forward selection with replacement on validation log-loss",
-            weighted(lambda P, y, accs, cfg: blends.greedy_weights(P, y, cfg["greedy_iters"])),
+            weighted(lambda P, y, accs, cfg: blends.greedy_weights(P, y, cfg.greedy_iters)),
         ),
         Strategy(
             "logloss",
@@ -145,17 +150,109 @@ class EnsembleParams:
     # by the run's metric (Menon et al., 2021; free: no retraining); auto: logit where the metric is not accuracy
     # and a member learnt the training prior (not every one was trained with `sampler: balanced`)
     adjust: str = param("auto", one_of("auto", "none", "logit"), "post-hoc logit adjustment for imbalanced classes")
+    # resolved by the stage on the run, not params.yaml keys
+    metric: str = "accuracy"  # the run's metric (pipeline.inspect.scores.resolve_metric)
+    log_prior: np.ndarray | None = None  # `adjust`: the training classes' log prior the blend's logits are adjusted by
 
 
 ENSEMBLE_SCHEMA = schema_of(EnsembleParams)
 
 
-def ensemble_params(params: dict) -> dict:
+def ensemble_params(params: dict) -> EnsembleParams:
     """The checked `ensemble:` section, with defaults filled in (`nnls` read as `logloss`)."""
-    cfg = check_section(params.get("ensemble"), ENSEMBLE_SCHEMA, "ensemble")
-    if cfg["method"] != "best" and cfg["method"] not in cfg["strategies"]:
+    cfg = EnsembleParams(**check_section(params.get("ensemble"), ENSEMBLE_SCHEMA, "ensemble"))
+    if cfg.method != "best" and cfg.method not in cfg.strategies:
         raise PipelineError(
-            f"params.yaml: `ensemble.method` = {cfg['method']!r} is not among `ensemble.strategies` "
-            f"({', '.join(cfg['strategies'])}): add it there, or pick one of those"
+            f"params.yaml: `ensemble.method` = {cfg.method!r} is not among `ensemble.strategies` "
+            f"({', '.join(cfg.strategies)}): add it there, or pick one of those"
         )
     return cfg
+
+
+@dataclass
+class Outcome:
+    """One strategy's scores (its record in ensemble/metrics.json) and its blended probabilities."""
+
+    record: records.Strategy
+    valid_probs: np.ndarray  # cross-fitted where the strategy is fitted
+    test_probs: np.ndarray
+    stacker: dict | None
+
+
+def fit_strategy(kind: str, P: np.ndarray, y: np.ndarray, accs: np.ndarray, cfg: EnsembleParams, seed: int) -> Fit:
+    """One strategy of the registry fitted on validation rows."""
+    return REGISTRY[kind].fit(P, y, accs, cfg, seed)
+
+
+def fit_scored(
+    kind: str, P, y, accs, cfg: EnsembleParams, seed: int, fit_on, k_folds: int
+) -> tuple[Fit, np.ndarray, str]:
+    """One strategy fitted, its validation probabilities (held out, or cross-fitted where it is fitted on the
+    validation split itself) and how they were got."""
+    fitted = REGISTRY[kind].fitted
+    if fitted and fit_on is not None:
+        f = fit_strategy(kind, *fit_on, accs, cfg, seed)
+        return f, f.predict(P), f"fitted on {len(fit_on[1])} out-of-fold training rows; valid held out"
+    f = fit_strategy(kind, P, y, accs, cfg, seed)
+    if (fitted and len(P) > 1 or kind == "stacking") and k_folds >= 2:
+        fit = lambda Ptr, ytr, k=kind: fit_strategy(k, Ptr, ytr, accs, cfg, seed).predict
+        return f, crossfit(P, y, fit, k_folds, seed), f"cross-fitted, {k_folds} folds"
+    if not fitted:
+        how = "direct"
+    elif k_folds < 2:
+        how = "direct: a class has fewer than 2 validation rows, too few to cross-fit"
+    else:
+        how = "direct: one member, nothing to fit"
+    return f, f.predict(P), how
+
+
+def run_strategies(
+    P: np.ndarray,
+    y: np.ndarray,
+    T: np.ndarray,
+    test_y: np.ndarray | None,
+    members: list[str],
+    cfg: EnsembleParams,
+    seed: int,
+    fit_on: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Outcome]:
+    """Every strategy on the same members: weights, validation and (where labelled) test scores, test probs.
+    `cfg.metric` is the run's metric (members' scores for the metric-weighted blend); `cfg.log_prior`, where
+    set, the training classes' log prior the blend's logits are adjusted by (τ chosen on validation).
+
+    `fit_on`: (members' out-of-fold probabilities, labels) on training rows, when every member is a `folds` entry:
+    the fitted strategies fit there (more rows than the validation split) and are scored on the whole validation
+    split, which none of them saw. Otherwise they fit on the validation split, scored by cross-fitting."""
+    metric = cfg.metric
+    accs = np.array([metric_value(metric, p, y) for p in P])
+    counts = np.bincount(y)
+    k_folds = int(min(cfg.folds, counts[counts > 0].min()))  # no more folds than the rarest class has rows
+    out = {}
+    for kind in cfg.strategies:
+        f, vp, how = fit_scored(kind, P, y, accs, cfg, seed, fit_on, k_folds)
+        tp = f.predict(T)
+        weights = {m: round(float(x), 6) for m, x in zip(members, f.weights)}
+        temperature = tau = None
+        if cfg.calibrate == "temperature":  # one temperature for the blend, on its validation probabilities
+            temperature = round(fit_temperature(vp, y), 6)
+            vp, tp = apply_temperature(vp, temperature), apply_temperature(tp, temperature)
+        if cfg.log_prior is not None:  # `adjust: logit`: τ by the metric on the validation probabilities
+            tau = fit_tau(vp, y, cfg.log_prior, metric)
+            vp, tp = adjust_logits(vp, cfg.log_prior, tau), adjust_logits(tp, cfg.log_prior, tau)
+        rec = records.Strategy(
+            members=members,
+            weights=weights,
+            temperature=temperature,
+            tau=tau,
+            valid=Score.of(score(vp, y)),
+            valid_scored=how,
+            form=stacking_form(len(P), P.shape[2], cfg) if kind == "stacking" else None,
+            test=Score.of(score(tp, test_y)) if test_y is not None else None,
+        )
+        out[kind] = Outcome(rec, vp, tp, f.stacker)
+    return out
+
+
+def best_strategy(results: dict[str, Outcome], metric: str = "accuracy") -> str:
+    """Highest validation score in the run's metric (cross-fitted where fitted), then lowest validation log-loss."""
+    return min(results, key=lambda k: (-results[k].record.valid.value(metric), results[k].record.valid.loss))

@@ -218,24 +218,25 @@ class Prepared:
         """A split's labels; None for an unlabelled test split."""
         if split == "test" and not self.meta.test_labeled:
             return None
-        return self.arrays[f"{split}_y"]
+        return self.arrays.get(f"{split}_y", np.zeros(0, np.int64))
 
 
-def read_prepared(folder: Path, in_memory: bool = False) -> Prepared:
+def read_prepared(folder: Path, in_memory: bool = False, images: bool = True) -> Prepared:
     """A folder in the prepared layout (data/prepared, or prepare's staging folder); missing files name themselves.
-    `in_memory`: images loaded as arrays instead of memory-mapped `Rows`."""
+    `in_memory`: images loaded as arrays instead of memory-mapped `Rows`; `images=False`: labels, ids and meta only
+    (the images are not opened, and only the validation labels are required)."""
     meta = load_prepared_meta(meta_file(folder))
     arrays: dict[str, Any] = {}
     try:
         for split in SPLITS:
-            for k in ("x", "y"):
+            for k in ("x", "y") if images else ("y",):
                 p = images_file(folder, split) if k == "x" else labels_file(folder, split)
                 if p.is_file():
                     if k == "y" or in_memory:
                         arrays[f"{split}_{k}"] = np.load(p, allow_pickle=False)
                     else:
                         arrays[f"{split}_{k}"] = Rows.of(np.load(p, allow_pickle=False, mmap_mode="r"))
-                elif not (split == "test" and k == "y"):
+                elif images and not (split == "test" and k == "y") or split == "valid":
                     raise PipelineError(f"{p} not found: data/prepared is incomplete; rerun the prepare stage")
         ids = ids_file(folder)
         test_ids = json.loads(ids.read_text()) if ids.is_file() else []
@@ -247,6 +248,11 @@ def read_prepared(folder: Path, in_memory: bool = False) -> Prepared:
 def load_prepared(root: Path = HERE) -> Prepared:
     """The project's data/prepared, memory-mapped."""
     return read_prepared(prepared_dir(root))
+
+
+def load_labels(root: Path = HERE) -> Prepared:
+    """The project's data/prepared without its images: labels, test ids, meta."""
+    return read_prepared(prepared_dir(root), images=False)
 
 
 # ------------------------------------------------------------------------------------------------ predictions

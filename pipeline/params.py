@@ -6,19 +6,30 @@ Used by every stage's main(): `load_params()` reads params.yaml, `data_params(p)
 
 from __future__ import annotations
 
-import copy
 import difflib
 import re
-from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipeline.checks import (
+    as_number,
+    check_section,
+    is_bool,
+    is_dict,
+    is_float,
+    is_int,
+    is_str,
+    one_of,
+    param,
+    schema_of,
+)
 from pipeline.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "tiny-imagenet", "folder", "kaggle-csv", "digits")
 
 
@@ -38,92 +49,12 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
     return params
 
 
-# --- small checkers: each returns the (possibly converted) value or raises ValueError with the reason ---
-def is_int(lo: int | None = None, hi: int | None = None, none_ok: bool = False) -> Callable[[Any], Any]:
-    def check(v):
-        if v is None and none_ok:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"expected an integer{' or null' if none_ok else ''}")
-        if lo is not None and v < lo or hi is not None and v > hi:
-            raise ValueError(f"must be in [{lo}, {hi if hi is not None else '∞'}]")
-        return v
-
-    return check
-
-
-def as_number(v: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads `1e-3` as text: a string that is a plain decimal or exponent number is that number."""
-    if isinstance(v, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", v):
-        return float(v)
-    return v
-
-
-def is_float(lo: float, hi: float, open_: bool = True) -> Callable[[Any], Any]:
-    def check(v):
-        v = as_number(v)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError("expected a number, e.g. 0.001 or 1.0e-3")
-        ok = lo < v < hi if open_ else lo <= v <= hi
-        if not ok:
-            raise ValueError(f"must be in {'(' if open_ else '['}{lo}, {hi}{')' if open_ else ']'}")
-        return float(v)
-
-    return check
-
-
-def one_of(*choices: Any) -> Callable[[Any], Any]:
-    def check(v):
-        if v not in choices:
-            near = difflib.get_close_matches(str(v), [str(c) for c in choices], n=3)
-            hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise ValueError(f"must be one of {', '.join(map(str, choices))}{hint}")
-        return v
-
-    return check
-
-
-def is_str(none_ok: bool = False) -> Callable[[Any], Any]:
-    def check(v):
-        if v is None and none_ok:
-            return None
-        if not isinstance(v, str) or not v:
-            raise ValueError(f"expected a non-empty string{' or null' if none_ok else ''}")
-        return v
-
-    return check
-
-
-def is_bool(v):
-    if not isinstance(v, bool):
-        raise ValueError("expected true or false")
-    return v
-
-
 def is_classes(v):
     if v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 2:
         return v
     if isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str | int) and not isinstance(c, bool) for c in v):
         return v
     raise ValueError("expected null (every class), a count ≥ 2 (the first N classes) or a list of ≥ 2 class names")
-
-
-def param(default: Any, check: Callable[[Any], Any], why: str = "") -> Any:
-    """One params key, declared once: its default, its check (value -> the checked value, or ValueError saying why
-    not) and a line on why it exists. A dataclass field whose metadata `check_section` reads."""
-    meta = {"check": check, "why": why}
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def schema_of(cls) -> dict[str, tuple[Any, Callable[[Any], Any]]]:
-    """key -> (default, check) of a params dataclass, in declaration order."""
-    out = {}
-    for f in fields(cls):
-        default = f.default_factory() if f.default is MISSING else f.default
-        out[f.name] = (default, f.metadata["check"])
-    return out
 
 
 @dataclass
@@ -151,30 +82,9 @@ class DataParams:
 DATA_SCHEMA = schema_of(DataParams)
 
 
-def check_section(section: dict | None, schema: dict, where: str) -> dict:
-    """Fill defaults and check every key of one params section; unknown keys are errors with suggestions."""
-    section = {} if section is None else section
-    if not isinstance(section, dict):
-        raise PipelineError(f"params.yaml: `{where}` must be a mapping, got {type(section).__name__}")
-    unknown = sorted(set(section) - set(schema))
-    if unknown:
-        k = unknown[0]
-        near = difflib.get_close_matches(str(k), list(schema), n=3)
-        hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise PipelineError(f"params.yaml: unknown key `{where}.{k}`{hint}; valid keys: {', '.join(sorted(schema))}")
-    out = {}
-    for key, (default, check) in schema.items():
-        value = section.get(key, default)
-        try:
-            out[key] = check(value)
-        except ValueError as e:
-            raise PipelineError(f"params.yaml: `{where}.{key}` = {value!r}: {e}") from None
-    return out
-
-
-def data_params(params: dict) -> dict:
+def data_params(params: dict) -> DataParams:
     """The checked `data:` section, with defaults filled in."""
-    return check_section(params.get("data"), DATA_SCHEMA, "data")
+    return DataParams(**check_section(params.get("data"), DATA_SCHEMA, "data"))
 
 
 def seed_param(params: dict) -> int:
@@ -184,6 +94,11 @@ def seed_param(params: dict) -> int:
         return is_int(lo=0)(seed)
     except ValueError as e:
         raise PipelineError(f"params.yaml: `seed` = {seed!r}: {e}") from None
+
+
+def member_seed(params: dict, spec: TrainSpec) -> int:
+    """The seed one model trains with: its entry's own `seed`, else the top-level one."""
+    return seed_param(params) if spec.seed is None else spec.seed
 
 
 def metric_param(params: dict) -> str:
@@ -247,14 +162,6 @@ def is_device(v):
     if v in ("auto", "cpu", "cuda", "mps") or isinstance(v, str) and re.fullmatch(r"cuda:\d+", v):
         return v
     raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
-
-
-def is_dict(v):
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise ValueError("expected a mapping")
-    return v
 
 
 def is_budget(v):

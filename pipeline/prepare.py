@@ -322,17 +322,17 @@ def main(params_file: str = "params.yaml", out: Path = OUT, workers: int | None 
         meta = prepare_to(
             tmp,
             raw,
-            data["valid_pct"],
+            data.valid_pct,
             seed,
-            limit=data["limit"],
-            test_limit=data["test_limit"],
-            size=data["size"],
-            channels=data["channels"],
+            limit=data.limit,
+            test_limit=data.test_limit,
+            size=data.size,
+            channels=data.channels,
             workers=workers,
         )
     c = meta.counts
     print(
-        f"prepared {data['name']}: {c['train']} train / {c['valid']} valid / {c['test']} test, "
+        f"prepared {data.name}: {c['train']} train / {c['valid']} valid / {c['test']} test, "
         f"{len(meta.classes)} classes, images {'×'.join(map(str, meta.image_shape))}, "
         f"{meta.bad_images['count']} bad images skipped -> {out}"
     )

@@ -79,7 +79,6 @@ def _plain(v: Any) -> Any:
     return v
 
 
-# ------------------------------------------------------------------------------------------------ scores
 @dataclass(kw_only=True)
 class Score(Record):
     """pipeline.inspect.scores.score: a model's probabilities against one split's labels."""
@@ -127,7 +126,6 @@ class Paired(Record):
     metric: str | None = opt()  # None: accuracy
 
 
-# ------------------------------------------------------------------------------------------------ the data
 @dataclass(kw_only=True)
 class PreparedMeta(Record):
     """data/prepared/meta.json: what the prepare stage made of the raw data (written with sorted keys)."""
@@ -151,7 +149,6 @@ class PreparedMeta(Record):
         return self.class_names or self.classes
 
 
-# ------------------------------------------------------------------------------------------------ a member
 @dataclass(kw_only=True)
 class MemberSpec(Record):
     """models/<key>/spec.json: everything pipeline.learn.trained needs to rebuild and run one model."""
@@ -246,7 +243,6 @@ class MemberMetrics(Record):
         return (sum(e for _, e in self.phases) + self.freeze_epochs) * self.train_images
 
 
-# ------------------------------------------------------------------------------------------------ the ensemble
 @dataclass(kw_only=True)
 class EnsembleModel(Record):
     """ensemble/model.json: how pipeline.learn.trained.Ensemble blends its members' probabilities."""

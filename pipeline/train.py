@@ -26,7 +26,7 @@ from pipeline.learn.distributed import shutdown
 from pipeline.learn.folds import train_folds, train_refit
 from pipeline.learn.hardware import pick_device
 from pipeline.learn.member import TrainResult, train_arch, write_member
-from pipeline.params import TrainSpec, load_params, metric_param, resolve_remedies, seed_param, train_spec
+from pipeline.params import TrainSpec, load_params, member_seed, metric_param, resolve_remedies, train_spec
 
 
 def train_entry(key, spec: TrainSpec, arrays, meta, seed, device=None, live=None, evaluate=True) -> TrainResult:
@@ -45,7 +45,7 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
 
     params = load_params(params_file)
     spec = train_spec(params, key)
-    seed = seed_param(params) if spec.seed is None else spec.seed
+    seed = member_seed(params, spec)
     archs_mod.resolve(spec.arch)  # unknown names fail before loading data
     device = pick_device(spec.device, key)
     prep = load_prepared(root)

@@ -20,12 +20,13 @@ from PIL import Image
 
 from ensembles import weights as W
 from pipeline import train
+from pipeline.checks import check_section
 from pipeline.commands import predict
 from pipeline.data import array_formats, image_folders, images
 from pipeline.data.images import decode
 from pipeline.errors import PipelineError
 from pipeline.learn import trained
-from pipeline.params import TRAIN_SCHEMA, check_section, train_spec
+from pipeline.params import TRAIN_SCHEMA, train_spec
 
 pytestmark = pytest.mark.bad_input
 
@@ -258,7 +259,7 @@ def test_kaggle_repeated_id_with_the_same_label_counts_once(tmp_path, capsys):
 
 
 def test_kaggle_bom_and_whitespace(tmp_path):
-    from ensembles.ensemble import submission_rows
+    from ensembles.submission import submission_rows
 
     sample = "\ufeffid,label\nt0,x\nt1,x\nt2,x\nt3,x\n".encode()
     root = kaggle(tmp_path, "\ufeffid,label\n0,cat \n1, dog\n2,cat\n3,dog\n", sample)

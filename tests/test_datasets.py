@@ -11,6 +11,7 @@ from conftest import digits_file, make_tiny, pixels, write_idx, write_image
 
 from pipeline import prepare
 from pipeline.data import array_formats, datasets, downloads, image_folders, images
+from pipeline.data.raw import Files
 from pipeline.errors import PipelineError
 from pipeline.params import data_params
 
@@ -213,7 +214,7 @@ def make_folder(root: Path, corrupt=True) -> Path:
 def test_folder_reader_mixed_modes_and_corrupt_file(tmp_path, capsys):
     raw = image_folders.read_folder(make_folder(tmp_path / "ds"), size=24, on_bad="skip")
     assert raw.classes == ["cats", "dogs"]
-    assert isinstance(raw.train_x, raw.Files) and len(raw.train_x) == 12  # listed, not decoded yet
+    assert isinstance(raw.train_x, Files) and len(raw.train_x) == 12  # listed, not decoded yet
     x, kept, bad = images.decoded(raw.train_x)
     assert x.shape == (11, 24, 24, 3)  # 5 + big.jpg cats, 5 dogs; broken.jpg skipped
     assert raw.train_y[kept].tolist() == [0] * 6 + [1] * 5

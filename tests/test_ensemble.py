@@ -10,6 +10,7 @@ from conftest import C, noisy, onehot, write_run
 from ensembles import ensemble as E
 from ensembles import select as S
 from ensembles import weights as W
+from ensembles.submission import submission_rows
 from pipeline.artifacts import ensemble_metrics_file
 from pipeline.errors import PipelineError
 
@@ -252,7 +253,7 @@ def test_sample_submission_header_and_order_are_followed(tmp_path):
 
 def test_probability_columns_when_the_sample_has_one_per_class():
     probs = np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]])
-    rows = E.submission_rows(probs, ["x", "y"], ["a", "b", "c"], ["id", "c", "a", "b"])
+    rows = submission_rows(probs, ["x", "y"], ["a", "b", "c"], ["id", "c", "a", "b"])
     assert rows == [
         ["id", "c", "a", "b"],
         ["x", "0.700000", "0.100000", "0.200000"],
@@ -305,7 +306,7 @@ def test_saved_stacker_reproduces_the_fitted_one_without_pickle():
 def test_probability_columns_of_classes_left_out_are_zero():
     """A sampleSubmission with a column per class, on a run of a class subset (`data.classes`)."""
     probs = np.array([[0.25, 0.75], [0.6, 0.4]])
-    rows = E.submission_rows(probs, ["a", "b"], ["cat", "frog"], ["id", "bird", "cat", "frog"])
+    rows = submission_rows(probs, ["a", "b"], ["cat", "frog"], ["id", "bird", "cat", "frog"])
     assert rows == [
         ["id", "bird", "cat", "frog"],
         ["a", "0.000000", "0.250000", "0.750000"],

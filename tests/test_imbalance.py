@@ -11,6 +11,7 @@ from sklearn.metrics import balanced_accuracy_score, classification_report, f1_s
 
 from ensembles import ensemble as E
 from ensembles.calibrate import adjust_logits, fit_tau, log_prior
+from ensembles.evaluate import per_class
 from pipeline.artifacts import ensemble_model_file, metrics_file
 from pipeline.errors import PipelineError
 from pipeline.inspect import scores
@@ -270,8 +271,8 @@ def test_the_report_orders_by_the_run_s_metric_and_names_classes_never_predicted
     classes = [f"class{i}" for i in range(4)]
     md = V.markdown_class_report(ens, classes)
     assert "| class | rows | submission P / R / F1 |" in md and "Per class on test" in md
-    lazy = E.per_class(models["lazy"][3], models["lazy"][3], ty, 4)
-    assert lazy["ensemble_report"]["recall"][2:] == [0.0, 0.0]
+    lazy = per_class(models["lazy"][3], models["lazy"][3], ty, 4)
+    assert lazy.ensemble_report["recall"][2:] == [0.0, 0.0]
 
 
 def test_the_compare_command_judges_by_the_run_s_metric(skewed, monkeypatch, capsys):

@@ -92,7 +92,7 @@ def test_rows_are_chosen_before_decoding(tmp_path, monkeypatch):
         calls.extend(paths)
         return real(paths, *a)
 
-    monkeypatch.setattr(datasets, "decode_chunk", counting)
+    monkeypatch.setattr(images, "decode_chunk", counting)
     data = {"name": "folder", "path": str(tmp_path / "ds"), "classes": ["a", "c"], "limit": 20, "test_limit": 5}
     from pipeline.params import data_params
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import load_preds, load_prepared, load_submission_preds
+from pipeline.artifacts import load_labels, load_preds, load_submission_preds
 from pipeline.errors import PipelineError
 from pipeline.inspect.scores import compare, resolve_metric, score, verdict
 from pipeline.params import load_params, metric_param
@@ -33,7 +33,7 @@ def run(
     a: str, b: str, root: Path = Path("."), seed: int = 42, resamples: int = 2000, metric: str = "accuracy"
 ) -> dict:
     """{split: {a: score, b: score, "a_vs_b": comparison in `metric`}} on every labelled split."""
-    prep = load_prepared(root)
+    prep = load_labels(root)
     out = {}
     for split in ("valid", "test") if prep.meta.test_labeled else ("valid",):
         y = prep.labels(split)
@@ -68,7 +68,7 @@ def run_metric(setting: str, root: Path) -> str:
     if setting != "auto":
         return setting
     params = load_params(root / "params.yaml") if (root / "params.yaml").is_file() else {}
-    meta = load_prepared(root).meta
+    meta = load_labels(root).meta
     return resolve_metric(metric_param(params), meta.counts_per_class.get("train", {}))[0]
 
 

@@ -18,6 +18,7 @@ from pipeline.data.array_formats import read_cifar, read_digits, read_mnist_like
 from pipeline.data.image_folders import read_folder, read_kaggle_csv, read_tiny_imagenet
 from pipeline.data.raw import DEFAULT_FILE_SIZE, RawData, take
 from pipeline.errors import PipelineError
+from pipeline.params import DataParams
 
 
 def subset_classes(raw: RawData, wanted: int | list | None) -> RawData:
@@ -76,33 +77,33 @@ def subset_classes(raw: RawData, wanted: int | list | None) -> RawData:
     )
 
 
-def read(data: dict, seed: int) -> RawData:
+def read(data: DataParams, seed: int) -> RawData:
     """The data set data.name names, with `data.classes` applied; `data` is the checked params section."""
-    return subset_classes(read_all(data, seed), data["classes"])
+    return subset_classes(read_all(data, seed), data.classes)
 
 
-def read_all(data: dict, seed: int) -> RawData:
+def read_all(data: DataParams, seed: int) -> RawData:
     """Dispatch on data.name."""
-    name = data["name"]
-    path = Path(data["path"]) if data["path"] else None
-    size = data["size"] or DEFAULT_FILE_SIZE
+    name = data.name
+    path = Path(data.path) if data.path else None
+    size = data.size or DEFAULT_FILE_SIZE
     if name in ("fashion-mnist", "mnist"):
-        return read_mnist_like(name, path, data["download"])
+        return read_mnist_like(name, path, data.download)
     if name in ("cifar10", "cifar100"):
-        return read_cifar(name, path, data["download"], data["label_mode"])
+        return read_cifar(name, path, data.download, data.label_mode)
     if name == "tiny-imagenet":
-        return read_tiny_imagenet(path, size, data["on_bad_image"], data["download"])
+        return read_tiny_imagenet(path, size, data.on_bad_image, data.download)
     if name == "folder":
-        return read_folder(path, size, data["on_bad_image"], data["train_dir"], data["valid_dir"], data["test_dir"])
+        return read_folder(path, size, data.on_bad_image, data.train_dir, data.valid_dir, data.test_dir)
     if name == "kaggle-csv":
         return read_kaggle_csv(
             path,
             size,
-            data["on_bad_image"],
-            data["train_dir"],
-            data["test_dir"],
-            data["labels_csv"],
-            data["sample_submission"],
+            data.on_bad_image,
+            data.train_dir,
+            data.test_dir,
+            data.labels_csv,
+            data.sample_submission,
         )
     if name == "digits":
         return read_digits(seed, path)

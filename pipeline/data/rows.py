@@ -49,6 +49,8 @@ class Rows:
         return Rows([(self.parts[p[0]][0], s) for p, s in runs if len(p)] or [(self.parts[0][0], src)])
 
     def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):  # one row, as an array's x[i] gives it
+            return self[np.array([key], np.int64)][0]
         ids = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, np.int64)
         part, src = self._locate(ids)
         out = np.empty((len(ids), *self.shape[1:]), self.dtype)

@@ -67,10 +67,8 @@ def training_pool(arrays: dict, spec: TrainSpec, seed: int) -> np.ndarray:
     return np.arange(n)
 
 
-def build_learner(
-    key: str, spec: TrainSpec, arrays: dict, meta: PreparedMeta, seed: int, device: torch.device | None = None
-):
-    """The fastai Learner of one architecture at its first phase's size, and its Setup."""
+def start_device(spec: TrainSpec, seed: int, device: torch.device | None) -> tuple[TrainSpec, torch.device]:
+    """Seed and configure the device a learner trains on; resolves `eval_bs: auto` for it."""
     if device is None:  # under torchrun / accelerate launch each process takes its own GPU
         device = pick_device("auto")
     if device.type == "cuda":
@@ -78,12 +76,11 @@ def build_learner(
     # CPU runs are reproducible whatever the flag; on a GPU autotuning and TF32 unless `deterministic`
     set_seed(seed, reproducible=device.type != "cuda" or spec.deterministic)
     configure(device, spec.deterministic)
-    spec = eval_batch(spec, device.type)  # `eval_bs: auto` (the caller may have resolved it already)
-    arch = archs_mod.resolve(spec.arch)
-    h, _, n_in = meta.image_shape
-    n_out = len(meta.classes)
-    phases = spec.phases or [[spec.size or h, spec.epochs]]
-    pretrained = spec.pretrained
+    return eval_batch(spec, device.type), device  # `eval_bs: auto` (the caller may have resolved it already)
+
+
+def training_rows(key: str, spec: TrainSpec, arrays: dict, seed: int) -> tuple[dict, int]:
+    """The arrays with the training pool (`train_limit`) as a view, and a batch size no larger than that pool."""
     keep = training_pool(arrays, spec, seed)
     if len(keep) < len(arrays["train_y"]):
         arrays = {**arrays, "train_x": Rows.of(arrays["train_x"]).take(keep), "train_y": arrays["train_y"][keep]}
@@ -91,50 +88,55 @@ def build_learner(
     if bs > len(arrays["train_y"]):
         bs = len(arrays["train_y"])
         warn(f"{key}: `bs` = {spec.bs} is larger than the training set; using bs {bs} (one batch per epoch)")
-    mean, std = archs_mod.norm_stats(arch, pretrained, n_in, meta.train_mean, meta.train_std)
-    dtype = pick_dtype(spec.precision, device)
+    return arrays, bs
+
+
+def make_model(key: str, arch, spec: TrainSpec, n_in: int, n_out: int, size: int):
+    """The network and its parameter-group splitter (channels-last where set); build errors name the entry."""
     try:
-        model, splitter = archs_mod.build_model(arch, n_in, n_out, h, pretrained, spec.ps, spec.model_kwargs)
+        model, splitter = archs_mod.build_model(arch, n_in, n_out, size, spec.pretrained, spec.ps, spec.model_kwargs)
     except PipelineError:
         raise
     except Exception as e:  # any exception: e.g. a hub download refused offline
         how = (
             " (pretrained: true downloads weights; offline, give a weights file path instead)"
-            if pretrained is True
+            if spec.pretrained is True
             else ""
         )
         raise PipelineError(f"{key}: cannot build {arch.name}{how}: {type(e).__name__}: {e}") from e
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model, splitter or trainable_params
+
+
+def build_learner(
+    key: str, spec: TrainSpec, arrays: dict, meta: PreparedMeta, seed: int, device: torch.device | None = None
+):
+    """The fastai Learner of one architecture at its first phase's size, and its Setup."""
+    spec, device = start_device(spec, seed, device)
+    arch = archs_mod.resolve(spec.arch)
+    h, _, n_in = meta.image_shape
+    n_out = len(meta.classes)
+    phases = spec.phases or [[spec.size or h, spec.epochs]]
+    arrays, bs = training_rows(key, spec, arrays, seed)
+    mean, std = archs_mod.norm_stats(arch, spec.pretrained, n_in, meta.train_mean, meta.train_std)
+    dtype = pick_dtype(spec.precision, device)
+    model, splitter = make_model(key, arch, spec, n_in, n_out, h)
 
     counts = np.bincount(arrays["train_y"], minlength=len(meta.classes))
     # `sampler: auto` left unresolved by the stage (a bench, a notebook): by the data alone (`metric: auto`)
     sampler = resolve_remedies(spec, resolve_metric("auto", meta.counts_per_class.get("train", {}))[0]).sampler
     sample_weights = 1.0 / np.maximum(counts, 1)[arrays["train_y"]] if sampler == "balanced" else None
-
     pairs = make_pairs(arrays, device)  # once: every phase's loaders share the (GPU-resident) rows
+    norm = (mean, std, spec.flip, spec.pad, device, spec.eval_bs, spec.channels_last, sample_weights, pairs)
 
-    def dls_at(size):
-        return make_dls(
-            arrays,
-            size,
-            bs,
-            mean,
-            std,
-            spec.flip,
-            spec.pad,
-            device,
-            spec.eval_bs,
-            spec.channels_last,
-            sample_weights,
-            pairs,
-        )
+    def dls_at(size: int):
+        return make_dls(arrays, size, bs, *norm)
 
     cbs = [StopOnNaN(key), TrimHeap(), *precision_callbacks(dtype, device)]
     if not len(arrays["valid_y"]):  # a refit: nothing to validate on
         cbs.append(NoValidation())
     loss = CrossEntropyLossFlat(weight=class_weights(spec, counts, device), label_smoothing=spec.label_smoothing)
-    splitter = splitter or trainable_params
     learn = Learner(
         dls_at(phases[0][0]),
         model,
@@ -148,7 +150,7 @@ def build_learner(
     if not sys.stdout.isatty():
         learn.remove_cb(ProgressCallback)
         learn.logger = EpochLog(learn)
-    setup = Setup(arch, phases, pretrained, mean, std, dtype, device, bs, n_in, n_out, h, arrays, dls_at, sampler)
+    setup = Setup(arch, phases, spec.pretrained, mean, std, dtype, device, bs, n_in, n_out, h, arrays, dls_at, sampler)
     return learn, setup
 
 
