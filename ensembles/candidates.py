@@ -15,6 +15,8 @@ from pipeline.records import MemberMetrics, PreparedMeta
 
 @dataclass
 class Candidates:
+    """Every model's validation and test probabilities (models × rows × classes), metrics and out-of-fold rows."""
+
     names: list[str]
     valid: np.ndarray  # (models, rows, classes)
     test: np.ndarray

@@ -191,6 +191,7 @@ def write_outputs(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m ensembles.ensemble`: the stage, then a summary printed; 1 on an error."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -33,6 +33,8 @@ class Fit:
 
 @dataclass(frozen=True)
 class Strategy:
+    """One entry of the registry: its name, whether it is fitted on rows, what it does, how it fits."""
+
     name: str
     fitted: bool  # fitted on rows (scored by cross-fitting), not given by a rule
     doc: str
@@ -55,6 +57,7 @@ def stacking_form(members: int, n_classes: int, cfg: EnsembleParams) -> str:
 
 
 def fit_stacking(P, y, accs, cfg, seed) -> Fit:
+    """The stacker: full multinomial logistic regression, or the tied form beyond `stack_max_features`."""
     n_classes = P.shape[2]
     if stacking_form(len(P), n_classes, cfg) == "tied":
         model = blends.fit_tied_stacker(P, y, cfg.stack_C)
@@ -100,11 +103,13 @@ FITTED = tuple(n for n, s in REGISTRY.items() if s.fitted)
 
 
 def canonical(name: str) -> str:
+    """A strategy's name, old aliases (nnls) read as their current name."""
     return ALIASES.get(name, name)
 
 
 # The `ensemble:` section of params.yaml (stage ensembles/ensemble.py): default, check, why.
 def is_strategies(v) -> list[str]:
+    """A check for `ensemble.strategies`: all, or a list of the registry's names."""
     if v == "all":
         return list(NAMES)
     if isinstance(v, str):
@@ -117,6 +122,7 @@ def is_strategies(v) -> list[str]:
 
 
 def is_method(v) -> str:
+    """A check for `ensemble.method`: a strategy's name or `best`."""
     return canonical(one_of(*NAMES, *ALIASES, "best")(v))
 
 

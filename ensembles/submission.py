@@ -37,5 +37,6 @@ def submission_rows(probs: np.ndarray, ids: list[str], classes: list[str], heade
 
 
 def write_csv(path: Path, rows: list[list[Any]]) -> None:
+    """Rows as a CSV file."""
     with path.open("w", newline="") as f:
         csv.writer(f).writerows(rows)

@@ -23,6 +23,7 @@ def accuracy_weights(accs) -> np.ndarray:
 
 
 def uniform_weights(m: int) -> np.ndarray:
+    """Equal weights for m members."""
     return np.full(m, 1.0 / m)
 
 
@@ -99,6 +100,7 @@ class TiedStacker:
         self.C = C
 
     def fit(self, P: np.ndarray, y: np.ndarray) -> TiedStacker:
+        """Fit one weight per member (shared by the classes) and a bias per class by L-BFGS."""
         from scipy.optimize import minimize
 
         F = tied_features(P)
@@ -125,10 +127,12 @@ class TiedStacker:
         return w / w.sum() if w.sum() > 0 else uniform_weights(len(w))
 
     def to_dict(self) -> dict:
+        """The fitted numbers, for ensemble/model.json."""
         return {"form": "tied", "a": self.a.tolist()}
 
 
 def fit_tied_stacker(P: np.ndarray, y: np.ndarray, C: float = 0.1) -> TiedStacker:
+    """A TiedStacker fitted on the members' probabilities."""
     return TiedStacker(C).fit(P, y)
 
 

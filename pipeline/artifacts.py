@@ -28,6 +28,7 @@ import numpy as np
 
 from pipeline.data.rows import Rows
 from pipeline.errors import PipelineError
+from pipeline.io import Record
 from pipeline.records import (
     EnsembleMetrics,
     EnsembleModel,
@@ -35,7 +36,6 @@ from pipeline.records import (
     MemberMetrics,
     MemberSpec,
     PreparedMeta,
-    Record,
 )
 
 HERE = Path(".")

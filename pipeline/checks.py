@@ -15,6 +15,8 @@ from pipeline.errors import PipelineError
 
 # --- small checkers: each returns the (possibly converted) value or raises ValueError with the reason ---
 def is_int(lo: int | None = None, hi: int | None = None, none_ok: bool = False) -> Callable[[Any], Any]:
+    """A check: an integer within [lo, hi] (None where none_ok)."""
+
     def check(v):
         if v is None and none_ok:
             return None
@@ -35,6 +37,8 @@ def as_number(v: Any) -> Any:
 
 
 def is_float(lo: float, hi: float, open_: bool = True) -> Callable[[Any], Any]:
+    """A check: a number within (lo, hi), or [lo, hi] where not open_."""
+
     def check(v):
         v = as_number(v)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -48,6 +52,8 @@ def is_float(lo: float, hi: float, open_: bool = True) -> Callable[[Any], Any]:
 
 
 def one_of(*choices: Any) -> Callable[[Any], Any]:
+    """A check: one of the given choices."""
+
     def check(v):
         if v not in choices:
             near = difflib.get_close_matches(str(v), [str(c) for c in choices], n=3)
@@ -59,6 +65,8 @@ def one_of(*choices: Any) -> Callable[[Any], Any]:
 
 
 def is_str(none_ok: bool = False) -> Callable[[Any], Any]:
+    """A check: a non-empty string (None where none_ok)."""
+
     def check(v):
         if v is None and none_ok:
             return None
@@ -70,6 +78,7 @@ def is_str(none_ok: bool = False) -> Callable[[Any], Any]:
 
 
 def is_bool(v):
+    """A check: true or false."""
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
     return v
@@ -118,6 +127,7 @@ def check_section(section: dict | None, schema: dict, where: str) -> dict:
 
 
 def is_dict(v):
+    """A check: a mapping (null reads as {})."""
     if v is None:
         return {}
     if not isinstance(v, dict):

@@ -50,6 +50,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
 
 
 def is_classes(v):
+    """A check for `data.classes`: null, a count of at least 2, or a list of names."""
     if v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 2:
         return v
     if isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str | int) and not isinstance(c, bool) for c in v):
@@ -111,12 +112,14 @@ def metric_param(params: dict) -> str:
 
 
 def is_lr(v):
+    """A check for `lr`: auto or a positive number."""
     if v == "auto":
         return v
     return is_float(0.0, 10.0)(v)
 
 
 def is_pretrained(v):
+    """A check for `pretrained`: true, false or a weights file path."""
     if isinstance(v, bool) or (isinstance(v, str) and v):
         return v
     raise ValueError("expected true, false or a weights file path")
@@ -157,6 +160,7 @@ def eval_batch(spec: TrainSpec, device_type: str) -> TrainSpec:
 
 
 def is_device(v):
+    """A check for `device`: auto, cpu, cuda or cuda:N."""
     import re
 
     if v in ("auto", "cpu", "cuda", "mps") or isinstance(v, str) and re.fullmatch(r"cuda:\d+", v):
@@ -165,6 +169,7 @@ def is_device(v):
 
 
 def is_budget(v):
+    """A check for `time_budget`: null or positive seconds."""
     if v is None:
         return None
     v = as_number(v)
@@ -217,6 +222,7 @@ class TrainSpec:
     time_budget: float | None = param(None, is_budget, "training seconds: the stage sets the epochs to fill them")
 
     def to_dict(self) -> dict:
+        """The spec as plain values (models/<key>/spec.json `train`)."""
         return asdict(self)
 
 

@@ -68,16 +68,19 @@ class NpyWriter:
         np.lib.format.write_array_header_1_0(self.f, header)
 
     def write(self, rows: np.ndarray) -> None:
+        """Append rows."""
         self.f.write(np.ascontiguousarray(rows, self.dtype).tobytes())
         self.n += len(rows)
 
     def close(self) -> None:
+        """Close the file (its header already holds the final shape)."""
         self.f.close()
         if self.n != self.shape[0]:
             raise RuntimeError(f"{self.path}: wrote {self.n} rows of {self.shape[0]}")
 
 
 def save(path: Path, a: np.ndarray) -> None:
+    """An array as a .npy file, written through NpyWriter."""
     w = NpyWriter(path, a.shape, a.dtype)
     w.write(a)
     w.close()
@@ -101,6 +104,7 @@ def read_header(f) -> tuple:
 
 
 def npy_shape(path: Path) -> tuple:
+    """A .npy file's shape, read from its header."""
     with open(path, "rb") as f:
         return read_header(f)[0]
 
@@ -315,6 +319,7 @@ def write_prepared(arrays: dict, meta: PreparedMeta, out: Path = OUT) -> None:
 
 
 def main(params_file: str = "params.yaml", out: Path = OUT, workers: int | None = None) -> dict:
+    """The stage: params.yaml's `data:` prepared into `out` whole; returns its meta."""
     params = load_params(params_file)
     data, seed = data_params(params), seed_param(params)
     raw = datasets.read(data, seed)

@@ -6,77 +6,10 @@ wrong kind; a key a record does not know (a newer version's) is ignored when rea
 (`strict`), so nothing a stage computes is dropped unseen. Readers use attributes, never string keys.
 """
 
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Self, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field
 
 from pipeline.errors import PipelineError
-
-
-def opt(default: Any = None) -> Any:
-    """A field written only while set: absent from the file when None (a key that only some runs have)."""
-    return field(default=default, metadata={"omit": True})
-
-
-class Record:
-    """A dataclass that is one JSON object (see the module's docstring)."""
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "", strict: bool = False) -> Self:
-        where = where or cls.__name__
-        if not isinstance(data, dict):
-            raise PipelineError(f"{where}: expected an object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        if strict and (extra := sorted(set(data) - known)):
-            raise PipelineError(f"{where}: `{extra[0]}` is not a field of {cls.__name__}")
-        hints = get_type_hints(cls)
-        kw = {}
-        for f in fields(cls):  # type: ignore[arg-type]
-            if f.name in data:
-                kw[f.name] = _convert(hints[f.name], data[f.name], f"{where}: `{f.name}`", strict)
-            elif f.default is MISSING and f.default_factory is MISSING:
-                raise PipelineError(f"{where}: no `{f.name}` key (written by another version?)")
-        return cls(**kw)
-
-    def to_json(self) -> dict:
-        out = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            v = getattr(self, f.name)
-            if v is None and f.metadata.get("omit"):
-                continue
-            out[f.name] = _plain(v)
-        return out
-
-
-def _convert(tp: Any, v: Any, where: str, strict: bool) -> Any:
-    if v is None:
-        return None
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        return _convert(args[0], v, where, strict) if len(args) == 1 else v
-    if isinstance(tp, type) and issubclass(tp, Record):
-        return tp.from_json(v, where, strict)
-    if origin is list and isinstance(v, list):
-        return [_convert(get_args(tp)[0], x, f"{where}[{i}]", strict) for i, x in enumerate(v)]
-    if origin is dict and isinstance(v, dict):
-        return {k: _convert(get_args(tp)[1], x, f"{where}.{k}", strict) for k, x in v.items()}
-    if origin in (list, dict) or tp in (int, float, str, bool):
-        ok = {list: list, dict: dict, int: int, float: (int, float), str: str, bool: bool}[origin or tp]
-        if not isinstance(v, ok) or (tp in (int, float) and isinstance(v, bool)):
-            raise PipelineError(f"{where}: {v!r} is not a {getattr(origin or tp, '__name__', tp)}")
-    return v
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, Record):
-        return v.to_json()
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
+from pipeline.io import Record, opt
 
 
 @dataclass(kw_only=True)
@@ -146,6 +79,7 @@ class PreparedMeta(Record):
 
     @property
     def names(self) -> list[str]:
+        """Readable class names (the data set's, else the labels)."""
         return self.class_names or self.classes
 
 
@@ -177,6 +111,7 @@ class MemberSpec(Record):
 
     @property
     def cam_layer(self) -> str | None:
+        """The layer Grad-CAM looks at (None: the last convolution)."""
         return self.train.get("cam_layer")
 
 
@@ -324,6 +259,8 @@ class ClassCounts(Record):
 
 @dataclass(kw_only=True)
 class PerClass(Record):
+    """ensemble/metrics.json `per_class`: the submission against its best member, per class."""
+
     against: str  # the best member by validation
     valid: ClassCounts
     test: ClassCounts | None = opt()
@@ -375,6 +312,7 @@ class EnsembleMetrics(Record):
         return self.metric or "accuracy"
 
     def comparison(self, b: str | None) -> Comparison | None:
+        """The submission's comparison with model b, if made."""
         return next((c for c in self.comparisons if c.b == b), None)
 
 

@@ -41,6 +41,7 @@ def train_entry(key, spec: TrainSpec, arrays, meta, seed, device=None, live=None
 
 
 def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> TrainResult:
+    """The stage for one `archs` or `variants` key: trains, writes its outputs whole, returns the result."""
     from dvclive import Live
 
     params = load_params(params_file)

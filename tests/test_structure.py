@@ -115,3 +115,63 @@ def test_the_commit_check_skips_a_shallow_clone(tmp_path):
     subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{ROOT}", str(tmp_path / "c")], check=True)
     out = subprocess.run([tmp_path / "c" / ".ci" / "commit_subjects"], capture_output=True, text=True)
     assert out.returncode == 0 and "skipped" in out.stdout, out.stdout + out.stderr
+
+
+def library_files() -> list[Path]:
+    return [p for pkg in ("pipeline", "ensembles") for p in sorted((ROOT / pkg).rglob("*.py"))]
+
+
+def public_defs(tree: ast.Module):
+    """Module-level functions and classes, and the methods of those classes, whose names do not start with _."""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+            yield node.name, node
+        if isinstance(node, ast.ClassDef):
+            for m in node.body:
+                if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and not m.name.startswith("_"):
+                    yield f"{node.name}.{m.name}", m
+
+
+def test_modules_stay_small_and_functions_short():
+    """No module of pipeline/ or ensembles/ over 400 lines, no function over 60: a module is one job."""
+    big = [f"{p.relative_to(ROOT)}: {n} lines" for p in library_files() if (n := len(p.read_text().splitlines())) > 400]
+    long = [
+        f"{p.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for p in library_files()
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert big == [] and long == []
+
+
+def test_every_public_function_and_class_has_a_docstring():
+    missing = [
+        f"{p.relative_to(ROOT)}: {name}"
+        for p in library_files()
+        for name, node in public_defs(ast.parse(p.read_text()))
+        if ast.get_docstring(node) is None
+    ]
+    assert missing == []
+
+
+def test_the_folder_tree_says_which_modules_are_stages():
+    """The top of pipeline/ holds the stages dvc.yaml runs and the run's shared modules; commands live in
+    pipeline/commands/ and nothing else there is an entry point (`python -m`)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    modules = {st.get("do", st)["cmd"].split("python -m ")[1].split()[0] for st in stages.values()}
+    assert modules == {"pipeline.prepare", "pipeline.train", "ensembles.ensemble", "pipeline.report"}
+    top = {p.stem for p in (ROOT / "pipeline").glob("*.py")} - {"__init__"}
+    assert top == {"prepare", "train", "report", "artifacts", "records", "params", "checks", "io", "errors"}
+    entry = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "pipeline").rglob("*.py")
+        if '__name__ == "__main__"' in p.read_text()
+    }
+    commands = {p.relative_to(ROOT).as_posix() for p in (ROOT / "pipeline" / "commands").glob("[!_]*.py")}
+    assert entry == {"pipeline/prepare.py", "pipeline/train.py", "pipeline/report.py"} | commands
+    assert {p.name for p in (ROOT / "pipeline").iterdir() if p.is_dir() and p.name != "__pycache__"} == {
+        "data",
+        "learn",
+        "inspect",
+        "commands",
+    }

@@ -51,6 +51,7 @@ CI_KEY = {"accuracy": "ci95", "balanced_accuracy": "balanced_ci95", "macro_f1": 
 
 
 def words(a: str, b: str, res: dict, metric: str = "accuracy") -> str:
+    """The comparison in plain words, one line per split."""
     lines = []
     test = "McNemar exact" if metric == "accuracy" else "class-stratified"
     for split, r in res.items():
@@ -73,6 +74,7 @@ def run_metric(setting: str, root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.commands.compare A B`: prints the comparison; 1 on an error."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.commands.compare", description=__doc__.split("\n")[0])
     ap.add_argument("a")
     ap.add_argument("b")

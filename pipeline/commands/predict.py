@@ -40,6 +40,7 @@ def expand(paths: Sequence[str]) -> list[Path]:
 
 
 def top_k_rows(files: list[str], probs: np.ndarray, classes: list[str], k: int) -> list[list]:
+    """CSV rows: each file's k most likely classes with their probabilities."""
     k = min(k, len(classes))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [[f, *sum(([classes[j], f"{p[j]:.6f}"] for j in o), [])] for f, p, o in zip(files, probs, order)]
@@ -68,6 +69,7 @@ def write_cams(out: Path, names: list[str], images: list, predictor: Model | Ens
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.commands.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (walked recursively)")
     ap.add_argument("--model", default="ensemble", help="`ensemble` (default) or an architecture key of params.yaml")
@@ -86,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.commands.predict`: writes or prints the predictions; 1 on an error."""
     ap = parser()
     args = ap.parse_args(argv)
     if args.top_k < 1:

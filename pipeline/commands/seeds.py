@@ -58,6 +58,7 @@ def add_seeds(path: Path, entry: str, n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.commands.seeds ENTRY N`: adds the variants to params.yaml; 1 on an error."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.commands.seeds", description=__doc__.split("\n")[0])
     ap.add_argument("entry")
     ap.add_argument("n", type=int)

@@ -28,6 +28,7 @@ METRIC = "ensemble/metrics.json:valid.accuracy"
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested mapping as dotted keys."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else str(k)
@@ -84,6 +85,7 @@ def table(rows: list[dict], metric: str = METRIC) -> tuple[list[str], list[dict]
 
 
 def plot(path: Path, swept: list[str], rows: list[dict], metric: str) -> None:
+    """The metric against each swept param, one panel per param."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,6 +113,7 @@ def plot(path: Path, swept: list[str], rows: list[dict], metric: str) -> None:
 
 
 def run(shown: list[dict], metric: str, out: Path) -> list[dict]:
+    """The sweep's table and plot written under `out`; returns the rows."""
     swept, rows = table(experiments(shown), metric)
     cols = list(rows[0])
     with staged(out) as (d,):
@@ -139,6 +142,7 @@ def run(shown: list[dict], metric: str, out: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.commands.sweep`: reads `dvc exp show --json` and writes the table; 1 on an error."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--metric", default=METRIC, help="metrics file:key to sort and plot (default: %(default)s)")
     ap.add_argument("--out", default="sweep", help="output folder (default: %(default)s)")

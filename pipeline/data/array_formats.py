@@ -98,12 +98,14 @@ class _ArrayUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module, name):
+        """Only numpy's array reconstruction and builtins: nothing else a pickle names is loaded."""
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
 def unpickle(blob: bytes, where: str) -> dict:
+    """A CIFAR batch's dict, through the restricted unpickler; errors name the file."""
     try:
         d = _ArrayUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as e:  # any exception: any failure here means "not a CIFAR batch"

@@ -28,6 +28,7 @@ def image_files(folder: Path) -> tuple[list[Path], int]:
 
 
 def need_dir(path: Path, what: str) -> Path:
+    """The folder, or an error naming what it should hold."""
     if not path.is_dir():
         raise PipelineError(f"{path}: {what} folder not found")
     return path

@@ -117,6 +117,7 @@ class TensorDL(DataLoader):
     """fastai DataLoader whose batches are sliced from in-memory tensors: no per-item Python work."""
 
     def create_batches(self, samps):
+        """Batches gathered from the tensors by index, without fastai's per-item collation."""
         idxs = torch.as_tensor(list(samps), dtype=torch.long)
         n = len(idxs)
         stop = n - n % self.bs if self.drop_last else n
@@ -144,6 +145,7 @@ class BalancedDL(TensorDL):
         self.wgts = wgts
 
     def get_idxs(self):
+        """An epoch's rows drawn with replacement ∝ their weights (fastai's rng, so seeded)."""
         if self.wgts is None or not self.shuffle or self.n == 0:
             return super().get_idxs()
         return self.rng.choices(range(self.n), weights=self.wgts, k=self.n)

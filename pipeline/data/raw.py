@@ -26,6 +26,7 @@ class Files:
         return len(self.paths)
 
     def take(self, idx) -> Files:
+        """The files at rows idx, still not decoded."""
         return replace(self, paths=[self.paths[i] for i in idx])
 
 

@@ -19,10 +19,12 @@ class Rows:
 
     @classmethod
     def of(cls, x) -> Rows:
+        """An array (or Rows) as Rows of all its rows."""
         return x if isinstance(x, Rows) else cls([(x, np.arange(len(x)))])
 
     @classmethod
     def concat(cls, *views) -> Rows:
+        """Views laid end to end."""
         return cls([p for v in views for p in cls.of(v).parts])
 
     def __len__(self) -> int:

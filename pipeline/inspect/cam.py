@@ -19,6 +19,7 @@ from pipeline.errors import PipelineError
 
 
 def conv_layers(model: nn.Module) -> list[str]:
+    """The names of the model's 2-d convolutions, in order."""
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 

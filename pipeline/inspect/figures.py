@@ -134,6 +134,7 @@ def fig_predictions(
 
 
 def fig_lr_find(path: Path, curves: dict[str, tuple[list, float | None]]) -> None:
+    """Each model's lr_find loss curve, with the lr it used dotted."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))

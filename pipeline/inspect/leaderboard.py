@@ -121,6 +121,7 @@ def metric_line(ens: EnsembleMetrics) -> str:
 
 
 def markdown(rows: list[dict], labeled: bool, n_test: int = 1, metric: str = "accuracy") -> str:
+    """The leaderboard as markdown: what each column means, then the table."""
     if labeled:
         what = "test"
     elif n_test:
@@ -144,6 +145,7 @@ def markdown(rows: list[dict], labeled: bool, n_test: int = 1, metric: str = "ac
 
 
 def markdown_groups(rows: list[dict], labeled: bool, metric: str = "accuracy") -> str:
+    """Mean ± std of each entry with variants, and the entries their spread cannot tell apart."""
     if not rows:
         return ""
     splits = ("valid", "test") if labeled else ("valid",)

@@ -25,6 +25,7 @@ def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of probabilities against labels."""
     return float((probs.argmax(1) == y).mean())
 
 

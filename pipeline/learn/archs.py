@@ -22,12 +22,15 @@ IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 @dataclass
 class Arch:
+    """A resolved architecture: its name, where it comes from and how to build it."""
+
     name: str
     source: str  # local | torchvision | timm
     target: Any  # builder function, torchvision constructor, or timm name
 
 
 def torchvision_names() -> list[str]:
+    """torchvision's classification model names."""
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))

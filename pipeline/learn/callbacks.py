@@ -19,13 +19,16 @@ class Autocast(Callback):
         self.device_type, self.dtype = device_type, dtype
 
     def before_batch(self):
+        """Enter autocast for the forward pass."""
         self.ctx = torch.autocast(self.device_type, dtype=self.dtype)
         self.ctx.__enter__()
 
     def after_pred(self):
+        """Predictions back to fp32 for the loss."""
         self.learn.pred = self.pred.float()
 
     def after_loss(self):
+        """Leave autocast before the backward pass."""
         self.ctx.__exit__(None, None, None)
 
 
@@ -41,9 +44,11 @@ class StopOnNaN(Callback):
         self.key, self.every = key, every
 
     def before_fit(self):
+        """No bad loss seen yet."""
         self.bad = None
 
     def after_loss(self):
+        """Remember the first non-finite training loss."""
         if not self.training:
             return
         flag = ~torch.isfinite(self.loss.detach()).all()
@@ -55,9 +60,11 @@ class StopOnNaN(Callback):
             self.check()
 
     def after_epoch(self):
+        """Stop at the end of an epoch that saw a non-finite loss."""
         self.check()
 
     def check(self):
+        """Raise, naming the model and the step, once a non-finite loss was seen."""
         if self.bad is None:
             return
         from fastai.distributed import num_distrib
@@ -99,10 +106,12 @@ class TrimHeap(Callback):
         self.every, self.libc = every, _glibc()
 
     def after_batch(self):
+        """Return freed heap pages to the system every few batches."""
         if self.libc is not None and self.training and self.iter % self.every == 0:
             self.libc.malloc_trim(0)
 
     def after_epoch(self):
+        """Return freed heap pages to the system."""
         if self.libc is not None:
             self.libc.malloc_trim(0)
 
@@ -114,6 +123,7 @@ class NoValidation(Callback):
     order = 0
 
     def before_validate(self):
+        """Skip validation (a refit has no validation split)."""
         raise CancelValidException
 
 
@@ -159,15 +169,18 @@ class Probe(Callback):
         self.warm, self.n = warm, n
 
     def before_fit(self):
+        """Start timing."""
         self.times = {"train": [], "valid": []}
         self.last = None
 
     def before_train(self):
+        """Mark the start of the first training batch."""
         self.last = time.perf_counter()
 
     before_validate = before_train
 
     def after_batch(self):
+        """One batch's seconds (synchronised on a GPU)."""
         if self.dls.device.type == "cuda":
             torch.cuda.synchronize()
         now = time.perf_counter()
@@ -178,5 +191,6 @@ class Probe(Callback):
             raise CancelTrainException() if self.training else CancelValidException()
 
     def per_batch(self, split: str) -> float | None:
+        """Median seconds per batch of a split, after the warm-up batches."""
         t = self.times[split][self.warm :] or self.times[split]
         return float(sorted(t)[len(t) // 2]) if t else None

@@ -192,6 +192,7 @@ def member_spec(key: str, f: Fitted, meta: PreparedMeta, seed: int, tta: bool) -
 
 # --------------------------------------------------------------------------------------------- write
 def versions() -> dict:
+    """The library versions a model was trained with (models/<key>/versions.json)."""
     import fastai
     import timm
     import torchvision
@@ -209,6 +210,7 @@ def versions() -> dict:
 
 
 def save_lr_plot(curve: dict, path: Path, lr: float) -> None:
+    """lr_find's curve with the chosen lr, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -21,6 +21,7 @@ def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def conv_bn(ni: int, nf: int, ks: int = 3, stride: int = 1) -> nn.Sequential:
+    """Convolution, batch norm, ReLU."""
     return nn.Sequential(nn.Conv2d(ni, nf, ks, stride, ks // 2, bias=False), nn.BatchNorm2d(nf), nn.ReLU(inplace=True))
 
 
@@ -91,11 +92,14 @@ def cnn6(n_in: int, n_out: int, size: int, widths=(32, 32, 64, 64, 128, 128), dr
 
 
 class Residual(nn.Module):
+    """x + two conv_bn blocks of x (ResNet-9's residual)."""
+
     def __init__(self, nf: int):
         super().__init__()
         self.body = nn.Sequential(conv_bn(nf, nf), conv_bn(nf, nf))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x plus its residual."""
         return x + self.body(x)
 
 
@@ -107,6 +111,7 @@ class Mul(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x times the fixed scale."""
         return x * self.scale
 
 

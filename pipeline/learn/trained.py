@@ -96,6 +96,7 @@ class Model:
         return grad_cam(self.model, self.inputs(x), layer, t)
 
     def arrays(self, images: Iterable) -> np.ndarray:
+        """Images (paths or PIL images) as the prepared uint8 arrays this model was trained on."""
         return np.stack([to_array(im, self.spec.native_size, self.spec.n_in) for im in images])
 
     def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
@@ -107,6 +108,7 @@ class Model:
         return predict_probs(self.model, x, self.tfm, bs, self.spec.tta, self.device, self.dtype, self.spec.n_out)
 
     def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:
+        """Probabilities for images (paths or PIL images)."""
         return self.predict_arrays(self.arrays(images), bs)
 
 
@@ -122,6 +124,7 @@ class Ensemble:
                 raise PipelineError(f"models/{m.name}: classes differ from the ensemble's; rerun `dvc repro`")
 
     def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:
+        """The submission's probabilities for images (paths or PIL images)."""
         return self.predict_arrays(self.members[0].arrays(images), bs)
 
     def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
@@ -146,8 +149,10 @@ class Ensemble:
 
 
 def load_model(name: str, root: str | Path = ".", device: str = "cpu") -> Model:
+    """A trained model of the run, by its `archs` or `variants` key."""
     return Model(model_dir(Path(root), name), device)
 
 
 def load_ensemble(root: str | Path = ".", device: str = "cpu") -> Ensemble:
+    """The run's ensemble (ensemble/model.json and its members' models)."""
     return Ensemble(Path(root), device)
