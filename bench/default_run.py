@@ -10,7 +10,6 @@ Run:    python -m bench.default_run          (from the project root, in the virt
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -21,8 +20,9 @@ from pathlib import Path
 
 import psutil
 
-from bench.machine import add_paths, cpu_name, md_table, out_dir
+from bench.machine import add_paths, cpu_name, out_dir, write_json, write_text
 from pipeline.artifacts import ensemble_metrics_file, load_ensemble_metrics, load_member_metrics, metrics_file
+from pipeline.inspect.tables import markdown_table
 
 
 def tree_rss(p: psutil.Process) -> int:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         },
     }
     OUT = out_dir(args)
-    (OUT / "default_run.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(OUT / "default_run.json", result)
 
     def pct(v):
         return f"{100 * v:.2f}" if v is not None else ""
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         f"gain over the best model ({ens.best_model}, by validation): {gain}; "
         f"largest peak memory {max(s['peak_rss_mib'] for s in stages.values()) / 1024:.2f} GiB; "
         f"precision {', '.join(precisions)}\n\n"
-        + md_table(
+        + markdown_table(
             ["stage", "wall s", "peak memory MiB", "valid acc %", "test acc %"],
             [
                 [k, v["wall_s"], v["peak_rss_mib"], pct(v.get("valid_acc")), pct(v.get("test_acc"))]
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         + f"\n\nMachine: {result['machine']}\n"
     )
-    (OUT / "default_run.md").write_text(md)
+    write_text(OUT / "default_run.md", md)
     print(md)
 
 

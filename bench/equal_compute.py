@@ -3,7 +3,7 @@ against the submission, paired on the same rows.
 
 The budget is the training seconds of the members the submission uses (metrics/<name>.json `train_s`), times
 `--scale`; the recipe is the best member's by validation accuracy (ensemble/metrics.json `best_member`), trained
-through the pipeline's own train_arch with `time_budget` set to that budget (so it gets more epochs, measured on
+through the stage's own train_entry with `time_budget` set to that budget (so it gets more epochs, measured on
 this machine). Test is reported, never used to choose. Writes bench/results/equal_compute.{json,md}, which the
 report shows beside the submission when it exists (not a declared dependency, so that a project without it runs:
 `dvc repro --force --single-item report` after this bench; the report says when they are another run's).
@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-from bench.machine import ROOT, cpu_name, md_table
+from bench.machine import ROOT, cpu_name, train_member, write_text
 from pipeline.artifacts import (
     ensemble_metrics_file,
     load_ensemble_metrics,
@@ -31,7 +31,7 @@ from pipeline.artifacts import (
     save_equal_compute,
 )
 from pipeline.inspect.scores import compare, score, verdict
-from pipeline.learn import member
+from pipeline.inspect.tables import markdown_table
 from pipeline.params import load_params, member_seed, train_spec
 from pipeline.records import EqualCompute
 
@@ -47,7 +47,7 @@ def run(root: Path, out: Path, scale: float = 1.0) -> dict:
     seed = member_seed(params, spec)
     prep = load_prepared(root)
     arrays, meta = prep.arrays, prep.meta
-    res = member.train_arch(best, spec, arrays, meta, seed)
+    res = train_member(best, spec, arrays, meta, seed)
     sub = {s: load_submission_preds(root, s) for s in ("valid", "test")}
     labeled = ens.test is not None
     splits = ("valid", "test") if labeled else ("valid",)
@@ -75,7 +75,7 @@ def run(root: Path, out: Path, scale: float = 1.0) -> dict:
         f"Recipe {best} with the ensemble's budget ({' + '.join(used)}: {budget:.0f} s of training), "
         f"{r['images_seen']} images seen in {r['train_s']:.0f} s (chosen: {r['time_budget']['chosen']}).",
         "",
-        *md_table(
+        *markdown_table(
             ["split", "single recipe, equal compute", "submission", "submission − single"],
             [
                 [s, f"{100 * r[f'single_{s}']:.2f}", f"{100 * r[f'ensemble_{s}']:.2f}", verdict(r["comparison"][s])]
@@ -83,7 +83,7 @@ def run(root: Path, out: Path, scale: float = 1.0) -> dict:
             ],
         ).splitlines(),
     ]
-    (out / "equal_compute.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "equal_compute.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     # not a dependency of the report stage (a project without the file must still run): rerun it by hand
     print("\nthe report shows it after `dvc repro --force --single-item report` (that stage alone)")

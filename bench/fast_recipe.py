@@ -1,7 +1,7 @@
 """Benchmark 3 and 4: the fast recipe's time-to-accuracy on full Fashion-MNIST, and its share of the machine.
 
 A recipe is an entry of params.yaml's `archs` (default `fast`, the from-scratch recipe), with the `train`
-defaults it inherits, trained through the pipeline's own train_arch on data/prepared — what `dvc repro train@fast`
+defaults it inherits, trained through the stage's own train_entry on data/prepared — what `dvc repro train@fast`
 runs, without DVC around it.
 Reports training seconds (lr_find excluded: the recipes fix their lr), test accuracy, and the achieved training
 FLOP/s (3 × forward FLOPs per image, counted by torch.utils.flop_counter, × images/s) as a fraction of a
@@ -14,7 +14,6 @@ Run:    python -m bench.fast_recipe [--recipe fast] [--epochs N | --phases 20:2,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,9 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.machine import ROOT, add_paths, md_table, out_dir
+from bench.machine import ROOT, add_paths, out_dir, train_member, write_json, write_text
 from pipeline.artifacts import load_prepared
-from pipeline.learn import archs, member
+from pipeline.inspect.tables import markdown_table
+from pipeline.learn import archs
 from pipeline.params import TrainSpec, load_params, make_spec, train_spec
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides["phases"] = [[int(v) for v in p.split(":")] for p in args.phases.split(",")]
     spec = make_spec({**entry_spec(args.recipe, args.root / "params.yaml").to_dict(), **overrides}, args.recipe)
     h, _, n_in = meta.image_shape
-    res = member.train_arch(args.recipe, spec, arrays, meta, args.seed)
+    res = train_member(args.recipe, spec, arrays, meta, args.seed)
     m = res.metrics
     per_epoch = m.train_images - m.train_images % spec.bs  # drop_last
     train_flops = sum(3 * forward_flops(spec, n_in, len(meta.classes), sz) * ep * per_epoch for sz, ep in m.phases)
@@ -107,19 +107,19 @@ def main(argv: list[str] | None = None) -> None:
     tag += f"-{args.precision}" if args.precision else ""
     epochs = sum(ep for _, ep in m.phases)
     cmd = "python -m bench.fast_recipe " + " ".join(sys.argv[1:] if argv is None else argv)
-    (dest / f"fast_recipe_{args.recipe}_{tag}.json").write_text(json.dumps({**out, "command": cmd}, indent=2) + "\n")
+    write_json(dest / f"fast_recipe_{args.recipe}_{tag}.json", {**out, "command": cmd})
     header = ["recipe", "phases (size × epochs)", "train s", "valid acc", "test acc", "img/s", "train GFLOP/s"]
     row = [args.recipe, f"{', '.join(f'{sz} × {ep}' for sz, ep in m.phases)} ({epochs} epochs)", f"{m.train_s:.0f}"]
     row += [f"{m.valid.accuracy:.4f}", f"{m.test.accuracy:.4f}", f"{m.img_per_s:.0f}", f"{achieved / 1e9:.1f}"]
     row += [f"{out['fraction_of_matmul'][p]:.2f}" for p in ("fp32", "bf16")]
     md = (
         f"`{cmd.strip()}`\n\n"
-        + md_table([*header, "of fp32 matmul", "of bf16 matmul"], [row])
+        + markdown_table([*header, "of fp32 matmul", "of bf16 matmul"], [row])
         + f"\nmatmul 1024²: fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s; "
         f"{torch.get_num_threads()} threads, device {m.device}, precision {m.precision}; "
         f"training FLOPs: 3 × forward FLOPs per image at each phase's size (validation passes not counted)\n"
     )
-    (dest / f"fast_recipe_{args.recipe}_{tag}.md").write_text(md)
+    write_text(dest / f"fast_recipe_{args.recipe}_{tag}.md", md)
     print(md)
 
 

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.machine import ROOT, md_table
+from bench.machine import ROOT, write_json, write_text
 from pipeline.artifacts import ensemble_metrics_file, metrics_file
+from pipeline.inspect.tables import markdown_table
 
 CACHE = ROOT / "bench" / "cache" / "gpu"
 PROFILE = {  # the benchmark's architectures, on the whole training split (no train_limit), at 32 px
@@ -181,7 +182,9 @@ def markdown(r: dict) -> str:
         out.append(f"\n{part}: `dvc repro` {d['total_s']} s; ensemble test {d['ensemble_test']}\n")
         cols = ("img_per_s", "peak_gpu_mib", "valid_acc", "test_acc")
         table = [[s, v["wall_s"], *(v.get(c) or "" for c in cols)] for s, v in d["stages"].items()]
-        out.append(md_table(["stage", "wall s", "img/s", "peak GPU MiB", "valid acc", "test acc"], table).rstrip("\n"))
+        out.append(
+            markdown_table(["stage", "wall s", "img/s", "peak GPU MiB", "valid acc", "test acc"], table).rstrip("\n")
+        )
     for why in r.get("skipped", []):
         out.append(f"\nskipped: {why}")
     if "overhead" in r:
@@ -217,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             r.update(fn())
         r["minutes"] = round((time.perf_counter() - t0) / 60, 1)
-        (args.out / f"{stem}.json").write_text(json.dumps(r, indent=2) + "\n")
-        (args.out / f"{stem}.md").write_text(markdown(r))
+        write_json(args.out / f"{stem}.json", r)
+        write_text(args.out / f"{stem}.md", markdown(r))
         print(markdown(r), flush=True)
 
     step("tests", lambda: {"tests": run_tests()})

@@ -29,8 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import yaml
 
-from bench.machine import ROOT, cpu_name, md_table, out_dir
+from bench.machine import ROOT, cpu_name, out_dir, write_json, write_text
 from pipeline.artifacts import prepared_dir
+from pipeline.inspect.tables import markdown_table
 
 CACHE = ROOT / "bench" / "cache" / "imbalance"
 NAMES = [  # Fashion-MNIST's classes, as a user might name their folders: spaces, accents
@@ -188,7 +189,7 @@ def markdown(r: dict) -> str:
         f"test: {r['test_per_class']} a class "
         f"(balanced). Archs: {', '.join(r['archs'])}. Test scores of the submission (ensemble.csv).",
         "",
-        md_table(head, rows),
+        markdown_table(head, rows),
     ]
     by = {s["setting"]: s for s in r["settings"]}
     if "default" in by and "off" in by:
@@ -239,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in args.settings:
         r["settings"].append(run_setting(s, base, work, trained))
         r["minutes"] = round((time.perf_counter() - t0) / 60, 1)
-        (out / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")  # each row as soon as it is measured
-        (out / f"{name}.md").write_text(markdown(r))
+        write_json(out / f"{name}.json", r)  # each row as soon as it is measured
+        write_text(out / f"{name}.md", markdown(r))
         print(f"{s}: {json.dumps(r['settings'][-1])}", flush=True)
     print(markdown(r))
     return 0

@@ -24,13 +24,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import yaml
 
-from bench.machine import ROOT, md_table
+from bench.machine import ROOT, write_text
 from ensembles import ensemble
 from ensembles.candidates import load_candidates
 from ensembles.strategies import ensemble_params, run_strategies
 from pipeline import prepare, train
 from pipeline.artifacts import load_member_metrics, load_prepared, metrics_file, prepared_dir
 from pipeline.data.array_formats import digits_file
+from pipeline.inspect.tables import markdown_table
 from pipeline.records import MemberMetrics
 
 WORK_DIR = ROOT / "bench" / "cache" / "kfold"
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         f"One test image = {100 / len(ty):.3f} points. Entries: {json.dumps(p['archs'])}; train defaults "
         f"{json.dumps(p['train'])}.",
         "",
-        *md_table(
+        *markdown_table(
             ["entry", "CV top-1 (held-out folds)", "fold models on valid", "their average: valid", "test"],
             [
                 [n, f"{pct(f.cv_mean)} ± {pct(f.cv_std)}", f"{pct(f.valid_mean)} ± {pct(f.valid_std)}"]
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         for k, r in fits[where].items():
             w = ", ".join(f"{n} {v:.2f}" for n, v in r["weights"].items())
             table.append([k, label, pct(r["valid"]["accuracy"]), pct(r["test"]["accuracy"]), w])
-    lines += md_table(["strategy", "fitted on", "valid top-1", "test top-1", "weights"], table).splitlines()
+    lines += markdown_table(["strategy", "fitted on", "valid top-1", "test top-1", "weights"], table).splitlines()
     lines += [
         "",
         f"Refit (`fast-refit`: the fast recipe, `refit: true`): validated model valid {pct(refit.valid.accuracy)}"
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     md = "\n".join(lines)
     print(md)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"kfold_{args.data}.md").write_text(md)
+    write_text(out / f"kfold_{args.data}.md", md)
     (out / f"kfold_{args.data}.json").write_text(
         json.dumps(
             {

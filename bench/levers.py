@@ -18,7 +18,6 @@ Run:    python -m bench.levers [--batches 20] [--rounds 3] [--skip-compile]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -31,9 +30,10 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="levers
 import torch
 
 from bench.fast_recipe import entry_spec
-from bench.machine import add_paths, machine, md_table, out_dir
+from bench.machine import add_paths, machine, out_dir, write_json, write_text
 from pipeline.data import array_formats
 from pipeline.data.loaders import BatchTfm, to_tensor
+from pipeline.inspect.tables import markdown_table
 from pipeline.learn import archs
 
 MEAN, STD = [0.286], [0.353]  # Fashion-MNIST's pixel statistics (throughput does not depend on them)
@@ -187,12 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     saved = {k: v for k, v in vars(args).items() if k not in ("root", "out")}
     out = {"args": saved, "machine": machine(), "model": spec.to_dict(), "rows": rows}
     OUT = out_dir(args)
-    (OUT / "levers.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json(OUT / "levers.json", out)
     md = (
         f"Levers on the fast recipe's network (training img/s unless noted; median of {args.rounds} alternating "
         f"rounds of {args.batches} batches of {args.bs}), `python -m bench.levers`\n\n"
     )
-    md += md_table(
+    md += markdown_table(
         ["lever", "baseline img/s", "variant img/s", "variant / baseline", ""],
         [
             [r["lever"], f"{r['baseline']}: {statistics.median(r['baseline_img_s']):.0f}"]
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )
     md += f"\nMachine: {out['machine']}\n"
-    (OUT / "levers.md").write_text(md)
+    write_text(OUT / "levers.md", md)
     print(md)
 
 

@@ -10,15 +10,14 @@ Run:    python -m bench.lr_sweep fast --lrs auto 2e-3 5e-3 1e-2 [--train-limit 1
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.machine import add_paths, md_table, out_dir
+from bench.machine import add_paths, out_dir, train_member, write_json, write_text
 from pipeline.artifacts import load_prepared
-from pipeline.learn import member
+from pipeline.inspect.tables import markdown_table
 from pipeline.params import load_params, train_spec
 
 
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
             phases=None,
             lr=lr if lr == "auto" else float(lr),
         )
-        m = member.train_arch(args.arch, spec, arrays, meta, args.seed).metrics
+        m = train_member(args.arch, spec, arrays, meta, args.seed).metrics
         rows.append(
             {
                 "lr_param": lr,
@@ -55,11 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         print(rows[-1], flush=True)
     out = out_dir(args)
     saved = {k: v for k, v in vars(args).items() if k not in ("root", "out")}
-    (out / f"lr_sweep_{args.arch}.json").write_text(json.dumps({"args": saved, "rows": rows}, indent=2) + "\n")
+    write_json(out / f"lr_sweep_{args.arch}.json", {"args": saved, "rows": rows})
     md = (
         f"`python -m bench.lr_sweep {args.arch} --lrs {' '.join(args.lrs)} --train-limit {args.train_limit} "
         f"--epochs {args.epochs}` (seed {args.seed})\n\n"
-        + md_table(
+        + markdown_table(
             ["lr", "used", "valid acc", "test acc", "train s"],
             [
                 [
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             ],
         )
     )
-    (out / f"lr_sweep_{args.arch}.md").write_text(md)
+    write_text(out / f"lr_sweep_{args.arch}.md", md)
     print(md)
 
 

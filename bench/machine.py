@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 from pathlib import Path
@@ -46,8 +47,22 @@ def out_dir(args: argparse.Namespace) -> Path:
     return out
 
 
-def md_table(header: list[str], rows: list[list]) -> str:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def write_json(path: Path, data) -> None:
+    """A result as indented JSON, whole or not at all (written beside, then renamed)."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """A result's text (its markdown), whole or not at all (written beside, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def train_member(key: str, spec, arrays: dict, meta, seed: int, **kw):
+    """One params entry trained as its stage trains it (pipeline.train.train_entry: `folds` and `refit` included),
+    without DVC and without writing the stage's outputs."""
+    from pipeline.train import train_entry
+
+    return train_entry(key, spec, arrays, meta, seed, **kw)

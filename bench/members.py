@@ -3,7 +3,7 @@ accuracy-weighted ensemble of the first k models (ordered by validation accuracy
 
 Models are params.yaml entries (`archs` or `variants`) or ad-hoc variants written `name=of:key=value;key=value`,
 e.g. `fast-noflip=fast:flip=false` or `fast-32=fast:size=32;seed=1` (values are YAML). Each model is trained
-through the pipeline's own train_arch on data/prepared (what `dvc repro train@<name>` runs, without DVC) and its
+through the stage's own train_entry on data/prepared (what `dvc repro train@<name>` runs, without DVC) and its
 predictions are kept in bench/cache/members/<name>-<hash of its spec>/, so a rerun trains only new or changed models.
 Every choice is made on validation: the order, the weights; test accuracy is printed beside it, never used.
 Writes bench/results/members_<tag>.{json,md}.
@@ -23,11 +23,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import yaml
 
-from bench.machine import ROOT, add_paths, md_table, out_dir
+from bench.machine import ROOT, add_paths, out_dir, train_member, write_json, write_text
 from ensembles.evaluate import by_size
 from ensembles.weights import accuracy
 from pipeline.artifacts import load_member_metrics, load_prepared, read_probs, save_member_metrics, save_preds
-from pipeline.learn import member
+from pipeline.inspect.tables import markdown_table
 from pipeline.params import load_params, member_seed, train_spec
 from pipeline.records import PreparedMeta
 
@@ -54,7 +54,7 @@ def trained(name: str, params: dict, arrays: dict, meta: PreparedMeta, cache: Pa
     h = hashlib.sha1(json.dumps([spec.to_dict(), seed, len(arrays["train_y"]), meta.classes], sort_keys=True).encode())
     d = cache / f"{name}-{h.hexdigest()[:10]}"
     if not (d / "metrics.json").exists():
-        res = member.train_arch(name, spec, arrays, meta, seed)
+        res = train_member(name, spec, arrays, meta, seed)
         d.mkdir(parents=True, exist_ok=True)
         save_preds(d, res.preds)
         save_member_metrics(d / "metrics.json", res.metrics)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"`python -m bench.members {' '.join(args.models)} --tag {args.tag}`",
         "",
-        *md_table(
+        *markdown_table(
             ["model", "valid acc", "test acc", "train s", "overrides"],
             [
                 [n, f"{acc[n][0]:.4f}", f"{acc[n][1]:.4f}", f"{runs[n]['metrics'].train_s:.0f}"]
@@ -104,13 +104,13 @@ def main(argv: list[str] | None = None) -> None:
             + [f"{r.valid - best_v:+.4f} / {r.test - best_t:+.4f}"]
         )
     header = ["k", "models", "valid acc", "test acc", "gain over the best member (valid / test)"]
-    lines += md_table(header, md_rows).splitlines()
+    lines += markdown_table(header, md_rows).splitlines()
     text = "\n".join(lines) + "\n"
     print(text)
     out = out_dir(args) / f"members_{args.tag}"
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(
-        json.dumps({"models": {n: {"valid": a[0], "test": a[1]} for n, a in acc.items()}, "top_k": table}, indent=2)
+    write_text(out.with_suffix(".md"), text)
+    write_json(
+        out.with_suffix(".json"), {"models": {n: {"valid": a[0], "test": a[1]} for n, a in acc.items()}, "top_k": table}
     )
 
 

@@ -11,7 +11,6 @@ Run:    python -m bench.overhead [--images 4000] [--rounds 3] [--archs resnet34:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -22,10 +21,11 @@ import torch
 from fastai.callback.core import Callback
 
 from bench.fast_recipe import entry_spec
-from bench.machine import add_paths, machine, md_table, out_dir
+from bench.machine import add_paths, machine, out_dir, write_json, write_text
 from pipeline import prepare
 from pipeline.data import array_formats
 from pipeline.data.loaders import BatchTfm, to_tensor
+from pipeline.inspect.tables import markdown_table
 from pipeline.learn import archs, recipe
 from pipeline.params import arch_names, load_params, make_spec
 
@@ -118,12 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     saved = {k: v for k, v in vars(args).items() if k not in ("root", "out")}
     out = {"args": saved, "machine": machine(), "device": str(device), "results": results}
     OUT = out_dir(args)
-    (OUT / "overhead.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json(OUT / "overhead.json", out)
     md = (
         f"Pipeline learner vs bare PyTorch loop, training images/s (median of {args.rounds} alternating rounds, "
         f"{args.images} images, bs {args.bs}), `python -m bench.overhead`\n\n"
     )
-    md += md_table(
+    md += markdown_table(
         ["model @ size", "precision", "pipeline img/s", "bare img/s", "ratio (goal ≥ 0.95)"],
         [
             [k, v["precision"], f"{statistics.median(v['pipeline_img_s']):.1f}"]
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )
     md += f"\nMachine: {out['machine']}, device {device}\n"
-    (OUT / "overhead.md").write_text(md)
+    write_text(OUT / "overhead.md", md)
     print(md)
 
 

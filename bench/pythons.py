@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.machine import ROOT, cpu_name, md_table
+from bench.machine import ROOT, cpu_name, write_json, write_text
+from pipeline.inspect.tables import markdown_table
 
 PYENV = Path("/root/.pyenv/versions")
 
@@ -87,7 +88,7 @@ def markdown(r: dict) -> str:
     ]
     head = ["python", "`make python` says", "make target", "minutes", "passed", "failed", "result"]
     mode = " --check" if r["check"] else f" --target {r['target']}"
-    return f"`python -m bench.pythons{mode}` on {r['cpu']}\n\n" + md_table(head, rows)
+    return f"`python -m bench.pythons{mode}` on {r['cpu']}\n\n" + markdown_table(head, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     r = {"cpu": cpu_name(), "check": args.check, "target": args.target, "rows": []}
     for p in pythons:
         r["rows"].append(measure(p, args.check, args.target))
-        (args.out / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
-        (args.out / f"{name}.md").write_text(markdown(r))
+        write_json(args.out / f"{name}.json", r)
+        write_text(args.out / f"{name}.md", markdown(r))
         print(json.dumps(r["rows"][-1]), flush=True)
     print(markdown(r))
     return 0 if all(x.get("rc", x["check_rc"]) == 0 for x in r["rows"]) else 1

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.machine import ROOT, cpu_name, md_table
+from bench.machine import ROOT, cpu_name, write_json, write_text
 from pipeline.artifacts import ensemble_metrics_file, metrics_file
+from pipeline.inspect.tables import markdown_table
 
 CACHE = ROOT / "bench" / "cache" / "scale"
 FAST = {"arch": "resnet9", "model_kwargs": {"widths": [16, 32, 64, 128]}, "size": 32, "lr": 0.005, "tta": False}
@@ -369,7 +370,7 @@ def markdown(r: dict) -> str:
             + [f"{v['peak_minus_arrays_gib']:+.2f}", f"{v['peak_tree_gib']:.2f}", acc]
         )
     header = ["stage", "wall s", "images/s", "peak RSS GiB (stage process)", "× arrays", "− arrays GiB"]
-    table = md_table([*header, "peak GiB (process tree)", "valid acc"], rows).rstrip("\n")
+    table = markdown_table([*header, "peak GiB (process tree)", "valid acc"], rows).rstrip("\n")
     e, p = r["ensemble"], r["stages"]["prepare"]
     decode = (
         f"\n\nprepare's images/s is over the stage's whole wall time (Python start, listing, splitting, statistics); "
@@ -410,9 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sets:
         r = run_set(name, args.small, args.workers, args.target)
         stem = f"scale_{name}{'_small' if args.small else ''}"
-        (args.out / f"{stem}.json").write_text(json.dumps(r, indent=2) + "\n")
+        write_json(args.out / f"{stem}.json", r)
         md = markdown(r)
-        (args.out / f"{stem}.md").write_text(md)
+        write_text(args.out / f"{stem}.md", md)
         print(md, flush=True)
     return 0
 

@@ -17,13 +17,13 @@ Run:    python -m bench.study [--data-set cifar10 | tiny-imagenet] [--data PATH]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from bench.machine import ROOT, cpu_name, md_table
+from bench.machine import ROOT, cpu_name, write_json, write_text
 from pipeline.artifacts import ensemble_metrics_file
+from pipeline.inspect.tables import markdown_table
 
 CACHE = ROOT / "bench" / "cache" / "study"
 FINE_TUNE = {"pretrained": True, "freeze_epochs": 1, "lr": "auto", "bs": 128, "tta": True}
@@ -100,7 +100,7 @@ def markdown(r: dict) -> str:
     return (
         f"`python -m bench.study{' --small' if r['small'] else ''}` ({r['data_set']}) on {r['cpu']}, {r['gpu']}: "
         f"`dvc repro` {r['total_s']} s; scores in {r['metric']}\n\n"
-        + md_table(["model", "valid %", "test %", "weight"], rows)
+        + markdown_table(["model", "valid %", "test %", "weight"], rows)
     )
 
 
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     r = {"cpu": cpu_name(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"}
     r |= {"small": args.small, "data_set": data_set, "params": p, **run(p, name)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"study_{name}.json").write_text(json.dumps(r, indent=2) + "\n")
-    (args.out / f"study_{name}.md").write_text(markdown(r))
+    write_json(args.out / f"study_{name}.json", r)
+    write_text(args.out / f"study_{name}.md", markdown(r))
     print(markdown(r))
     return 0
 

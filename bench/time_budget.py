@@ -2,7 +2,7 @@
 
 The budget per entry is `--budget` seconds, or `--scale` × the training seconds the entry took in the last
 `dvc repro` (metrics/<entry>.json `train_s`), so every default entry is asked for its own size of run. Each is
-trained through the pipeline's train_arch on data/prepared (what its stage runs, without DVC). Writes
+trained through the stage's train_entry on data/prepared (what its stage runs, without DVC). Writes
 bench/results/time_budget.{json,md}: asked, predicted, taken, their ratio, what the stage chose.
 Run:    python -m bench.time_budget [entries ...] [--scale 1.0 | --budget S] [--root .]
 """
@@ -10,16 +10,15 @@ Run:    python -m bench.time_budget [entries ...] [--scale 1.0 | --budget S] [--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.machine import ROOT, cpu_name, md_table
+from bench.machine import ROOT, cpu_name, train_member, write_json, write_text
 from pipeline.artifacts import load_member_metrics, load_prepared, metrics_file
-from pipeline.learn import member
+from pipeline.inspect.tables import markdown_table
 from pipeline.params import load_params, member_seed, model_names, train_spec
 
 
@@ -33,17 +32,17 @@ def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: flo
         asked = budget or scale * load_member_metrics(metrics_file(root, n), n).train_s
         spec = replace(train_spec(params, n), time_budget=asked)
         seed = member_seed(params, spec)
-        m = member.train_arch(n, spec, arrays, meta, seed).metrics
+        m = train_member(n, spec, arrays, meta, seed).metrics
         tb = m.time_budget
         rows[n] = {**tb, "ratio": round(m.train_s / asked, 3), "valid": m.valid.accuracy}
     res = {"cpu": cpu_name(), "scale": scale, "budget": budget, "entries": rows}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "time_budget.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json(out / "time_budget.json", res)
     how = f"--budget {budget:g}" if budget else f"--scale {scale:g}"
     lines = [
         f"`python -m bench.time_budget {' '.join(names)} {how}` on {res['cpu']}",
         "",
-        *md_table(
+        *markdown_table(
             ["entry", "asked s", "predicted s", "taken s", "taken / asked", "chosen", "valid acc"],
             [
                 [n, f"{r['asked_s']:.1f}", f"{r['predicted_s']:.1f}", f"{r['train_s']:.1f}", f"{r['ratio']:.3f}"]
@@ -54,7 +53,7 @@ def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: flo
     ]
     worst = max(abs(r["ratio"] - 1) for r in rows.values())
     lines += ["", f"Largest miss: {100 * worst:.1f} % of the asked seconds."]
-    (out / "time_budget.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "time_budget.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return res
 

@@ -12,7 +12,6 @@ Run:    python -m pipeline.report        (or `dvc repro report`)
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from pipeline.inspect.leaderboard import (
     markdown_refit,
     metric_line,
 )
+from pipeline.inspect.tables import write_csv
 from pipeline.inspect.verdicts import markdown_confused, verdicts_md
 from pipeline.io import staged
 from pipeline.params import group_of, load_params, model_names
@@ -104,10 +104,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
     with staged(reports_dir(root)) as (out,):
         figs = out / "figures"
         figs.mkdir(parents=True)
-        with (out / "leaderboard.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(out / "leaderboard.csv", COLUMNS, rows)
         group_rows = groups(models, {n: group_of(params, n) for n in names}, labeled, metric)
         confused = confused_pairs(y, ens_p, classes) if len(classes) > NUMBERED_CLASSES else []
         (out / "leaderboard.md").write_text(

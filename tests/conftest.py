@@ -257,3 +257,20 @@ def make_repo(tmp: Path, params: dict) -> Path:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", repo)
     return repo
+
+
+# ------------------------------------------------------------------------------------------------ markdown tables
+def table_rows(md: str) -> list[list[str]]:
+    """Every markdown table row of a text as its stripped cells (separator lines left out)."""
+    rows = []
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set(":-") and c for c in cells):
+                rows.append(cells)
+    return rows
+
+
+def has_row(md: str, *cells: str) -> bool:
+    """Whether some table row of `md` begins with these cells."""
+    return any(r[: len(cells)] == [str(c) for c in cells] for r in table_rows(md))

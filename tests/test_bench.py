@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY
+from conftest import TINY, has_row
 
 from pipeline import prepare
 
@@ -112,7 +112,7 @@ def test_imbalance(tmp_path):
     for s in r["settings"]:
         lo, hi = s["test_balanced_ci95"]
         assert lo <= s["test_balanced"] <= hi
-    assert "| default | balanced_accuracy |" in (tmp_path / "imbalance_small.md").read_text()
+    assert has_row((tmp_path / "imbalance_small.md").read_text(), "default", "balanced_accuracy")
 
 
 def test_pythons_check(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, TINY, make_repo, predict_cli, run
+from conftest import ENV, TINY, has_row, make_repo, predict_cli, run
 
 from pipeline.artifacts import ensemble_metrics_file, metrics_file, model_dir
 
@@ -69,7 +69,7 @@ def test_variants_are_stages_of_their_own_that_follow_their_entry(tmp_path):
     a, b = (json.loads((model_dir(repo, k) / "spec.json").read_text()) for k in ("mlp", "mlp-s1"))
     assert (a["seed"], b["seed"]) == (0, 1) and a["train"]["epochs"] == b["train"]["epochs"] == 2
     assert (repo / "preds" / "mlp-s1" / "test.npy").is_file() and (repo / "submissions" / "mlp-s1.csv").is_file()
-    assert "| mlp | 2 |" in (repo / "reports" / "leaderboard.md").read_text()
+    assert has_row((repo / "reports" / "leaderboard.md").read_text(), "mlp", "2")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "archs": {"logreg": {}, "mlp": {"epochs": 3}}}))
     assert stages_to_run(repo) == {"train@mlp", "variant@mlp-s1", "ensemble", "report"}
@@ -98,7 +98,7 @@ def test_kfold_and_refit_entries_under_dvc_repro(tmp_path):
     ens = predict.load_ensemble(repo)
     np.testing.assert_allclose(ens.predict_arrays(x), np.load(repo / "ensemble/preds/test.npy"), atol=1e-4)
     board = (repo / "reports/leaderboard.md").read_text()
-    assert "| mlp | 2 |" in board and "| logreg |" in board.split("Refit entries")[1]
+    assert has_row(board, "mlp", "2") and has_row(board.split("Refit entries")[1], "logreg")
     assert stages_to_run(repo) == set()
 
 
@@ -265,7 +265,7 @@ def test_equal_compute_and_time_budget_benches_in_their_smallest_mode(repo, tmp_
     )
     c = r["comparison"]["test"]
     assert c["n"] == 100 and c["diff"] == pytest.approx(r["ensemble_test"] - r["single_test"])
-    assert "| test |" in (tmp_path / "results/equal_compute.md").read_text()
+    assert has_row((tmp_path / "results/equal_compute.md").read_text(), "test")
     (tmp_path / "bench/results").mkdir(parents=True)
     shutil.copy(tmp_path / "results/equal_compute.json", tmp_path / "bench/results/equal_compute.json")
     record = EnsembleMetrics.from_json(ens, strict=True)
@@ -281,7 +281,7 @@ def test_equal_compute_and_time_budget_benches_in_their_smallest_mode(repo, tmp_
     assert (
         row["asked_s"] == 1.5 and row["train_s"] > 0 and row["ratio"] == pytest.approx(row["train_s"] / 1.5, abs=1e-3)
     )
-    assert "| mlp | 1.5 |" in (tmp_path / "results/time_budget.md").read_text()
+    assert has_row((tmp_path / "results/time_budget.md").read_text(), "mlp", "1.5")
 
 
 def test_default_run_bench_reruns_every_stage_and_records_each(repo, tmp_path):
@@ -293,6 +293,8 @@ def test_default_run_bench_reruns_every_stage_and_records_each(repo, tmp_path):
     r = json.loads((tmp_path / "default_run.json").read_text())
     assert set(r["stages"]) == {"prepare", "train@logreg", "train@mlp", "ensemble", "report"}
     assert all(s["wall_s"] > 0 and s["peak_rss_mib"] > 10 for s in r["stages"].values())
-    assert r["stages"]["train@mlp"]["valid_acc"] > 0.5 and "| train@mlp |" in (tmp_path / "default_run.md").read_text()
+    assert r["stages"]["train@mlp"]["valid_acc"] > 0.5 and has_row(
+        (tmp_path / "default_run.md").read_text(), "train@mlp"
+    )
     assert (repo / "preds/mlp/test.npy").read_bytes() == before  # a forced rerun reproduces the outputs
     run("git checkout -- . && git clean -fdq", repo)

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import C, member_metrics, noisy, write_run
+from conftest import C, has_row, member_metrics, noisy, write_run
 
 from ensembles import ensemble as E
 from ensembles import weights as W
@@ -176,9 +176,9 @@ def test_report_says_which_figure_comes_from_which_model():
         "plain": member_metrics(valid={"accuracy": 0.7}),
     }
     folds = LB.markdown_folds(models)
-    assert "| k | 5 | 91.00 ± 1.00 | 88.00 ± 2.00 | 90.00 |" in folds and "plain" not in folds
+    assert has_row(folds, "k", "5", "91.00 ± 1.00", "88.00 ± 2.00", "90.00") and "plain" not in folds
     refit = LB.markdown_refit(models, labeled=True)
-    assert "| r | 80.00 | 100 | 82.00 | 85.00 | 120 |" in refit and "refit on train + valid" in refit
+    assert has_row(refit, "r", "80.00", "100", "82.00", "85.00", "120") and "refit on train + valid" in refit
     assert LB.markdown_folds({"plain": models["plain"]}) == LB.markdown_refit({}, True) == ""
     unlabelled = replace(models["r"], test=None, test_validated=None)  # a test split without labels
-    assert "| r | 80.00 | 100 | - | - | 120 |" in LB.markdown_refit({"r": unlabelled}, labeled=False)
+    assert has_row(LB.markdown_refit({"r": unlabelled}, labeled=False), "r", "80.00", "100", "-", "-", "120")

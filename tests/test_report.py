@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import C, member_metrics, noisy, write_run
+from conftest import C, has_row, member_metrics, noisy, write_run
 from safetensors.torch import save_file
 
 from ensembles import ensemble as E
@@ -14,6 +14,7 @@ from ensembles.strategies import NAMES as STRATEGIES
 from pipeline import report as R
 from pipeline.artifacts import metrics_file
 from pipeline.errors import PipelineError
+from pipeline.inspect import figures as FIG
 from pipeline.inspect import interpret as I
 from pipeline.inspect import leaderboard as LB
 from pipeline.inspect import verdicts as V
@@ -73,18 +74,18 @@ def test_report_leaderboard_and_figures(tmp_path):
     assert by["resnet34"]["param_count"] == 1.0 and by["resnet34"]["weight"] == round(ens.weights["resnet34"], 4)
     assert by["ensemble:accuracy*"]["train_s"] == 30.0 and by["ensemble:accuracy*"]["param_count"] == 3.0
     md = (tmp_path / "reports" / "leaderboard.md").read_text()
-    assert "| model | top1 | top1_ci95 | top1_err |" in md and "Scores on the test split" in md
+    assert has_row(md, "model", "top1", "top1_ci95", "top1_err") and "Scores on the test split" in md
     # each accuracy carries its 95 % Wilson interval over the split's 100 rows
     lo, hi = (float(v) for v in on_disk[0]["top1_ci95"].split("–"))
     assert lo < float(on_disk[0]["top1"]) < hi and 5 < hi - lo < 25
     # the submission against each member, paired, in words; the verdict on its best member
     best = ens.comparison("resnet34")
-    assert f"| resnet34 (best member, best by validation) | {verdict(best.valid)} | {verdict(best.test)} |" in md
+    assert has_row(md, "resnet34 (best member, best by validation)", f"{verdict(best.valid)}", f"{verdict(best.test)}")
     assert "\nVerdict: " in md and "McNemar's exact p" in md
     assert "Leave one out: ensemble:accuracy refitted without each member" in md
-    assert "| without | valid | test |" in md and "| cnn4 |" in md.split("Leave one out")[1]
+    assert has_row(md, "without", "valid", "test") and has_row(md.split("Leave one out")[1], "cnn4")
     assert "Per class on test, the submission against its best member (resnet34)" in md
-    assert f"| all | 100 | | | {best.test.a_only} | {best.test.b_only} |" in md
+    assert has_row(md, "all", "100", "", "", f"{best.test.a_only}", f"{best.test.b_only}")
     assert "Equal compute: not measured for this run; `python -m bench.equal_compute`" in md
     figs = {p.name for p in (tmp_path / "reports" / "figures").iterdir()}
     assert figs == {
@@ -133,7 +134,7 @@ def test_groups_report_mean_and_std_of_an_entry_and_its_variants():
     }
     rows = I.groups(models, {"f": "f", "f2": "f", "m": "m"}, labeled=True)
     assert rows == [{"group": "f", "models": 2, "valid": (91.0, 1.414), "test": (90.0, 1.414)}]
-    assert "| f | 2 | 91.00 ± 1.41 | 90.00 ± 1.41 |" in LB.markdown_groups(rows, labeled=True)
+    assert has_row(LB.markdown_groups(rows, labeled=True), "f", "2", "91.00 ± 1.41", "90.00 ± 1.41")
     assert "Not told apart" not in LB.markdown_groups(rows, labeled=True)
 
 
@@ -182,7 +183,9 @@ def test_sweep_table_sorts_by_validation_and_keeps_the_swept_params(tmp_path):
     }
     assert rows[0]["archs.fast.lr"] == 0.01 and rows[1]["archs.fast.bs"] == 64
     md = (tmp_path / "sweep" / "table.md").read_text()
-    assert "| b | 93.00 | 92.00 | 128 | 0.01 |" in md and "swept: archs.fast.bs, archs.fast.lr" in md  # lr as written
+    assert (
+        has_row(md, "b", "93.00", "92.00", "128", "0.01") and "swept: archs.fast.bs, archs.fast.lr" in md
+    )  # lr as written
     assert (tmp_path / "sweep" / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(PipelineError, match=r"--metric 'metrics/x.json:valid.accuracy' is in no experiment"):
         sweep.run(shown, "metrics/x.json:valid.accuracy", tmp_path / "other")
@@ -203,3 +206,36 @@ def test_verdict_words_say_what_the_test_split_resolves():
     assert "resolved, but not every member: against f, +0.10 [-0.20, +0.40] points, p = 0.5: not resolved" in w
     assert "does not tell the submission from its best member by validation (f)" in V.verdict_words(other, [other])
     assert "worse than its best member" in V.verdict_words(c("f", -0.01, 1e-4), [])
+
+
+def test_accuracy_vs_time_merges_equal_points_and_keeps_labels_apart():
+    """Strategies that blend the same members to the same score are one point with every name; label heights of
+    nearby points are pushed apart to at least the gap, never below their point."""
+    rows = [
+        {"model": "ensemble:accuracy*", "top1": 93.5, "train_s": 700.0},
+        {"model": "ensemble:uniform", "top1": 93.5, "train_s": 700.0},
+        {"model": "fast", "top1": 93.4, "train_s": 224.0},
+        {"model": "old", "top1": "", "train_s": 1.0},  # metrics that predate the metric: no point
+    ]
+    points = FIG.point_groups(rows, "accuracy")
+    assert points == [(700.0, 93.5, ["ensemble:accuracy*", "ensemble:uniform"]), (224.0, 93.4, ["fast"])]
+    ys = [80.0, 80.05, 80.1, 95.0]
+    h = FIG.spread_labels(ys, gap=1.0)
+    assert all(a >= y for a, y in zip(h, ys)) and h[3] == 95.0
+    assert min(abs(a - b) for i, a in enumerate(h) for b in h[i + 1 :]) >= 1.0 - 1e-9
+
+
+def test_reliability_diagram_marks_the_bins_of_few_rows(tmp_path):
+    """Every row lies in one drawn bin; a bin is hollow exactly when it holds fewer than `few` rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, C, 300)
+    p = rng.dirichlet(np.full(C, 0.3), 300)  # confidences spread over the bins
+    most = max(n for _, _, n, _ in FIG.reliability_points(p, y))
+    pts = FIG.reliability_points(p, y, few=most)
+    assert sum(n for _, _, n, _ in pts) == 300 and all(thin == (n < most) for _, _, n, thin in pts)
+    assert len(pts) > 1 and [thin for *_, thin in pts].count(False) >= 1 and any(thin for *_, thin in pts)
+    FIG.fig_reliability(tmp_path / "r.png", y, {"m": p}, "test")
+    assert (tmp_path / "r.png").stat().st_size > 1000

@@ -5,7 +5,7 @@ import hashlib
 
 import numpy as np
 import pytest
-from conftest import write_image
+from conftest import has_row, write_image
 
 from pipeline import prepare, train
 from pipeline.artifacts import ensemble_model_file, read_prepared
@@ -221,7 +221,7 @@ def test_confusion_at_200_classes_is_a_heatmap_with_a_pairs_table(tmp_path, monk
     assert (tmp_path / "cm.png").stat().st_size > 10_000 and len(texts) == 0  # no number in 40 000 cells
     pairs = I.confused_pairs(y, p, classes, k=5)
     assert len(pairs) == 5 and all(r["predicted"] == classes[(classes.index(r["true"]) + 1) % 200] for r in pairs)
-    assert "| true | predicted |" in V.markdown_confused(pairs, "m", "test")
+    assert has_row(V.markdown_confused(pairs, "m", "test"), "true", "predicted")
     FIG.fig_confusion(tmp_path / "cm10.png", y % 10, {"m": p[:, :10]}, classes[:10], "test")
     assert len(texts) == 100  # at 10 classes every cell has its count
 
@@ -263,7 +263,7 @@ def test_bench_scale_smallest_mode_runs(tmp_path):
         for s in res["stages"].values():
             assert s["wall_s"] > 0 and s["peak_rss_gib"] > 0.01
         assert res["stages"]["prepare"]["img_per_s"] > 0 and res["dvc_repro_s"] > 0
-    assert "| prepare |" in (tmp_path / "scale_photos_small.md").read_text()
+    assert has_row((tmp_path / "scale_photos_small.md").read_text(), "prepare")
 
 
 def test_wilson_interval_matches_the_textbook_formula():

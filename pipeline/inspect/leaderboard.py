@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pipeline.inspect.interpret import spread_ties
 from pipeline.inspect.scores import decimals
+from pipeline.inspect.tables import markdown_table
 from pipeline.records import EnsembleMetrics, MemberMetrics, Score
 
 COLUMNS = [
@@ -139,9 +140,7 @@ def markdown(rows: list[dict], labeled: bool, n_test: int = 1, metric: str = "ac
         "`param_count` in millions; an ensemble's cost is the sum of its members'. `weight`: the model's weight in "
         "the ensemble submission; `*` marks the strategy that wrote it.\n\n"
     )
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
-    return head + "\n".join(lines) + "\n"
+    return head + markdown_table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows])
 
 
 def markdown_groups(rows: list[dict], labeled: bool, metric: str = "accuracy") -> str:
@@ -149,23 +148,19 @@ def markdown_groups(rows: list[dict], labeled: bool, metric: str = "accuracy") -
     if not rows:
         return ""
     splits = ("valid", "test") if labeled else ("valid",)
-    lines = [
-        f"\nModels of one `archs` entry (the entry and its `variants`), {METRIC_WORDS[metric]} % mean ± std:\n",
-        "| entry | models | " + " | ".join(splits) + " |",
-        "|---|---|" + "---|" * len(splits),
-    ]
-    lines += [
-        f"| {r['group']} | {r['models']} | " + " | ".join(f"{r[s][0]:.2f} ± {r[s][1]:.2f}" for s in splits) + " |"
-        for r in rows
-    ]
+    cells = [[r["group"], r["models"], *(f"{r[s][0]:.2f} ± {r[s][1]:.2f}" for s in splits)] for r in rows]
+    out = (
+        f"\nModels of one `archs` entry (the entry and its `variants`), {METRIC_WORDS[metric]} % mean ± std:\n\n"
+        + markdown_table(["entry", "models", *splits], cells)
+    )
     close = spread_ties(rows, splits[-1])
     if close:
-        lines.append(
+        out += (
             f"\nNot told apart by their spread ({splits[-1]} means differ by less than the larger std): "
             + "; ".join(f"{a} and {b}" for a, b in close)
-            + "."
+            + ".\n"
         )
-    return "\n".join(lines) + "\n"
+    return out
 
 
 def markdown_folds(models: dict[str, MemberMetrics]) -> str:
@@ -174,17 +169,21 @@ def markdown_folds(models: dict[str, MemberMetrics]) -> str:
     rows = [(n, m.folds, m.valid.accuracy) for n, m in models.items() if m.folds]
     if not rows:
         return ""
-    lines = [
-        "\nStratified K-fold entries (the training split in K folds; top-1 %, mean ± std over the K fold models):\n",
-        "| model | folds | CV (held-out folds) | fold models on valid | their average on valid |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {n} | {f.k} | {100 * f.cv_mean:.2f} ± {100 * f.cv_std:.2f} | "
-        f"{100 * f.valid_mean:.2f} ± {100 * f.valid_std:.2f} | {100 * v:.2f} |"
+    cells = [
+        [
+            n,
+            f.k,
+            f"{100 * f.cv_mean:.2f} ± {100 * f.cv_std:.2f}",
+            f"{100 * f.valid_mean:.2f} ± {100 * f.valid_std:.2f}",
+            f"{100 * v:.2f}",
+        ]
         for n, f, v in rows
     ]
-    return "\n".join(lines) + "\n"
+    header = ["model", "folds", "CV (held-out folds)", "fold models on valid", "their average on valid"]
+    return (
+        "\nStratified K-fold entries (the training split in K folds; top-1 %, mean ± std over the K fold models):\n\n"
+        + markdown_table(header, cells)
+    )
 
 
 def markdown_refit(models: dict[str, MemberMetrics], labeled: bool) -> str:
@@ -192,15 +191,13 @@ def markdown_refit(models: dict[str, MemberMetrics], labeled: bool) -> str:
     rows = [(n, m) for n, m in models.items() if m.refit]
     if not rows:
         return ""
-    lines = [
-        "\nRefit entries: `valid_top1` is the validated model's (trained without the validation split); the test "
-        "figures and the submission are the model refit on train + valid with the validated lr and epochs:\n",
-        "| model | valid (validated model) | images | test (validated model) | test (refit model) | images |",
-        "|---|---|---|---|---|---|",
-    ]
+    cells = []
     for n, m in rows:
         t = [f"{100 * s.accuracy:.2f}" if labeled else "-" for s in (m.test_validated, m.test)]
-        lines.append(
-            f"| {n} | {100 * m.valid.accuracy:.2f} | {m.train_images} | {t[0]} | {t[1]} | {m.refit.train_images} |"
-        )
-    return "\n".join(lines) + "\n"
+        cells.append([n, f"{100 * m.valid.accuracy:.2f}", m.train_images, *t, m.refit.train_images])
+    header = ["model", "valid (validated model)", "images", "test (validated model)", "test (refit model)", "images"]
+    return (
+        "\nRefit entries: `valid_top1` is the validated model's (trained without the validation split); the test "
+        "figures and the submission are the model refit on train + valid with the validated lr and epochs:\n\n"
+        + markdown_table(header, cells)
+    )

@@ -7,6 +7,7 @@ from pipeline.artifacts import EQUAL_COMPUTE
 from pipeline.inspect.interpret import NUMBERED_CLASSES
 from pipeline.inspect.leaderboard import METRIC_WORDS, pct
 from pipeline.inspect.scores import verdict
+from pipeline.inspect.tables import markdown_table
 from pipeline.records import Comparison, EnsembleMetrics, EqualCompute
 
 
@@ -28,20 +29,19 @@ def gain_line(ens: EnsembleMetrics) -> str:
         if ens.tau
         else ""
     )
-    lines = [
-        f"\nThe submission (ensemble:{ens.chosen}) against each model, on the same rows: {words} difference in "
-        f"points {how}; resolved = p < 0.05.{fitted}{tau}\n",
-        "| against | valid | test |",
-        "|---|---|---|",
-    ]
+    rows = []
     for c in ens.comparisons:
         tags = [t for t, n in (("best member", ens.best_member), ("best by validation", ens.best_model)) if c.b == n]
         label = c.b + (f" ({', '.join(tags)})" if tags else "")
-        lines.append(f"| {label} | {verdict(c.valid)} | {verdict(c.test) if c.test else '-'} |")
+        rows.append([label, verdict(c.valid), verdict(c.test) if c.test else "-"])
+    out = (
+        f"\nThe submission (ensemble:{ens.chosen}) against each model, on the same rows: {words} difference in "
+        f"points {how}; resolved = p < 0.05.{fitted}{tau}\n\n" + markdown_table(["against", "valid", "test"], rows)
+    )
     bm = ens.comparison(ens.best_member)
     if bm is not None and bm.test is not None:
-        lines.append(f"\nVerdict: {verdict_words(bm, [c for c in ens.comparisons if c.b in ens.members])}")
-    return "\n".join(lines) + "\n"
+        out += f"\nVerdict: {verdict_words(bm, [c for c in ens.comparisons if c.b in ens.members])}\n"
+    return out
 
 
 def verdict_words(bm: Comparison, members: list[Comparison]) -> str:
@@ -72,20 +72,16 @@ def markdown_leave_one_out(ens: EnsembleMetrics) -> str:
     if not rows:
         return ""
     labeled = rows[0].test is not None
-    lines = [
-        f"\nLeave one out: ensemble:{ens.chosen} refitted without each member; the full blend minus it, paired "
-        "as above:\n",
-        "| without | valid | test | full − without (valid) | full − without (test) |",
-        "|---|---|---|---|---|",
-    ]
+    metric, cells = ens.judged_by(), []
     for r in rows:
-        metric = ens.judged_by()
         t = pct(r.test, metric=metric) if labeled else "-"
         ft = verdict(r.full_vs_without["test"]) if labeled else "-"
-        lines.append(
-            f"| {r.without} | {pct(r.valid, metric=metric)} | {t} | {verdict(r.full_vs_without['valid'])} | {ft} |"
-        )
-    return "\n".join(lines) + "\n"
+        cells.append([r.without, pct(r.valid, metric=metric), t, verdict(r.full_vs_without["valid"]), ft])
+    header = ["without", "valid", "test", "full − without (valid)", "full − without (test)"]
+    return (
+        f"\nLeave one out: ensemble:{ens.chosen} refitted without each member; the full blend minus it, paired "
+        "as above:\n\n" + markdown_table(header, cells)
+    )
 
 
 def markdown_class_report(ens: EnsembleMetrics, classes: list[str], k: int = 15) -> str:
@@ -103,19 +99,17 @@ def markdown_class_report(ens: EnsembleMetrics, classes: list[str], k: int = 15)
         if len(classes) > NUMBERED_CLASSES:
             order = sorted(order, key=lambda i: e["recall"][i])[:k]
         never = [classes[i] for i in range(len(classes)) if e["support"][i] and e["recall"][i] == 0]
-        lines = [
-            f"\nPer class on {split}: precision / recall / F1 in % of the submission and of {pc.against}"
-            + (f"; the {k} classes with the submission's lowest recall" if len(classes) > NUMBERED_CLASSES else "")
-            + ":\n",
-            "| class | rows | submission P / R / F1 | " + pc.against + " P / R / F1 |",
-            "|---|---|---|---|",
-        ]
+        rows = []
         for i in order:
             cells = [" / ".join(f"{100 * r[x][i]:.1f}" for x in ("precision", "recall", "f1")) for r in (e, m)]
-            lines.append(f"| {classes[i]} | {e['support'][i]} | {cells[0]} | {cells[1]} |")
-        if never:
-            lines.append(f"\nThe submission never gets these classes right on {split}: {', '.join(never)}.")
-        out.append("\n".join(lines) + "\n")
+            rows.append([classes[i], e["support"][i], *cells])
+        out.append(
+            f"\nPer class on {split}: precision / recall / F1 in % of the submission and of {pc.against}"
+            + (f"; the {k} classes with the submission's lowest recall" if len(classes) > NUMBERED_CLASSES else "")
+            + ":\n\n"
+            + markdown_table(["class", "rows", "submission P / R / F1", f"{pc.against} P / R / F1"], rows)
+            + (f"\nThe submission never gets these classes right on {split}: {', '.join(never)}.\n" if never else "")
+        )
     return "".join(out)
 
 
@@ -130,30 +124,27 @@ def markdown_per_class(ens: EnsembleMetrics, classes: list[str], k: int = 15) ->
     order = range(len(classes))
     if len(classes) > NUMBERED_CLASSES:
         order = sorted(order, key=lambda i: -(d.fixes[i] + d.breaks[i]))[:k]
-    lines = [
+    rows = [
+        [classes[i], d.rows[i], f"{100 * d.member[i]:.1f}", f"{100 * d.ensemble[i]:.1f}", d.fixes[i], d.breaks[i]]
+        for i in order
+    ]
+    rows.append(["all", sum(d.rows), "", "", sum(d.fixes), sum(d.breaks)])
+    return (
         f"\nPer class on {split}, the submission against its best member ({pc.against}): fixes = rows the "
         f"submission gets right and {pc.against} wrong, breaks = the reverse"
         + (f"; the {k} classes with the most rows changed" if len(classes) > NUMBERED_CLASSES else "")
-        + ":\n",
-        f"| class | rows | {pc.against} % | submission % | fixes | breaks |",
-        "|---|---|---|---|---|---|",
-    ]
-    for i in order:
-        lines.append(
-            f"| {classes[i]} | {d.rows[i]} | {100 * d.member[i]:.1f} | {100 * d.ensemble[i]:.1f} | "
-            f"{d.fixes[i]} | {d.breaks[i]} |"
-        )
-    lines.append(f"| all | {sum(d.rows)} | | | {sum(d.fixes)} | {sum(d.breaks)} |")
-    return "\n".join(lines) + "\n"
+        + ":\n\n"
+        + markdown_table(["class", "rows", f"{pc.against} %", "submission %", "fixes", "breaks"], rows)
+    )
 
 
 def markdown_confused(pairs: list[dict], name: str, split: str) -> str:
     """The most-confused (true, predicted) pairs as a table; empty where there are none (or few classes)."""
     if not pairs:
         return ""
-    lines = ["| true | predicted | rows | share of true class |", "|---|---|---|---|"]
-    lines += [f"| {r['true']} | {r['predicted']} | {r['count']} | {100 * r['share']:.1f} % |" for r in pairs]
-    return f"\nMost-confused classes of {name} on the {split} split:\n\n" + "\n".join(lines) + "\n"
+    rows = [[r["true"], r["predicted"], r["count"], f"{100 * r['share']:.1f} %"] for r in pairs]
+    table = markdown_table(["true", "predicted", "rows", "share of true class"], rows)
+    return f"\nMost-confused classes of {name} on the {split} split:\n\n" + table
 
 
 def markdown_equal_compute(ens: EnsembleMetrics, r: EqualCompute | None) -> str:
