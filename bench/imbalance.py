@@ -118,7 +118,7 @@ def run_setting(name: str, base: dict, work: Path, trained: dict[str, Path]) -> 
         prepared_dir(root).symlink_to(prepared_dir(work).resolve())
         (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
         for key in model_names(p):
-            train.main(key, str(root / "params.yaml"), root)
+            train.run(key, str(root / "params.yaml"), root)
         trained[group] = root
     m = ensemble.run(p, root)
     k = len(m.per_class.test.rows)
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     t0 = time.perf_counter()
     shutil.rmtree(prepared_dir(work), ignore_errors=True)
-    prepare.main(str(work / "params.yaml"), prepared_dir(work))
+    prepare.run(str(work / "params.yaml"), prepared_dir(work))
     out = out_dir(args)
     name = "imbalance_small" if args.small else "imbalance"
     r = {

@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         p = smallest(p)
     pf = WORK / "params.yaml"
     pf.write_text(yaml.safe_dump(p, sort_keys=False))
-    prepare.main(str(pf), prepared_dir(WORK))
+    prepare.run(str(pf), prepared_dir(WORK))
     for key in [*p["archs"], *p["variants"]]:
-        train.main(key, str(pf), WORK)
+        train.run(key, str(pf), WORK)
     ens_params = {**p, "variants": {}}  # the ensemble of the three K-fold entries
     m = ensemble.run(ens_params, WORK)
 

@@ -18,6 +18,7 @@ scores.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from dataclasses import fields, replace
@@ -192,6 +193,7 @@ def write_outputs(
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m ensembles.ensemble`: the stage, then a summary printed; 1 on an error."""
+    argparse.ArgumentParser(prog="python -m ensembles.ensemble", description=__doc__.split("\n")[0]).parse_args(argv)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -97,7 +97,7 @@ REGISTRY: dict[str, Strategy] = {
         Strategy("stacking", True, "a logistic regression on the members' log-probabilities", fit_stacking),
     )
 }
-ALIASES = {"nnls": "logloss"}  # the earlier name, still accepted in params.yaml
+ALIASES = {"nnls": "logloss"}  # accepted in params.yaml for the same strategy
 NAMES = tuple(REGISTRY)
 FITTED = tuple(n for n, s in REGISTRY.items() if s.fitted)
 

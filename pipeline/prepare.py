@@ -12,6 +12,7 @@ integer sums over chunks of the written training file.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -289,7 +290,7 @@ def prepare_to(
             "seed": seed,
             "limit": limit,
             "test_limit": test_limit,
-            "size": size,
+            "size": size if size is not None or not isinstance(raw.train_x, Files) else raw.train_x.size,
             "channels": channels,
         },
     )
@@ -318,7 +319,7 @@ def write_prepared(arrays: dict, meta: PreparedMeta, out: Path = OUT) -> None:
         save_prepared_meta(meta_file(tmp), meta)
 
 
-def main(params_file: str = "params.yaml", out: Path = OUT, workers: int | None = None) -> dict:
+def run(params_file: str | Path = "params.yaml", out: Path = OUT, workers: int | None = None) -> PreparedMeta:
     """The stage: params.yaml's `data:` prepared into `out` whole; returns its meta."""
     params = load_params(params_file)
     data, seed = data_params(params), seed_param(params)
@@ -347,8 +348,18 @@ def main(params_file: str = "params.yaml", out: Path = OUT, workers: int | None 
     return meta
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.prepare`: the stage on params.yaml; 1 with the error's words on a bad input."""
+    ap = argparse.ArgumentParser(prog="python -m pipeline.prepare", description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    args = ap.parse_args(argv)
     try:
-        main()
+        run(args.params)
     except PipelineError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

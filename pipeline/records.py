@@ -102,8 +102,8 @@ class MemberSpec(Record):
     pretrained: bool | str = False
     tta: bool
     channels_last: bool
-    precision: str = "fp32"  # what the train stage evaluated with: fp32 | bf16 | fp16 (older specs: fp32)
-    device: str = "cpu"  # where (older specs: cpu)
+    precision: str = "fp32"  # what the train stage evaluated with: fp32 | bf16 | fp16 (absent: fp32)
+    device: str = "cpu"  # where (absent: cpu)
     seed: int | None = None
     train: dict = field(default_factory=dict)  # the whole TrainSpec (pipeline.params.TrainSpec.to_dict)
     folds: list[str] | None = opt()  # `folds: K`: the fold models' sub-folders

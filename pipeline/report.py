@@ -12,6 +12,7 @@ Run:    python -m pipeline.report        (or `dvc repro report`)
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -136,6 +137,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.report`: the stage, then the leaderboard printed."""
+    argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.split("\n")[0]).parse_args(argv)
     try:
         run(load_params())
     except PipelineError as e:

@@ -12,6 +12,7 @@ Run:    dvc repro train@<key> / variant@<key>    (or: python -m pipeline.train <
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def train_entry(key, spec: TrainSpec, arrays, meta, seed, device=None, live=None
     return res
 
 
-def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> TrainResult:
+def run(key: str, params_file: str | Path = "params.yaml", root: Path = Path(".")) -> TrainResult:
     """The stage for one `archs` or `variants` key: trains, writes its outputs whole, returns the result."""
     from dvclive import Live
 
@@ -71,12 +72,21 @@ def main(key: str, params_file: str = "params.yaml", root: Path = Path(".")) -> 
     return res
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m pipeline.train <a key of `archs:` or `variants:` in params.yaml>")
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.train KEY`: the stage of one entry; 1 with the error's words on a bad input."""
+    ap = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n")[0])
+    ap.add_argument("key", help="a key of `archs:` or `variants:` in params.yaml")
+    ap.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    args = ap.parse_args(argv)
     try:
-        main(sys.argv[1])
+        run(args.key, args.params)
     except PipelineError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.bad_input
 def test_bf16_precision_is_recorded_and_predict_reproduces_it(project):
     """Forced bf16 runs on any CPU (slowly without AVX512-BF16); pipeline.commands.predict evaluates as the stage did."""
     root, write = project
-    train.main("mlp", write({"mlp": {"precision": "bf16"}}, epochs=1), root)
+    train.run("mlp", write({"mlp": {"precision": "bf16"}}, epochs=1), root)
     assert json.loads((root / "models/mlp/spec.json").read_text())["precision"] == "bf16"
     assert json.loads((root / "metrics/mlp.json").read_text())["precision"] == "bf16"
     x = np.load(root / "data/prepared/test_x.npy")
@@ -49,7 +49,7 @@ def test_bf16_precision_is_recorded_and_predict_reproduces_it(project):
 def test_auto_precision_is_fp32_on_any_cpu(project):
     """`precision: auto` must not make a CPU run's results depend on whether the CPU has AVX512-BF16."""
     root, write = project
-    train.main("mlp", write({"mlp": {}}, epochs=1), root)
+    train.run("mlp", write({"mlp": {}}, epochs=1), root)
     assert json.loads((root / "models/mlp/spec.json").read_text())["precision"] == "fp32"
 
 
@@ -124,7 +124,7 @@ def test_lr_find_checkpoints_outside_the_project(project, monkeypatch):
         return saved[-1]
 
     monkeypatch.setattr(Learner, "save", spy)
-    train.main("mlp", write({"mlp": {"lr": "auto", "num_it": 10}}, epochs=1), root)
+    train.run("mlp", write({"mlp": {"lr": "auto", "num_it": 10}}, epochs=1), root)
     assert saved and not any(root.resolve() in s.parents for s in saved), saved
     assert not list((root / "models").glob("tmp*"))
 
@@ -294,7 +294,7 @@ def test_cifar_batch_with_fewer_labels_than_images(tmp_path):
 def test_batch_size_larger_than_a_small_data_set_runs_with_a_warning(project, capsys):
     root, write = project
     write_params = write({"mlp": {"train_limit": 55}}, bs=128, epochs=1)
-    res = train.main("mlp", write_params, root)
+    res = train.run("mlp", write_params, root)
     assert res.metrics.bs == 55 and res.metrics.train_images == 55
     assert "`bs` = 128 is larger than the training set; using bs 55" in capsys.readouterr().err
 
@@ -313,14 +313,14 @@ def test_lr_written_as_1e_minus_3_is_a_number():
 def test_unsafe_archs_keys_are_refused_before_anything_is_written(project, key):
     root, write = project
     with pytest.raises(PipelineError, match=rf"`archs` key {key!r} cannot name a stage"):
-        train.main(key, write({key: {"arch": "mlp"}}), root)
+        train.run(key, write({key: {"arch": "mlp"}}), root)
     for d in ("models", "preds", "metrics", "dvclive"):
         assert not (root / d).exists() or not any((root / d).rglob("*")), d
 
 
 def test_truncated_weights_name_the_file_and_the_remedy(project):
     root, write = project
-    train.main("mlp", write({"mlp": {}}, epochs=1), root)
+    train.run("mlp", write({"mlp": {}}, epochs=1), root)
     f = root / "models/mlp/model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(PipelineError) as e:

@@ -22,7 +22,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     params = {**TINY, "archs": {"logreg": {}, "mlp": {"epochs": 1}, "fast": FAST}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    prepare.main(str(root / "params.yaml"), root / "data" / "prepared")
+    prepare.run(str(root / "params.yaml"), root / "data" / "prepared")
     return root
 
 

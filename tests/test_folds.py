@@ -25,7 +25,7 @@ def load(root, *parts):
 # ------------------------------------------------------------------------------------------------ folds
 def test_folds_train_k_models_whose_held_out_predictions_cover_the_training_split(project):
     root, write = project
-    train.main("mlp", write({"mlp": {"folds": 3}}), root)
+    train.run("mlp", write({"mlp": {"folds": 3}}), root)
     train_y, valid_y = load(root, "data/prepared/train_y.npy"), load(root, "data/prepared/valid_y.npy")
     oof, rows = load(root, "preds/mlp/oof.npy"), load(root, "preds/mlp/oof_rows.npy")
     assert rows.tolist() == list(range(len(train_y))) and oof.shape == (len(train_y), 10)
@@ -65,7 +65,7 @@ def test_fold_splits_are_stratified_and_disjoint():
 
 def test_folds_with_train_limit_cover_the_subset_only(project):
     root, write = project
-    train.main("mlp", write({"mlp": {"folds": 2, "train_limit": 80}}), root)
+    train.run("mlp", write({"mlp": {"folds": 2, "train_limit": 80}}), root)
     rows = load(root, "preds/mlp/oof_rows.npy")
     assert len(rows) == 80 and (np.diff(rows) > 0).all()
     assert json.loads((root / "metrics/mlp.json").read_text())["train_images"] == 80
@@ -75,7 +75,7 @@ def test_folds_with_train_limit_cover_the_subset_only(project):
 def test_more_folds_than_a_class_has_images_is_named_and_writes_nothing(project):
     root, write = project
     with pytest.raises(PipelineError, match=r"mlp: `folds` = 20, but a class has only \d+ training images"):
-        train.main("mlp", write({"mlp": {"folds": 20}}), root)
+        train.run("mlp", write({"mlp": {"folds": 20}}), root)
     assert not (root / "models/mlp").exists() and not (root / "preds/mlp").exists()
 
 
@@ -83,8 +83,8 @@ def test_more_folds_than_a_class_has_images_is_named_and_writes_nothing(project)
 def test_refit_predicts_test_with_a_model_trained_on_train_and_valid(project):
     root, write = project
     params = write({"mlp": {}, "mlp-refit": {"arch": "mlp", "refit": True}})
-    plain = train.main("mlp", params, root)
-    refit = train.main("mlp-refit", params, root)
+    plain = train.run("mlp", params, root)
+    refit = train.run("mlp-refit", params, root)
     n_train, n_valid = len(load(root, "data/prepared/train_y.npy")), len(load(root, "data/prepared/valid_y.npy"))
 
     m = json.loads((root / "metrics/mlp-refit.json").read_text())
@@ -107,7 +107,7 @@ def test_refit_after_folds_and_lr_find(project):
     """folds + refit: CV and validation from the fold models, test from one model refit on everything with the lr
     lr_find gave the first fold."""
     root, write = project
-    train.main("mlp", write({"mlp": {"folds": 2, "refit": True, "lr": "auto", "num_it": 10}}), root)
+    train.run("mlp", write({"mlp": {"folds": 2, "refit": True, "lr": "auto", "num_it": 10}}), root)
     m = json.loads((root / "metrics/mlp.json").read_text())
     assert m["lr_found"] and m["refit"]["lr"] == m["lr"] and m["folds"]["k"] == 2
     spec = json.loads((root / "models/mlp/spec.json").read_text())

@@ -85,8 +85,8 @@ def digest(folder):
 
 def test_main_same_params_same_bytes(tmp_path):
     params = write_params(tmp_path, limit=300)
-    prepare.main(params, tmp_path / "a")
-    prepare.main(params, tmp_path / "b")
+    prepare.run(params, tmp_path / "a")
+    prepare.run(params, tmp_path / "b")
     da, db = digest(tmp_path / "a"), digest(tmp_path / "b")
     assert da == db
     assert set(da) == {"meta.json", "test_ids.json"} | {
@@ -99,12 +99,12 @@ def test_main_same_params_same_bytes(tmp_path):
 @pytest.mark.bad_input
 def test_failure_leaves_previous_output_untouched(tmp_path):
     out = tmp_path / "prepared"
-    prepare.main(write_params(tmp_path, limit=100), out)
+    prepare.run(write_params(tmp_path, limit=100), out)
     before = digest(out)
     with pytest.raises(PipelineError, match="data.valid_pct"):
-        prepare.main(write_params(tmp_path, valid_pct=1.5), out)
+        prepare.run(write_params(tmp_path, valid_pct=1.5), out)
     with pytest.raises(PipelineError, match="kaggle-csv"):
-        prepare.main(write_params(tmp_path, name="kaggle-csv"), out)
+        prepare.run(write_params(tmp_path, name="kaggle-csv"), out)
     assert digest(out) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
 
@@ -113,7 +113,7 @@ def test_failure_leaves_previous_output_untouched(tmp_path):
 def test_failure_creates_nothing(tmp_path):
     (tmp_path / "f").mkdir()
     with pytest.raises(PipelineError):
-        prepare.main(write_params(tmp_path, name="folder", path=str(tmp_path / "f")), tmp_path / "out")
+        prepare.run(write_params(tmp_path, name="folder", path=str(tmp_path / "f")), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -239,7 +239,7 @@ def test_fine_tune_from_file_freezes_then_unfreezes(monkeypatch):
 # ------------------------------------------------------------------------------------------ bad input, outputs
 def test_main_writes_all_outputs(project, capsys):
     root, write = project
-    train.main("mlp", write({"mlp": {}}), root)
+    train.run("mlp", write({"mlp": {}}), root)
     spec_ = json.loads((root / "models/mlp/spec.json").read_text())
     assert spec_["arch"] == "mlp" and spec_["n_out"] == 10 and spec_["classes"][0] == "0"
     assert (root / "models/mlp/model.safetensors").is_file() and (root / "models/mlp/versions.json").is_file()
@@ -261,7 +261,7 @@ def test_nan_loss_stops_with_epoch_and_writes_nothing(project, monkeypatch):
         ),
     )
     with pytest.raises(PipelineError, match=r"nan_net: training loss became nan at epoch 1, batch 1"):
-        train.main("nan_net", write({"nan_net": {}}), root)
+        train.run("nan_net", write({"nan_net": {}}), root)
     for out in ("models/nan_net", "preds/nan_net", "metrics/nan_net.json", "dvclive/nan_net"):
         assert not (root / out).exists(), out
     assert not [
@@ -292,7 +292,7 @@ def test_nan_loss_stops_with_epoch_and_writes_nothing(project, monkeypatch):
 def test_bad_params_clear_message_no_outputs(project, entry, train_, match):
     root, write = project
     with pytest.raises(PipelineError, match=match):
-        train.main("m", write({"m": {"arch": "mlp", **entry}}, **train_), root)
+        train.run("m", write({"m": {"arch": "mlp", **entry}}, **train_), root)
     assert not (root / "models").exists() or not any((root / "models").iterdir())
 
 

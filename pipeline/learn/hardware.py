@@ -7,7 +7,7 @@ what to do (no NVIDIA device at all: nothing to say beyond the log line's `cpu`)
 the device and its precision (`describe`).
 
 Precision: `auto` is fp32 on a CPU: on CPUs with AVX512-BF16 bf16 ran the fast net 2.07x faster but cost cnn4 a
-point and mlp three (issue 13's measurements), and on CPUs without those instructions it ran ~10x slower; fp32
+point and mlp three (`python -m bench.fast_recipe --precision bf16`, docs/results.md), and on CPUs without those instructions it ran ~10x slower; fp32
 keeps a default run's results the same whichever CPU ran it. On a GPU `auto` is bf16 autocast where the GPU runs
 bf16 natively (compute capability >= 8.0: A100, H100, RTX 30xx and newer), fp16 with a gradient scaler (fastai's
 MixedPrecision) on older ones (T4, V100, P100), whose bf16 torch would only emulate. `precision: bf16` forces bf16

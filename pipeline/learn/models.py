@@ -25,21 +25,22 @@ def conv_bn(ni: int, nf: int, ks: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(ni, nf, ks, stride, ks // 2, bias=False), nn.BatchNorm2d(nf), nn.ReLU(inplace=True))
 
 
-def dense_input(n_in: int, size: int) -> list[nn.Module]:
-    """Pool any input side to size×size and flatten, so dense nets survive progressive resizing."""
+def dense_input(size: int) -> list[nn.Module]:
+    """Pool any input side to size×size and flatten (n_in × size² features), so dense nets survive progressive
+    resizing."""
     return [nn.AdaptiveAvgPool2d(size), nn.Flatten()]
 
 
 @register
 def logreg(n_in: int, n_out: int, size: int) -> nn.Module:
     """One dense layer on the pixels: the baseline every other model must beat."""
-    return nn.Sequential(*dense_input(n_in, size), nn.Linear(n_in * size * size, n_out))
+    return nn.Sequential(*dense_input(size), nn.Linear(n_in * size * size, n_out))
 
 
 @register
 def mlp(n_in: int, n_out: int, size: int, hidden=(200, 60), dropout: float = 0.25) -> nn.Module:
     """Dense layers 200 and 60 with ReLU and dropout."""
-    layers, ni = dense_input(n_in, size), n_in * size * size
+    layers, ni = dense_input(size), n_in * size * size
     for nf in hidden:
         layers += [nn.Linear(ni, nf), nn.ReLU(inplace=True), nn.Dropout(dropout)]
         ni = nf

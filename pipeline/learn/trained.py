@@ -75,7 +75,7 @@ class Model:
         if s.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tfm = BatchTfm(s.size, s.mean, s.std, train=False, channels_last=s.channels_last)
-        # on the device type it trained on, the precision the stage evaluated with (older specs: fp32, cpu), so
+        # on the device type it trained on, the precision the stage evaluated with (fp32 and cpu where the spec has neither), so
         # predictions match preds/<key>/; on another, that device's own (a GPU's bf16 model runs fp32 on a CPU)
         self.dtype = eval_dtype(s.precision, s.device, self.device)
 
