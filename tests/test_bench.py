@@ -162,3 +162,32 @@ def test_every_bench_script_has_a_smoke_test():
     scripts = [p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in ("__init__", "machine")]
     untested = [s for s in scripts if f"bench import {s}" not in tested and f"bench.{s}" not in tested]
     assert not untested, f"bench scripts with no test running them: {untested}"
+
+
+@pytest.mark.slow
+def test_bench_scale_smallest_mode_runs(tmp_path):
+    """`python -m bench.scale --small`: both layouts written and run through `dvc repro` under the measuring
+    wrapper (the photo folder to `prepare` only, to keep the suite short), every stage's wall time and peak memory
+    recorded in the results files."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for extra in (["--sets", "tiny"], ["--sets", "photos", "--target", "prepare"]):
+        cmd = [sys.executable, "-m", "bench.scale", "--small", "--out", str(tmp_path), *extra]
+        r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    tiny = json.loads((tmp_path / "scale_tiny_small.json").read_text())
+    assert set(tiny["stages"]) == {"prepare", "train@logreg", "train@fast", "ensemble", "report"}
+    assert tiny["classes"] == 20 and tiny["ensemble"]["chosen"] in tiny["ensemble"]["strategies"]
+    photos = json.loads((tmp_path / "scale_photos_small.json").read_text())
+    assert set(photos["stages"]) == {"prepare"} and photos["image_shape"] == [64, 64, 3]
+    for res in (tiny, photos):
+        for s in res["stages"].values():
+            assert s["wall_s"] > 0 and s["peak_rss_gib"] > 0.01
+        assert res["stages"]["prepare"]["img_per_s"] > 0 and res["dvc_repro_s"] > 0
+    assert has_row((tmp_path / "scale_photos_small.md").read_text(), "prepare")

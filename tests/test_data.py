@@ -5,8 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline import prepare, train
+from pipeline.artifacts import read_prepared
+from pipeline.data import array_formats
 from pipeline.data.loaders import TensorDL, TensorPair, augment
+from pipeline.data.rows import Rows
 from pipeline.io import remove_leftovers, staged
+from pipeline.params import make_spec
 
 
 def crops(padded: torch.Tensor, h: int, w: int, pad: int) -> dict[tuple[int, int], torch.Tensor]:
@@ -82,3 +87,57 @@ def test_leftovers_of_dead_processes_go_live_ones_stay(tmp_path):
     removed = {p.name for p in remove_leftovers(tmp_path / "out")}
     assert removed == {f".out.tmp-{dead.pid}-abc", ".out.tmp-old"}
     assert all([p.exists() for p in (tmp_path / f".out.tmp-{os.getpid()}-def", tmp_path / f".other.tmp-{dead.pid}-x")])
+
+
+def spec(**kw):
+    return make_spec({"epochs": 1, "bs": 16, "lr": 1e-3, "flip": True, "pad": 1, **kw}, "test")
+
+
+def test_memory_mapped_training_equals_in_memory(tmp_path):
+    """The train stage's arrays are Rows over memory maps; a subset, a fold and a refit are index views. Training
+    from them gives the very predictions training from in-memory copies gives."""
+    arrays, meta = prepare.prepare(array_formats.read_digits(0), 0.2, 0, limit=300)
+    prepare.write_prepared(arrays, meta, tmp_path / "prepared")
+    prep = read_prepared(tmp_path / "prepared")
+    mapped, meta2 = prep.arrays, prep.meta
+    assert isinstance(mapped["train_x"], Rows) and isinstance(mapped["train_x"].parts[0][0], np.memmap)
+    in_memory = {k: v for k, v in arrays.items() if k != "test_ids"}
+    s = spec(arch="cnn6", train_limit=150, refit=True)
+    a = train.train_entry("m", s, in_memory, meta, seed=0)
+    b = train.train_entry("m", s, mapped, meta2, seed=0)
+    for split in ("valid", "test"):
+        np.testing.assert_array_equal(a.preds[split], b.preds[split])
+    f = spec(arch="logreg", folds=2)
+    a, b = train.train_entry("f", f, in_memory, meta, seed=0), train.train_entry("f", f, mapped, meta2, seed=0)
+    np.testing.assert_array_equal(a.preds["oof"], b.preds["oof"])
+
+
+def test_rows_views_gather_the_right_rows():
+    x = np.arange(10 * 2 * 2 * 1, dtype=np.uint8).reshape(10, 2, 2, 1)
+    v = Rows.of(x).take([7, 2, 5])
+    np.testing.assert_array_equal(v[:], x[[7, 2, 5]])
+    both = Rows.concat(v, x[:2])
+    assert len(both) == 5 and both.shape == (5, 2, 2, 1)
+    np.testing.assert_array_equal(both[[4, 0, 3, 1]], x[[1, 7, 0, 2]])
+    np.testing.assert_array_equal(both.take([3, 4, 2])[:], x[[0, 1, 5]])
+    assert len(Rows.of(x).take([])) == 0
+    with pytest.raises(IndexError):
+        both[[5]]
+
+
+def test_resident_batches_equal_host_gathered_ones():
+    """The GPU path's gather (rows uploaded once, indexed on the device), run here on the CPU device: the same
+    uint8 N×C×H×W batches and labels as the host path's gather from the memory-mapped rows."""
+    import torch
+
+    from pipeline.data.loaders import TensorPair
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 5, 5, 3), dtype=np.uint8)
+    view = Rows.of(x).take(np.arange(39, -1, -2))
+    y = np.arange(20)
+    host, resident = TensorPair(view, y), TensorPair(view, y, torch.device("cpu"), resident=True)
+    assert resident.resident_x is not None and host.device is None
+    idx = torch.tensor([3, 0, 19, 7])
+    (hx, hy), (rx, ry) = host[idx], resident[idx]
+    assert torch.equal(hx, rx) and torch.equal(hy, ry) and hx.is_contiguous() and rx.is_contiguous()
+    np.testing.assert_array_equal(hx.numpy(), x[[33, 39, 1, 25]].transpose(0, 3, 1, 2))

@@ -402,3 +402,14 @@ def test_a_class_subset_for_every_reader(name, tmp_path, mnist_dir):
 def test_a_bad_class_subset_names_the_value(wanted, match):
     with pytest.raises(PipelineError, match=match):
         datasets.read(data_params({"data": {"name": "digits", "path": str(digits_file()), "classes": wanted}}), 0)
+
+
+def test_digits_with_another_data_sets_path_finds_the_bundled_file(tmp_path, capsys):
+    """`dvc exp run -S data.name=digits` on a clone: data.path still names the Fashion-MNIST folder."""
+    from pipeline.params import data_params
+
+    (tmp_path / "fashion-mnist").mkdir()
+    raw = datasets.read(data_params({"data": {"name": "digits", "path": str(tmp_path / "fashion-mnist")}}), 0)
+    assert len(raw.train_y) == 1437
+    err = capsys.readouterr().err
+    assert f"set `data.path: {array_formats.digits_file()}`" in err

@@ -11,7 +11,7 @@ from ensembles import ensemble as E
 from ensembles import select as S
 from ensembles import weights as W
 from ensembles.submission import submission_rows
-from pipeline.artifacts import ensemble_metrics_file
+from pipeline.artifacts import ensemble_metrics_file, ensemble_model_file
 from pipeline.errors import PipelineError
 
 
@@ -312,3 +312,67 @@ def test_probability_columns_of_classes_left_out_are_zero():
         ["a", "0.000000", "0.250000", "0.750000"],
         ["b", "0.000000", "0.600000", "0.400000"],
     ]
+
+
+# ------------------------------------------------------------------------------------------------ many classes
+def many_class_run(tmp_path, n_classes=200, rows=2000, members=2):
+    from conftest import write_run
+
+    rng = np.random.default_rng(0)
+    vy, ty = rng.integers(0, n_classes, rows), rng.integers(0, n_classes, rows // 2)
+
+    def noisy(y, acc):
+        p = rng.dirichlet(np.full(n_classes, 0.3), len(y)) * 0.3
+        hit = np.where(rng.random(len(y)) < acc, y, rng.integers(0, n_classes, len(y)))
+        p[np.arange(len(y)), hit] += 0.7
+        return p / p.sum(1, keepdims=True)
+
+    classes = [f"n{i:08d}" for i in range(n_classes)]
+    models = {
+        f"m{i}": ("resnet34", "timm", noisy(vy, 0.6 + 0.05 * i), noisy(ty, 0.6 + 0.05 * i)) for i in range(members)
+    }
+    params = write_run(tmp_path, models, vy, ty, classes=classes)
+    return params, vy, ty, models
+
+
+def test_stacking_takes_the_tied_form_at_200_classes(tmp_path):
+    from ensembles import ensemble as E
+    from ensembles import weights as W
+
+    params, vy, ty, models = many_class_run(tmp_path)
+    params["ensemble"] = {"select": "threshold", "threshold": 0.0, "method": "stacking"}
+    m = E.run(params, tmp_path)
+    s = m.strategies["stacking"]
+    assert s.form == "tied" and s.valid_scored.startswith("cross-fitted")
+    best_member = max(W.accuracy(v[2], vy) for v in models.values())
+    assert s.valid.accuracy > best_member - 0.02  # a sensible blend, not a broken fit
+    import json
+
+    saved = json.loads((ensemble_model_file(tmp_path)).read_text())
+    P = np.stack([models[n][3] for n in saved["members"]])
+    np.testing.assert_allclose(
+        W.stacker_apply(saved["stacker"], P, 200), np.load(tmp_path / "ensemble" / "preds" / "test.npy"), atol=1e-5
+    )
+
+
+def test_strategies_are_choosable_and_method_must_be_among_them(tmp_path):
+    from ensembles import ensemble as E
+    from pipeline.errors import PipelineError
+
+    params, *_ = many_class_run(tmp_path, n_classes=20, rows=400)
+    params["ensemble"] = {"select": "threshold", "threshold": 0.0, "strategies": ["accuracy", "greedy"]}
+    m = E.run(params, tmp_path)
+    assert list(m.strategies) == ["accuracy", "greedy"]
+    params["ensemble"]["method"] = "stacking"
+    with pytest.raises(PipelineError, match=r"ensemble.method` = 'stacking' is not among `ensemble.strategies"):
+        E.run(params, tmp_path)
+
+
+def test_one_member_says_why_nothing_is_cross_fitted(tmp_path):
+    from ensembles import ensemble as E
+
+    params, *_ = many_class_run(tmp_path, n_classes=20, rows=400, members=1)
+    params["ensemble"] = {"select": "threshold", "threshold": 0.0}
+    m = E.run(params, tmp_path)
+    assert m.strategies["greedy"].valid_scored == "direct: one member, nothing to fit"
+    assert "validation rows" not in m.strategies["logloss"].valid_scored

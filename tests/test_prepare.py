@@ -9,7 +9,7 @@ import yaml
 from conftest import make_tiny, write_image
 
 from pipeline import prepare
-from pipeline.data import array_formats, image_folders, images
+from pipeline.data import array_formats, datasets, image_folders, images
 from pipeline.errors import PipelineError
 from pipeline.params import data_params
 
@@ -133,3 +133,48 @@ def test_failure_creates_nothing(tmp_path):
 def test_param_errors_name_the_key(data, match):
     with pytest.raises(PipelineError, match=match):
         data_params({"data": data})
+
+
+def photo_folder(root, n_per_class=30, classes=("a", "b", "c"), size=(96, 72)):
+    for k, c in enumerate(classes):
+        for i in range(n_per_class):
+            write_image(root / "train" / c / f"{i}.jpg", size=size, seed=100 * k + i)
+    for i in range(12):
+        write_image(root / "test" / f"t{i}.jpg", size=size, seed=999 + i)
+    return root
+
+
+def test_rows_are_chosen_before_decoding(tmp_path, monkeypatch):
+    """limit, test_limit and data.classes pick files from the list; only those are decoded."""
+    photo_folder(tmp_path / "ds")
+    calls = []
+    real = images.decode_chunk
+
+    def counting(paths, *a):
+        calls.extend(paths)
+        return real(paths, *a)
+
+    monkeypatch.setattr(images, "decode_chunk", counting)
+    data = {"name": "folder", "path": str(tmp_path / "ds"), "classes": ["a", "c"], "limit": 20, "test_limit": 5}
+    from pipeline.params import data_params
+
+    d = data_params({"data": data})
+    raw = datasets.read(d, 0)
+    arrays, meta = prepare.prepare(raw, 0.25, 0, limit=20, test_limit=5, workers=1)
+    assert len(calls) == 25 and len(set(calls)) == 25
+    assert not any("/b/" in str(p) for p in calls)
+    assert meta.counts == {"train": 15, "valid": 5, "test": 5}
+
+
+def test_channel_stats_are_exact_sums(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (1000, 5, 5, 3), dtype=np.uint8)
+    prepare.save(tmp_path / "x.npy", x)
+    chunk = prepare.ROWS_PER_CHUNK
+    prepare.ROWS_PER_CHUNK = 64
+    try:
+        mean, std = prepare.channel_stats(tmp_path / "x.npy")
+    finally:
+        prepare.ROWS_PER_CHUNK = chunk
+    f = x.astype(np.float64) / 255
+    np.testing.assert_allclose(mean, f.mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(std, f.std(axis=(0, 1, 2)), rtol=1e-9)

@@ -239,3 +239,28 @@ def test_reliability_diagram_marks_the_bins_of_few_rows(tmp_path):
     assert len(pts) > 1 and [thin for *_, thin in pts].count(False) >= 1 and any(thin for *_, thin in pts)
     FIG.fig_reliability(tmp_path / "r.png", y, {"m": p}, "test")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_confusion_at_200_classes_is_a_heatmap_with_a_pairs_table(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 200, 3000)
+    p = np.full((3000, 200), 1e-3)
+    pred = np.where(rng.random(3000) < 0.7, y, (y + 1) % 200)
+    p[np.arange(3000), pred] = 1
+    classes = [f"c{i}" for i in range(200)]
+    texts = []
+    import matplotlib.axes
+
+    real_text = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, *a, **k: texts.append(a) or real_text(self, *a, **k))
+    FIG.fig_confusion(tmp_path / "cm.png", y, {"m": p}, classes, "test")
+    assert (tmp_path / "cm.png").stat().st_size > 10_000 and len(texts) == 0  # no number in 40 000 cells
+    pairs = I.confused_pairs(y, p, classes, k=5)
+    assert len(pairs) == 5 and all(r["predicted"] == classes[(classes.index(r["true"]) + 1) % 200] for r in pairs)
+    assert has_row(V.markdown_confused(pairs, "m", "test"), "true", "predicted")
+    FIG.fig_confusion(tmp_path / "cm10.png", y % 10, {"m": p[:, :10]}, classes[:10], "test")
+    assert len(texts) == 100  # at 10 classes every cell has its count

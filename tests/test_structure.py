@@ -175,3 +175,41 @@ def test_the_folder_tree_says_which_modules_are_stages():
         "inspect",
         "commands",
     }
+
+
+def runs_dvc_repro(node: ast.AST) -> bool:
+    """Whether a function calls something with a "dvc repro ..." command as its first argument."""
+    return any(
+        isinstance(n, ast.Call)
+        and n.args
+        and isinstance(n.args[0], ast.Constant)
+        and isinstance(n.args[0].value, str)
+        and n.args[0].value.startswith("dvc repro")
+        for n in ast.walk(node)
+    )
+
+
+def test_every_test_that_runs_dvc_repro_is_marked_slow():
+    """`make quick` promises no `dvc repro`: a test (or a fixture or helper it calls) that runs one is marked slow,
+    itself or by its module's pytestmark."""
+    unmarked = []
+    for f in sorted((ROOT / "tests").glob("test_*.py")):
+        if f.name == "test_structure.py":  # this check's own `startswith("dvc repro")` runs nothing
+            continue
+        tree = ast.parse(f.read_text())
+        module_slow = any(
+            isinstance(n, ast.Assign)
+            and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)
+            and "slow" in ast.unparse(n.value)
+            for n in tree.body
+        )
+        runners = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and runs_dvc_repro(n)}
+        for n in tree.body:
+            if not (isinstance(n, ast.FunctionDef) and n.name.startswith("test_")):
+                continue
+            called = {c.func.id for c in ast.walk(n) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
+            uses = runs_dvc_repro(n) or (called | {a.arg for a in n.args.args}) & runners
+            slow = module_slow or any("slow" in ast.unparse(d) for d in n.decorator_list)
+            if uses and not slow:
+                unmarked.append(f"{f.name}::{n.name}")
+    assert unmarked == []

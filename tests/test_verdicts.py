@@ -183,3 +183,16 @@ def test_compare_command_reads_the_runs_predictions(four, monkeypatch, capsys):
     assert res["test"]["a_vs_b"]["diff"] == pytest.approx(res["test"]["a"]["accuracy"] - res["test"]["b"]["accuracy"])
     assert K.main(["ensemble", "nosuch"]) == 1
     assert "`nosuch` is not a trained model" in capsys.readouterr().err
+
+
+def test_wilson_interval_matches_the_textbook_formula():
+    from pipeline.inspect.scores import score, wilson
+
+    k, n, z = 87, 100, 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    np.testing.assert_allclose(wilson(k, n), [centre - half, centre + half], rtol=1e-9)
+    assert wilson(0, 0) is None
+    s = score(np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 1]))
+    assert s["n"] == 4 and s["accuracy"] == 0.75 and s["ci95"][0] < 0.75 < s["ci95"][1]
