@@ -274,3 +274,13 @@ def table_rows(md: str) -> list[list[str]]:
 def has_row(md: str, *cells: str) -> bool:
     """Whether some table row of `md` begins with these cells."""
     return any(r[: len(cells)] == [str(c) for c in cells] for r in table_rows(md))
+
+
+def photo_folder(root, n_per_class=30, classes=("a", "b", "c"), size=(96, 72)):
+    """An ImageFolder of JPEG photos (train/<class>/, and an unlabelled test/ of 12), bigger than they are kept."""
+    for k, c in enumerate(classes):
+        for i in range(n_per_class):
+            write_image(root / "train" / c / f"{i}.jpg", size=size, seed=100 * k + i)
+    for i in range(12):
+        write_image(root / "test" / f"t{i}.jpg", size=size, seed=999 + i)
+    return root

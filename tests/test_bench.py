@@ -2,6 +2,7 @@
 these tests check is that each runs end to end and writes its results.)"""
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,11 @@ def test_levers(tmp_path):
     )
     r = json.loads((tmp_path / "levers.json").read_text())
     assert {row["lever"] for row in r["rows"]} >= {"memory format", "precision", "threads"}
-    assert all(row["ratio"] > 0 for row in r["rows"])
+    med = statistics.median  # each ratio is the variant's median speed over the baseline's, from the samples kept
+    assert all(
+        row["ratio"] == pytest.approx(med(row["variant_img_s"]) / med(row["baseline_img_s"])) for row in r["rows"]
+    )
+    assert all(len(row["baseline_img_s"]) == 1 and min(row["baseline_img_s"]) > 0 for row in r["rows"])
 
 
 def test_overhead(tmp_path):
@@ -86,7 +91,10 @@ def test_overhead(tmp_path):
 
     overhead.main(["--images", "64", "--rounds", "1", "--bs", "16", "--archs", "fast:28", "--out", str(tmp_path)])
     r = json.loads((tmp_path / "overhead.json").read_text())
-    assert r["results"]["fast:28"]["ratio"] > 0
+    f = r["results"]["fast:28"]
+    med = statistics.median
+    assert len(f["pipeline_img_s"]) == len(f["bare_img_s"]) == 1 and min(f["bare_img_s"]) > 0
+    assert f["ratio"] == pytest.approx(med(f["pipeline_img_s"]) / med(f["bare_img_s"]))
 
 
 def test_pretrained_vs_scratch(tmp_path):

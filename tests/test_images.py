@@ -4,19 +4,10 @@ photos at a reduced scale."""
 import hashlib
 
 import numpy as np
-from conftest import write_image
+from conftest import photo_folder
 
 from pipeline import prepare
 from pipeline.data import image_folders, images
-
-
-def photo_folder(root, n_per_class=30, classes=("a", "b", "c"), size=(96, 72)):
-    for k, c in enumerate(classes):
-        for i in range(n_per_class):
-            write_image(root / "train" / c / f"{i}.jpg", size=size, seed=100 * k + i)
-    for i in range(12):
-        write_image(root / "test" / f"t{i}.jpg", size=size, seed=999 + i)
-    return root
 
 
 def digest(folder):

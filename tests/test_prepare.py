@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import make_tiny, write_image
+from conftest import make_tiny, photo_folder, write_image
 
 from pipeline import prepare
 from pipeline.data import array_formats, datasets, image_folders, images
@@ -133,15 +133,6 @@ def test_failure_creates_nothing(tmp_path):
 def test_param_errors_name_the_key(data, match):
     with pytest.raises(PipelineError, match=match):
         data_params({"data": data})
-
-
-def photo_folder(root, n_per_class=30, classes=("a", "b", "c"), size=(96, 72)):
-    for k, c in enumerate(classes):
-        for i in range(n_per_class):
-            write_image(root / "train" / c / f"{i}.jpg", size=size, seed=100 * k + i)
-    for i in range(12):
-        write_image(root / "test" / f"t{i}.jpg", size=size, seed=999 + i)
-    return root
 
 
 def test_rows_are_chosen_before_decoding(tmp_path, monkeypatch):
