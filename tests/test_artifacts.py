@@ -13,7 +13,9 @@ from pipeline.errors import PipelineError
 from pipeline.records import PreparedMeta
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = [p for d in ("pipeline", "ensembles", "bench") for p in sorted((ROOT / d).rglob("*.py"))]
+CODE = [  # the project's code (not the copies bench.scale makes under bench/cache)
+    p for d in ("pipeline", "ensembles", "bench") for p in sorted((ROOT / d).rglob("*.py")) if "cache" not in p.parts
+]
 # the names of the run's folders and files, as string constants of code: only pipeline/artifacts.py may spell them
 RUN_NAMES = {"prepared", "data/prepared", "preds", "ensemble/preds", "meta.json", "test_ids.json", "oof.npy"}
 
