@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-from bench.machine import ROOT, cpu_name, train_member, write_text
+from bench.machine import add_paths, cpu_name, out_dir, train_member, write_text
 from pipeline.artifacts import (
     ensemble_metrics_file,
     load_ensemble_metrics,
@@ -91,12 +91,10 @@ def run(root: Path, out: Path, scale: float = 1.0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.equal_compute", description=__doc__.split("\n")[0])
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.equal_compute", description=__doc__.split("\n")[0]))
     ap.add_argument("--scale", type=float, default=1.0, help="budget = scale × the members' training seconds")
-    ap.add_argument("--root", type=Path, default=ROOT, help="the project (params.yaml, a finished `dvc repro`)")
-    ap.add_argument("--out", type=Path, default=None, help="default: <root>/bench/results")
     a = ap.parse_args(argv)
-    run(a.root, a.out or a.root / "bench" / "results", a.scale)
+    run(a.root, out_dir(a), a.scale)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import yaml
 
-from bench.machine import ROOT, cpu_name, out_dir, write_json, write_text
+from bench.machine import ROOT, add_paths, cpu_name, out_dir, write_json, write_text
 from pipeline.artifacts import prepared_dir
 from pipeline.inspect.tables import markdown_table
 
@@ -206,12 +206,10 @@ def markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.imbalance", description=__doc__.split("\n")[0])
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.imbalance", description=__doc__.split("\n")[0]))
     ap.add_argument("--small", action="store_true", help="3 classes of digits, 50:1, one epoch of logreg (a test)")
     ap.add_argument("--archs", nargs="+", default=None, help="archs/variants entries of params.yaml to train")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=None, help="where results go (default: bench/results)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: bench/cache/imbalance)")
     args = ap.parse_args(argv)
     from pipeline import prepare

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +67,27 @@ def train_member(key: str, spec, arrays: dict, meta, seed: int, **kw):
     from pipeline.train import train_entry
 
     return train_entry(key, spec, arrays, meta, seed, **kw)
+
+
+def new_project(repo: Path, params: dict, dvc_yaml: str | None = None, bench_files: tuple[str, ...] = ()) -> Path:
+    """A git + DVC repository at `repo` holding the pipeline's code, its dvc.yaml (or the text given), the report's
+    equal-compute dependency, these params, and the named bench/ files; committed once. For tests and benchmarks
+    that run `dvc repro` on a project of their own."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir(parents=True)
+    for pkg in ("pipeline", "ensembles"):
+        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in (".dvcignore", ".gitignore", "bench/results/equal_compute.json", *(f"bench/{b}" for b in bench_files)):
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / f, repo / f)
+    (repo / "dvc.yaml").write_text(dvc_yaml if dvc_yaml is not None else (ROOT / "dvc.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    init = "git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # dvc
+    subprocess.run(init, shell=True, cwd=repo, check=True, capture_output=True, env=env)
+    return repo

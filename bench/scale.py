@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.machine import ROOT, cpu_name, write_json, write_text
+from bench.machine import ROOT, cpu_name, new_project, write_json, write_text
 from pipeline.artifacts import ensemble_metrics_file, metrics_file
 from pipeline.inspect.tables import markdown_table
 
@@ -235,25 +235,9 @@ def params(name: str, raw: Path, small: bool) -> dict:
 
 def make_project(folder: Path, p: dict, stages_log: Path) -> Path:
     """A git + DVC repository with the pipeline's code; every stage command runs under `measure`."""
-    import yaml
-
-    repo = folder / "repo"
-    shutil.rmtree(repo, ignore_errors=True)
-    repo.mkdir(parents=True)
-    for pkg in ("pipeline", "ensembles"):
-        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "bench").mkdir()
-    for f in ("__init__.py", "scale.py", "machine.py"):
-        shutil.copy(ROOT / "bench" / f, repo / "bench" / f)
-    (repo / "bench" / "results").mkdir()
-    for f in (".dvcignore", ".gitignore", "bench/results/equal_compute.json"):  # the last: a dep of the report
-        shutil.copy(ROOT / f, repo / f)
     dvc_yaml = (ROOT / "dvc.yaml").read_text()
     dvc_yaml = dvc_yaml.replace("cmd: python -m ", f"cmd: python -m bench.scale measure {stages_log} -- python -m ")
-    (repo / "dvc.yaml").write_text(dvc_yaml)
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    sh("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", repo)
-    return repo
+    return new_project(folder / "repo", p, dvc_yaml, bench_files=("__init__.py", "scale.py", "machine.py"))
 
 
 def repro_project(folder: Path, p: dict) -> tuple[Path, float, Path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.machine import ROOT, cpu_name, train_member, write_json, write_text
+from bench.machine import add_paths, cpu_name, out_dir, train_member, write_json, write_text
 from pipeline.artifacts import load_member_metrics, load_prepared, metrics_file
 from pipeline.inspect.tables import markdown_table
 from pipeline.params import load_params, member_seed, model_names, train_spec
@@ -59,14 +59,12 @@ def run(root: Path, out: Path, names: list[str], scale: float = 1.0, budget: flo
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.time_budget", description=__doc__.split("\n")[0])
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.time_budget", description=__doc__.split("\n")[0]))
     ap.add_argument("entries", nargs="*", help="archs / variants names (default: every model)")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--budget", type=float, default=None, help="the same seconds for every entry")
-    ap.add_argument("--root", type=Path, default=ROOT)
-    ap.add_argument("--out", type=Path, default=None, help="default: <root>/bench/results")
     a = ap.parse_args(argv)
-    run(a.root, a.out or a.root / "bench" / "results", a.entries, a.scale, a.budget)
+    run(a.root, out_dir(a), a.entries, a.scale, a.budget)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ data, hand-made stage outputs, and a temporary git + DVC repository of the proje
 import gzip
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from bench.machine import new_project
 from pipeline.artifacts import metrics_file
 from pipeline.data.array_formats import digits_file
 from pipeline.data.images import decoded
@@ -245,18 +245,9 @@ def run(cmd: str, cwd: Path) -> str:
 
 def make_repo(tmp: Path, params: dict) -> Path:
     """A git + DVC repository holding the project's code, dvc.yaml and these params."""
-    repo = tmp / "repo"
-    repo.mkdir()
-    for pkg in ("pipeline", "ensembles"):
-        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    for f in ("dvc.yaml", ".dvcignore", ".gitignore", "bench/results/equal_compute.json"):  # the report's deps
-        (repo / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / f, repo / f)
     params = {**params, "variants": params.get("variants") or {}}  # dvc.yaml's `foreach: ${variants}` needs one
     params.setdefault("metric", "auto")  # and its stages declare `metric`
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", repo)
-    return repo
+    return new_project(tmp / "repo", params)
 
 
 # ------------------------------------------------------------------------------------------------ markdown tables
