@@ -55,7 +55,6 @@ def model_records(
     """ensemble/metrics.json `models`: each model's family, entry, scores (after its temperature) and weight."""
     models = {}
     for i, n in enumerate(c.names):
-        before = {"valid": raw[n][0], **({"test": raw[n][1]} if raw[n][1] else {})}
         models[n] = ModelScores(
             family=families[n],
             group=group_of(params, n),
@@ -63,9 +62,14 @@ def model_records(
             weight=weights.get(n, 0.0),
             test=Score.of(score(c.test[i], d.test_y)) if d.test_y is not None else None,
             temperature=temps[n] if temps else None,  # the scores above are after it; `uncalibrated` before
-            uncalibrated={s: Score.of(v) for s, v in before.items()} if temps else None,
+            uncalibrated=uncalibrated(raw[n]) if temps else None,
         )
     return models
+
+
+def uncalibrated(raw: tuple[dict, dict | None]) -> dict[str, Score]:
+    """A model's (valid, test) scores before its temperature, by split."""
+    return {s: Score.of(v) for s, v in zip(("valid", "test"), raw) if v}
 
 
 def verdicts(c: Candidates, d: Labels, members, best, best_member, chosen, out: Outcome, cfg, seed, fit_on_of) -> dict:
@@ -85,9 +89,11 @@ def verdicts(c: Candidates, d: Labels, members, best, best_member, chosen, out: 
     }
 
 
-def choose_members(c: Candidates, y: np.ndarray, cfg: EnsembleParams, families: dict[str, str]) -> list[str]:
-    """The members by the run's metric on validation (`select`), within what validation can tell from the best."""
-    valid_acc = {n: metric_value(cfg.metric, p, y) for n, p in zip(c.names, c.valid)}
+def choose_members(
+    c: Candidates, y: np.ndarray, cfg: EnsembleParams, families: dict[str, str], valid_acc: dict[str, float]
+) -> list[str]:
+    """The members by the run's metric on validation (`valid_acc`, by `select`), within what validation can tell
+    from the best."""
     top = max(c.names, key=lambda n: (valid_acc[n], n))
     lo, hi = Score.of(score(c.valid[c.names.index(top)], y)).interval(cfg.metric) or (0.0, 0.0)  # no rows: none
     return select(
@@ -129,12 +135,15 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
     adjust = cfg.adjust == "logit" or cfg.adjust == "auto" and metric != "accuracy" and not balanced(c)
     prior = log_prior([train_counts.get(k, 0) for k in d.meta.classes]) if adjust else None
     cfg = replace(cfg, metric=metric, log_prior=prior)
-    raw = {
-        n: (score(c.valid[i], y), score(c.test[i], test_y) if test_y is not None else None) for i, n in enumerate(names)
+    raw = {  # `calibrate: temperature`: the scores before the temperatures (the record's `uncalibrated`)
+        n: (score(c.valid[i], y), score(c.test[i], test_y) if test_y is not None else None)
+        for i, n in enumerate(names)
+        if cfg.calibrate == "temperature"
     }
     temps = calibrate_members(c, y) if cfg.calibrate == "temperature" else {}
     families = {n: str(cfg.families.get(n) or family(c.info[n].arch, c.info[n].source)) for n in names}
-    members = choose_members(c, y, cfg, families)
+    valid_acc = {n: metric_value(metric, p, y) for n, p in zip(names, c.valid)}  # in the run's metric
+    members = choose_members(c, y, cfg, families, valid_acc)
 
     def fit_on_of(ms: list[str]):
         r = oof_fit_rows(c, ms)
@@ -146,7 +155,6 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
     chosen = best_strategy(results, metric) if cfg.method == "best" else cfg.method
     rec = results[chosen].record
     models = model_records(params, c, d, families, rec.weights, temps, raw)
-    valid_acc = {n: metric_value(metric, p, y) for n, p in zip(names, c.valid)}  # in the run's metric
     best = max(names, key=lambda n: (valid_acc[n], n))  # the best model, by validation (the run's metric)
     best_member = max(members, key=lambda n: (valid_acc[n], n))
     record = EnsembleMetrics(

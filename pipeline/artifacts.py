@@ -209,7 +209,6 @@ class Prepared:
     """data/prepared as the stages read it: images as `Rows` over read-only memory maps (or in memory), labels
     loaded (they are small), the test split's ids and meta.json."""
 
-    folder: Path
     meta: PreparedMeta
     arrays: dict[str, Any]  # train_x, train_y, valid_x, valid_y, test_x (and test_y where the file exists)
     test_ids: list[str]
@@ -236,13 +235,13 @@ def read_prepared(folder: Path, in_memory: bool = False, images: bool = True) ->
                         arrays[f"{split}_{k}"] = np.load(p, allow_pickle=False)
                     else:
                         arrays[f"{split}_{k}"] = Rows.of(np.load(p, allow_pickle=False, mmap_mode="r"))
-                elif images and not (split == "test" and k == "y") or split == "valid":
+                elif split == "valid" or (images and not (split == "test" and k == "y")):
                     raise PipelineError(f"{p} not found: data/prepared is incomplete; rerun the prepare stage")
         ids = ids_file(folder)
         test_ids = json.loads(ids.read_text()) if ids.is_file() else []
     except (OSError, ValueError) as e:
         raise PipelineError(f"{folder}: cannot read the prepared data ({e}); run `dvc repro prepare`") from e
-    return Prepared(folder, meta, arrays, test_ids)
+    return Prepared(meta, arrays, test_ids)
 
 
 def load_prepared(root: Path = HERE) -> Prepared:

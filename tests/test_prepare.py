@@ -155,6 +155,8 @@ def test_rows_are_chosen_before_decoding(tmp_path, monkeypatch):
     assert len(calls) == 25 and len(set(calls)) == 25
     assert not any("/b/" in str(p) for p in calls)
     assert meta.counts == {"train": 15, "valid": 5, "test": 5}
+    # image files without `data.size` are decoded at the default side, and meta.json says which
+    assert meta.params["size"] == 64 and meta.image_shape[:2] == [64, 64]
 
 
 def test_channel_stats_are_exact_sums(tmp_path):

@@ -16,8 +16,6 @@ def frame(header: list[str], rows: list[list[Any]]) -> pd.DataFrame:
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     """A GitHub markdown table, one line per row, cells as given (no number formatting of tabulate's own)."""
-    if not rows:
-        rows = []
     return frame(header, rows).to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
 
