@@ -215,7 +215,7 @@ def raw_data(name: str, small: bool, workers: int) -> tuple[Path, str]:
 
 
 # --------------------------------------------------------------------------------------------- the project
-def params(name: str, raw: Path, small: bool) -> dict:
+def params(name: str, raw: Path, small: bool, archs: list[str] | None = None) -> dict:
     if name == "tiny":
         data = {"name": "tiny-imagenet", "path": str(raw), "download": False}
         fast = {**FAST, "epochs": 1, "train_limit": None if small else 20_000}
@@ -227,7 +227,7 @@ def params(name: str, raw: Path, small: bool) -> dict:
         "metric": "auto",
         "data": data,
         "train": {"bs": 16 if small else 128, "eval_bs": 128, "lr": 0.001, "pad": 2, "flip": False, "tta": False},
-        "archs": {"logreg": {"epochs": 1, "pad": 0}, "fast": fast},
+        "archs": {k: v for k, v in {"logreg": {"epochs": 1, "pad": 0}, "fast": fast}.items() if k in (archs or [k])},
         "variants": {},
         "ensemble": {"select": "threshold", "threshold": 0.0, "method": "best"},
     }
@@ -270,14 +270,14 @@ def stage_name(cmd: str) -> str:
     )
 
 
-def run_set(name: str, small: bool, workers: int, target: str = "") -> dict:
+def run_set(name: str, small: bool, workers: int, target: str = "", archs: list[str] | None = None) -> dict:
     from pipeline.artifacts import images_file, load_ensemble_metrics, load_member_metrics, load_prepared, prepared_dir
 
     raw, src = raw_data(name, small, workers)
     folder = raw.parent
     log = folder / "stages.jsonl"
     log.unlink(missing_ok=True)
-    p = params(name, raw, small)
+    p = params(name, raw, small, archs)
     repo = make_project(folder, p, log)
     n_files = sum(1 for q in raw.rglob("*") if q.is_file() and not q.name.startswith("."))
     repro_s, out = sh(f"dvc repro {target}".strip(), repo)
@@ -389,12 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="a few dozen images per set: the test's mode")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--target", default="", help="a stage to reproduce (and what it needs), e.g. prepare; default all")
+    ap.add_argument("--archs", nargs="+", choices=["logreg", "fast"], help="the members (default: both)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes writing the data")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.sets:
-        r = run_set(name, args.small, args.workers, args.target)
-        stem = f"scale_{name}{'_small' if args.small else ''}"
+        r = run_set(name, args.small, args.workers, args.target, args.archs)
+        stem = f"scale_{name}{'_small' if args.small else ''}{'_' + '-'.join(args.archs) if args.archs else ''}"
         write_json(args.out / f"{stem}.json", r)
         md = markdown(r)
         write_text(args.out / f"{stem}.md", md)

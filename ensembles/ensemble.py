@@ -41,7 +41,13 @@ from ensembles.evaluate import by_size, comparisons, gain, leave_one_out, per_cl
 from ensembles.select import family, select
 from ensembles.strategies import EnsembleParams, Outcome, best_strategy, ensemble_params, run_strategies
 from ensembles.submission import NO_TEST, submission_rows, write_csv
-from pipeline.artifacts import ensemble_outputs, save_ensemble_metrics, save_ensemble_model, save_preds
+from pipeline.artifacts import (
+    ensemble_outputs,
+    save_ensemble_metrics,
+    save_ensemble_model,
+    save_preds,
+    with_snapshots,
+)
 from pipeline.errors import PipelineError
 from pipeline.inspect.scores import metric_value, resolve_metric, score
 from pipeline.io import staged
@@ -126,7 +132,7 @@ def blend_model(chosen: str, out: Outcome, classes: list[str], temps: dict, cfg:
 
 def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
     """The whole stage; returns the metrics it wrote (ensemble/metrics.json)."""
-    cfg, seed, names = ensemble_params(params), seed_param(params), model_names(params)
+    cfg, seed, names = ensemble_params(params), seed_param(params), with_snapshots(root, model_names(params))
     d = read_labels(root)
     y, test_y = d.valid_y, d.test_y
     train_counts = d.meta.counts_per_class.get("train", {})

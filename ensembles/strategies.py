@@ -52,12 +52,13 @@ def weighted(rule: Callable[[np.ndarray, np.ndarray, np.ndarray, dict], np.ndarr
 
 
 def stacking_form(members: int, n_classes: int, cfg: EnsembleParams) -> str:
-    """`full`: a logistic regression on members × classes features; `tied` beyond `stack_max_features` of them."""
-    return "full" if members * n_classes <= cfg.stack_max_features else "tied"
+    """`full`: a multinomial logistic regression on members × classes features, whose weights (features × classes)
+    are its cost; `tied` beyond `stack_max_weights` of them."""
+    return "full" if members * n_classes * n_classes <= cfg.stack_max_weights else "tied"
 
 
 def fit_stacking(P, y, accs, cfg, seed) -> Fit:
-    """The stacker: full multinomial logistic regression, or the tied form beyond `stack_max_features`."""
+    """The stacker: full multinomial logistic regression, or the tied form beyond `stack_max_weights`."""
     n_classes = P.shape[2]
     if stacking_form(len(P), n_classes, cfg) == "tied":
         model = blends.fit_tied_stacker(P, y, cfg.stack_C)
@@ -143,9 +144,10 @@ class EnsembleParams:
     greedy_iters: int = param(50, is_int(lo=1), "greedy selection's rounds (with replacement)")
     folds: int = param(5, is_int(lo=2), "cross-fitting of the fitted strategies' validation scores")
     stack_C: float = param(0.1, is_float(0.0, 1e6), "inverse regularisation of the stacking logistic regression")
-    # stacking's logistic regression on members × classes features costs minutes at 200 classes; beyond this many
-    # features it takes the tied form (one weight per member, shared by the classes): seconds
-    stack_max_features: int = param(256, is_int(lo=1), "beyond this many features stacking ties its weights")
+    # stacking's logistic regression has (members × classes) × classes weights: one member at 200 classes (40 000)
+    # cost 100 s of L-BFGS (fitted six times); beyond this many weights it takes the tied form (one weight per
+    # member, shared by the classes): seconds. 2 560 keeps the full form for up to 25 members at 10 classes
+    stack_max_weights: int = param(2560, is_int(lo=1), "beyond this many weights stacking ties them")
     strategies: list | str = param("all", is_strategies, "which strategies are fitted and scored")
     families: dict = param({}, is_dict, "model name -> family, overriding the name-based guess")
     # temperature: one temperature per member fitted on the validation split before blending, one for the blend

@@ -70,19 +70,46 @@ def meta_file(folder: Path) -> Path:
     return folder / "meta.json"
 
 
+# A `snapshots` member, <key>@e<epoch>, lives inside its entry's folders (the train stage's declared outputs):
+# models/<key>/snapshots/e<epoch>/, preds/<key>/snapshots/e<epoch>/ with its metrics.json there.
+SNAPSHOT_SEP = "@"  # never in an archs key (pipeline.params.KEY_RE)
+
+
+def snapshot_folder(name: str) -> Path:
+    """snapshots/e<epoch>: where a snapshot member's files sit inside its entry's model and preds folders."""
+    return Path("snapshots") / name.split(SNAPSHOT_SEP, 1)[1]
+
+
 def model_dir(root: Path, key: str) -> Path:
-    """models/<key>/: weights, spec.json, versions.json."""
+    """models/<key>/: weights, spec.json, versions.json (a snapshot member: models/<key>/snapshots/e<epoch>/)."""
+    if SNAPSHOT_SEP in key:
+        return root / "models" / key.split(SNAPSHOT_SEP, 1)[0] / snapshot_folder(key)
     return root / "models" / key
 
 
 def preds_dir(root: Path, key: str) -> Path:
-    """preds/<key>/: one model's probabilities per split."""
+    """preds/<key>/: one model's probabilities per split (a snapshot member: preds/<key>/snapshots/e<epoch>/)."""
+    if SNAPSHOT_SEP in key:
+        return root / "preds" / key.split(SNAPSHOT_SEP, 1)[0] / snapshot_folder(key)
     return root / "preds" / key
 
 
 def metrics_file(root: Path, key: str) -> Path:
-    """metrics/<key>.json."""
+    """metrics/<key>.json (a snapshot member: metrics.json beside its predictions)."""
+    if SNAPSHOT_SEP in key:
+        return preds_dir(root, key) / "metrics.json"
     return root / "metrics" / f"{key}.json"
+
+
+def with_snapshots(root: Path, names: list[str]) -> list[str]:
+    """The run's models: each trained entry followed by the `snapshots` members its metrics/<key>.json names."""
+    out = []
+    for n in names:
+        out.append(n)
+        f = metrics_file(root, n)
+        if f.is_file():
+            out += load_member_metrics(f, n).snapshots or []
+    return out
 
 
 def live_dir(root: Path, key: str) -> Path:
@@ -116,7 +143,9 @@ def reports_dir(root: Path = HERE) -> Path:
 
 
 def rerun(key: str) -> str:
-    """The command that rebuilds one model's outputs (an `archs` entry's stage, or a variant's)."""
+    """The command that rebuilds one model's outputs (an `archs` entry's stage, or a variant's; for a snapshot
+    member, its entry's)."""
+    key = key.split(SNAPSHOT_SEP, 1)[0]
     return f"`dvc repro train@{key}` (`variant@{key}` for a variant)"
 
 

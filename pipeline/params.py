@@ -220,6 +220,11 @@ class TrainSpec:
     folds: int | None = param(None, is_int(lo=2, none_ok=True), "stratified K-fold: K models, out-of-fold preds")
     refit: bool = param(False, is_bool, "retrain on train + valid with the validated recipe; it predicts test")
     time_budget: float | None = param(None, is_budget, "training seconds: the stage sets the epochs to fill them")
+    # weight averaging (pipeline.learn.averaging): the averaged weights are the member evaluated, saved, predicted
+    average: str = param("none", one_of("none", "ema", "swa"), "ema: timm's ModelEmaV3; swa: torch's AveragedModel")
+    average_decay: float = param(0.999, is_float(0.0, 1.0), "ema: the decay per step (warm-up from 0 on)")
+    average_start: float = param(0.75, is_float(0.0, 1.0, open_=False), "swa: share of the steps before averaging")
+    snapshots: int | None = param(None, is_int(lo=2, hi=20, none_ok=True), "K members from one run: the last K epochs")
 
     def to_dict(self) -> dict:
         """The spec as plain values (models/<key>/spec.json `train`)."""
@@ -283,7 +288,9 @@ def model_names(params: dict) -> list[str]:
 
 
 def group_of(params: dict, key: str) -> str:
-    """The `archs` entry a model belongs to: itself, or the entry a variant is `of`."""
+    """The `archs` entry a model belongs to: itself, or the entry a variant is `of` (a snapshot member,
+    `<key>@e<epoch>`: its run's)."""
+    key = key.split("@", 1)[0]
     return variants(params).get(key, {}).get("of", key)
 
 

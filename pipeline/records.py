@@ -170,6 +170,10 @@ class MemberMetrics(Record):
     folds: FoldScores | None = opt()
     test_validated: Score | None = opt()  # `refit`: the validated model's test score
     refit: Refit | None = opt()
+    average: dict | None = opt()  # `average`: kind, optimizer steps averaged, decay or start
+    snapshots: list[str] | None = opt()  # `snapshots`: the names of the members taken along this run
+    snapshot_of: str | None = opt()  # a snapshot member: the run it was taken from (whose cost it shares) ...
+    snapshot_epoch: int | None = opt()  # ... and the epoch (across fits) at whose end
 
     def seen(self) -> int:
         """Training images seen; computed from the recipe where the metrics predate `images_seen`."""

@@ -32,6 +32,7 @@ from pipeline.artifacts import (
     read_live_curve,
     read_live_series,
     reports_dir,
+    with_snapshots,
 )
 from pipeline.errors import PipelineError
 from pipeline.inspect import figures as F
@@ -87,7 +88,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
     import matplotlib
 
     matplotlib.use("Agg")
-    names = model_names(params)
+    names = with_snapshots(root, model_names(params))
     models = load_metrics_of(root, names)
     ens = load_ensemble_metrics(ensemble_metrics_file(root))
     missing = sorted(set(names) - set(ens.models))

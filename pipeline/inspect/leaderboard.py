@@ -70,12 +70,18 @@ def score_cells(s: Score, valid: Score, metric: str = "accuracy") -> dict:
     }
 
 
+def runs(used, models) -> list[str]:
+    """The training runs behind some models: each `snapshots` member stands for the run it was taken from."""
+    return [n for n in dict.fromkeys(models[n].snapshot_of or n for n in used) if n in models]
+
+
 def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[dict]:
     """Rows sorted by the run's metric on test (on valid where the test split is unlabelled), then on valid.
 
     `models`: name -> metrics/<name>.json; `ens`: ensemble/metrics.json. Accuracies in percent like timm's
     CSVs, rounded to what their intervals support; parameter counts in millions. `nll`, `ece`: on the same split
-    (after `calibrate`'s temperatures where set). An ensemble's cost is the sum of its members' with a weight > 0.
+    (after `calibrate`'s temperatures where set). An ensemble's cost is the sum of its members' with a weight > 0,
+    each training run counted once (`snapshots` members share their run's).
     """
     labeled = ens.test is not None
     rows = []
@@ -100,8 +106,8 @@ def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[
                 "model": f"ensemble:{kind}{star}",
                 **score_cells(st.test if labeled else st.valid, st.valid, ens.judged_by()),
                 "param_count": round(sum(models[n].param_count for n in used) / 1e6, 3),
-                "images_seen": sum(models[n].seen() for n in used),
-                "train_s": round(sum(models[n].train_s for n in used), 1),
+                "images_seen": sum(models[n].seen() for n in runs(used, models)),
+                "train_s": round(sum(models[n].train_s for n in runs(used, models)), 1),
                 "img_per_s": "",
                 "weight": "",
             }

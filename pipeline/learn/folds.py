@@ -97,7 +97,13 @@ def combine_folds(results: list[TrainResult], pool, splits, arrays, spec: TrainS
         ),
     )
     model_spec = replace(first.spec, folds=[f"fold{i}" for i in range(len(results))], train=spec.to_dict())
-    return TrainResult(first.model, first.lr, model_spec, preds, m, first.lr_curve, folds=results)
+    out = TrainResult(first.model, first.lr, model_spec, preds, m, first.lr_curve, folds=results)
+    if first.snapshots:  # `snapshots`: the j-th snapshot member is the average of every fold model's j-th
+        out.snapshots = [
+            combine_folds([r.snapshots[j] for r in results], pool, splits, arrays, spec)
+            for j in range(len(first.snapshots))
+        ]
+    return out
 
 
 def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed, device, evaluate) -> TrainResult:
@@ -121,6 +127,15 @@ def train_refit(key, spec: TrainSpec, validated: TrainResult, arrays, meta, seed
     r = train_arch(key, s, a, meta, seed, device, None, evaluate, refit=True)
     if not evaluate:
         return r
+    out = merge_refit(validated, r, spec)
+    if validated.snapshots:  # each snapshot member: valid from the validated run's, test from the refit's
+        out.snapshots = [merge_refit(v, rs, spec) for v, rs in zip(validated.snapshots, r.snapshots)]
+    return out
+
+
+def merge_refit(validated: TrainResult, r: TrainResult, spec: TrainSpec) -> TrainResult:
+    """The entry's outputs from its validated run and its refit: valid figures from the first, test and the model
+    from the second."""
     v = validated.metrics
     m = replace(
         v,

@@ -8,16 +8,17 @@ import contextlib
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from fastai.distributed import num_distrib
 
-from pipeline.artifacts import save_member_metrics, save_member_spec, save_preds
+from pipeline.artifacts import save_member_metrics, save_member_spec, save_preds, snapshot_folder
 from pipeline.data.loaders import BatchTfm
 from pipeline.inspect.scores import score
+from pipeline.learn.averaging import Snapshots, WeightAverage, snapshot_epochs
 from pipeline.learn.callbacks import live_callback
 from pipeline.learn.distributed import data_parallel, say, share
 from pipeline.learn.hardware import describe, dtype_name, pick_device
@@ -38,6 +39,7 @@ class TrainResult:
     metrics: MemberMetrics | None = None  # metrics/<key>.json
     lr_curve: dict | None = None  # lr_find's curve, when lr was `auto`
     folds: list[TrainResult] | None = None  # `folds: K`: the K fold models, saved as models/<key>/fold<i>/
+    snapshots: list[TrainResult] | None = None  # `snapshots: K`: members <key>@e<epoch> taken along the run
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Fitted:
     seen: int  # training images seen
     train_s: float
     freeze_epochs: int
+    averaged: dict | None = None  # `average`: what WeightAverage.finish did
+    states: dict | None = None  # `snapshots`: epoch -> the weights at its end
 
 
 def train_arch(
@@ -95,15 +99,31 @@ def train_arch(
         )
         if live is not None:
             learn.add_cb(live_callback(live))
+        avg, snaps = along_the_run(learn, spec, setup, fine_tune)  # after lr_find, whose fit they must not see
         seen, t0, freeze_epochs = fit_phases(learn, spec, setup, fine_tune, lr)
+    averaged = avg.finish(learn.dls.train) if avg is not None else None
     train_s = time.perf_counter() - t0
     if not evaluate:
         return TrainResult(learn.model, lr)
-    fitted = Fitted(learn, setup, spec, lr, lr_found, curve, seen, train_s, freeze_epochs)
+    states = snaps.states if snaps is not None else None
+    fitted = Fitted(learn, setup, spec, lr, lr_found, curve, seen, train_s, freeze_epochs, averaged, states)
     res = evaluate_member(key, fitted, meta, seed, held_out, refit)
     if budget is not None:
         res.metrics.time_budget = budget | {"train_s": res.metrics.train_s}
     return res
+
+
+def along_the_run(learn, spec: TrainSpec, setup: Setup, fine_tune: bool):
+    """The callbacks of `average` and `snapshots`, added to the learner: (WeightAverage or None, Snapshots or None)."""
+    epochs = sum(e for _, e in setup.phases) + (spec.freeze_epochs if fine_tune else 0)
+    avg = snaps = None
+    if spec.average != "none":
+        avg = WeightAverage(spec.average, epochs * len(learn.dls.train), spec.average_decay, spec.average_start)
+        learn.add_cb(avg)
+    if spec.snapshots:
+        snaps = Snapshots(snapshot_epochs(epochs, spec.snapshots))
+        learn.add_cb(snaps)
+    return avg, snaps
 
 
 # --------------------------------------------------------------------------------------------- evaluate
@@ -124,13 +144,35 @@ def evaluate_member(
         inputs = {"valid": setup.arrays["valid_x"], **inputs}
     if held_out is not None:
         inputs["oof"] = held_out[0]
+
+    def predict(model):
+        return {
+            s: predict_probs(model, x, tfm, spec.eval_bs, tta, setup.device, setup.dtype, setup.n_out)
+            for s, x in inputs.items()
+        }
+
     t1 = time.perf_counter()
-    preds = {
-        s: predict_probs(f.learn.model, x, tfm, spec.eval_bs, tta, setup.device, setup.dtype, setup.n_out)
-        for s, x in inputs.items()
-    }
+    preds = predict(f.learn.model)
     metrics = member_metrics(f, preds, held_out, time.perf_counter() - t1)
-    return TrainResult(f.learn.model, f.lr, member_spec(key, f, meta, seed, tta), preds, metrics, f.curve)
+    res = TrainResult(f.learn.model, f.lr, member_spec(key, f, meta, seed, tta), preds, metrics, f.curve)
+    if f.states:
+        res.snapshots = [snapshot_member(key, f, res, n, st, predict, held_out) for n, st in sorted(f.states.items())]
+        res.metrics.snapshots = [r.spec.key for r in res.snapshots]
+    return res
+
+
+def snapshot_member(key: str, f: Fitted, final: TrainResult, epoch: int, state: dict, predict, held_out):
+    """One `snapshots` member: the model with the weights of the end of `epoch`, its predictions and records."""
+    import copy
+
+    model = copy.deepcopy(f.learn.model)
+    model.load_state_dict(state)
+    t1 = time.perf_counter()
+    preds = predict(model)
+    m = member_metrics(f, preds, held_out, time.perf_counter() - t1)
+    m = replace(m, average=None, snapshot_of=key, snapshot_epoch=epoch)
+    spec = replace(final.spec, key=f"{key}@e{epoch}")
+    return TrainResult(model, f.lr, spec, preds, m)
 
 
 def member_metrics(f: Fitted, preds: dict, held_out: tuple | None, eval_s: float) -> MemberMetrics:
@@ -158,6 +200,7 @@ def member_metrics(f: Fitted, preds: dict, held_out: tuple | None, eval_s: float
         if setup.device.type == "cuda"
         else None,
         sampler=setup.sampler,
+        average=f.averaged,
         arch=setup.arch.name,
         source=setup.arch.source,
         pretrained=bool(setup.pretrained),
@@ -228,8 +271,6 @@ def save_lr_plot(curve: dict, path: Path, lr: float) -> None:
 
 def write_member(res: TrainResult, live, model_dir: Path, preds_dir: Path, metrics_file: Path, live_dir: Path) -> None:
     """Every output of one member, into the (staging) paths given."""
-    from safetensors.torch import save_file
-
     if res.lr_curve:
         points = [{"lr": a, "loss": b} for a, b in zip(res.lr_curve["lr"], res.lr_curve["loss"])]
         live.log_plot("lr_find", points, x="lr", y="loss", template="linear", title=f"lr_find: {res.spec.key}")
@@ -239,15 +280,26 @@ def write_member(res: TrainResult, live, model_dir: Path, preds_dir: Path, metri
         (live_dir / "plots" / "custom").mkdir(parents=True, exist_ok=True)
         (live_dir / "plots" / "custom" / "lr_find.json").write_text("[]\n")
     live.end()
-    model_dir.mkdir(exist_ok=True)
-    saved = list(zip(res.spec.folds, res.folds)) if res.folds else [(".", res)]
-    for sub, r in saved:
-        folder = model_dir / sub
-        folder.mkdir(exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in r.model.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
-        save_member_spec(folder / "spec.json", r.spec)
-    save_member_spec(model_dir / "spec.json", res.spec)  # with folds: names their folders
+    write_model(res, model_dir)
     (model_dir / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
     save_preds(preds_dir, res.preds)
     save_member_metrics(metrics_file, res.metrics)
+    for snap in res.snapshots or []:  # `snapshots`: each a member of its own, inside the entry's folders
+        sub = snapshot_folder(snap.spec.key)
+        write_model(snap, model_dir / sub)
+        save_preds(preds_dir / sub, snap.preds)
+        save_member_metrics(preds_dir / sub / "metrics.json", snap.metrics)
+
+
+def write_model(res: TrainResult, folder: Path) -> None:
+    """A member's weights and spec.json into folder (with folds: one sub-folder per fold model, named by the spec)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = list(zip(res.spec.folds, res.folds)) if res.folds else [(".", res)]
+    for sub, r in saved:
+        (folder / sub).mkdir(exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in r.model.state_dict().items()}
+        save_file(state, str(folder / sub / "model.safetensors"))
+        save_member_spec(folder / sub / "spec.json", r.spec)
+    save_member_spec(folder / "spec.json", res.spec)  # with folds: names their folders

@@ -118,7 +118,7 @@ class Ensemble:
     def __init__(self, root: Path = Path("."), device: str | torch.device = "cpu"):
         self.spec = load_ensemble_model(ensemble_model_file(root))
         self.name, self.classes = "ensemble", self.spec.classes
-        self.members = [Model(model_dir(root, m), device) for m in self.spec.members]
+        self.members = [Model(model_dir(root, m), device, m) for m in self.spec.members]
         for m in self.members:
             if m.classes != self.classes:
                 raise PipelineError(f"models/{m.name}: classes differ from the ensemble's; rerun `dvc repro`")
@@ -149,8 +149,8 @@ class Ensemble:
 
 
 def load_model(name: str, root: str | Path = ".", device: str = "cpu") -> Model:
-    """A trained model of the run, by its `archs` or `variants` key."""
-    return Model(model_dir(Path(root), name), device)
+    """A trained model of the run, by its `archs` or `variants` key (or a `snapshots` member's `<key>@e<epoch>`)."""
+    return Model(model_dir(Path(root), name), device, name)
 
 
 def load_ensemble(root: str | Path = ".", device: str = "cpu") -> Ensemble:

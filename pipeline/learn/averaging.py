@@ -1,0 +1,112 @@
+"""Accuracy from one training run: weight averaging (`average: ema | swa`) and checkpoints along the run
+(`snapshots: K`), as fastai callbacks over the libraries that already do them — timm's ModelEmaV3 (an exponential
+moving average with timm's decay warm-up, for short runs) and torch.optim.swa_utils (AveragedModel's equal average
+of the weights from `average_start` of the steps on, then update_bn recomputes the batch-norm statistics the
+average no longer matches). The callbacks live across fits (frozen epochs, progressive-resizing phases); after the
+last one `finish` puts the averaged weights into the learner's model, so the averaged model is the member that is
+evaluated, saved and predicted.
+"""
+
+from __future__ import annotations
+
+import torch
+from fastai.callback.core import Callback
+
+
+def plain(model: torch.nn.Module) -> torch.nn.Module:
+    """The network under a data-parallel wrapper (fastai's DistributedTrainer wraps it in DDP while fitting)."""
+    return getattr(model, "module", model)
+
+
+class WeightAverage(Callback):
+    """`average: ema`: timm's ModelEmaV3 updated after every optimizer step (decay warm-up on: the effective decay
+    grows as 1 − (1 + step)^−2/3 up to `decay`, so a run of a few thousand steps is not dominated by its random
+    start; batch-norm buffers are averaged alike). `average: swa`: torch's AveragedModel, the equal average of the
+    weights after every step from `start` (a share of `total` steps) on; `finish` recomputes batch-norm statistics
+    over the training batches (swa_utils.update_bn)."""
+
+    order = 95  # after the optimizer step, before TrimHeap
+
+    def __init__(self, kind: str, total: int, decay: float = 0.999, start: float = 0.75):
+        self.kind, self.total, self.decay, self.start = kind, max(int(total), 1), decay, start
+        self.avg, self.step, self.updates = None, 0, 0
+
+    def after_create(self):
+        """Make the average of the model the learner starts with (once: the callback outlives each fit)."""
+        if self.avg is not None:
+            return
+        if self.kind == "ema":
+            from timm.utils import ModelEmaV3
+
+            self.avg = ModelEmaV3(plain(self.learn.model), decay=self.decay, use_warmup=True)
+        else:
+            from torch.optim.swa_utils import AveragedModel
+
+            self.avg = AveragedModel(plain(self.learn.model))
+
+    def before_fit(self):
+        """Learners made before this callback was added have no after_create event: make the average here."""
+        self.after_create()
+
+    def after_batch(self):
+        """Fold the weights after this optimizer step into the average."""
+        if not self.training:
+            return
+        self.step += 1
+        model = plain(self.learn.model)
+        if self.kind == "ema":
+            self.avg.update(model, step=self.step)
+            self.updates += 1
+        elif self.step > self.start * self.total:
+            self.avg.update_parameters(model)
+            self.updates += 1
+
+    def finish(self, train_dl=None) -> dict:
+        """Load the averaged weights into the learner's model (SWA: batch-norm statistics recomputed over
+        `train_dl`); returns what was averaged, for metrics/<key>.json."""
+        model = plain(self.learn.model)
+        if self.updates == 0:  # nothing averaged (SWA's start beyond the run): the final weights stay
+            return {"kind": self.kind, "updates": 0}
+        src = self.avg.module
+        model.load_state_dict(src.state_dict())
+        if self.kind == "swa" and train_dl is not None and has_batch_norm(model):
+            from torch.optim.swa_utils import update_bn
+
+            was = model.training
+            with torch.no_grad():
+                update_bn(train_dl, model)
+            model.train(was)
+        out = {"kind": self.kind, "updates": self.updates}
+        out |= {"decay": self.decay} if self.kind == "ema" else {"start": self.start}
+        return out
+
+
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    """Does the model hold batch-norm layers (whose running statistics update_bn recomputes)?"""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class Snapshots(Callback):
+    """`snapshots: K`: a copy of the weights at the end of each of the run's last K training epochs but the very
+    last (the member itself is that one), counted across fits (frozen epochs and phases included). Each copy is
+    evaluated and written as a member of its own (`<key>@e<epoch>`), at no extra training cost."""
+
+    order = 96
+
+    def __init__(self, epochs: list[int]):
+        self.epochs, self.epoch_no, self.states = set(epochs), 0, {}
+
+    def after_epoch(self):
+        """Copy the weights (to the CPU) when this epoch is one of the snapshots'."""
+        self.epoch_no += 1
+        if self.epoch_no in self.epochs:
+            model = plain(self.learn.model)
+            self.states[self.epoch_no] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def snapshot_epochs(total_epochs: int, k: int | None) -> list[int]:
+    """The epochs (1-based, across fits) after which `snapshots: k` copies the weights: the last k − 1 before the
+    final one."""
+    if not k or k < 2:
+        return []
+    return list(range(max(1, total_epochs - k + 1), total_epochs))
