@@ -206,7 +206,10 @@ class TrainSpec:
     flip: bool = param(True, is_bool, "random horizontal flips while training")
     pad: int = param(2, is_int(lo=0, hi=64), "random translations of up to `pad` pixels while training")
     tta: bool = param(True, is_bool, "average with the mirrored image at evaluation (where flip is on)")
-    precision: str = param("auto", one_of("auto", "fp32", "bf16", "fp16"), "auto: fp32 on a CPU, bf16/fp16 on CUDA")
+    # native: bf16 where the CPU computes it in hardware (AMX-BF16, AVX512-BF16), else fp32; on a GPU as auto
+    precision: str = param(
+        "auto", one_of("auto", "native", "fp32", "bf16", "fp16"), "auto: fp32 on a CPU, bf16/fp16 on CUDA"
+    )
     device: str = param("auto", is_device, "auto: cuda when present, else cpu; cuda:N pins a stage to a GPU")
     deterministic: bool = param(False, is_bool, "GPU: bit-reproducible (no cuDNN autotuning, no TF32); CPU: always")
     channels_last: bool = param(True, is_bool, "NHWC memory format: faster convolutions on CPUs and GPUs")

@@ -199,3 +199,18 @@ def test_bench_scale_smallest_mode_runs(tmp_path):
             assert s["wall_s"] > 0 and s["peak_rss_gib"] > 0.01
         assert res["stages"]["prepare"]["img_per_s"] > 0 and res["dvc_repro_s"] > 0
     assert has_row((tmp_path / "scale_photos_small.md").read_text(), "prepare")
+
+
+def test_free_accuracy(project, tmp_path):
+    """One short run with EMA, SWA and snapshots tracked, a two-member blend, the long run: every arm scored and
+    every pair compared on both splits."""
+    from bench import free_accuracy
+
+    args = ["--recipe", "fast", "--members", "fast", "mlp", "--snapshots", "2", "--scale", "0.5"]
+    free_accuracy.main([*args, *paths(project, tmp_path)])
+    r = json.loads((tmp_path / "free_accuracy.json").read_text())
+    arms = ["final", "ema", "swa", "snapshots2", "blend2", "long-final", "long-ema", "long-swa", "long-snapshots2"]
+    assert list(r["accuracy"]) == arms and all(0 <= a["test"] <= 1 for a in r["accuracy"].values())
+    assert len(r["pairs"]) == len(arms) * (len(arms) - 1) // 2 and set(r["pairs"]["final vs ema"]) == {"valid", "test"}
+    assert r["runs"]["long"]["time_budget"]["asked_s"] == r["runs"]["budget_s"]
+    assert has_row((tmp_path / "free_accuracy.md").read_text(), "final vs ema")

@@ -79,12 +79,14 @@ def test_variants_are_stages_of_their_own_that_follow_their_entry(tmp_path):
 
 def test_kfold_and_refit_entries_under_dvc_repro(tmp_path):
     """`folds` and `refit` run as ordinary stages: the ensembler fits on the out-of-fold rows (every member has
-    them), pipeline.commands.predict rebuilds the fold average and the refit model exactly, and nothing reruns after."""
+    them), pipeline.commands.predict rebuilds the fold average and the refit model exactly, and nothing reruns after.
+    With `average` and `snapshots` too: mlp's EMA fold models and its snapshot member mlp@e1 (its fold models'
+    first-epoch weights) are written inside train@mlp's outputs, blended and rebuilt like any member."""
     import numpy as np
 
     from pipeline.commands import predict
 
-    archs = {"logreg": {"folds": 2, "refit": True}, "mlp": {"epochs": 2, "folds": 2}}
+    archs = {"logreg": {"folds": 2, "refit": True}, "mlp": {"epochs": 2, "folds": 2, "average": "ema", "snapshots": 2}}
     # calibrate: the members' temperatures apply to their out-of-fold rows too, and predict applies them all
     repo = make_repo(tmp_path, {**TINY, "archs": archs, "ensemble": {"calibrate": "temperature", "margin": 0.2}})
     run("dvc repro", repo)
@@ -93,12 +95,18 @@ def test_kfold_and_refit_entries_under_dvc_repro(tmp_path):
     m = json.loads((repo / "ensemble/metrics.json").read_text())
     n_train = len(np.load(repo / "data/prepared/train_y.npy"))
     assert m["fitted_on"] == f"out-of-fold predictions on {n_train} training rows (valid held out)"
-    assert m["temperature"] > 0 and all(m["models"][n]["temperature"] > 0 for n in archs)
+    assert m["temperature"] > 0 and all(m["models"][n]["temperature"] > 0 for n in [*archs, "mlp@e1"])
+    assert (repo / "models/mlp/snapshots/e1/fold1/model.safetensors").is_file() and m["models"]["mlp@e1"][
+        "group"
+    ] == "mlp"
+    assert "mlp@e1" in m["strategies"]["stacking"]["members"]
+    assert json.loads((repo / "metrics/mlp.json").read_text())["average"]["kind"] == "ema"
     x = np.load(repo / "data/prepared/test_x.npy")
     ens = predict.load_ensemble(repo)
     np.testing.assert_allclose(ens.predict_arrays(x), np.load(repo / "ensemble/preds/test.npy"), atol=1e-4)
     board = (repo / "reports/leaderboard.md").read_text()
     assert has_row(board, "mlp", "2") and has_row(board.split("Refit entries")[1], "logreg")
+    assert has_row(board, "mlp@e1")
     assert stages_to_run(repo) == set()
 
 

@@ -142,6 +142,20 @@ def test_cpu_precision_is_unchanged():
         H.pick_dtype("fp16", cpu)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_native_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, native, fake_cuda):
+    """`precision: native`: bf16 on a CPU with AMX-BF16 / AVX512-BF16, fp32 on others; on a GPU, `auto`'s choice."""
+    monkeypatch.setattr(H, "cpu_bf16", lambda: native)
+    assert H.pick_dtype("native", torch.device("cpu")) == (torch.bfloat16 if native else None)
+    fake_cuda["cap"] = (7, 5)
+    assert H.pick_dtype("native", torch.device("cuda:0")) == H.pick_dtype("auto", torch.device("cuda:0"))
+
+
+def test_cpu_bf16_reads_torch_s_own_checks():
+    assert isinstance(H.cpu_bf16(), bool)
+    assert H.cpu_bf16() == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
 def test_predicting_elsewhere_uses_that_devices_precision(fake_cuda):
     cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
     assert H.eval_dtype("bf16", "cuda:0", cpu) is None  # a GPU's bf16 model runs fp32 on a CPU

@@ -61,24 +61,28 @@ class WeightAverage(Callback):
             self.avg.update_parameters(model)
             self.updates += 1
 
-    def finish(self, train_dl=None) -> dict:
-        """Load the averaged weights into the learner's model (SWA: batch-norm statistics recomputed over
-        `train_dl`); returns what was averaged, for metrics/<key>.json."""
-        model = plain(self.learn.model)
-        if self.updates == 0:  # nothing averaged (SWA's start beyond the run): the final weights stay
-            return {"kind": self.kind, "updates": 0}
-        src = self.avg.module
-        model.load_state_dict(src.state_dict())
-        if self.kind == "swa" and train_dl is not None and has_batch_norm(model):
+    def averaged(self, train_dl=None) -> torch.nn.Module | None:
+        """The averaged network (SWA: its batch-norm statistics recomputed over `train_dl`), or None where nothing
+        was averaged (SWA's start beyond the run)."""
+        if self.updates == 0:
+            return None
+        net = self.avg.module
+        if self.kind == "swa" and train_dl is not None and has_batch_norm(net):
             from torch.optim.swa_utils import update_bn
 
-            was = model.training
             with torch.no_grad():
-                update_bn(train_dl, model)
-            model.train(was)
+                update_bn(train_dl, net)
+        return net.eval()
+
+    def finish(self, train_dl=None) -> dict:
+        """Load the averaged weights into the learner's model (see `averaged`); returns what was averaged, for
+        metrics/<key>.json."""
+        net = self.averaged(train_dl)
+        if net is None:  # the final weights stay
+            return {"kind": self.kind, "updates": 0}
+        plain(self.learn.model).load_state_dict(net.state_dict())
         out = {"kind": self.kind, "updates": self.updates}
-        out |= {"decay": self.decay} if self.kind == "ema" else {"start": self.start}
-        return out
+        return out | ({"decay": self.decay} if self.kind == "ema" else {"start": self.start})
 
 
 def has_batch_norm(model: torch.nn.Module) -> bool:

@@ -11,7 +11,10 @@ point and mlp three (`python -m bench.fast_recipe --precision bf16`, docs/result
 keeps a default run's results the same whichever CPU ran it. On a GPU `auto` is bf16 autocast where the GPU runs
 bf16 natively (compute capability >= 8.0: A100, H100, RTX 30xx and newer), fp16 with a gradient scaler (fastai's
 MixedPrecision) on older ones (T4, V100, P100), whose bf16 torch would only emulate. `precision: bf16` forces bf16
-autocast on any CPU (correct everywhere, fast only with AVX512-BF16/AMX); `fp16` needs CUDA.
+autocast on any CPU (correct everywhere, fast only with AVX512-BF16/AMX); `fp16` needs CUDA. `native` is bf16
+where the CPU computes bf16 in hardware (AMX-BF16, AVX512-BF16) and fp32 on other CPUs (on a GPU: `auto`): for
+the entries measured not to lose accuracy in bf16 (the fast recipe), so a run's results then depend on the CPU's
+kind, and metrics/<key>.json `precision` and the report say which ran.
 """
 
 from __future__ import annotations
@@ -117,10 +120,23 @@ def native_bf16(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+def cpu_bf16() -> bool:
+    """Does this CPU compute bf16 in hardware (AMX-BF16 tiles or AVX512-BF16), where bf16 autocast pays? torch's own
+    checks (private: where a torch lacks them, no)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    try:
+        return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
+    except Exception:  # any exception: a build without the checks or their CPU probe
+        return False
+
+
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device` (None = fp32)."""
+    """The autocast dtype for `precision` on `device` (None = fp32). `native`: bf16 where the device computes it in
+    hardware (a CPU with AMX-BF16 or AVX512-BF16; on a GPU as `auto`), else fp32."""
     if precision == "fp32":
         return None
+    if precision == "native" and device.type == "cpu":
+        return torch.bfloat16 if cpu_bf16() else None
     if device.type == "cuda":
         if precision == "fp16":
             return torch.float16

@@ -1,0 +1,184 @@
+"""Accuracy for free? At one training budget: the fast recipe's final weights, their EMA and SWA averages and its
+snapshot ensemble (all from the same run), the default run's blend of several members, and one run given those
+members' whole budget (with its own averages and snapshots) — every pair compared on the same rows (McNemar's exact
+test, paired bootstrap 95 % interval), on valid and on test. Choices are made on validation; test is reported.
+
+The short run is `--recipe` (params.yaml's entry, `fast`) as the stage trains it; the blend is `--members` (their
+entries, trained as their stages train them; the recipe's own run is reused), blended as the ensemble stage's
+default does (a temperature per member fitted on valid, weights ∝ validation accuracy); the long run is the recipe
+with `time_budget` = the members' summed training seconds on this machine (`--scale` ×), as bench.equal_compute.
+EMA: timm's ModelEmaV3 (`--decay`, warm-up on); SWA: torch's AveragedModel from `--start` of the steps, then
+update_bn; snapshots: the weights at the ends of the last `--snapshots` epochs, blended like the members.
+Reads params.yaml and data/prepared of --root (`dvc repro prepare`). Writes bench/results/free_accuracy.{json,md}.
+Run:    python -m bench.free_accuracy [--members fast fast-32 fast-noflip] [--root .]   (~25 min on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+from bench.machine import add_paths, cpu_name, out_dir, train_member, write_json, write_text
+from pipeline.artifacts import load_prepared
+from pipeline.data.loaders import BatchTfm
+from pipeline.inspect.scores import compare, score, verdict
+from pipeline.inspect.tables import markdown_table
+from pipeline.learn.averaging import Snapshots, WeightAverage, snapshot_epochs
+from pipeline.learn.infer import predict_probs
+from pipeline.learn.recipe import budget_recipe, build_learner, fit_phases, pick_lr
+from pipeline.params import eval_batch, load_params, member_seed, train_spec
+
+
+def blend(probs: list[np.ndarray], valid: list[np.ndarray], y: np.ndarray) -> np.ndarray:
+    """The ensemble stage's default blend: each member's temperature fitted on valid, weights ∝ valid accuracy."""
+    from ensembles.calibrate import apply_temperature, fit_temperature
+    from ensembles.weights import accuracy_weights
+    from ensembles.weights import blend as mix
+
+    ts = [fit_temperature(v.astype(np.float64), y) for v in valid]
+    w = accuracy_weights([score(v, y)["accuracy"] for v in valid])
+    return mix(np.stack([apply_temperature(p.astype(np.float64), t) for p, t in zip(probs, ts)]), w)
+
+
+def one_run(key: str, spec, arrays, meta, seed: int, k: int, decay: float, start: float) -> tuple[dict, dict]:
+    """One training run of the recipe (the stage's build_learner / pick_lr / fit_phases) with EMA, SWA and
+    snapshots tracked side by side: ({arm: {split: probs}}, facts)."""
+    device = torch.device("cpu")
+    spec = eval_batch(spec, device.type)
+    facts = {}
+    if spec.time_budget:
+        spec, facts["time_budget"] = budget_recipe(key, spec, arrays, meta, seed, device)
+    learn, setup = build_learner(key, spec, arrays, meta, seed, device)
+    lr, _, _ = pick_lr(learn, key, spec)
+    epochs = sum(e for _, e in setup.phases)
+    steps = epochs * len(learn.dls.train)
+    avgs = {"ema": WeightAverage("ema", steps, decay=decay), "swa": WeightAverage("swa", steps, start=start)}
+    snaps = Snapshots(snapshot_epochs(epochs, k))
+    learn.add_cbs([*avgs.values(), snaps])
+    t0 = time.perf_counter()
+    fit_phases(learn, spec, setup, False, lr)
+    facts |= {"epochs": epochs, "train_s": round(time.perf_counter() - t0, 1), "steps": steps}
+    tfm = BatchTfm(setup.phases[-1][0], setup.mean, setup.std, train=False, channels_last=spec.channels_last)
+    tta = spec.tta and spec.flip
+
+    def predict(model):
+        return {
+            s: predict_probs(model, arrays[f"{s}_x"], tfm, spec.eval_bs, tta, device, setup.dtype, setup.n_out)
+            for s in ("valid", "test")
+        }
+
+    arms = {"final": predict(learn.model)}
+    for name, a in avgs.items():
+        arms[name] = predict(a.averaged(learn.dls.train))
+    snapshot_probs = []
+    for _, state in sorted(snaps.states.items()):
+        learn.model.load_state_dict(state)
+        snapshot_probs.append(predict(learn.model))
+    members = [*snapshot_probs, arms["final"]]
+    y = arrays["valid_y"]
+    arms[f"snapshots{k}"] = {
+        s: blend([m[s] for m in members], [m["valid"] for m in members], y) for s in ("valid", "test")
+    }
+    return arms, facts
+
+
+def run(root: Path, out: Path, recipe: str, members: list[str], k: int, decay: float, start: float, scale: float):
+    params = load_params(root / "params.yaml")
+    prep = load_prepared(root)
+    arrays, meta = prep.arrays, prep.meta
+    spec = train_spec(params, recipe)
+    seed = member_seed(params, spec)
+    arms, facts = {}, {}
+    short, facts["short"] = one_run(recipe, spec, arrays, meta, seed, k, decay, start)
+    arms |= short
+    # the default run's blend: the members trained as their stages train them (the recipe's run is `final`)
+    probs, train_s = {recipe: short["final"]}, {recipe: facts["short"]["train_s"]}
+    for m in members:
+        if m == recipe:
+            continue
+        s = train_spec(params, m)
+        res = train_member(m, s, arrays, meta, member_seed(params, s))
+        probs[m], train_s[m] = {x: res.preds[x] for x in ("valid", "test")}, res.metrics.train_s
+    y = arrays["valid_y"]
+    names = [m for m in members if m in probs]
+    arms[f"blend{len(names)}"] = {
+        s: blend([probs[m][s] for m in names], [probs[m]["valid"] for m in names], y) for s in ("valid", "test")
+    }
+    budget = scale * sum(train_s[m] for m in names)
+    long, facts["long"] = one_run(recipe, replace(spec, time_budget=budget), arrays, meta, seed, k, decay, start)
+    arms |= {f"long-{a}": p for a, p in long.items()}
+    facts["members_train_s"], facts["budget_s"] = train_s, round(budget, 1)
+    labels = {s: arrays[f"{s}_y"] for s in ("valid", "test")}
+    scores = {a: {s: score(p[s], labels[s])["accuracy"] for s in labels} for a, p in arms.items()}
+    pairs = {
+        f"{a} vs {b}": {s: compare(arms[a][s], arms[b][s], labels[s], seed) for s in labels}
+        for a, b in itertools.combinations(arms, 2)
+    }
+    r = {
+        "cpu": cpu_name(),
+        "recipe": recipe,
+        "members": names,
+        "snapshots": k,
+        "ema_decay": decay,
+        "swa_start": start,
+        "scale": scale,
+        "runs": facts,
+        "accuracy": scores,
+        "pairs": pairs,
+    }
+    write_json(out / "free_accuracy.json", r)
+    md = markdown(r)
+    write_text(out / "free_accuracy.md", md)
+    print(md)
+    return r
+
+
+def markdown(r: dict) -> str:
+    """The arms' accuracies, then every pair's difference with its interval and p, by split."""
+    f = r["runs"]
+    head = (
+        f"`python -m bench.free_accuracy --recipe {r['recipe']} --members {' '.join(r['members'])} "
+        f"--snapshots {r['snapshots']}` on {r['cpu']}. Short run: {r['recipe']}, {f['short']['epochs']} epochs "
+        f"({f['short']['train_s']:.0f} s); blend: {' + '.join(r['members'])} "
+        f"({sum(f['members_train_s'].values()):.0f} s of training); long run: {r['recipe']} with that budget × "
+        f"{r['scale']:g} ({f['long']['epochs']} epochs, {f['long']['train_s']:.0f} s). EMA decay {r['ema_decay']:g} "
+        f"(timm warm-up); SWA from {r['swa_start']:.0%} of the steps, update_bn; snapshots: the last "
+        f"{r['snapshots']} epochs' weights blended.\n\n"
+    )
+    acc = markdown_table(
+        ["arm", "valid acc %", "test acc %"],
+        [[a, f"{100 * s['valid']:.2f}", f"{100 * s['test']:.2f}"] for a, s in r["accuracy"].items()],
+    )
+    pairs = markdown_table(
+        ["A vs B", "valid: A − B", "test: A − B"],
+        [[k, verdict(v["valid"]), verdict(v["test"])] for k, v in r["pairs"].items()],
+    )
+    return (
+        head + acc + "\n\nEvery pair, A − B in accuracy points [95 % paired bootstrap], McNemar's p:\n\n" + pairs + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = add_paths(argparse.ArgumentParser(prog="python -m bench.free_accuracy", description=__doc__.split("\n")[0]))
+    ap.add_argument("--recipe", default="fast", help="the params entry trained short and long")
+    ap.add_argument("--members", nargs="+", default=["fast", "fast-32", "fast-noflip"], help="the blend's entries")
+    ap.add_argument("--snapshots", type=int, default=3, help="K: the last K epochs' weights, blended")
+    ap.add_argument("--decay", type=float, default=0.999, help="EMA's decay per step")
+    ap.add_argument("--start", type=float, default=0.75, help="SWA's start, a share of the steps")
+    ap.add_argument("--scale", type=float, default=1.0, help="the long run's budget: scale × the members' seconds")
+    a = ap.parse_args(argv)
+    run(a.root, out_dir(a), a.recipe, a.members, a.snapshots, a.decay, a.start, a.scale)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
