@@ -198,11 +198,12 @@ def write_files(folder: Path, xs: dict, ys: dict, channels, workers: int | None)
     all_gray, bad_paths, modes = True, [], set()
     n_files = sum(len(x) for x in xs.values() if isinstance(x, Files))
     t0 = time.perf_counter()
+    n_proc = images.decoder_processes(workers, n_files)
     with images.decoder_pool(workers, n_files) as pool:
         for k, files in xs.items():
-            bad_paths += decode_split(folder, k, files, ys, channels, size, c, pool, modes, gray_flags := [])
-            all_gray &= all(gray_flags)
-    n_proc = images.decoder_processes(workers, n_files)
+            flags: list = []
+            bad_paths += decode_split(folder, k, files, ys, channels, (size, c, n_proc), pool, modes, flags)
+            all_gray &= all(flags)
     dt = time.perf_counter() - t0
     print(f"decoded {n_files} image files in {dt:.1f} s ({n_files / dt:.0f} img/s, {n_proc} processes)", flush=True)
     if channels == "auto" and all_gray and c == 3:
@@ -212,16 +213,18 @@ def write_files(folder: Path, xs: dict, ys: dict, channels, workers: int | None)
     return [size, size, c], bad_paths, sorted(modes)
 
 
-def decode_split(folder: Path, k: str, files, ys: dict, channels, size: int, c: int, pool, modes: set, gray: list):
-    """One split's Files decoded into {k}_x.npy (an empty file where the split has none); returns the bad files'
-    paths, drops their rows (and labels) unless the split keeps them black; appends per-chunk gray flags."""
+def decode_split(folder: Path, k: str, files, ys: dict, channels, shape: tuple, pool, modes: set, gray: list):
+    """One split's Files decoded into {k}_x.npy (an empty file where the split has none) by `pool`; `shape`: (side,
+    channels, the pool's processes). Returns the bad files' paths, drops their rows (and labels) unless the split
+    keeps them black; appends per-chunk gray flags."""
+    size, c, n_proc = shape
     path = images_file(folder, k)
     if not isinstance(files, Files):  # no such split
         save(path, np.zeros((0, size, size, c), np.uint8))
         return []
     w = NpyWriter(path, (len(files), size, size, c))
     bad = []
-    for x, g, bad_rows, m in images.decode_files(files, channels, pool, desc=f"decode {k}"):
+    for x, g, bad_rows, m in images.decode_files(files, channels, pool, desc=f"decode {k}", processes=n_proc):
         w.write(x)
         good = np.ones(len(x), bool)
         good[np.asarray(bad_rows, np.int64) - (w.n - len(x))] = False

@@ -55,10 +55,15 @@ def test_torchrun_stage_writes_outputs_once_from_rank_0(tmp_path):
 
 def test_torchrun_folds_and_refit_train_in_step_and_write_once(tmp_path):
     """`folds` and `refit` under torchrun: every rank runs the same sequence of fits (K folds, then the refit, lr
-    from rank 0's lr_find on the first fold); rank 0 alone evaluates and writes."""
-    archs = {"mlp": {"epochs": 1, "folds": 2, "refit": True, "lr": "auto", "num_it": 10}}
+    from rank 0's lr_find on the first fold); rank 0 alone evaluates and writes. With `average` and `snapshots`:
+    each rank averages its (identical) weights; rank 0 writes the averaged member and the snapshot member once."""
+    archs = {
+        "mlp": {"epochs": 2, "folds": 2, "refit": True, "lr": "auto", "num_it": 10, "average": "ema", "snapshots": 2}
+    }
     repo = make_repo(tmp_path, {**TINY, "archs": archs})
     out = torchrun_train(repo, "mlp")
     assert out.count("mlp: valid acc") == 1 and out.count("(2 processes, data-parallel)") == 3  # 2 folds + refit
     m = json.loads((metrics_file(repo, "mlp")).read_text())
     assert m["folds"]["k"] == 2 and m["refit"]["lr"] == m["lr"] and m["lr_found"]
+    assert m["average"]["kind"] == "ema" and m["average"]["updates"] > 0 and m["snapshots"] == ["mlp@e1"]
+    assert (repo / "preds/mlp/snapshots/e1/test.npy").is_file() and (repo / "models/mlp/snapshots/e1/fold1").is_dir()

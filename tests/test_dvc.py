@@ -212,11 +212,11 @@ def test_push_pull_round_trip_through_a_local_remote(repo, tmp_path):
     assert stages_to_run(repo) == set()
 
 
-def test_queued_experiments_run_in_parallel_and_show_up(tmp_path):
-    """`dvc exp run --queue` twice, `dvc queue start --jobs 2`, results in `dvc exp show`."""
+def test_queued_experiments_run_in_parallel_and_show_up(repo):
+    """`dvc exp run --queue` twice, `dvc queue start --jobs 2`, results in `dvc exp show` (on the module's
+    reproduced repo, its state so far committed as the baseline)."""
     import time
 
-    repo = make_repo(tmp_path, TINY)
     run("dvc repro && git add -A && git commit -qm baseline", repo)
     run("dvc exp run --queue -n mlp-1ep -S archs.mlp.epochs=1", repo)
     run("dvc exp run --queue -n mlp-3ep -S archs.mlp.epochs=3", repo)

@@ -47,3 +47,16 @@ def test_jpeg_draft_decodes_at_a_reduced_scale(tmp_path):
     ref = np.asarray(images.to_rgb(full).resize((64, 64), Image.Resampling.BILINEAR, reducing_gap=3.0), np.int16)
     got = images.decode(p, 64).astype(np.int16)
     assert got.shape == (64, 64, 3) and np.abs(got - ref).mean() < 3
+
+
+def test_chunks_deal_each_split_out_evenly():
+    """Tasks of at most CHUNK files, as many per process where possible: no core waits long at a split's end on
+    another's bigger last chunk."""
+    for n in (1, 44, 300, 500, 2700, 10_000, 100_000):
+        for p in (1, 2, 4):
+            c = images.chunk_size(n, p)
+            tasks = [min(c, n - i) for i in range(0, n, c)]
+            assert c <= images.CHUNK and sum(tasks) == n
+            # every process gets as many tasks, or the odd one out is at least half a task (not 256 + 44)
+            assert len(tasks) % p == 0 or tasks[-1] >= c / 2, (n, p, tasks)
+    assert images.chunk_size(300, 2) == 150 and images.chunk_size(2700, 2) == 225

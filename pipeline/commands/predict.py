@@ -72,7 +72,11 @@ def parser() -> argparse.ArgumentParser:
     """The command's arguments."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.commands.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (walked recursively)")
-    ap.add_argument("--model", default="ensemble", help="`ensemble` (default) or an architecture key of params.yaml")
+    ap.add_argument(
+        "--model",
+        default="ensemble",
+        help="`ensemble` (default), an architecture key of params.yaml, or a snapshot member `<key>@e<epoch>`",
+    )
     ap.add_argument("--top-k", type=int, default=1)
     ap.add_argument("--out", default="-", help="CSV file (default: stdout)")
     ap.add_argument("--bs", type=int, default=256, help="images per batch")
