@@ -8,6 +8,7 @@ every other mode PIL reads becomes RGB, and the image is resized to size×size (
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import sys
@@ -147,8 +148,9 @@ def chunk_size(n_files: int, processes: int) -> int:
     """Images per task: at most CHUNK, and the split's files dealt out in a multiple of `processes` equal tasks,
     so that no core idles at the end of a split while another decodes its last, larger chunk (300 files on 2
     processes: 2 tasks of 150, not 256 + 44)."""
-    rounds = -(-(-(-n_files // CHUNK)) // processes)
-    return max(1, -(-n_files // (rounds * processes)))
+    tasks = math.ceil(n_files / CHUNK)
+    rounds = math.ceil(tasks / processes)
+    return max(1, math.ceil(n_files / (rounds * processes)))
 
 
 def decoder_processes(workers: int | None, n_files: int) -> int:
