@@ -3,14 +3,17 @@ snapshot ensemble (all from the same run), the default run's blend of several me
 members' whole budget (with its own averages and snapshots) — every pair compared on the same rows (McNemar's exact
 test, paired bootstrap 95 % interval), on valid and on test. Choices are made on validation; test is reported.
 
-The short run is `--recipe` (params.yaml's entry, `fast`) as the stage trains it; the blend is `--members` (their
-entries, trained as their stages train them; the recipe's own run is reused), blended as the ensemble stage's
-default does (a temperature per member fitted on valid, weights ∝ validation accuracy); the long run is the recipe
-with `time_budget` = the members' summed training seconds on this machine (`--scale` ×), as bench.equal_compute.
+The short run is `--recipe` (params.yaml's entry, `fast`) with `--base` keys over it (default: 5 epochs, no
+average, fp32: the previous default run's `fast`), as the stage trains it; the blend is `--members` (entries, or
+variants of the recipe written as bench.members does, `name=of:key=value;key=value`; default: the previous default
+run's three), trained as their stages train them (the recipe's own run is reused) and blended as the ensemble
+stage's default does (a temperature per member fitted on valid, weights ∝ validation accuracy); the long run is
+the recipe with `time_budget` = the members' summed training seconds on this machine (`--scale` ×), as
+bench.equal_compute.
 EMA: timm's ModelEmaV3 (`--decay`, warm-up on); SWA: torch's AveragedModel from `--start` of the steps, then
 update_bn; snapshots: the weights at the ends of the last `--snapshots` epochs, blended like the members.
 Reads params.yaml and data/prepared of --root (`dvc repro prepare`). Writes bench/results/free_accuracy.{json,md}.
-Run:    python -m bench.free_accuracy [--members fast fast-32 fast-noflip] [--root .]   (~25 min on 2 CPU cores)
+Run:    python -m bench.free_accuracy [--recipe fast] [--root .]   (~35 min on 2 CPU cores)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+import yaml
 
 from bench.machine import add_paths, cpu_name, out_dir, train_member, write_json, write_text
 from pipeline.artifacts import load_prepared
@@ -36,6 +40,10 @@ from pipeline.learn.averaging import Snapshots, WeightAverage, snapshot_epochs
 from pipeline.learn.infer import predict_probs
 from pipeline.learn.recipe import budget_recipe, build_learner, fit_phases, pick_lr
 from pipeline.params import eval_batch, load_params, member_seed, train_spec
+
+# the previous default run: fast at 5 epochs in fp32, blended with two variants of it
+BASE = "epochs=5;average=none;precision=fp32"
+MEMBERS = ["fast", "fast-32=fast:size=32;epochs=4", "fast-noflip=fast:flip=false"]
 
 
 def blend(probs: list[np.ndarray], valid: list[np.ndarray], y: np.ndarray) -> np.ndarray:
@@ -91,8 +99,18 @@ def one_run(key: str, spec, arrays, meta, seed: int, k: int, decay: float, start
     return arms, facts
 
 
-def run(root: Path, out: Path, recipe: str, members: list[str], k: int, decay: float, start: float, scale: float):
+def run(
+    root: Path, out: Path, recipe: str, members: list[str], k: int, decay: float, start: float, scale: float, base=""
+):
+    from bench.members import parse_model
+
     params = load_params(root / "params.yaml")
+    entry = dict(params["archs"][recipe] or {})
+    for kv in filter(None, base.split(";")):  # the recipe as the comparison defines it
+        key, _, val = kv.partition("=")
+        entry[key] = yaml.safe_load(val)
+    params["archs"][recipe] = entry
+    member_args, members = members, [parse_model(m, params) for m in members]
     prep = load_prepared(root)
     arrays, meta = prep.arrays, prep.meta
     spec = train_spec(params, recipe)
@@ -126,6 +144,8 @@ def run(root: Path, out: Path, recipe: str, members: list[str], k: int, decay: f
     r = {
         "cpu": cpu_name(),
         "recipe": recipe,
+        "base": base,
+        "member_args": member_args,
         "members": names,
         "snapshots": k,
         "ema_decay": decay,
@@ -146,8 +166,9 @@ def markdown(r: dict) -> str:
     """The arms' accuracies, then every pair's difference with its interval and p, by split."""
     f = r["runs"]
     head = (
-        f"`python -m bench.free_accuracy --recipe {r['recipe']} --members {' '.join(r['members'])} "
-        f"--snapshots {r['snapshots']}` on {r['cpu']}. Short run: {r['recipe']}, {f['short']['epochs']} epochs "
+        f"`python -m bench.free_accuracy --recipe {r['recipe']} --base '{r['base']}' --members "
+        f"{' '.join(repr(m) if '=' in m else m for m in r['member_args'])} --snapshots {r['snapshots']}` on "
+        f"{r['cpu']}. Short run: {r['recipe']}, {f['short']['epochs']} epochs "
         f"({f['short']['train_s']:.0f} s); blend: {' + '.join(r['members'])} "
         f"({sum(f['members_train_s'].values()):.0f} s of training); long run: {r['recipe']} with that budget × "
         f"{r['scale']:g} ({f['long']['epochs']} epochs, {f['long']['train_s']:.0f} s). EMA decay {r['ema_decay']:g} "
@@ -170,13 +191,14 @@ def markdown(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = add_paths(argparse.ArgumentParser(prog="python -m bench.free_accuracy", description=__doc__.split("\n")[0]))
     ap.add_argument("--recipe", default="fast", help="the params entry trained short and long")
-    ap.add_argument("--members", nargs="+", default=["fast", "fast-32", "fast-noflip"], help="the blend's entries")
+    ap.add_argument("--base", default=BASE, help="keys over the recipe's entry, k=v;k=v (YAML values)")
+    ap.add_argument("--members", nargs="+", default=MEMBERS, help="the blend's entries, or name=of:k=v;k=v")
     ap.add_argument("--snapshots", type=int, default=3, help="K: the last K epochs' weights, blended")
     ap.add_argument("--decay", type=float, default=0.999, help="EMA's decay per step")
     ap.add_argument("--start", type=float, default=0.75, help="SWA's start, a share of the steps")
     ap.add_argument("--scale", type=float, default=1.0, help="the long run's budget: scale × the members' seconds")
     a = ap.parse_args(argv)
-    run(a.root, out_dir(a), a.recipe, a.members, a.snapshots, a.decay, a.start, a.scale)
+    run(a.root, out_dir(a), a.recipe, a.members, a.snapshots, a.decay, a.start, a.scale, a.base)
     return 0
 
 

@@ -39,6 +39,7 @@ from pipeline.inspect import figures as F
 from pipeline.inspect.interpret import NUMBERED_CLASSES, confused_pairs, groups
 from pipeline.inspect.leaderboard import (
     COLUMNS,
+    hardware_line,
     leaderboard,
     markdown,
     markdown_folds,
@@ -111,6 +112,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         confused = confused_pairs(y, ens_p, classes) if len(classes) > NUMBERED_CLASSES else []
         (out / "leaderboard.md").write_text(
             metric_line(ens)
+            + hardware_line(models)
             + markdown(rows, labeled, meta.counts.get("test", 1), metric)
             + verdicts_md(ens, classes, equal_compute(root), labeled)
             + markdown_groups(group_rows, labeled, metric)

@@ -91,7 +91,8 @@ def test_seeds_command_adds_variants_and_keeps_comments(tmp_path, capsys):
     base = params["seed"]
     names = [f"fast-s{base + 1}", f"fast-s{base + 2}"]
     assert all(n in model_names(params) and group_of(params, n) == "fast" for n in names)
-    assert train_spec(params, names[0]).seed == base + 1 and train_spec(params, names[0]).epochs == 5
+    new, entry = train_spec(params, names[0]), train_spec(params, "fast")
+    assert new.seed == base + 1 and new.epochs == entry.epochs and new.average == entry.average
     kept = [line for line in before.splitlines() if line.strip().startswith("#")]
     assert all(line in p.read_text() for line in kept)  # every comment survives
     assert seeds.add_seeds(p, "fast", 2) == []  # a rerun adds nothing

@@ -264,3 +264,16 @@ def test_confusion_at_200_classes_is_a_heatmap_with_a_pairs_table(tmp_path, monk
     assert has_row(V.markdown_confused(pairs, "m", "test"), "true", "predicted")
     FIG.fig_confusion(tmp_path / "cm10.png", y % 10, {"m": p[:, :10]}, classes[:10], "test")
     assert len(texts) == 100  # at 10 classes every cell has its count
+
+
+def test_the_report_says_where_and_in_which_precision_each_model_trained():
+    from pipeline.inspect.leaderboard import hardware_line
+
+    same = {"a": member_metrics(), "b": member_metrics()}
+    assert hardware_line(same) == "Every model trained on cpu, fp32.\n\n"
+    mixed = {
+        "fast": member_metrics(precision="bf16", average={"kind": "ema", "updates": 10, "decay": 0.999}),
+        "fast@e3": member_metrics(precision="bf16", snapshot_of="fast", snapshot_epoch=3),
+        "mlp": member_metrics(),
+    }
+    assert hardware_line(mixed) == "Trained on cpu, bf16, EMA weights: fast; cpu, fp32: mlp.\n\n"

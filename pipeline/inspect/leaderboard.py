@@ -127,6 +127,20 @@ def metric_line(ens: EnsembleMetrics) -> str:
     return f"Metric: **{METRIC_WORDS[ens.judged_by()]}**{why}.\n\n"
 
 
+def hardware_line(models: dict[str, MemberMetrics]) -> str:
+    """Where and in which precision each model trained (metrics/<key>.json `device`, `precision`; with `average`,
+    which), so a run's figures say what produced them (`precision: native` differs between CPU kinds)."""
+    ran: dict[str, list[str]] = {}
+    for n, m in models.items():
+        if m.snapshot_of:
+            continue
+        avg = f", {m.average['kind'].upper()} weights" if m.average and m.average.get("updates") else ""
+        ran.setdefault(f"{m.device}, {m.precision}{avg}", []).append(n)
+    if len(ran) == 1:
+        return f"Every model trained on {next(iter(ran))}.\n\n"
+    return "Trained on " + "; ".join(f"{k}: {', '.join(v)}" for k, v in ran.items()) + ".\n\n"
+
+
 def markdown(rows: list[dict], labeled: bool, n_test: int = 1, metric: str = "accuracy") -> str:
     """The leaderboard as markdown: what each column means, then the table."""
     if labeled:
