@@ -141,3 +141,50 @@ def test_resident_batches_equal_host_gathered_ones():
     (hx, hy), (rx, ry) = host[idx], resident[idx]
     assert torch.equal(hx, rx) and torch.equal(hy, ry) and hx.is_contiguous() and rx.is_contiguous()
     np.testing.assert_array_equal(hx.numpy(), x[[33, 39, 1, 25]].transpose(0, 3, 1, 2))
+
+
+def test_the_stratified_split_is_scikit_learn_s():
+    """splits.stratified_split / shuffled_split pick the rows train_test_split picks (the port's whole claim):
+    balanced, imbalanced and two-row classes, many sizes and seeds; ValueError where scikit-learn raises one."""
+    from sklearn.model_selection import train_test_split
+
+    from pipeline.data import splits
+
+    rng = np.random.default_rng(0)
+    cases = 0
+    for trial in range(60):
+        k = int(rng.integers(2, 12))
+        counts = rng.integers(2, 60, k) if trial % 3 else np.full(k, int(rng.integers(2, 40)))
+        y = rng.permutation(np.repeat(np.arange(k), counts))
+        n_test = int(rng.integers(1, len(y)))
+        seed = int(rng.integers(0, 10_000))
+        idx = np.arange(len(y))
+        try:
+            want = [np.sort(a) for a in train_test_split(idx, test_size=n_test, stratify=y, random_state=seed)]
+        except ValueError:
+            with pytest.raises(ValueError):
+                splits.stratified_split(y, len(y) - n_test, n_test, seed)
+            continue
+        got = splits.stratified_split(y, len(y) - n_test, n_test, seed)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        tr = train_test_split(idx, train_size=len(y) - n_test, stratify=y, random_state=seed)[0]
+        np.testing.assert_array_equal(splits.stratified_subset(y, len(y) - n_test, seed), np.sort(tr))
+        plain = [np.sort(a) for a in train_test_split(idx, test_size=n_test, random_state=seed)]
+        for g, w in zip(splits.shuffled_split(len(y), n_test, seed), plain):
+            np.testing.assert_array_equal(g, w)
+        cases += 1
+    assert cases > 30  # most draws are stratifiable: the comparison ran
+    y = np.repeat(np.arange(10), 6000)  # Fashion-MNIST's training pool: the default run's validation split
+    want = np.sort(train_test_split(np.arange(len(y)), test_size=6000, stratify=y, random_state=42)[1])
+    np.testing.assert_array_equal(splits.split_valid(y, 0.1, 42)[1], want)
+
+
+def test_channel_stats_are_the_exact_integer_moments(tmp_path):
+    x = np.random.default_rng(1).integers(0, 256, (50, 9, 7, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    mean, std = prepare.channel_stats(tmp_path / "x.npy")
+    flat = x.reshape(-1, 3).astype(np.int64)
+    m = flat.sum(0) / len(flat)
+    np.testing.assert_array_equal(np.array(mean), m / 255)
+    np.testing.assert_array_equal(np.array(std), np.sqrt(np.maximum((flat * flat).sum(0) / len(flat) - m * m, 0)) / 255)

@@ -196,3 +196,13 @@ def test_wilson_interval_matches_the_textbook_formula():
     assert wilson(0, 0) is None
     s = score(np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 1]))
     assert s["n"] == 4 and s["accuracy"] == 0.75 and s["ci95"][0] < 0.75 < s["ci95"][1]
+
+
+def test_equal_compute_of_a_one_model_submission_says_there_is_nothing_to_compare():
+    """A submission of one model had the whole budget itself: no stale benchmark figures beside it."""
+    from types import SimpleNamespace
+
+    from pipeline.inspect.verdicts import markdown_equal_compute
+
+    words = markdown_equal_compute(SimpleNamespace(weights={"fast": 1.0, "mlp": 0.0}), None)
+    assert "the submission is one model (fast)" in words and "bench.free_accuracy" in words

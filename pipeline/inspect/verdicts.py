@@ -150,6 +150,13 @@ def markdown_confused(pairs: list[dict], name: str, split: str) -> str:
 def markdown_equal_compute(ens: EnsembleMetrics, r: EqualCompute | None) -> str:
     """The submission beside the best single recipe trained with the ensemble's whole budget, from
     `python -m bench.equal_compute` (a benchmark, not a stage: said when its figures are from another run)."""
+    used = [n for n, w in ens.weights.items() if w > 0]
+    if len(used) == 1:  # one model: it had the ensemble's whole budget, so there is nothing to compare
+        return (
+            f"\nEqual compute: the submission is one model ({used[0]}), trained with the run's whole budget for "
+            "its members: nothing to compare (`python -m bench.free_accuracy` compares one long run with "
+            "blends and averages of the same budget).\n"
+        )
     if r is None:
         return (
             "\nEqual compute: not measured for this run; `python -m bench.equal_compute` trains the best member's "
