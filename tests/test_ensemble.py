@@ -376,3 +376,16 @@ def test_one_member_says_why_nothing_is_cross_fitted(tmp_path):
     m = E.run(params, tmp_path)
     assert m.strategies["greedy"].valid_scored == "direct: one member, nothing to fit"
     assert "validation rows" not in m.strategies["logloss"].valid_scored
+
+
+def test_stacker_form_counts_weights_not_features():
+    """members × classes × classes weights decide the form: 1 member at 200 classes (40 000) is tied, 25 at 10
+    classes (2 500) full; the renamed key's old name gets the new one suggested."""
+    from ensembles.strategies import ensemble_params, stacking_form
+    from pipeline.errors import PipelineError
+
+    cfg = ensemble_params({})
+    assert stacking_form(1, 200, cfg) == "tied" and stacking_form(25, 10, cfg) == "full"
+    assert stacking_form(26, 10, cfg) == "tied" and stacking_form(3, 10, cfg) == "full"
+    with pytest.raises(PipelineError, match="did you mean stack_max_weights"):
+        ensemble_params({"ensemble": {"stack_max_features": 256}})
