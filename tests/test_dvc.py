@@ -217,7 +217,7 @@ def test_queued_experiments_run_in_parallel_and_show_up(repo):
     reproduced repo, its state so far committed as the baseline)."""
     import time
 
-    run("dvc repro && git add -A && git commit -qm baseline", repo)
+    run("dvc repro && git add -A && git commit -qm baseline --allow-empty", repo)
     run("dvc exp run --queue -n mlp-1ep -S archs.mlp.epochs=1", repo)
     run("dvc exp run --queue -n mlp-3ep -S archs.mlp.epochs=3", repo)
     # the workers are daemons that keep stdout open: do not wait on their pipes
