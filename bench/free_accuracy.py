@@ -1,7 +1,8 @@
 """Accuracy for free? At one training budget: the fast recipe's final weights, their EMA and SWA averages and its
 snapshot ensemble (all from the same run), the default run's blend of several members, and one run given those
-members' whole budget (with its own averages and snapshots) — every pair compared on the same rows (McNemar's exact
-test, paired bootstrap 95 % interval), on valid and on test. Choices are made on validation; test is reported.
+members' whole budget (with its own averages and snapshots) — every pair compared on the same rows in the run's
+metric (McNemar's exact test for accuracy, paired bootstrap 95 % interval), on valid and on test. Choices are
+made on validation; test is reported.
 
 The short run is `--recipe` (params.yaml's entry, `fast`) with `--base` keys over it (default: 5 epochs, no
 average, fp32: the previous default run's `fast`), as the stage trains it; the blend is `--members` (entries, or
@@ -34,47 +35,52 @@ import yaml
 from bench.machine import add_paths, cpu_name, out_dir, train_member, write_json, write_text
 from pipeline.artifacts import load_prepared
 from pipeline.data.loaders import BatchTfm
-from pipeline.inspect.scores import compare, score, verdict
+from pipeline.inspect.scores import compare, metric_value, resolve_metric, verdict
 from pipeline.inspect.tables import markdown_table
 from pipeline.learn.averaging import Snapshots, WeightAverage, snapshot_epochs
 from pipeline.learn.infer import predict_probs
 from pipeline.learn.recipe import budget_recipe, build_learner, fit_phases, pick_lr
-from pipeline.params import eval_batch, load_params, member_seed, train_spec
+from pipeline.params import eval_batch, load_params, member_seed, metric_param, resolve_remedies, train_spec
 
 # the previous default run: fast at 5 epochs in fp32, blended with two variants of it
 BASE = "epochs=5;average=none;precision=fp32"
 MEMBERS = ["fast", "fast-32=fast:size=32;epochs=4", "fast-noflip=fast:flip=false"]
 
 
-def blend(probs: list[np.ndarray], valid: list[np.ndarray], y: np.ndarray) -> np.ndarray:
-    """The ensemble stage's default blend: each member's temperature fitted on valid, weights ∝ valid accuracy."""
+def blend(probs: list[np.ndarray], valid: list[np.ndarray], y: np.ndarray, metric: str) -> np.ndarray:
+    """The ensemble stage's default blend: each member's temperature fitted on valid, weights ∝ its validation score
+    in the run's metric."""
     from ensembles.calibrate import apply_temperature, fit_temperature
     from ensembles.weights import accuracy_weights
     from ensembles.weights import blend as mix
 
     ts = [fit_temperature(v.astype(np.float64), y) for v in valid]
-    w = accuracy_weights([score(v, y)["accuracy"] for v in valid])
+    w = accuracy_weights([metric_value(metric, v, y) for v in valid])
     return mix(np.stack([apply_temperature(p.astype(np.float64), t) for p, t in zip(probs, ts)]), w)
 
 
-def one_run(key: str, spec, arrays, meta, seed: int, k: int, decay: float, start: float) -> tuple[dict, dict]:
-    """One training run of the recipe (the stage's build_learner / pick_lr / fit_phases) with EMA, SWA and
-    snapshots tracked side by side: ({arm: {split: probs}}, facts)."""
+def one_run(key: str, spec, arrays, meta, seed: int, k: int, avg: tuple, metric: str) -> tuple[dict, dict]:
+    """One training run of the recipe (the stage's build_learner / pick_lr / fit_phases, fine-tuning a pretrained
+    net as the stage does) with EMA and SWA (`avg`: decay, start) and snapshots tracked side by side:
+    ({arm: {split: probs}}, facts)."""
+    decay, start = avg
     device = torch.device("cpu")
     spec = eval_batch(spec, device.type)
     facts = {}
     if spec.time_budget:
         spec, facts["time_budget"] = budget_recipe(key, spec, arrays, meta, seed, device)
     learn, setup = build_learner(key, spec, arrays, meta, seed, device)
+    fine_tune = bool(setup.pretrained)
+    if fine_tune:
+        learn.freeze()
     lr, _, _ = pick_lr(learn, key, spec)
-    epochs = sum(e for _, e in setup.phases)
-    steps = epochs * len(learn.dls.train)
-    avgs = {"ema": WeightAverage("ema", steps, decay=decay), "swa": WeightAverage("swa", steps, start=start)}
+    epochs = sum(e for _, e in setup.phases) + (spec.freeze_epochs if fine_tune else 0)
+    avgs = {"ema": WeightAverage("ema", epochs, decay=decay), "swa": WeightAverage("swa", epochs, start=start)}
     snaps = Snapshots(snapshot_epochs(epochs, k))
     learn.add_cbs([*avgs.values(), snaps])
     t0 = time.perf_counter()
-    fit_phases(learn, spec, setup, False, lr)
-    facts |= {"epochs": epochs, "train_s": round(time.perf_counter() - t0, 1), "steps": steps}
+    fit_phases(learn, spec, setup, fine_tune, lr)
+    facts |= {"epochs": epochs, "train_s": round(time.perf_counter() - t0, 1), "steps": avgs["ema"].total}
     tfm = BatchTfm(setup.phases[-1][0], setup.mean, setup.std, train=False, channels_last=spec.channels_last)
     tta = spec.tta and spec.flip
 
@@ -85,8 +91,8 @@ def one_run(key: str, spec, arrays, meta, seed: int, k: int, decay: float, start
         }
 
     arms = {"final": predict(learn.model)}
-    for name, a in avgs.items():
-        arms[name] = predict(a.averaged(learn.dls.train))
+    for name, a in avgs.items():  # nothing averaged (SWA's start past a tiny run): the final weights
+        arms[name] = predict(a.averaged(learn.dls.train) or learn.model) if a.updates else arms["final"]
     snapshot_probs = []
     for _, state in sorted(snaps.states.items()):
         learn.model.load_state_dict(state)
@@ -94,7 +100,7 @@ def one_run(key: str, spec, arrays, meta, seed: int, k: int, decay: float, start
     members = [*snapshot_probs, arms["final"]]
     y = arrays["valid_y"]
     arms[f"snapshots{k}"] = {
-        s: blend([m[s] for m in members], [m["valid"] for m in members], y) for s in ("valid", "test")
+        s: blend([m[s] for m in members], [m["valid"] for m in members], y, metric) for s in ("valid", "test")
     }
     return arms, facts
 
@@ -113,32 +119,35 @@ def run(
     member_args, members = members, [parse_model(m, params) for m in members]
     prep = load_prepared(root)
     arrays, meta = prep.arrays, prep.meta
-    spec = train_spec(params, recipe)
+    metric, _ = resolve_metric(metric_param(params), meta.counts_per_class.get("train", {}))
+    spec = resolve_remedies(train_spec(params, recipe), metric)
     seed = member_seed(params, spec)
     arms, facts = {}, {}
-    short, facts["short"] = one_run(recipe, spec, arrays, meta, seed, k, decay, start)
+    short, facts["short"] = one_run(recipe, spec, arrays, meta, seed, k, (decay, start), metric)
     arms |= short
     # the default run's blend: the members trained as their stages train them (the recipe's run is `final`)
     probs, train_s = {recipe: short["final"]}, {recipe: facts["short"]["train_s"]}
     for m in members:
         if m == recipe:
             continue
-        s = train_spec(params, m)
+        s = resolve_remedies(train_spec(params, m), metric)
         res = train_member(m, s, arrays, meta, member_seed(params, s))
         probs[m], train_s[m] = {x: res.preds[x] for x in ("valid", "test")}, res.metrics.train_s
     y = arrays["valid_y"]
     names = [m for m in members if m in probs]
     arms[f"blend{len(names)}"] = {
-        s: blend([probs[m][s] for m in names], [probs[m]["valid"] for m in names], y) for s in ("valid", "test")
+        s: blend([probs[m][s] for m in names], [probs[m]["valid"] for m in names], y, metric) for s in ("valid", "test")
     }
     budget = scale * sum(train_s[m] for m in names)
-    long, facts["long"] = one_run(recipe, replace(spec, time_budget=budget), arrays, meta, seed, k, decay, start)
+    long, facts["long"] = one_run(
+        recipe, replace(spec, time_budget=budget), arrays, meta, seed, k, (decay, start), metric
+    )
     arms |= {f"long-{a}": p for a, p in long.items()}
     facts["members_train_s"], facts["budget_s"] = train_s, round(budget, 1)
     labels = {s: arrays[f"{s}_y"] for s in ("valid", "test")}
-    scores = {a: {s: score(p[s], labels[s])["accuracy"] for s in labels} for a, p in arms.items()}
+    scores = {a: {s: metric_value(metric, p[s], labels[s]) for s in labels} for a, p in arms.items()}
     pairs = {
-        f"{a} vs {b}": {s: compare(arms[a][s], arms[b][s], labels[s], seed) for s in labels}
+        f"{a} vs {b}": {s: compare(arms[a][s], arms[b][s], labels[s], seed, metric=metric) for s in labels}
         for a, b in itertools.combinations(arms, 2)
     }
     r = {
@@ -152,7 +161,8 @@ def run(
         "swa_start": start,
         "scale": scale,
         "runs": facts,
-        "accuracy": scores,
+        "metric": metric,  # the run's (`metric: auto`: accuracy on balanced classes, else balanced accuracy)
+        "scores": scores,
         "pairs": pairs,
     }
     write_json(out / "free_accuracy.json", r)
@@ -163,7 +173,7 @@ def run(
 
 
 def markdown(r: dict) -> str:
-    """The arms' accuracies, then every pair's difference with its interval and p, by split."""
+    """The arms' scores in the run's metric, then every pair's difference with its interval and p, by split."""
     f = r["runs"]
     head = (
         f"`python -m bench.free_accuracy --recipe {r['recipe']} --base '{r['base']}' --members "
@@ -176,15 +186,20 @@ def markdown(r: dict) -> str:
         f"{r['snapshots']} epochs' weights blended.\n\n"
     )
     acc = markdown_table(
-        ["arm", "valid acc %", "test acc %"],
-        [[a, f"{100 * s['valid']:.2f}", f"{100 * s['test']:.2f}"] for a, s in r["accuracy"].items()],
+        ["arm", f"valid {r['metric']} %", f"test {r['metric']} %"],
+        [[a, f"{100 * s['valid']:.2f}", f"{100 * s['test']:.2f}"] for a, s in r["scores"].items()],
     )
     pairs = markdown_table(
         ["A vs B", "valid: A − B", "test: A − B"],
         [[k, verdict(v["valid"]), verdict(v["test"])] for k, v in r["pairs"].items()],
     )
     return (
-        head + acc + "\n\nEvery pair, A − B in accuracy points [95 % paired bootstrap], McNemar's p:\n\n" + pairs + "\n"
+        head
+        + acc
+        + f"\n\nEvery pair, A − B in {r['metric']} points [95 % paired bootstrap], p (McNemar's exact for accuracy, "
+        + "else the class-stratified bootstrap's):\n\n"
+        + pairs
+        + "\n"
     )
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from pipeline.data.rows import Rows
 from pipeline.errors import PipelineError
 from pipeline.io import Record
+from pipeline.params import SNAPSHOT_SEP, entry_of
 from pipeline.records import (
     EnsembleMetrics,
     EnsembleModel,
@@ -72,26 +73,25 @@ def meta_file(folder: Path) -> Path:
 
 # A `snapshots` member, <key>@e<epoch>, lives inside its entry's folders (the train stage's declared outputs):
 # models/<key>/snapshots/e<epoch>/, preds/<key>/snapshots/e<epoch>/ with its metrics.json there.
-SNAPSHOT_SEP = "@"  # never in an archs key (pipeline.params.KEY_RE)
-
-
 def snapshot_folder(name: str) -> Path:
     """snapshots/e<epoch>: where a snapshot member's files sit inside its entry's model and preds folders."""
     return Path("snapshots") / name.split(SNAPSHOT_SEP, 1)[1]
 
 
+def _member_folder(root: Path, kind: str, key: str) -> Path:
+    """<kind>/<key>/, or for a snapshot member <kind>/<its entry>/snapshots/e<epoch>/."""
+    folder = root / kind / entry_of(key)
+    return folder / snapshot_folder(key) if SNAPSHOT_SEP in key else folder
+
+
 def model_dir(root: Path, key: str) -> Path:
     """models/<key>/: weights, spec.json, versions.json (a snapshot member: models/<key>/snapshots/e<epoch>/)."""
-    if SNAPSHOT_SEP in key:
-        return root / "models" / key.split(SNAPSHOT_SEP, 1)[0] / snapshot_folder(key)
-    return root / "models" / key
+    return _member_folder(root, "models", key)
 
 
 def preds_dir(root: Path, key: str) -> Path:
     """preds/<key>/: one model's probabilities per split (a snapshot member: preds/<key>/snapshots/e<epoch>/)."""
-    if SNAPSHOT_SEP in key:
-        return root / "preds" / key.split(SNAPSHOT_SEP, 1)[0] / snapshot_folder(key)
-    return root / "preds" / key
+    return _member_folder(root, "preds", key)
 
 
 def metrics_file(root: Path, key: str) -> Path:
@@ -145,7 +145,7 @@ def reports_dir(root: Path = HERE) -> Path:
 def rerun(key: str) -> str:
     """The command that rebuilds one model's outputs (an `archs` entry's stage, or a variant's; for a snapshot
     member, its entry's)."""
-    key = key.split(SNAPSHOT_SEP, 1)[0]
+    key = entry_of(key)
     return f"`dvc repro train@{key}` (`variant@{key}` for a variant)"
 
 

@@ -244,6 +244,13 @@ def make_spec(entry: dict, where: str = "spec") -> TrainSpec:
 
 # An archs key names a DVC stage (`train@<key>`) and the folders models/<key>, preds/<key>, dvclive/<key>.
 KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+# A `snapshots` member of an entry is named <key>@e<epoch>: the separator is never in a key.
+SNAPSHOT_SEP = "@"
+
+
+def entry_of(name: str) -> str:
+    """The entry (archs or variants key) a model name belongs to: itself, or a snapshot member's run."""
+    return name.split(SNAPSHOT_SEP, 1)[0]
 
 
 def check_key(key: Any) -> str:
@@ -293,7 +300,7 @@ def model_names(params: dict) -> list[str]:
 def group_of(params: dict, key: str) -> str:
     """The `archs` entry a model belongs to: itself, or the entry a variant is `of` (a snapshot member,
     `<key>@e<epoch>`: its run's)."""
-    key = key.split("@", 1)[0]
+    key = entry_of(key)
     return variants(params).get(key, {}).get("of", key)
 
 

@@ -45,11 +45,12 @@ def test_the_average_is_the_library_s_average_of_the_steps(kind):
     arrays, meta = synth(n=32, size=8)
     learn, setup = recipe.build_learner("t", spec(), arrays, meta, seed=0)
     rec = Weights()
-    avg = WeightAverage(kind, total=8, decay=0.9, start=0.5)  # 2 epochs × 4 batches
+    avg = WeightAverage(kind, epochs=2, decay=0.9, start=0.5)  # 2 epochs × 4 batches
     learn.add_cbs([rec, avg])
     with learn.no_logging():
         learn.fit(2, 1e-2)
     info = avg.finish(None)  # no batch-norm recomputation: the pure average
+    assert avg.total == 8
     got = [p.detach() for p in learn.model.parameters()]
     if kind == "swa":
         want = [torch.stack(ps).mean(0) for ps in zip(*rec.seen[4:])]  # steps 5..8: after half of 8

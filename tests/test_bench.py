@@ -211,7 +211,11 @@ def test_free_accuracy(project, tmp_path):
     free_accuracy.main([*args, *paths(project, tmp_path)])
     r = json.loads((tmp_path / "free_accuracy.json").read_text())
     arms = ["final", "ema", "swa", "snapshots2", "blend2", "long-final", "long-ema", "long-swa", "long-snapshots2"]
-    assert list(r["accuracy"]) == arms and all(0 <= a["test"] <= 1 for a in r["accuracy"].values())
+    assert (
+        r["metric"] == "accuracy"
+        and list(r["scores"]) == arms
+        and all(0 <= a["test"] <= 1 for a in r["scores"].values())
+    )
     assert len(r["pairs"]) == len(arms) * (len(arms) - 1) // 2 and set(r["pairs"]["final vs ema"]) == {"valid", "test"}
     assert r["runs"]["long"]["time_budget"]["asked_s"] == pytest.approx(r["runs"]["budget_s"], abs=0.05)
     assert has_row((tmp_path / "free_accuracy.md").read_text(), "final vs ema")

@@ -57,15 +57,15 @@ def test_torchrun_folds_and_refit_train_in_step_and_write_once(tmp_path):
     """`folds` and `refit` under torchrun: every rank runs the same sequence of fits (K folds, then the refit, lr
     from rank 0's lr_find on the first fold); rank 0 alone evaluates and writes. With `average` and `snapshots`:
     each rank averages its (identical) weights; rank 0 writes the averaged member and the snapshot member once."""
-    archs = {
-        "mlp": {"epochs": 2, "folds": 2, "refit": True, "lr": "auto", "num_it": 10, "average": "ema", "snapshots": 2}
-    }
+    mlp = {"epochs": 2, "folds": 2, "refit": True, "lr": "auto", "num_it": 10}
+    archs = {"mlp": {**mlp, "average": "swa", "average_start": 0.5, "snapshots": 2}}
     repo = make_repo(tmp_path, {**TINY, "archs": archs})
     out = torchrun_train(repo, "mlp")
     assert out.count("mlp: valid acc") == 1 and out.count("(2 processes, data-parallel)") == 3  # 2 folds + refit
     m = json.loads((metrics_file(repo, "mlp")).read_text())
     assert m["folds"]["k"] == 2 and m["refit"]["lr"] == m["lr"] and m["lr_found"]
-    assert m["average"]["kind"] == "ema" and m["average"]["updates"] > 0 and m["snapshots"] == ["mlp@e1"]
+    # SWA starts at half of each rank's own steps (counted on the distributed loader): it averaged something
+    assert m["average"]["kind"] == "swa" and m["average"]["updates"] > 0 and m["snapshots"] == ["mlp@e1"]
     # the refit snapshot is the one saved (its test predictions), as the refit model is the entry's
     assert (repo / "preds/mlp/snapshots/e1/test.npy").is_file()
     assert (repo / "models/mlp/snapshots/e1/model.safetensors").is_file()

@@ -151,9 +151,16 @@ def test_native_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, na
     assert H.pick_dtype("native", torch.device("cuda:0")) == H.pick_dtype("auto", torch.device("cuda:0"))
 
 
-def test_cpu_bf16_reads_torch_s_own_checks():
+def test_cpu_bf16_agrees_with_the_kernel_s_cpu_flags():
+    """torch's checks against an independent source: Linux's /proc/cpuinfo flags (avx512_bf16, amx_bf16)."""
+    import sys
+    from pathlib import Path
+
     assert isinstance(H.cpu_bf16(), bool)
-    assert H.cpu_bf16() == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    info = Path("/proc/cpuinfo")
+    if sys.platform.startswith("linux") and info.is_file():
+        flags = set(next(ln for ln in info.read_text().splitlines() if ln.startswith("flags")).split())
+        assert H.cpu_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def test_predicting_elsewhere_uses_that_devices_precision(fake_cuda):

@@ -22,19 +22,22 @@ class WeightAverage(Callback):
     """`average: ema`: timm's ModelEmaV3 updated after every optimizer step (decay warm-up on: the effective decay
     grows as 1 − (1 + step)^−2/3 up to `decay`, so a run of a few thousand steps is not dominated by its random
     start; batch-norm buffers are averaged alike). `average: swa`: torch's AveragedModel, the equal average of the
-    weights after every step from `start` (a share of `total` steps) on; `finish` recomputes batch-norm statistics
+    weights after every step from `start` (a share of the run's steps) on; `finish` recomputes batch-norm statistics
     over the training batches (swa_utils.update_bn)."""
 
     order = 95  # after the optimizer step, before TrimHeap
 
-    def __init__(self, kind: str, total: int, decay: float = 0.999, start: float = 0.75):
-        self.kind, self.total, self.decay, self.start = kind, max(int(total), 1), decay, start
-        self.avg, self.step, self.updates = None, 0, 0
+    def __init__(self, kind: str, epochs: int, decay: float = 0.999, start: float = 0.75):
+        self.kind, self.epochs, self.decay, self.start = kind, epochs, decay, start
+        self.avg, self.total, self.step, self.updates = None, 1, 0, 0
 
-    def after_create(self):
-        """Make the average of the model the learner starts with (once: the callback outlives each fit)."""
+    def before_fit(self):
+        """At the first fit: the average of the model the learner starts with, and the run's steps — `epochs` ×
+        the batches of this fit's training loader, which under torchrun is already each rank's share (the
+        callback outlives each fit: frozen epochs, phases)."""
         if self.avg is not None:
             return
+        self.total = max(self.epochs * len(self.dls.train), 1)
         if self.kind == "ema":
             from timm.utils import ModelEmaV3
 
@@ -43,10 +46,6 @@ class WeightAverage(Callback):
             from torch.optim.swa_utils import AveragedModel
 
             self.avg = AveragedModel(plain(self.learn.model))
-
-    def before_fit(self):
-        """Learners made before this callback was added have no after_create event: make the average here."""
-        self.after_create()
 
     def after_batch(self):
         """Fold the weights after this optimizer step into the average."""

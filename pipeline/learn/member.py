@@ -118,7 +118,7 @@ def along_the_run(learn, spec: TrainSpec, setup: Setup, fine_tune: bool):
     epochs = sum(e for _, e in setup.phases) + (spec.freeze_epochs if fine_tune else 0)
     avg = snaps = None
     if spec.average != "none":
-        avg = WeightAverage(spec.average, epochs * len(learn.dls.train), spec.average_decay, spec.average_start)
+        avg = WeightAverage(spec.average, epochs, spec.average_decay, spec.average_start)
         learn.add_cb(avg)
     if spec.snapshots:
         snaps = Snapshots(snapshot_epochs(epochs, spec.snapshots))
