@@ -7,13 +7,25 @@
 # 13's 3.13, Ubuntu 24.04's and Colab's 3.12), else the first python3.13 / python3.12 / python3.11 on PATH.
 # The virtual environment lives outside the clone, keyed by that Python's version and a hash of requirements.txt,
 # so fresh clones reuse it and two Pythons never share one; .venv is a link to it. Override with VENV=path.
+# Which torch (README "GPU machines"):
+#   TORCH=pinned  a fresh venv with requirements.txt's torch (PyPI's CUDA 13 build; runs on CPUs too): CI's path
+#   TORCH=system  keep the interpreter's own torch and torchvision (Colab, Kaggle, containers, clusters): a venv over
+#                 its packages, the rest installed beside; refused outside the supported range (pipeline/commands/environment.py)
+#   default: system where the interpreter already imports a supported torch that sees a GPU, else pinned
+#   TORCH_CUDA=cu126  the pinned torch built for an older CUDA (NVIDIA drivers before R580), from PyTorch's index
+#   WHEELHOUSE=dir    install from a folder of wheels (`make wheelhouse`), without the network
 .DEFAULT_GOAL := help
 SUPPORTED := 3.11 3.12 3.13
 version_of = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 PYTHON ?= $(firstword $(foreach p,python3 $(foreach v,$(SUPPORTED),python$(v)),$(if $(filter $(SUPPORTED),$(call version_of,$(p))),$(p))))
 PY_VERSION := $(if $(PYTHON),$(call version_of,$(PYTHON)))
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
-VENV ?= $(HOME)/.cache/ensemble-bench/venv-py$(PY_VERSION)-$(REQ_HASH)
+TORCH ?= $(if $(PYTHON),$(shell $(PYTHON) -m pipeline.commands.environment check --gpu >/dev/null 2>&1 && echo system),)
+override TORCH := $(or $(TORCH),pinned)
+SYSTEM_TORCH = $(shell $(PYTHON) -c 'from importlib.metadata import version; print(version("torch"))' 2>/dev/null)
+TORCH_TAG := $(if $(filter system,$(TORCH)),-system-torch$(SYSTEM_TORCH),$(if $(TORCH_CUDA),-$(TORCH_CUDA)))
+VENV ?= $(HOME)/.cache/ensemble-bench/venv-py$(PY_VERSION)-$(REQ_HASH)$(TORCH_TAG)
+PIP_FROM := $(if $(WHEELHOUSE),--no-index --find-links $(abspath $(WHEELHOUSE)))
 BIN := $(VENV)/bin
 export PATH := $(BIN):$(PATH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
@@ -26,10 +38,19 @@ help:  ## list the targets
 # requirements.txt mtime must not rebuild a cached environment. The stamp is written only after a full install.
 $(VENV)/.complete:
 	@$(MAKE) --no-print-directory python
+	@if [ "$(TORCH)" != pinned ] && [ "$(TORCH)" != system ]; then echo "error: TORCH=$(TORCH): use pinned or system"; exit 1; fi
+	@if [ "$(TORCH)" = system ]; then $(PYTHON) -m pipeline.commands.environment check || { echo "error: TORCH=system keeps $(PYTHON)'s own torch, which must be in the range above; or use TORCH=pinned"; exit 1; }; fi
 	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV) || { echo "error: $(PYTHON) cannot make a virtual environment: install python$(PY_VERSION)-venv (Debian/Ubuntu: apt-get install python$(PY_VERSION)-venv)"; exit 1; }
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install -r requirements.txt
+	$(PYTHON) -m venv $(if $(filter system,$(TORCH)),--system-site-packages) $(VENV) || { echo "error: $(PYTHON) cannot make a virtual environment: install python$(PY_VERSION)-venv (Debian/Ubuntu: apt-get install python$(PY_VERSION)-venv)"; exit 1; }
+	$(BIN)/pip install --quiet $(PIP_FROM) --upgrade pip
+ifeq ($(TORCH),system)
+	$(PYTHON) -m pipeline.commands.environment keep-torch $(VENV)
+	$(BIN)/pip install $(PIP_FROM) -c $(VENV)/torch-constraints.txt -r $(VENV)/requirements-no-torch.txt
+	$(BIN)/python -m pipeline.commands.environment check
+else
+	$(if $(TORCH_CUDA),$(BIN)/pip install $(PIP_FROM) $(if $(WHEELHOUSE),,--index-url https://download.pytorch.org/whl/$(TORCH_CUDA)) $$(grep -E '^torch(vision)?==' requirements.txt))
+	$(BIN)/pip install $(PIP_FROM) -r requirements.txt
+endif
 	touch $@
 
 python:  ## say which Python the set-up uses, or what to install when none fits
@@ -37,7 +58,7 @@ python:  ## say which Python the set-up uses, or what to install when none fits
 	  echo "error: no supported Python found ($(if $(PYTHON),$(PYTHON) is $(or $(PY_VERSION),not runnable),none of python3, $(foreach v,$(SUPPORTED),python$(v)) fits)): torch 2.14 and the pinned libraries need Python $(SUPPORTED). Install one (Debian/Ubuntu: apt-get install python3.12 python3.12-venv) or pass PYTHON=/path/to/python3.x" >&2; \
 	  exit 1; \
 	fi
-	@echo "Python $(PY_VERSION): $$(command -v $(PYTHON) || echo $(PYTHON)); environment $(VENV)"
+	@echo "Python $(PY_VERSION): $$(command -v $(PYTHON) || echo $(PYTHON)); environment $(VENV) (TORCH=$(TORCH)$(if $(TORCH_CUDA), TORCH_CUDA=$(TORCH_CUDA))$(if $(WHEELHOUSE), WHEELHOUSE=$(WHEELHOUSE)))"
 
 setup: $(VENV)/.complete data  ## create the virtual environment and install the default data set
 	ln -sfn $(VENV) .venv
@@ -64,7 +85,24 @@ quick: setup  ## the suite without the tests marked slow (real dvc repro, torchr
 study: setup  ## the seeds' study on a GPU: four ImageNet nets fine-tuned on CIFAR-10, ensembled (network needed)
 	python -m bench.study
 
+# Every wheel the set-up needs, for this machine's platform and $(PYTHON) (PYTHON=python3.12 for another), resolved
+# as `make setup` would resolve requirements.txt today; torch and its CUDA libraries only with WITH_TORCH=1.
+# Carry the folder to a machine without network and run `make setup WHEELHOUSE=wheelhouse` (with TORCH=system there
+# for a wheelhouse without torch).
+WHEELHOUSE_DIR ?= wheelhouse
+wheelhouse: python  ## download every wheel the set-up needs into wheelhouse/ (WITH_TORCH=1: torch too)
+	@mkdir -p $(WHEELHOUSE_DIR)
+	$(PYTHON) -m pip install --quiet --dry-run --ignore-installed --report $(WHEELHOUSE_DIR)/report.json -r requirements.txt pip
+	$(PYTHON) -m pipeline.commands.environment wheels $(WHEELHOUSE_DIR)/report.json $(if $(filter 1,$(WITH_TORCH)),--with-torch) > $(WHEELHOUSE_DIR)/wheels.txt
+	$(PYTHON) -m pip download --quiet --no-deps -d $(WHEELHOUSE_DIR) -r $(WHEELHOUSE_DIR)/wheels.txt
+	@for f in $(WHEELHOUSE_DIR)/*.tar.gz; do [ -e "$$f" ] || continue; $(PYTHON) -m pip wheel --quiet --no-deps -w $(WHEELHOUSE_DIR) "$$f" && rm "$$f"; done
+	@rm $(WHEELHOUSE_DIR)/report.json
+	@echo "$(WHEELHOUSE_DIR): $$(ls $(WHEELHOUSE_DIR)/*.whl | wc -l) wheels, $$(du -sh $(WHEELHOUSE_DIR) | cut -f1), for Python $(PY_VERSION) on $$(uname -m)$(if $(filter 1,$(WITH_TORCH)),, without torch: set up with TORCH=system WHEELHOUSE=$(WHEELHOUSE_DIR))"
+
+doctor: setup  ## what this machine offers and what a run will use (python -m pipeline.commands.doctor)
+	python -m pipeline.commands.doctor
+
 lint: setup  ## ruff lint and format check
 	ruff check . && ruff format --check .
 
-.PHONY: help python setup data repro test quick study lint
+.PHONY: help python setup data repro test quick study lint wheelhouse doctor

@@ -124,50 +124,49 @@ def profile_params(epochs: int) -> dict:
     return p
 
 
-def bare_loop_ratio(epochs: int = 2, bs: int = 512) -> dict:
-    """The fast recipe's training img/s through the pipeline against a bare PyTorch loop (same net, data on the
-    GPU, batch size, bf16 autocast, flips), median of `epochs` epochs after a warm-up one."""
+def bare_loop_ratio(epochs: int = 2, bs: int = 512, root: Path | None = None, device=None, arch=None) -> dict:
+    """The fast recipe's training img/s through the pipeline against a bare PyTorch loop on the same net, data,
+    batch size, batch transform and precision (bench.overhead's: bf16, or fp16 with a scaler on GPUs without bf16),
+    median of `epochs` epochs after a warm-up: both time the training pass alone (the pipeline's validation pass is
+    outside its timer) over the same full batches."""
     import torch
-    import torch.nn.functional as F
 
+    from bench.overhead import TrainTimer, bare_epoch
     from pipeline.artifacts import load_prepared
-    from pipeline.data.loaders import BatchTfm
+    from pipeline.data.loaders import BatchTfm, to_tensor
     from pipeline.learn import archs, recipe
+    from pipeline.learn.hardware import concrete, dtype_name
     from pipeline.params import make_spec
 
-    prep = load_prepared(CACHE / "profile" / "repo")
-
+    prep = load_prepared(root or CACHE / "profile" / "repo")
     arrays, meta = prep.arrays, prep.meta
-    device = torch.device("cuda:0")
-    spec = make_spec({**PROFILE["fast_full"], "epochs": 1, "bs": bs}, "fast_full")
+    device = concrete(device or "cuda")
+    entry = {**PROFILE["fast_full"], **(arch or {})}
+    spec = make_spec({**entry, "epochs": 1, "bs": bs}, "fast_full")
     learn, setup = recipe.build_learner("fast_full", spec, arrays, meta, seed=0, device=device)
-    pipe = []
+    timer = TrainTimer()
+    learn.add_cb(timer)
+    net = archs.build_model(setup.arch, setup.n_in, setup.n_out, setup.native, model_kwargs=spec.model_kwargs)[0]
+    net = net.to(device, memory_format=torch.channels_last)
+    x = to_tensor(np.asarray(setup.arrays["train_x"])).to(device)
+    y = torch.from_numpy(setup.arrays["train_y"]).to(device)
+    tfm = BatchTfm(setup.native, setup.mean, setup.std, True, spec.flip, spec.pad, spec.channels_last)
+    n = len(y) - len(y) % setup.bs
+    pipe, bare = [], []
     with learn.no_logging():
-        for _ in range(epochs + 1):
-            t0 = time.perf_counter()
+        learn.fit(1, 1e-3)  # warm-up of both
+        bare_epoch(net, x, y, tfm, setup.bs, setup.dtype, device)
+        for _ in range(epochs):
             learn.fit(1, 1e-3)
-            torch.cuda.synchronize()
-            pipe.append(len(arrays["train_y"]) / (time.perf_counter() - t0))
-    net = archs.build_model(setup.arch, setup.n_in, setup.n_out, setup.native)[0].to(device)
-    net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    x = torch.from_numpy(np.asarray(arrays["train_x"])).to(device).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(arrays["train_y"]).to(device)
-    tfm = BatchTfm(setup.native, setup.mean, setup.std, True, spec.flip, spec.pad, True)
-    bare = []
-    for _ in range(epochs + 1):
-        t0 = time.perf_counter()
-        for idx in torch.randperm(len(y), device=device).split(bs):
-            (xb,) = tfm((x[idx],))
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = F.cross_entropy(net(xb).float(), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        torch.cuda.synchronize()
-        bare.append(len(y) / (time.perf_counter() - t0))
-    p, b = float(np.median(pipe[1:])), float(np.median(bare[1:]))
-    return {"pipeline_img_per_s": round(p), "bare_img_per_s": round(b), "ratio": round(p / b, 3)}
+            pipe.append(n / timer.seconds)
+            bare.append(n / bare_epoch(net, x, y, tfm, setup.bs, setup.dtype, device))
+    p, b = float(np.median(pipe)), float(np.median(bare))
+    return {
+        "pipeline_img_per_s": round(p),
+        "bare_img_per_s": round(b),
+        "ratio": round(p / b, 3),
+        "precision": dtype_name(setup.dtype),
+    }
 
 
 def markdown(r: dict) -> str:

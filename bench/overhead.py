@@ -31,29 +31,43 @@ from pipeline.params import arch_names, load_params, make_spec
 
 
 class TrainTimer(Callback):
+    """The seconds of an epoch's training pass alone (not its validation), the GPU's queue drained at both ends."""
+
     order = -100
 
+    def sync(self):
+        if next(self.learn.model.parameters()).is_cuda:
+            torch.cuda.synchronize()
+
     def before_train(self):
+        self.sync()
         self.t0 = time.perf_counter()
 
     def after_train(self):
+        self.sync()
         self.seconds = time.perf_counter() - self.t0
 
 
 def bare_epoch(model, x, y, tfm, bs, dtype, device, lr=1e-3) -> float:
-    """One epoch of a plain loop: shuffled batches, the same batch transform, AdamW, label-smoothed loss."""
+    """One epoch of a plain loop: shuffled batches (the last partial one dropped, as the pipeline's), the same batch
+    transform, AdamW, label-smoothed loss, at the pipeline's precision: bf16 autocast, or fp16 with a gradient
+    scaler as fastai's MixedPrecision (GPUs without bf16), or fp32. `x`, `y` may already be on `device`."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     model.train()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
-    idx = torch.randperm(len(y))
+    idx = torch.randperm(len(y), device=x.device)
     for i in range(0, len(y) - len(y) % bs, bs):
         j = idx[i : i + bs]
-        xb, yb = tfm((x[j].to(device), y[j].to(device)))
+        xb, yb = tfm((x[j].to(device, non_blocking=True), y[j].to(device, non_blocking=True)))
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = loss_fn(model(xb), yb)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -41,12 +41,18 @@ def found() -> list[str]:
     return out
 
 
-def make(target: str, python: str, cwd: Path, timeout: int = 5400) -> tuple[int, str, float]:
+def make(
+    target: str, python: str, cwd: Path, timeout: int = 5400, extra=(), wrap=None, env_extra=None
+) -> tuple[int, str, float]:
+    """`make <target> PYTHON=<python> <extra>` in `cwd`, outside any activated environment; `wrap` turns the
+    command into another (bench.torches: `unshare -n`), `env_extra` adds variables. (rc, output, seconds)"""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p and "venv-" not in p)
+    env |= env_extra or {}
+    cmd = ["make", "--no-print-directory", target, f"PYTHON={python}", *extra]
     t0 = time.perf_counter()
     r = subprocess.run(
-        ["make", "--no-print-directory", target, f"PYTHON={python}"],
+        wrap(cmd) if wrap else cmd,
         cwd=cwd,
         env=env,
         capture_output=True,

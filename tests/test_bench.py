@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import TINY, has_row
 
@@ -97,6 +98,25 @@ def test_overhead(tmp_path):
     assert f["ratio"] == pytest.approx(med(f["pipeline_img_s"]) / med(f["bare_img_s"]))
 
 
+def test_gpu_bare_loop_ratio_times_training_alone_at_the_pipelines_precision(project, monkeypatch):
+    """bench.gpu's pipeline ÷ bare-loop ratio (issue 34): it timed the pipeline's training plus validation against
+    the bare loop's training, and the bare loop always ran bf16 (emulated on fp16 GPUs). Here on the CPU, forced
+    bf16: both loops run it, and the pipeline's validation is outside its timer."""
+    from bench import gpu, overhead
+
+    seen, timed = [], []
+    real = overhead.bare_epoch
+    monkeypatch.setattr(overhead, "bare_epoch", lambda *a, **k: seen.append(a[5]) or real(*a, **k))
+    monkeypatch.setattr(
+        overhead.TrainTimer, "after_validate", lambda self: timed.append(hasattr(self, "seconds")), raising=False
+    )
+    small = {**FAST, "precision": "bf16", "bs": 32}
+    r = gpu.bare_loop_ratio(epochs=1, bs=32, root=project, device="cpu", arch=small)
+    assert r["precision"] == "bf16" and seen == [torch.bfloat16, torch.bfloat16]
+    assert timed == [True, True]  # each validation pass came after its training pass's timer had stopped
+    assert r["ratio"] == pytest.approx(r["pipeline_img_per_s"] / r["bare_img_per_s"], rel=0.01)
+
+
 def test_pretrained_vs_scratch(tmp_path):
     from bench import pretrained_vs_scratch as pvs
 
@@ -140,6 +160,17 @@ def test_pythons_check(tmp_path):
         and f"venv-py{v}-" in rows[0]["resolved"]
     )
     assert rows[1]["check_rc"] != 0 and "Install one" in rows[1]["resolved"]
+
+
+def test_torches_check(tmp_path):
+    """bench.torches' smallest mode: this interpreter as a machine's own Python, `make python TORCH=system`."""
+    from bench import torches
+
+    assert torches.main(["--check", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "torches_check.json").read_text())
+    (row,) = r["rows"]
+    assert row["rc"] == 0 and "-system-torch" in row["resolved"] and "(TORCH=system)" in row["resolved"]
+    assert "| this interpreter's |" in (tmp_path / "torches_check.md").read_text()
 
 
 def test_study_small(tmp_path, monkeypatch):

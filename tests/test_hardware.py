@@ -13,7 +13,7 @@ from pipeline import train
 from pipeline.artifacts import metrics_file
 from pipeline.errors import PipelineError
 from pipeline.learn import hardware as H
-from pipeline.learn import member, recipe
+from pipeline.learn import member, nvidia, recipe
 from pipeline.learn.callbacks import Autocast
 
 
@@ -25,6 +25,10 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: state["n"])
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: state["cap"])
+    # a CUDA 12.6 build's kernels (P100 to H100); the CUDA 13 wheels start at sm_75
+    monkeypatch.setattr(
+        torch.cuda, "get_arch_list", lambda: ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
+    )
     monkeypatch.setattr(
         torch.cuda, "get_device_name", lambda d=None: "NVIDIA H200" if state["cap"] >= (9, 0) else "GPU"
     )
@@ -43,30 +47,113 @@ def test_auto_and_cuda_resolve_to_a_concrete_gpu(fake_cuda, monkeypatch):
         H.pick_device("cuda:2", "big")
 
 
-def test_a_cuda_build_that_cannot_use_the_nvidia_gpu_warns_why_then_uses_the_cpu(monkeypatch, capsys):
+@pytest.fixture
+def old_driver(monkeypatch):
+    """A machine with a Tesla T4 and a CUDA 12.2 driver, and the CUDA 13 build of torch that cannot use it: the
+    driver's files, nvidia-smi's and libcuda's answers and torch's queries all pretended."""
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(H, "nvidia_present", lambda: True)  # a GPU and a driver too old for CUDA 13
+    monkeypatch.setattr(nvidia, "present", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_90", "sm_100", "sm_120"])
+    smi = {"--query-gpu=name,memory.total,compute_cap": ["Tesla T4, 15360, 7.5"], "--query-gpu=driver_version": []}
+    monkeypatch.setattr(nvidia, "_smi", lambda *a: smi.get(a[0], []))
+    monkeypatch.setattr(nvidia, "_libcuda_version", lambda: "12.2")
+    monkeypatch.setattr(nvidia, "PROC_VERSION", _proc_version(monkeypatch))
+    nvidia.driver.cache_clear()
 
     def unavailable():
         warnings.warn(
-            "CUDA initialization: The NVIDIA driver on your system is too old (found version 11040).", stacklevel=2
+            "CUDA initialization: The NVIDIA driver on your system is too old (found version 12020).", stacklevel=2
         )
         return False
 
     monkeypatch.setattr(torch.cuda, "is_available", unavailable)
-    H._said.clear()
-    assert H.pick_device("auto") == torch.device("cpu")
-    err = capsys.readouterr().err
-    assert (
-        err.startswith("warning: torch")
-        and "cannot use this machine's NVIDIA GPU (CUDA initialization: The NVIDIA" in err
-    )
-    assert "Update the NVIDIA driver" in err and err.count("\n") == 1  # one line, once per process
-    assert H.pick_device("auto") == torch.device("cpu") and capsys.readouterr().err == ""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    yield
+    nvidia.driver.cache_clear()
+
+
+def _proc_version(monkeypatch):
+    import tempfile
+    from pathlib import Path
+
+    f = Path(tempfile.mkdtemp()) / "version"
+    f.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n")
+    return f
+
+
+def test_a_gpu_torch_cannot_use_stops_the_stage_naming_both_versions_and_both_ways_out(old_driver):
+    """Issue 34: a driver older than the build's CUDA was a warning and hours on the CPU; now an error before any
+    work, with the build's CUDA and kernels, the driver's version and CUDA, the GPU, torch's reason, the fixes."""
+    with pytest.raises(PipelineError) as e:
+        H.pick_device("auto", "fast")
+    msg = str(e.value)
+    assert msg.startswith("params.yaml: `archs.fast.device` = 'auto', but torch ")
+    assert "a CUDA 13.0 build, kernels for sm_75 … sm_120" in msg
+    assert "Tesla T4, compute capability 7.5, 15 GiB with NVIDIA driver 535.104.05 (runs CUDA ≤ 12.2)" in msg
+    assert "The NVIDIA driver on your system is too old" in msg
+    assert "`make setup TORCH=system`" in msg and "`device: cpu`" in msg
     with pytest.raises(PipelineError, match=r"`archs.fast.device` = 'cuda', but CUDA is not usable here \(CUDA init"):
         H.pick_device("cuda", "fast")
     with pytest.raises(PipelineError, match=r"--device = 'cuda:0'"):
         H.pick_device("cuda:0", where="--device")
+    assert H.pick_device("cpu") == torch.device("cpu")  # the CPU on purpose
+
+
+def test_a_cpu_only_torch_on_a_gpu_machine_is_an_error_too(old_driver, monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(PipelineError, match=r"torch \S+ \(a CPU-only build\) cannot use this machine's Tesla T4"):
+        H.pick_device("auto")
+
+
+@pytest.mark.parametrize("value", ["", "-1"])
+def test_a_gpu_hidden_on_purpose_is_the_cpu_silently(old_driver, monkeypatch, capsys, value):
+    """CUDA_VISIBLE_DEVICES="" is the suite's own way of pinning the CPU: no error, no advice to update a driver."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    assert H.pick_device("auto") == torch.device("cpu")
+    assert capsys.readouterr().err == ""
+
+
+def test_a_gpu_older_than_the_builds_kernels_is_an_error(fake_cuda, monkeypatch):
+    """A P100 (6.0) beside the CUDA 13 wheels (sm_75 and newer): is_available() says yes, the first kernel fails."""
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_90", "sm_100", "sm_120"])
+    fake_cuda["cap"] = (6, 0)
+    for name in ("auto", "cuda", "cuda:1"):
+        with pytest.raises(PipelineError, match=r"has no kernels for GPU \(compute capability 6.0\).*no kernel image"):
+            H.pick_device(name, "fast")
+    fake_cuda["cap"] = (8, 6)  # an RTX 3090 runs sm_80's cubin
+    assert H.pick_device("auto") == torch.device("cuda:0")
+
+
+@pytest.mark.parametrize(
+    "cap,archs,fits",
+    [
+        ((7, 5), ["sm_75", "sm_80"], True),
+        ((8, 6), ["sm_80", "sm_90"], True),  # same major, newer minor: the sm_80 cubin runs
+        ((8, 0), ["sm_86", "sm_90"], False),  # an older minor cannot run sm_86's
+        ((6, 0), ["sm_75", "compute_120"], False),
+        ((12, 1), ["sm_90", "compute_120"], True),  # PTX compiles for newer GPUs
+        ((9, 0), ["sm_90a"], True),
+        ((7, 0), [], True),  # a build that does not say
+    ],
+)
+def test_arch_fits_follows_cudas_compatibility_rules(cap, archs, fits):
+    assert nvidia.arch_fits(cap, archs) is fits
+
+
+def test_driver_reads_old_nvidia_smi_without_compute_cap(monkeypatch, tmp_path):
+    """Drivers before R510 refuse the compute_cap field: the GPUs are still named, their capability unknown."""
+    answers = {
+        "--query-gpu=name,memory.total": ["Tesla P100-PCIE-16GB, 16280"],
+        "--query-gpu=driver_version": ["470.1"],
+    }
+    monkeypatch.setattr(nvidia, "_smi", lambda *a: answers.get(a[0], []))
+    monkeypatch.setattr(nvidia, "_libcuda_version", lambda: None)
+    monkeypatch.setattr(nvidia, "PROC_VERSION", tmp_path / "none")
+    nvidia.driver.cache_clear()
+    d = nvidia.driver()
+    nvidia.driver.cache_clear()
+    assert d.version == "470.1" and d.gpus == (nvidia.Gpu("Tesla P100-PCIE-16GB", None, 16280),)
+    assert str(d.gpus[0]) == "Tesla P100-PCIE-16GB, 16 GiB" and str(d) == "driver 470.1"
 
 
 def test_the_suite_stays_on_the_cpu_where_cuda_is_present(monkeypatch):
@@ -80,6 +167,8 @@ def test_the_suite_stays_on_the_cpu_where_cuda_is_present(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend: a machine with a GPU
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_90"])
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert H.pick_device("auto") == torch.device("cuda:0")  # what an unguarded test would train on
@@ -92,7 +181,8 @@ def test_the_suite_stays_on_the_cpu_where_cuda_is_present(monkeypatch):
 def test_a_cuda_build_on_a_machine_without_nvidia_says_nothing(monkeypatch, capsys):
     """The default install (CUDA wheels) on a CPU machine: no note in every stage; the log line says `cpu`."""
     monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(H, "nvidia_present", lambda: False)
+    monkeypatch.setattr(nvidia, "present", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     H._said.clear()
     assert H.pick_device("auto") == torch.device("cpu")
@@ -249,18 +339,24 @@ def trained_member(tmp_path, device="cpu", **keys):
 
 
 def test_predict_configures_the_device_and_memory_format_as_the_stage(tmp_path, monkeypatch):
-    """pipeline.commands.predict's Model: the stage's device settings (`deterministic` included) and channels-last weights,
-    so that on a GPU its predictions reproduce preds/ (there TF32, cuDNN autotuning and the layout change them)."""
+    """pipeline.commands.predict's Model: the stage's device settings (`deterministic` included, around each
+    prediction) and channels-last weights, so that on a GPU its predictions reproduce preds/ (there TF32, cuDNN
+    autotuning and the layout change them)."""
+    import contextlib
+
+    from pipeline.learn import trained
     from pipeline.learn.trained import Model
 
     folder, res, arrays = trained_member(tmp_path, deterministic=True)
     calls = []
-    monkeypatch.setattr(H, "configure", lambda device, deterministic: calls.append((device.type, deterministic)))
+    monkeypatch.setattr(
+        trained, "settings", lambda device, det: calls.append((device.type, det)) or contextlib.nullcontext()
+    )
     m = Model(folder, "cpu")
-    assert calls == [("cpu", True)]
     conv = next(p for p in m.model.parameters() if p.dim() == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_allclose(m.predict_arrays(arrays["test_x"]), res.preds["test"], atol=1e-6)
+    assert calls == [("cpu", True)]
 
 
 def test_progressive_resizing_uploads_the_rows_once(monkeypatch):

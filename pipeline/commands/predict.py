@@ -79,7 +79,10 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--top-k", type=int, default=1)
     ap.add_argument("--out", default="-", help="CSV file (default: stdout)")
-    ap.add_argument("--bs", type=int, default=256, help="images per batch")
+    ap.add_argument("--bs", type=int, default=256, help="images decoded per chunk (default 256)")
+    ap.add_argument(
+        "--eval-bs", type=int, default=None, help="images per forward pass (default: the stage's eval_bs, as preds/)"
+    )
     ap.add_argument("--root", default=".", help="the project folder holding models/ and ensemble/")
     ap.add_argument("--device", default="auto", help="auto (the GPU where CUDA is usable, else cpu), cpu, cuda:N")
     ap.add_argument(
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 bad.append(str(f))
                 print(f"warning: skipping unreadable image {f} ({type(e).__name__}: {e})", file=sys.stderr)
         if batch:
-            rows += top_k_rows(names, predictor.predict(batch, args.bs), predictor.classes, k)
+            rows += top_k_rows(names, predictor.predict(batch, args.eval_bs), predictor.classes, k)
             if args.cam:
                 write_cams(Path(args.cam), names, batch, predictor, cam_names)
     out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # closed at the end of main

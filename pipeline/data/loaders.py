@@ -44,9 +44,8 @@ class BatchTfm:
             x = augment(x, self.flip, self.pad)
         if self.mean.device != x.device:  # moved once, not per batch
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        x = (x - self.mean) / self.std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.sub_(self.mean).div_(self.std)  # in place: `x` is this call's own float copy
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return (x, *rest)
 
 
@@ -96,21 +95,24 @@ class TensorPair:
         self.x, self.y = Rows.of(x), torch.from_numpy(np.asarray(y, np.int64))
         self.device = device if device is not None and (resident or device.type == "cuda") else None
         self.resident_x = upload(self.x, device) if self.device is not None and resident else None
-        if self.device is not None:
+        if self.resident_x is not None:
             self.y = self.y.to(device)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i):
+        """A batch of rows `i` as (uint8 N×C×H×W, labels) on the device. Resident: gathered there (TensorDL sends
+        the epoch's indices once), a channels-last view, no further copy. On a GPU otherwise: gathered on the host,
+        pinned and sent without blocking, N×H×W×C as stored (a channels-last view there too)."""
         if self.resident_x is not None:
             i = torch.as_tensor(i, device=self.device)
-            return self.resident_x[i].permute(0, 3, 1, 2).contiguous(), self.y[i]
-        xb = to_tensor(self.x[np.asarray(i)])
+            return self.resident_x[i].permute(0, 3, 1, 2), self.y[i]
         if self.device is not None:
-            xb = xb.pin_memory().to(self.device, non_blocking=True)
-            return xb, self.y[torch.as_tensor(i, device=self.device)]
-        return xb, self.y[i]
+            rows = torch.from_numpy(np.asarray(self.x[np.asarray(i)]))
+            xb = rows.pin_memory().to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            return xb, self.y[i].pin_memory().to(self.device, non_blocking=True)
+        return to_tensor(self.x[np.asarray(i)]), self.y[i]
 
 
 class TensorDL(DataLoader):
@@ -119,6 +121,9 @@ class TensorDL(DataLoader):
     def create_batches(self, samps):
         """Batches gathered from the tensors by index, without fastai's per-item collation."""
         idxs = torch.as_tensor(list(samps), dtype=torch.long)
+        on = getattr(self.dataset, "resident_x", None)
+        if on is not None and on.device.type == "cuda":  # the epoch's order to the GPU once, not a copy per batch
+            idxs = idxs.pin_memory().to(on.device, non_blocking=True)
         n = len(idxs)
         stop = n - n % self.bs if self.drop_last else n
         for i in range(0, stop, self.bs):

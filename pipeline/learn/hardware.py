@@ -1,13 +1,15 @@
 """Which device and which precision a stage runs with: the `device` and `precision` params -> torch objects.
 
-Devices: `auto` is the GPU of this process (cuda:LOCAL_RANK under torchrun) where CUDA is usable, else the CPU; a
-CUDA build of torch that cannot use an NVIDIA GPU or driver present on the machine warns, with torch's reason and
-what to do (no NVIDIA device at all: nothing to say beyond the log line's `cpu`); `cuda` is that GPU too,
-`cuda:N` pins one; asking for CUDA where there is none is an error naming the key. Every stage's log line names
-the device and its precision (`describe`).
+Devices: `auto` is the GPU of this process (cuda:LOCAL_RANK under torchrun) where CUDA is usable, else the CPU; an
+NVIDIA GPU or driver on the machine that this torch cannot use (a driver older than the build's CUDA, a GPU older
+than its kernels, a CPU-only build) is an error before any work, naming both and the ways out (pipeline/learn/
+nvidia.py); a GPU hidden on purpose (`CUDA_VISIBLE_DEVICES=""`) and a machine without one are the CPU, silently.
+`cuda` is that GPU too, `cuda:N` pins one; asking for CUDA where there is none is an error naming the key. Every
+stage's log line names the device and its precision (`describe`).
 
-Precision: `auto` is fp32 on a CPU: on CPUs with AVX512-BF16 bf16 ran the fast net 2.07x faster but cost cnn4 a
-point and mlp three (`python -m bench.fast_recipe --precision bf16`, docs/results.md), and on CPUs without those instructions it ran ~10x slower; fp32
+Precision: `auto` is fp32 on a CPU: on CPUs with AVX512-BF16 bf16 ran the fast net faster but cost small nets
+accuracy (`python -m bench.fast_recipe --precision bf16`, docs/results.md), and on CPUs without those instructions
+it ran ~10x slower; fp32
 keeps a default run's results the same whichever CPU ran it. On a GPU `auto` is bf16 autocast where the GPU runs
 bf16 natively (compute capability >= 8.0: A100, H100, RTX 30xx and newer), fp16 with a gradient scaler (fastai's
 MixedPrecision) on older ones (T4, V100, P100), whose bf16 torch would only emulate. `precision: bf16` forces bf16
@@ -19,12 +21,14 @@ kind, and metrics/<key>.json `precision` and the report say which ran.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
 import torch
 
 from pipeline.errors import PipelineError, warn
+from pipeline.learn import nvidia
 
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _said: set[str] = set()
@@ -49,31 +53,6 @@ def cuda_usable() -> tuple[bool, str]:
     return False, told[0] if told else "no NVIDIA GPU or driver found"
 
 
-NVIDIA_SIGNS = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvidiactl")
-
-
-def nvidia_present() -> bool:
-    """Is there an NVIDIA GPU or driver on this machine (the kernel driver's files), whether torch can use it or
-    not?"""
-    return any(os.path.exists(f) for f in NVIDIA_SIGNS)
-
-
-def _note_cpu_fallback(why: str) -> None:
-    """A CUDA build of torch on a machine where it finds no usable GPU. Loud where an NVIDIA GPU or driver is there
-    but unusable (a driver too old for this CUDA, a GPU too old for the wheels): that user expected the GPU. Silent
-    where no NVIDIA device exists at all: the stage's own log line says `cpu`, and a CPU machine with the CUDA
-    wheels (the default install) needs no note in every stage."""
-    if torch.version.cuda is None or "fallback" in _said or not nvidia_present():
-        return
-    _said.add("fallback")
-    warn(
-        f"torch {torch.__version__} (a CUDA {torch.version.cuda} build) cannot use this machine's NVIDIA GPU "
-        f"({why}): running on the CPU, many times slower. Update the NVIDIA driver (CUDA {torch.version.cuda} "
-        "needs a recent one: `nvidia-smi` shows yours), or install a torch build for your CUDA version "
-        "(https://pytorch.org/get-started/locally/)"
-    )
-
-
 def pick_device(name: str, key: str = "", where: str | None = None) -> torch.device:
     """`device` param -> a concrete torch.device (cuda:N, cpu or mps); under torchrun `auto` and `cuda` are this
     process's GPU (LOCAL_RANK). A GPU that is not there is an error before any work, naming `where` (default: the
@@ -84,8 +63,9 @@ def pick_device(name: str, key: str = "", where: str | None = None) -> torch.dev
         ok, why = cuda_usable()
         if ok:
             one_gpu_per_process(where)
-            return torch.device(f"cuda:{rank}")
-        _note_cpu_fallback(why)
+            return kernels_fit(torch.device(f"cuda:{rank}"), where)
+        if nvidia.present() and not nvidia.hidden():
+            raise PipelineError(nvidia.unusable(where, why, torch))
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         ok, why = cuda_usable()
@@ -96,10 +76,30 @@ def pick_device(name: str, key: str = "", where: str | None = None) -> torch.dev
         index = rank if name == "cuda" else int(name.split(":", 1)[1])
         if index >= torch.cuda.device_count():
             raise PipelineError(f"{where} = {name!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return torch.device(f"cuda:{index}")
+        return kernels_fit(torch.device(f"cuda:{index}"), where)
     if name == "mps" and not torch.backends.mps.is_available():
         raise PipelineError(f"{where} = 'mps', but MPS is not available here")
     return torch.device(name)
+
+
+def concrete(device: torch.device | str | None) -> torch.device:
+    """A device a caller passed (a notebook's `torch.device("cuda")`, bench.overhead's) made concrete as pick_device
+    makes it: `cuda` gains this process's index (torch.cuda.set_device needs one), None is `auto`."""
+    if device is None:
+        return pick_device("auto")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return pick_device("cuda", where="device")
+    return device
+
+
+def kernels_fit(device: torch.device, where: str) -> torch.device:
+    """`device` where this torch build has kernels for its architecture; else the error naming both (a GPU older
+    than the wheels' oldest architecture passes `is_available()` and fails at its first kernel)."""
+    cap = torch.cuda.get_device_capability(device)
+    if not nvidia.arch_fits(cap, torch.cuda.get_arch_list()):
+        raise PipelineError(nvidia.too_old(where, torch.cuda.get_device_name(device), cap, torch))
+    return device
 
 
 def one_gpu_per_process(where: str) -> None:
@@ -156,10 +156,21 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def eval_dtype(trained: str, trained_on: str, device: torch.device) -> torch.dtype | None:
     """The precision to evaluate a model with on `device`: the training precision on the device type it was trained
     on (so predictions reproduce the stage's own), otherwise that device's sensible one (`auto`): a model trained in
-    bf16 on a GPU is evaluated in fp32 on a CPU, where bf16 may run ~10x slower."""
-    if torch.device(trained_on).type == device.type:
-        return DTYPES[trained]
-    return pick_dtype("auto", device)
+    bf16 on a GPU is evaluated in fp32 on a CPU, where bf16 may run ~10x slower. A GPU's bf16 model on a GPU without
+    bf16 in hardware (trained on an H100, predicting on a T4) predicts in fp32, said once: its probabilities then
+    differ slightly from the stage's. (On CPUs, bf16 stays bf16: a forced-bf16 CPU model reproduces preds/.)"""
+    if torch.device(trained_on).type != device.type:
+        return pick_dtype("auto", device)
+    dtype = DTYPES[trained]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not native_bf16(device):
+        if "eval_bf16" not in _said:
+            _said.add("eval_bf16")
+            warn(
+                f"a model trained in bf16 predicts in fp32 on {torch.cuda.get_device_name(device)}, which has no bf16 "
+                "in hardware (compute capability < 8.0): its probabilities differ slightly from the stage's preds/"
+            )
+        return None
+    return dtype
 
 
 def describe(device: torch.device, dtype: torch.dtype | None) -> str:
@@ -169,6 +180,34 @@ def describe(device: torch.device, dtype: torch.dtype | None) -> str:
     if device.type == "cpu":
         return f"cpu, {torch.get_num_threads()} threads, {dtype_name(dtype)}"
     return f"{device}, {dtype_name(dtype)}"
+
+
+@contextlib.contextmanager
+def settings(device: torch.device, deterministic: bool):
+    """`configure` for the length of a `with` block, then the process's previous settings back: each model of an
+    ensemble predicts under its own `deterministic` flags, not under the last-loaded member's."""
+    if device.type != "cuda":
+        yield
+        return
+    before = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    configure(device, deterministic)
+    try:
+        yield
+    finally:
+        (
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic,
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+        ) = before[:4]
+        torch.use_deterministic_algorithms(before[4], warn_only=before[5])
 
 
 def configure(device: torch.device, deterministic: bool) -> None:

@@ -21,9 +21,9 @@ from pipeline.inspect.scores import score
 from pipeline.learn.averaging import Snapshots, WeightAverage, snapshot_epochs
 from pipeline.learn.callbacks import live_callback
 from pipeline.learn.distributed import data_parallel, say, share
-from pipeline.learn.hardware import describe, dtype_name, pick_device
+from pipeline.learn.hardware import concrete, describe, dtype_name
 from pipeline.learn.infer import predict_probs
-from pipeline.learn.recipe import Setup, budget_recipe, build_learner, fit_phases, pick_lr
+from pipeline.learn.recipe import Setup, budget_recipe, build_learner, fit_phases, free_memory, pick_lr
 from pipeline.params import TrainSpec, eval_batch
 from pipeline.records import MemberMetrics, MemberSpec, PreparedMeta, Score
 
@@ -76,13 +76,13 @@ def train_arch(
     validation split too (`arrays` then has an empty one), so nothing is validated; `evaluate=False`: a
     data-parallel rank other than 0, which trains in step and returns the model only."""
     budget = None
-    if device is None:  # under torchrun / accelerate launch each process takes its own GPU
-        device = pick_device("auto")
+    device = concrete(device)  # None: auto (under torchrun each process its own GPU); `cuda` gains its index
     spec = eval_batch(spec, device.type)
     if spec.time_budget:
         spec, budget = budget_recipe(key, spec, arrays, meta, seed, device)
     learn, setup = build_learner(key, spec, arrays, meta, seed, device)
     if setup.device.type == "cuda":  # this model's peak (from what it holds now), not the process's: folds, refit
+        free_memory(setup.device)
         torch.cuda.reset_peak_memory_stats(setup.device)
     fine_tune = bool(setup.pretrained)
     if fine_tune:
@@ -104,12 +104,29 @@ def train_arch(
     averaged = avg.finish(learn.dls.train) if avg is not None else None
     train_s = time.perf_counter() - t0
     if not evaluate:
-        return TrainResult(learn.model, lr)
+        return release(learn, TrainResult(learn.model, lr))
     states = snaps.states if snaps is not None else None
     fitted = Fitted(learn, setup, spec, lr, lr_found, curve, seen, train_s, freeze_epochs, averaged, states)
     res = evaluate_member(key, fitted, meta, seed, held_out, refit)
     if budget is not None:
         res.metrics.time_budget = budget | {"train_s": res.metrics.train_s}
+    return release(learn, res)
+
+
+def release(learn, res: TrainResult) -> TrainResult:
+    """Let go of what training held once a model is evaluated: the learner (optimizer state, the data it uploaded to
+    the GPU), the gradients, and on a GPU the models themselves (to the CPU, where they are written from): the next
+    fold's or the refit's peak memory is then its own, and memory does not pile up until a full collection."""
+    models = [res.model] + [r.model for r in res.snapshots or []]
+    for m in models:
+        m.zero_grad(set_to_none=True)
+    device = next(res.model.parameters(), torch.zeros(0)).device
+    if device.type == "cuda":
+        for m in models:
+            m.cpu()
+    learn.opt = learn.dls = None
+    learn.model = None
+    free_memory(device)
     return res
 
 

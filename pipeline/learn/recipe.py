@@ -34,7 +34,7 @@ from pipeline.inspect.scores import resolve_metric
 from pipeline.learn import archs as archs_mod
 from pipeline.learn.callbacks import Autocast, EpochLog, NoValidation, Probe, StopOnNaN, TrimHeap
 from pipeline.learn.distributed import say, single_process
-from pipeline.learn.hardware import configure, pick_device, pick_dtype
+from pipeline.learn.hardware import concrete, configure, pick_dtype
 from pipeline.params import TrainSpec, eval_batch, resolve_remedies
 from pipeline.records import PreparedMeta
 
@@ -69,8 +69,7 @@ def training_pool(arrays: dict, spec: TrainSpec, seed: int) -> np.ndarray:
 
 def start_device(spec: TrainSpec, seed: int, device: torch.device | None) -> tuple[TrainSpec, torch.device]:
     """Seed and configure the device a learner trains on; resolves `eval_bs: auto` for it."""
-    if device is None:  # under torchrun / accelerate launch each process takes its own GPU
-        device = pick_device("auto")
+    device = concrete(device)  # None: auto (under torchrun each process its own GPU); `cuda` gains its index
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # CPU runs are reproducible whatever the flag; on a GPU autotuning and TF32 unless `deterministic`

@@ -18,7 +18,15 @@ import torch
 from pipeline.artifacts import ensemble_model_file, load_ensemble_model, load_member_spec, model_dir, rerun
 from pipeline.data.images import decode, to_channels
 from pipeline.errors import PipelineError
-from pipeline.learn.hardware import eval_dtype
+from pipeline.learn.hardware import concrete, eval_dtype, settings
+from pipeline.params import EVAL_BS
+
+CAM_BS = 32  # Grad-CAM images per forward and backward pass
+
+
+def eval_batch_size(recorded, device: torch.device) -> int:
+    """The batch size the stage evaluated with (spec.json's resolved `train.eval_bs`), or `auto`'s for `device`."""
+    return recorded if isinstance(recorded, int) else EVAL_BS.get(device.type, EVAL_BS["cpu"])
 
 
 def to_array(image, size: int, n_in: int) -> np.ndarray:
@@ -34,11 +42,12 @@ class Model:
 
         from pipeline.data.loaders import BatchTfm
         from pipeline.learn import archs
-        from pipeline.learn.hardware import configure
 
         weights = folder / "model.safetensors"
         self.spec = s = load_member_spec(folder / "spec.json", stage_key or folder.name)
-        self.name, self.classes, self.device = s.key, s.classes, torch.device(device)
+        self.name, self.classes, self.device = s.key, s.classes, concrete(device)
+        self.deterministic = bool(s.train.get("deterministic", False))
+        self.eval_bs = eval_batch_size(s.train.get("eval_bs"), self.device)
         # `folds: K`: the entry is its K fold models, averaged as the train stage averaged them; Grad-CAM looks at
         # the first one
         self.folds = [Model(folder / f, device, s.key) for f in s.folds or []]
@@ -70,8 +79,8 @@ class Model:
             )
         self.model.to(self.device).eval()
         # as the train stage ran it, so predictions reproduce preds/<key>/: the device's settings (cuDNN
-        # autotuning, TF32, deterministic kernels) and the model's memory format
-        configure(self.device, bool(s.train.get("deterministic", False)))
+        # autotuning, TF32, deterministic kernels: applied around each prediction, `settings`, so every member of an
+        # ensemble predicts under its own), the stage's evaluation batch size, the model's memory format
         if s.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.tfm = BatchTfm(s.size, s.mean, s.std, train=False, channels_last=s.channels_last)
@@ -92,22 +101,30 @@ class Model:
         from pipeline.inspect.cam import grad_cam, pick_layer
 
         _, layer = pick_layer(self.model, self.spec.cam_layer)
-        t = None if targets is None else torch.as_tensor(targets, device=self.device)
-        return grad_cam(self.model, self.inputs(x), layer, t)
+        out = []
+        with settings(self.device, self.deterministic):
+            for i in range(0, len(x), CAM_BS):  # a whole batch's fp32 graph would not fit a 16 GB GPU (VGG19 at 224)
+                t = None if targets is None else torch.as_tensor(targets[i : i + CAM_BS], device=self.device)
+                out.append(grad_cam(self.model, self.inputs(x[i : i + CAM_BS]), layer, t))
+        return np.concatenate(out) if out else np.zeros((0, self.spec.size, self.spec.size), np.float32)
 
     def arrays(self, images: Iterable) -> np.ndarray:
         """Images (paths or PIL images) as the prepared uint8 arrays this model was trained on."""
         return np.stack([to_array(im, self.spec.native_size, self.spec.n_in) for im in images])
 
-    def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
-        """Probabilities for prepared-format uint8 N×H×W×C arrays (as data/prepared holds them)."""
+    def predict_arrays(self, x: np.ndarray, bs: int | None = None) -> np.ndarray:
+        """Probabilities for prepared-format uint8 N×H×W×C arrays (as data/prepared holds them), `bs` at a time
+        (default: the stage's `eval_bs`, so a GPU's batches, and its cuDNN kernels, are the stage's)."""
         from pipeline.learn.infer import predict_probs
 
         if self.folds:
             return np.mean([m.predict_arrays(x, bs) for m in self.folds], axis=0)
-        return predict_probs(self.model, x, self.tfm, bs, self.spec.tta, self.device, self.dtype, self.spec.n_out)
+        with settings(self.device, self.deterministic):
+            return predict_probs(
+                self.model, x, self.tfm, bs or self.eval_bs, self.spec.tta, self.device, self.dtype, self.spec.n_out
+            )
 
-    def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:
+    def predict(self, images: Sequence, bs: int | None = None) -> np.ndarray:
         """Probabilities for images (paths or PIL images)."""
         return self.predict_arrays(self.arrays(images), bs)
 
@@ -123,11 +140,11 @@ class Ensemble:
             if m.classes != self.classes:
                 raise PipelineError(f"models/{m.name}: classes differ from the ensemble's; rerun `dvc repro`")
 
-    def predict(self, images: Sequence, bs: int = 256) -> np.ndarray:
+    def predict(self, images: Sequence, bs: int | None = None) -> np.ndarray:
         """The submission's probabilities for images (paths or PIL images)."""
         return self.predict_arrays(self.members[0].arrays(images), bs)
 
-    def predict_arrays(self, x: np.ndarray, bs: int = 256) -> np.ndarray:
+    def predict_arrays(self, x: np.ndarray, bs: int | None = None) -> np.ndarray:
         """Probabilities for prepared-format uint8 arrays (every member was trained on the same prepared data)."""
         from ensembles.calibrate import adjust_logits, apply_temperature
         from ensembles.weights import blend, stacker_apply

@@ -1,0 +1,150 @@
+"""The torch versions this project supports, and a check of an interpreter's own torch: what `make setup TORCH=system`
+runs with the machine's Python before keeping its torch, and what `doctor` reports. Standard library only: it runs
+with an interpreter that has nothing of the project installed.
+
+Run:    python -m pipeline.torch_support    (from the project's folder; prints what it found; exit 0 in range, 3 no torch, 4 outside the range)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+# The oldest torch the code, fastai 2.8 and timm run with (tested at both ends on a CPU: bench/results/torches.md):
+# 2.5 has torch.cpu's bf16 checks (`precision: native`; fastai's torch.amp imports need 2.3) and Python 3.13 wheels;
+# and the first minor release not yet tried. torchvision must be torch's own pair (TORCHVISION).
+OLDEST = (2, 5)
+NEWER_THAN = (2, 15)  # exclusive: 2.15 is out, not yet tried here (pip on these machines is capped at 2.14)
+TORCHVISION = {(2, m): (0, m + 15) for m in range(OLDEST[1], NEWER_THAN[1])}  # torch 2.14 <-> torchvision 0.29
+RANGE = f"torch>={OLDEST[0]}.{OLDEST[1]},<{NEWER_THAN[0]}.{NEWER_THAN[1]}"
+
+
+def release(version: str) -> tuple[int, int]:
+    """'2.14.1+cu130' -> (2, 14)."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if not m:
+        raise ValueError(f"not a version: {version!r}")
+    return int(m[1]), int(m[2])
+
+
+def supported(version: str) -> bool:
+    """Is this torch version inside the supported range?"""
+    return OLDEST <= release(version) < NEWER_THAN
+
+
+def problem(torch_version: str, torchvision_version: str | None) -> str | None:
+    """Why this torch (and torchvision) pair cannot run the project, or None where it can."""
+    if not supported(torch_version):
+        return f"torch {torch_version} is outside the supported range {RANGE}"
+    want = TORCHVISION[release(torch_version)]
+    if torchvision_version is None:
+        return f"torch {torch_version} has no torchvision beside it: install torchvision {want[0]}.{want[1]}.*"
+    if release(torchvision_version) != want:
+        return (
+            f"torchvision {torchvision_version} does not pair with torch {torch_version}: "
+            f"torch {torch_version} needs torchvision {want[0]}.{want[1]}.*"
+        )
+    return None
+
+
+# the torch family: what TORCH=system keeps and a wheelhouse leaves out unless asked (torch's own CUDA libraries)
+TORCH_FAMILY = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")
+
+
+def check(gpu: bool) -> int:
+    """This interpreter's torch: 0 in the range (with `gpu`: and seeing a GPU, else 5), 3 none, 4 outside."""
+    if importlib.util.find_spec("torch") is None:  # without importing anything: cheap for the Makefile
+        print(f"{sys.executable}: no torch; supported: {RANGE}")
+        return 3
+    import torch
+
+    try:
+        import torchvision
+
+        tv = torchvision.__version__
+    except Exception:  # any exception: torchvision missing, or built for another torch (fails to import)
+        tv = None
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
+    usable = torch.cuda.is_available()
+    print(f"{sys.executable}: torch {torch.__version__} ({build} build, GPU usable: {'yes' if usable else 'no'})")
+    why = problem(torch.__version__, tv)
+    if why:
+        print(f"error: {why}; supported: {RANGE} with its torchvision")
+        return 4
+    if gpu and not usable:
+        return 5
+    print(f"ok: torch {torch.__version__} with torchvision {tv} is in the supported range {RANGE}")
+    return 0
+
+
+def keep_torch(venv: Path, requirements: Path) -> int:
+    """Make `venv` (made with --system-site-packages) see this interpreter's torch also where the interpreter is
+    itself a virtual environment or conda's (a .pth file naming torch's folder), and write the requirements without
+    torch and the constraints that pin torch and torchvision to the versions found, so pip installs the rest
+    beside them and never replaces them."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        print(f"error: {sys.executable} has no torch to keep; supported: {RANGE}")
+        return 3
+    site = Path(next(iter(spec.submodule_search_locations))).parent
+    (target,) = venv.glob("lib/python*/site-packages") or [None]
+    if target is None:
+        print(f"error: {venv}: not a virtual environment (no lib/python*/site-packages)")
+        return 2
+    (target / "machine-torch.pth").write_text(f"{site}\n")
+    kept = [f"{d}=={metadata.version(d)}" for d in ("torch", "torchvision") if _installed(d)]
+    (venv / "torch-constraints.txt").write_text("\n".join(kept) + "\n")
+    lines = requirements.read_text().splitlines()
+    rest = [ln for ln in lines if not TORCH_FAMILY.match(re.split(r"[=<>~!;\[ ]", ln.strip(), maxsplit=1)[0])]
+    (venv / "requirements-no-torch.txt").write_text("\n".join(rest) + "\n")
+    print(f"keeping {', '.join(kept)} from {site}")
+    return 0
+
+
+def _installed(dist: str) -> bool:
+    try:
+        metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def wheel_list(report: dict, with_torch: bool) -> list[str]:
+    """pip install --dry-run --report's resolution -> the name==version lines of a wheelhouse (torch and its CUDA
+    libraries left out unless `with_torch`; pip itself put in, so the offline set-up can upgrade it)."""
+    out = []
+    for item in report.get("install", []):
+        name, ver = item["metadata"]["name"], item["metadata"]["version"]
+        if with_torch or not TORCH_FAMILY.match(name.lower().replace("_", "-")):
+            out.append(f"{name}=={ver}")
+    return sorted(out, key=str.lower)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The subcommands: check, keep-torch, wheels."""
+    ap = argparse.ArgumentParser(prog="python -m pipeline.commands.environment", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="is this interpreter's torch in the supported range?")
+    c.add_argument("--gpu", action="store_true", help="and does it see a usable GPU? (exit 5 if not)")
+    k = sub.add_parser("keep-torch", help="let a new virtual environment use this interpreter's torch")
+    k.add_argument("venv", type=Path)
+    k.add_argument("--requirements", type=Path, default=Path("requirements.txt"))
+    w = sub.add_parser("wheels", help="pip's --report -> the wheelhouse's name==version list")
+    w.add_argument("report", type=Path)
+    w.add_argument("--with-torch", action="store_true")
+    args = ap.parse_args(argv)
+    if args.cmd == "check":
+        return check(args.gpu)
+    if args.cmd == "keep-torch":
+        return keep_torch(args.venv, args.requirements)
+    print("\n".join(wheel_list(json.loads(args.report.read_text()), args.with_torch)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Issue 34: what a first run on a GPU would have hit, shown on a CPU where faking CUDA's queries can show it (each
+test failed before its fix); the `gpu` tests for what only a GPU can show are in test_hardware.py."""
+
+import contextlib
+import gc
+import weakref
+
+import numpy as np
+import torch
+from conftest import synth
+from test_hardware import fake_cuda, trained_member  # noqa: F401 (fake_cuda: a fixture)
+
+from pipeline.learn import hardware as H
+from pipeline.learn import member, recipe, trained
+from pipeline.params import make_spec
+
+
+def test_a_cuda_device_without_an_index_is_made_concrete(fake_cuda, monkeypatch):  # noqa: F811
+    """bench.overhead and notebooks pass torch.device("cuda"); torch.cuda.set_device refuses a device without an
+    index ('Expected a torch.device with a specified index'): start_device now gives it this process's."""
+    seen = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.append(d) if d.index is not None else 1 / 0)
+    monkeypatch.setattr(recipe, "configure", lambda device, det: None)
+    monkeypatch.setattr(recipe, "set_seed", lambda *a, **k: None)
+    spec, device = recipe.start_device(make_spec({"arch": "logreg"}, "t"), 0, torch.device("cuda"))
+    assert device == torch.device("cuda:0") and seen == [torch.device("cuda:0")] and spec.eval_bs == 1024
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert H.concrete(torch.device("cuda")) == torch.device("cuda:1") and H.concrete("cpu") == torch.device("cpu")
+
+
+def test_each_fold_lets_go_of_its_learner_and_gradients(monkeypatch):
+    """folds/refit: a finished fold's learner (optimizer state, uploaded rows) and its model's gradients were kept
+    while later folds trained (on a GPU: memory piling up, each fold's peak including the earlier ones')."""
+    learners = []
+    real = member.build_learner
+
+    def spy(*a, **k):
+        learn, setup = real(*a, **k)
+        learners.append(weakref.ref(learn))
+        return learn, setup
+
+    monkeypatch.setattr(member, "build_learner", spy)
+    from pipeline.train import train_entry
+
+    arrays, meta = synth(n=60, size=12, c=1)
+    spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 1e-3, "folds": 3, "refit": True}, "t")
+    gc.disable()
+    try:
+        res = train_entry("t", spec, arrays, meta, seed=0)
+        alive = [r() is not None for r in learners]
+    finally:
+        gc.enable()
+    assert len(learners) == 4 and not any(alive[:-1])  # each fold's learner gone before the next trained
+    assert all(p.grad is None for r in res.folds or [] for p in r.model.parameters())
+    assert all(p.grad is None for p in res.model.parameters())
+
+
+def test_each_member_of_an_ensemble_predicts_under_its_own_settings(tmp_path, monkeypatch):
+    """configure() ran in Model.__init__: members trained with different `deterministic` all predicted under the
+    flags of the last one loaded. Now the flags are set around each model's prediction."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a_dir, _, arrays = trained_member(tmp_path / "a", deterministic=True)
+    b_dir, _, _ = trained_member(tmp_path / "b", deterministic=False)
+    a, b = trained.Model(a_dir, "cpu"), trained.Model(b_dir, "cpu")
+    used = []
+    monkeypatch.setattr(trained, "settings", lambda d, det: used.append(det) or contextlib.nullcontext())
+    a.predict_arrays(arrays["test_x"][:8])
+    b.predict_arrays(arrays["test_x"][:8])
+    a.cam(arrays["test_x"][:2])
+    assert used == [True, False, True]
+
+
+def test_settings_apply_then_restore_the_cuda_flags():
+    """The flags are process-wide: `settings` puts the previous ones back."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.benchmark = True
+        with H.settings(torch.device("cuda:0"), deterministic=True):
+            assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+            assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = saved
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def test_a_bf16_model_predicts_in_fp32_on_a_gpu_without_bf16(fake_cuda, capsys):  # noqa: F811
+    """Trained in bf16 on an H100, predicting on a T4 (7.5): bf16 there is emulated; fp32, said once."""
+    gpu = torch.device("cuda:0")
+    assert H.eval_dtype("bf16", "cuda:0", gpu) == torch.bfloat16  # an A100 (8.0): as the stage
+    fake_cuda["cap"] = (7, 5)
+    assert H.eval_dtype("bf16", "cuda:0", gpu) is None
+    assert H.eval_dtype("bf16", "cuda:0", gpu) is None
+    err = capsys.readouterr().err
+    assert err.count("predicts in fp32") == 1 and "no bf16 in hardware" in err
+    assert H.eval_dtype("fp16", "cuda:0", gpu) == torch.float16
+
+
+def test_predict_uses_the_stages_eval_batch_size(tmp_path, monkeypatch):
+    """The stage predicted at `eval_bs` (1024 on a GPU) and Model at 256: on a GPU other batches are other cuDNN
+    kernels, so a fresh process's predictions differed. Model now takes spec.json's resolved eval_bs."""
+    folder, res, arrays = trained_member(tmp_path, eval_bs=24)
+    sizes = []
+    real = trained.Model.predict_arrays
+
+    import pipeline.learn.infer as infer
+
+    real_probs = infer.predict_probs
+    monkeypatch.setattr(infer, "predict_probs", lambda m, x, t, bs, *a: sizes.append(bs) or real_probs(m, x, t, bs, *a))
+    m = trained.Model(folder, "cpu")
+    np.testing.assert_array_equal(real(m, arrays["test_x"]), res.preds["test"])  # bit for bit, as the stage
+    m.predict_arrays(arrays["test_x"], bs=8)
+    assert sizes == [24, 8] and res.spec.train["eval_bs"] == 24
+
+
+def test_grad_cam_runs_in_chunks(tmp_path, monkeypatch):
+    """Grad-CAM on a whole 256-image chunk kept every layer's fp32 activations at once (16-33 GB for VGG19 at
+    160-224 px); it now runs CAM_BS images per pass, with the same maps."""
+    import pipeline.inspect.cam as cam
+
+    folder, _, arrays = trained_member(tmp_path)
+    m = trained.Model(folder, "cpu")
+    whole = m.cam(arrays["test_x"][:9])
+    rows = []
+    real = cam.grad_cam
+    monkeypatch.setattr(cam, "grad_cam", lambda model, x, *a: rows.append(len(x)) or real(model, x, *a))
+    monkeypatch.setattr(trained, "CAM_BS", 4)
+    np.testing.assert_allclose(m.cam(arrays["test_x"][:9]), whole, atol=1e-5)
+    assert rows == [4, 4, 1]
+
+
+def test_a_resident_batch_is_copied_once_on_its_way_to_the_network():
+    """On a GPU the rows live on the device as N×H×W×C uint8: a batch was gathered, made N×C×H×W contiguous (a
+    copy), then made channels-last again in BatchTfm (another). Now the gathered batch is a channels-last view and
+    BatchTfm's float conversion is the one copy; the values are bit for bit the same."""
+    from pipeline.data import loaders
+
+    x = np.random.default_rng(0).integers(0, 255, (10, 6, 6, 3), dtype=np.uint8)
+    pair = loaders.TensorPair(x, np.arange(10), device=torch.device("cpu"), resident=True)  # as a GPU holds them
+    xb, yb = pair[torch.tensor([3, 1, 2])]
+    assert xb.is_contiguous(memory_format=torch.channels_last) and xb.shape == (3, 3, 6, 6)
+    assert yb.tolist() == [3, 1, 2]
+    tfm = loaders.BatchTfm(6, [0.5, 0.4, 0.3], [0.25, 0.2, 0.3], train=False)
+    (out,) = tfm((xb,))
+    (ref,) = tfm((torch.from_numpy(x[[3, 1, 2]]).permute(0, 3, 1, 2).contiguous(),))  # the CPU path's batch
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
