@@ -88,16 +88,28 @@ study: setup  ## the seeds' study on a GPU: four ImageNet nets fine-tuned on CIF
 # Every wheel the set-up needs, for this machine's platform and $(PYTHON) (PYTHON=python3.12 for another), resolved
 # as `make setup` would resolve requirements.txt today; torch and its CUDA libraries only with WITH_TORCH=1.
 # Carry the folder to a machine without network and run `make setup WHEELHOUSE=wheelhouse` (with TORCH=system there
-# for a wheelhouse without torch).
+# for a wheelhouse without torch). SKIP="numpy pandas ..." leaves out what the target machine has already.
 WHEELHOUSE_DIR ?= wheelhouse
 wheelhouse: python  ## download every wheel the set-up needs into wheelhouse/ (WITH_TORCH=1: torch too)
 	@mkdir -p $(WHEELHOUSE_DIR)
 	$(PYTHON) -m pip install --quiet --dry-run --ignore-installed --report $(WHEELHOUSE_DIR)/report.json -r requirements.txt pip
-	$(PYTHON) -m pipeline.commands.environment wheels $(WHEELHOUSE_DIR)/report.json $(if $(filter 1,$(WITH_TORCH)),--with-torch) > $(WHEELHOUSE_DIR)/wheels.txt
+	$(PYTHON) -m pipeline.commands.environment wheels $(WHEELHOUSE_DIR)/report.json $(if $(filter 1,$(WITH_TORCH)),--with-torch) $(if $(SKIP),--skip $(SKIP)) > $(WHEELHOUSE_DIR)/wheels.txt
 	$(PYTHON) -m pip download --quiet --no-deps -d $(WHEELHOUSE_DIR) -r $(WHEELHOUSE_DIR)/wheels.txt
 	@for f in $(WHEELHOUSE_DIR)/*.tar.gz; do [ -e "$$f" ] || continue; $(PYTHON) -m pip wheel --quiet --no-deps -w $(WHEELHOUSE_DIR) "$$f" && rm "$$f"; done
 	@rm $(WHEELHOUSE_DIR)/report.json
 	@echo "$(WHEELHOUSE_DIR): $$(ls $(WHEELHOUSE_DIR)/*.whl | wc -l) wheels, $$(du -sh $(WHEELHOUSE_DIR) | cut -f1), for Python $(PY_VERSION) on $$(uname -m)$(if $(filter 1,$(WITH_TORCH)),, without torch: set up with TORCH=system WHEELHOUSE=$(WHEELHOUSE_DIR))"
+
+# The GPU check's bundle (README "GPU machines"): a Python 3.12 wheelhouse without torch and without what a PyTorch
+# container image has already, and Fashion-MNIST, in .gpu/ (git-ignored; about 60 MiB, under the 64 MiB a lent
+# GPU machine's call carries). There: `bash bench/gpu_machine.sh .gpu`.
+GPU_IMAGE_HAS := torch torchvision numpy scipy pandas scikit-learn matplotlib pillow timm huggingface-hub safetensors pyyaml \
+	contourpy cycler fonttools kiwisolver pyparsing python-dateutil six tzdata joblib threadpoolctl filelock fsspec \
+	jinja2 markupsafe networkx sympy mpmath typing-extensions packaging requests urllib3 idna certifi \
+	charset-normalizer tqdm hf-xet setuptools
+gpu-bundle:  ## the GPU check's bundle in .gpu/ (PYTHON=python3.12 by default: the container image's)
+	$(MAKE) --no-print-directory wheelhouse PYTHON=$(or $(GPU_PYTHON),python3.12) WHEELHOUSE_DIR=.gpu/wheels SKIP="$(GPU_IMAGE_HAS) ruff spacy thinc"
+	@mkdir -p .gpu/data && cp data/raw/fashion-mnist/*-ubyte* .gpu/data/
+	@echo ".gpu: $$(du -sh .gpu | cut -f1) (wheels and Fashion-MNIST)"
 
 doctor: setup  ## what this machine offers and what a run will use (python -m pipeline.commands.doctor)
 	python -m pipeline.commands.doctor
@@ -105,4 +117,4 @@ doctor: setup  ## what this machine offers and what a run will use (python -m pi
 lint: setup  ## ruff lint and format check
 	ruff check . && ruff format --check .
 
-.PHONY: help python setup data repro test quick study lint wheelhouse doctor
+.PHONY: help python setup data repro test quick study lint wheelhouse gpu-bundle doctor

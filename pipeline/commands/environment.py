@@ -52,8 +52,13 @@ def problem(torch_version: str, torchvision_version: str | None) -> str | None:
     return None
 
 
-# the torch family: what TORCH=system keeps and a wheelhouse leaves out unless asked (torch's own CUDA libraries)
-TORCH_FAMILY = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")
+# what TORCH=system keeps from the machine (and takes out of requirements.txt)
+TORCH_PINS = re.compile(r"^(torch|torchvision)$")
+
+
+def norm(name: str) -> str:
+    """A distribution's name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def check(gpu: bool) -> int:
@@ -100,7 +105,7 @@ def keep_torch(venv: Path, requirements: Path) -> int:
     kept = [f"{d}=={metadata.version(d)}" for d in ("torch", "torchvision") if _installed(d)]
     (venv / "torch-constraints.txt").write_text("\n".join(kept) + "\n")
     lines = requirements.read_text().splitlines()
-    rest = [ln for ln in lines if not TORCH_FAMILY.match(re.split(r"[=<>~!;\[ ]", ln.strip(), maxsplit=1)[0])]
+    rest = [ln for ln in lines if not TORCH_PINS.match(norm(re.split(r"[=<>~!;\[ ]", ln.strip(), maxsplit=1)[0]))]
     (venv / "requirements-no-torch.txt").write_text("\n".join(rest) + "\n")
     print(f"keeping {', '.join(kept)} from {site}")
     return 0
@@ -114,14 +119,48 @@ def _installed(dist: str) -> bool:
     return True
 
 
-def wheel_list(report: dict, with_torch: bool) -> list[str]:
-    """pip install --dry-run --report's resolution -> the name==version lines of a wheelhouse (torch and its CUDA
-    libraries left out unless `with_torch`; pip itself put in, so the offline set-up can upgrade it)."""
+REQ = re.compile(r"^\s*([A-Za-z0-9._-]+)\s*(?:\[([^\]]*)\])?")
+EXTRA = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
+
+
+def requirements_of(item: dict, extras: set[str]) -> list[tuple[str, set[str]]]:
+    """(name, extras) of what a resolved distribution requires, with the requirements of the `extras` asked of it."""
     out = []
-    for item in report.get("install", []):
-        name, ver = item["metadata"]["name"], item["metadata"]["version"]
-        if with_torch or not TORCH_FAMILY.match(name.lower().replace("_", "-")):
-            out.append(f"{name}=={ver}")
+    for r in item["metadata"].get("requires_dist") or []:
+        wanted = EXTRA.search(r)
+        if wanted and norm(wanted[1]) not in extras:
+            continue
+        m = REQ.match(r)
+        out.append((norm(m[1]), {norm(e) for e in (m[2] or "").split(",") if e.strip()}))
+    return out
+
+
+def torch_only(report: dict) -> set[str]:
+    """The distributions of pip's resolution that only torch and torchvision need (torch's CUDA libraries, triton,
+    sympy, ...): those not reached from the other requested packages' requirements (extras followed) without
+    passing through torch. A machine that has its own torch has them already."""
+    items = {norm(i["metadata"]["name"]): i for i in report.get("install", [])}
+    seen: set[tuple[str, frozenset]] = set()
+    todo = [(n, frozenset()) for n, i in items.items() if i.get("requested") and not TORCH_PINS.match(n)]
+    while todo:
+        n, extras = todo.pop()
+        if (n, extras) in seen or n not in items or TORCH_PINS.match(n):
+            continue
+        seen.add((n, extras))
+        todo += [(d, frozenset(e)) for d, e in requirements_of(items[n], set(extras))]
+    return set(items) - {n for n, _ in seen}
+
+
+def wheel_list(report: dict, with_torch: bool, skip: tuple[str, ...] = ()) -> list[str]:
+    """pip install --dry-run --report's resolution -> the name==version lines of a wheelhouse: torch with what only
+    it needs left out unless `with_torch` (a machine with its own torch has them); `skip`: distributions the
+    target machine has already, left out too."""
+    drop = ({norm(n) for n in skip}) | (set() if with_torch else torch_only(report))
+    out = [
+        f"{i['metadata']['name']}=={i['metadata']['version']}"
+        for i in report.get("install", [])
+        if norm(i["metadata"]["name"]) not in drop
+    ]
     return sorted(out, key=str.lower)
 
 
@@ -137,12 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("wheels", help="pip's --report -> the wheelhouse's name==version list")
     w.add_argument("report", type=Path)
     w.add_argument("--with-torch", action="store_true")
+    w.add_argument("--skip", nargs="*", default=[], help="distributions the target has already")
     args = ap.parse_args(argv)
     if args.cmd == "check":
         return check(args.gpu)
     if args.cmd == "keep-torch":
         return keep_torch(args.venv, args.requirements)
-    print("\n".join(wheel_list(json.loads(args.report.read_text()), args.with_torch)))
+    print("\n".join(wheel_list(json.loads(args.report.read_text()), args.with_torch, tuple(args.skip))))
     return 0
 
 
