@@ -88,15 +88,19 @@ study: setup  ## the seeds' study on a GPU: four ImageNet nets fine-tuned on CIF
 # Every wheel the set-up needs, for this machine's platform and $(PYTHON) (PYTHON=python3.12 for another), resolved
 # as `make setup` would resolve requirements.txt today; torch and its CUDA libraries only with WITH_TORCH=1.
 # Carry the folder to a machine without network and run `make setup WHEELHOUSE=wheelhouse` (with TORCH=system there
-# for a wheelhouse without torch). SKIP="numpy pandas ..." leaves out what the target machine has already.
+# for a wheelhouse without torch). FOR_TORCH=2.11.0: resolved for a machine whose own torch is that one (accelerate,
+# for one, needs torch 2.6 from 1.11 on); SKIP="numpy pandas ..." leaves out what the target machine has already.
 WHEELHOUSE_DIR ?= wheelhouse
 wheelhouse: python  ## download every wheel the set-up needs into wheelhouse/ (WITH_TORCH=1: torch too)
 	@mkdir -p $(WHEELHOUSE_DIR)
-	$(PYTHON) -m pip install --quiet --dry-run --ignore-installed --report $(WHEELHOUSE_DIR)/report.json -r requirements.txt pip
+	$(if $(FOR_TORCH),$(PYTHON) -m pipeline.commands.environment pins $(FOR_TORCH) > $(WHEELHOUSE_DIR)/for-torch.txt)
+	grep -vE '^torch(vision)?[=<>~! ]' requirements.txt > $(WHEELHOUSE_DIR)/requirements.txt
+	$(PYTHON) -m pip install --quiet --dry-run --ignore-installed --report $(WHEELHOUSE_DIR)/report.json pip \
+	  $(if $(FOR_TORCH),-r $(WHEELHOUSE_DIR)/requirements.txt -r $(WHEELHOUSE_DIR)/for-torch.txt,-r requirements.txt)
 	$(PYTHON) -m pipeline.commands.environment wheels $(WHEELHOUSE_DIR)/report.json $(if $(filter 1,$(WITH_TORCH)),--with-torch) $(if $(SKIP),--skip $(SKIP)) > $(WHEELHOUSE_DIR)/wheels.txt
 	$(PYTHON) -m pip download --quiet --no-deps -d $(WHEELHOUSE_DIR) -r $(WHEELHOUSE_DIR)/wheels.txt
 	@for f in $(WHEELHOUSE_DIR)/*.tar.gz; do [ -e "$$f" ] || continue; $(PYTHON) -m pip wheel --quiet --no-deps -w $(WHEELHOUSE_DIR) "$$f" && rm "$$f"; done
-	@rm $(WHEELHOUSE_DIR)/report.json
+	@rm -f $(WHEELHOUSE_DIR)/report.json $(WHEELHOUSE_DIR)/for-torch.txt $(WHEELHOUSE_DIR)/requirements.txt
 	@echo "$(WHEELHOUSE_DIR): $$(ls $(WHEELHOUSE_DIR)/*.whl | wc -l) wheels, $$(du -sh $(WHEELHOUSE_DIR) | cut -f1), for Python $(PY_VERSION) on $$(uname -m)$(if $(filter 1,$(WITH_TORCH)),, without torch: set up with TORCH=system WHEELHOUSE=$(WHEELHOUSE_DIR))"
 
 # The GPU check's bundle (README "GPU machines"): a Python 3.12 wheelhouse without torch and without what a PyTorch
@@ -107,7 +111,7 @@ GPU_IMAGE_HAS := torch torchvision numpy scipy pandas scikit-learn matplotlib pi
 	jinja2 markupsafe networkx sympy mpmath typing-extensions packaging requests urllib3 idna certifi \
 	charset-normalizer tqdm hf-xet setuptools
 gpu-bundle:  ## the GPU check's bundle in .gpu/ (PYTHON=python3.12 by default: the container image's)
-	$(MAKE) --no-print-directory wheelhouse PYTHON=$(or $(GPU_PYTHON),python3.12) WHEELHOUSE_DIR=.gpu/wheels SKIP="$(GPU_IMAGE_HAS) ruff spacy thinc"
+	$(MAKE) --no-print-directory wheelhouse PYTHON=$(or $(GPU_PYTHON),python3.12) FOR_TORCH=$(or $(GPU_TORCH),2.11.0) WHEELHOUSE_DIR=.gpu/wheels SKIP="$(GPU_IMAGE_HAS) ruff spacy thinc"
 	@mkdir -p .gpu/data && cp data/raw/fashion-mnist/*-ubyte* .gpu/data/
 	@echo ".gpu: $$(du -sh .gpu | cut -f1) (wheels and Fashion-MNIST)"
 

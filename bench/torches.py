@@ -3,13 +3,13 @@
 Colab's or a container's Python has one), then in a fresh `git clone --depth 1`: `make setup TORCH=system
 PYTHON=<that Python>` (the rest of requirements.txt installed beside the machine's torch, which must stay the one
 used) and `make quick` or, with `--target test`, the whole suite. `--wheelhouse DIR` installs from a wheelhouse
-(`make wheelhouse`), set-up and suite with the network cut (`unshare -n`, pip's configuration and find-links
+(`make wheelhouse FOR_TORCH=<torch>`; `{torch}` in DIR is each torch's version), set-up and suite with the network cut (`unshare -n`, pip's configuration and find-links
 emptied), as a node without network would. What passed, how long it took, whether set-up installed a torch of its own.
 
 `--check` (the smallest mode, what the test runs): the current interpreter as the machine's Python, only `make
 python TORCH=system`, which says the environment it would make; nothing is installed.
 Writes bench/results/torches[_offline]_<target>.{json,md} (--out), a row as soon as each torch is measured.
-Run:    python -m bench.torches [--torches 2.5.1 2.14.1] [--target quick|test] [--wheelhouse wheelhouse] [--check]
+Run:    python -m bench.torches [--torches 2.5.1 2.14.1] [--target quick|test] [--wheelhouse /tmp/wh-{torch}] [--check]
         (a torch other than the pinned one downloads its CUDA wheels from PyPI, about 3 GB)
 """
 
@@ -62,9 +62,13 @@ def torch_of(venv_python: Path) -> str:
     return r.stdout.strip()
 
 
-def measure(torch_version: str | None, target: str, wheelhouse: Path | None, check: bool) -> dict:
+def measure(torch_version: str | None, target: str, wheelhouse: str | None, check: bool) -> dict:
     py = Path(sys.executable) if torch_version is None else machine_python(torch_version)
     row: dict = {"torch": torch_version or "this interpreter's", "machine_python": str(py)}
+    wheelhouse = Path(wheelhouse.format(torch=torch_version)) if wheelhouse else None
+    if wheelhouse:
+        wheels = list(wheelhouse.glob("*.whl"))
+        row |= {"wheels": len(wheels), "wheelhouse_mib": round(sum(f.stat().st_size for f in wheels) / 2**20, 1)}
     rc, out, _ = make("python", str(py), ROOT, extra=["TORCH=system"])
     row |= {"resolved": next((ln for ln in out.splitlines() if ln.startswith(("Python", "error"))), out.strip())}
     if check or rc:
@@ -95,6 +99,7 @@ def markdown(r: dict) -> str:
             x["torch"],
             x.get("venv_torch", "-"),
             "yes" if x.get("installed_torch") else "no" if "installed_torch" in x else "-",
+            f"{x['wheels']} wheels, {x['wheelhouse_mib']} MiB" if "wheels" in x else "network",
             x.get("setup_minutes", "-"),
             x.get("target", "-"),
             x.get("minutes", "-"),
@@ -104,10 +109,11 @@ def markdown(r: dict) -> str:
         ]
         for x in r["rows"]
     ]
-    head = ["machine's torch", "torch the venv imports", "set-up installed a torch", "set-up min", "make target"]
+    head = ["machine's torch", "torch the venv imports", "set-up installed a torch", "from", "set-up min"]
+    head += ["make target"]
     head += ["minutes", "passed", "failed", "result"]
     mode = " --check" if r["check"] else f" --target {r['target']}"
-    where = f", offline from a wheelhouse of {r['wheelhouse_mib']} MiB" if r.get("wheelhouse_mib") else ""
+    where = ", set-up and suite with the network cut (`unshare -n`)" if r.get("offline") else ""
     return f"`python -m bench.torches{mode}` on {r['cpu']}{where}\n\n" + markdown_table(head, rows)
 
 
@@ -116,16 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     oldest = ".".join(map(str, environment.OLDEST)) + ".1"
     ap.add_argument("--torches", nargs="+", default=[oldest, "2.14.1"], help="torch versions (default: both ends)")
     ap.add_argument("--target", default="quick", choices=["quick", "test"], help="the make target run in the clone")
-    ap.add_argument("--wheelhouse", type=Path, default=None, help="set up from this wheelhouse, network cut")
+    ap.add_argument("--wheelhouse", default=None, help="set up from this wheelhouse ({torch}: each's), network cut")
     ap.add_argument("--check", action="store_true", help="only `make python TORCH=system` with this interpreter")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "torches_check" if args.check else f"torches{'_offline' if args.wheelhouse else ''}_{args.target}"
-    r = {"cpu": cpu_name(), "check": args.check, "target": args.target, "rows": []}
-    if args.wheelhouse:
-        size = sum(f.stat().st_size for f in args.wheelhouse.glob("*.whl"))
-        r |= {"wheelhouse_mib": round(size / 2**20, 1), "wheels": len(list(args.wheelhouse.glob("*.whl")))}
+    r = {"cpu": cpu_name(), "check": args.check, "target": args.target, "offline": bool(args.wheelhouse), "rows": []}
     for t in [None] if args.check else args.torches:
         r["rows"].append(measure(t, args.target, args.wheelhouse, args.check))
         write_json(args.out / f"{name}.json", r)

@@ -177,11 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("report", type=Path)
     w.add_argument("--with-torch", action="store_true")
     w.add_argument("--skip", nargs="*", default=[], help="distributions the target has already")
+    c2 = sub.add_parser("pins", help="constraints for a machine's torch: torch==V and its torchvision")
+    c2.add_argument("torch_version")
     args = ap.parse_args(argv)
     if args.cmd == "check":
         return check(args.gpu)
     if args.cmd == "keep-torch":
         return keep_torch(args.venv, args.requirements)
+    if args.cmd == "pins":
+        if not supported(args.torch_version):
+            print(f"error: torch {args.torch_version} is outside the supported range {RANGE}", file=sys.stderr)
+            return 4
+        tv = TORCHVISION[release(args.torch_version)]
+        print(f"torch=={args.torch_version}\ntorchvision=={tv[0]}.{tv[1]}.*")
+        return 0
     print("\n".join(wheel_list(json.loads(args.report.read_text()), args.with_torch, tuple(args.skip))))
     return 0
 
