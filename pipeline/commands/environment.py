@@ -135,31 +135,39 @@ def requirements_of(item: dict, extras: set[str]) -> list[tuple[str, set[str]]]:
     return out
 
 
-def torch_only(report: dict) -> set[str]:
-    """The distributions of pip's resolution that only torch and torchvision need (torch's CUDA libraries, triton,
-    sympy, ...): those not reached from the other requested packages' requirements (extras followed) without
-    passing through torch. A machine that has its own torch has them already."""
+def needed(report: dict, stop: set[str]) -> set[str]:
+    """The distributions of pip's resolution reached from the requested ones through their requirements (the
+    extras asked for followed), without entering those in `stop`."""
     items = {norm(i["metadata"]["name"]): i for i in report.get("install", [])}
     seen: set[tuple[str, frozenset]] = set()
-    todo = [(n, frozenset()) for n, i in items.items() if i.get("requested") and not TORCH_PINS.match(n)]
+    todo = [(n, frozenset()) for n, i in items.items() if i.get("requested")]
     while todo:
         n, extras = todo.pop()
-        if (n, extras) in seen or n not in items or TORCH_PINS.match(n):
+        if (n, extras) in seen or n not in items or n in stop:
             continue
         seen.add((n, extras))
         todo += [(d, frozenset(e)) for d, e in requirements_of(items[n], set(extras))]
-    return set(items) - {n for n, _ in seen}
+    return {n for n, _ in seen}
+
+
+def torch_only(report: dict) -> set[str]:
+    """What only torch and torchvision need (torch's CUDA libraries, triton, sympy, ...), and they: a machine that
+    has its own torch has them already."""
+    items = {norm(i["metadata"]["name"]) for i in report.get("install", [])}
+    return items - needed(report, {"torch", "torchvision"})
 
 
 def wheel_list(report: dict, with_torch: bool, skip: tuple[str, ...] = ()) -> list[str]:
     """pip install --dry-run --report's resolution -> the name==version lines of a wheelhouse: torch with what only
     it needs left out unless `with_torch` (a machine with its own torch has them); `skip`: distributions the
-    target machine has already, left out too."""
-    drop = ({norm(n) for n in skip}) | (set() if with_torch else torch_only(report))
+    target machine has already, or that an install with --no-deps can go without, left out with what only they
+    need."""
+    stop = {norm(n) for n in skip} | (set() if with_torch else {"torch", "torchvision"})
+    keep = needed(report, stop)
     out = [
         f"{i['metadata']['name']}=={i['metadata']['version']}"
         for i in report.get("install", [])
-        if norm(i["metadata"]["name"]) not in drop
+        if norm(i["metadata"]["name"]) in keep
     ]
     return sorted(out, key=str.lower)
 
