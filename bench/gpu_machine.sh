@@ -36,7 +36,15 @@ if [ -d "$BUNDLE/wheels" ]; then  # --no-deps: the bundle is one resolution (fas
   step install 120 $PY -m pip install --no-index --no-deps --no-compile "$BUNDLE"/wheels/*.whl
 fi
 mkdir -p data/raw/fashion-mnist
-[ -d "$BUNDLE/data" ] && cp -n "$BUNDLE"/data/*-ubyte* data/raw/fashion-mnist/ 2>/dev/null
+if [ -d "$BUNDLE/data" ]; then  # the IDX files, xz-compressed to fit the carry (the reader takes plain IDX)
+  $PY -c 'import lzma, pathlib, shutil, sys
+for f in pathlib.Path(sys.argv[1]).glob("*-ubyte.xz"):
+    out = pathlib.Path("data/raw/fashion-mnist", f.stem)
+    if not out.exists() and not out.with_name(out.name + ".gz").exists():
+        with lzma.open(f) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst)' "$BUNDLE/data"
+  cp -n "$BUNDLE"/data/*-ubyte.gz data/raw/fashion-mnist/ 2>/dev/null
+fi
 git rev-parse --git-dir >/dev/null 2>&1 || { git init -q && git add -A >/dev/null && git -c user.name=gpu -c user.email=gpu@check commit -qm "GPU check" ; }
 step doctor 30 $PY -m pipeline.commands.doctor
 step gpu_tests 150 $PY -m pytest -m gpu -q -p no:cacheprovider -rA
