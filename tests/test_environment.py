@@ -45,7 +45,8 @@ def test_the_wheelhouse_leaves_out_what_only_torch_needs():
         ("torch", "2.14.1", ["nvidia-cublas; platform_system == 'Linux'", "sympy>=1.13", "filelock"], False),
         ("torchvision", "0.29.1", ["torch==2.14.1", "numpy"], False),
         ("fastai", "2.8.12", ["torch<3,>=1.10", "torchvision>=0.11", "numpy"], True),
-        ("dvclive", "3.49", ["nvidia-ml-py", "uvicorn[standard]", "pytest; extra == 'tests'"], True),
+        ("dvclive", "3.49", ["nvidia-ml-py", "uvicorn[standard]", "pytest; extra == 'tests'", "colorama"], True),
+        ("colorama", "0.4", [], False),
         ("uvicorn", "0.3", ['uvloop>=0.14; extra == "standard"', "click"], False),
         ("nvidia-cublas", "13.1", [], False),
         ("nvidia-ml-py", "13.6", [], False),
@@ -56,13 +57,16 @@ def test_the_wheelhouse_leaves_out_what_only_torch_needs():
         ("uvloop", "0.23", [], False),
         ("click", "8", [], False),
         ("pytest", "9", [], False),
-        ("timm", "1.0", ["filelock", "torch"], True),
+        ("timm", "1.0", ["filelock", "torch", "colorama; platform_system == 'Windows'"], True),
     )
     assert environment.torch_only(r) == {"torch", "torchvision", "nvidia-cublas", "sympy", "mpmath", "pytest"}
     wheels = environment.wheel_list(r, with_torch=False, skip=("NumPy",))
     assert "numpy==2.4" not in wheels and "uvloop==0.23" in wheels and "nvidia-ml-py==13.6" in wheels
     assert "filelock==3.0" in wheels and not any(w.startswith(("torch", "sympy")) for w in wheels)
-    assert len(environment.wheel_list(r, with_torch=True)) == 14  # pytest: only an extra nobody asked for
+    assert len(environment.wheel_list(r, with_torch=True)) == 15  # pytest: only an extra nobody asked for
+    # a machine that has timm has what timm requires here; colorama only on Windows: dvclive's stays
+    assert "colorama==0.4" in environment.wheel_list(r, with_torch=False, have=("timm",))
+    assert "filelock==3.0" not in environment.wheel_list(r, with_torch=False, have=("timm",))
     lean = environment.wheel_list(r, with_torch=False, skip=("uvicorn",))  # and what only it needs
     assert not any(w.startswith(("uvicorn", "uvloop", "click")) for w in lean) and "numpy==2.4" in lean
 

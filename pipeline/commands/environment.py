@@ -119,19 +119,26 @@ def _installed(dist: str) -> bool:
     return True
 
 
-REQ = re.compile(r"^\s*([A-Za-z0-9._-]+)\s*(?:\[([^\]]*)\])?")
-EXTRA = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
+def _requirement():
+    """packaging's Requirement (markers evaluated for this interpreter and platform): the installed packaging, else
+    the copy pip carries (the set-up runs with an interpreter that has pip and maybe nothing else)."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        from pip._vendor.packaging.requirements import Requirement
+    return Requirement
 
 
 def requirements_of(item: dict, extras: set[str]) -> list[tuple[str, set[str]]]:
-    """(name, extras) of what a resolved distribution requires, with the requirements of the `extras` asked of it."""
+    """(name, extras) of what a resolved distribution requires on this interpreter and platform (markers such as
+    `platform_system == "Windows"` evaluated), with the requirements of the `extras` asked of it."""
+    requirement = _requirement()
     out = []
     for r in item["metadata"].get("requires_dist") or []:
-        wanted = EXTRA.search(r)
-        if wanted and norm(wanted[1]) not in extras:
+        req = requirement(r)
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (extras or {""})):
             continue
-        m = REQ.match(r)
-        out.append((norm(m[1]), {norm(e) for e in (m[2] or "").split(",") if e.strip()}))
+        out.append((norm(req.name), {norm(e) for e in req.extras}))
     return out
 
 
