@@ -18,6 +18,9 @@
 SUPPORTED := 3.11 3.12 3.13
 version_of = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 PYTHON ?= $(firstword $(foreach p,python3 $(foreach v,$(SUPPORTED),python$(v)),$(if $(filter $(SUPPORTED),$(call version_of,$(p))),$(p))))
+# an absolute path: the recipes put the new environment's bin/ first on PATH, where `python3` is no longer this one
+override PYTHON := $(if $(PYTHON),$(or $(shell command -v $(PYTHON) 2>/dev/null),$(PYTHON)))
+export PYTHON
 PY_VERSION := $(if $(PYTHON),$(call version_of,$(PYTHON)))
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
 TORCH ?= $(if $(PYTHON),$(shell $(PYTHON) -m pipeline.commands.environment check --gpu >/dev/null 2>&1 && echo system),)
@@ -39,6 +42,7 @@ help:  ## list the targets
 $(VENV)/.complete:
 	@$(MAKE) --no-print-directory python
 	@if [ "$(TORCH)" != pinned ] && [ "$(TORCH)" != system ]; then echo "error: TORCH=$(TORCH): use pinned or system"; exit 1; fi
+	@if [ "$(TORCH)" = system ] && [ -n "$(TORCH_CUDA)" ]; then echo "error: TORCH_CUDA=$(TORCH_CUDA) installs a torch, TORCH=system keeps the machine's: choose one (TORCH=pinned TORCH_CUDA=$(TORCH_CUDA))"; exit 1; fi
 	@if [ "$(TORCH)" = system ]; then $(PYTHON) -m pipeline.commands.environment check || { echo "error: TORCH=system keeps $(PYTHON)'s own torch, which must be in the range above; or use TORCH=pinned"; exit 1; }; fi
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(if $(filter system,$(TORCH)),--system-site-packages) $(VENV) || { echo "error: $(PYTHON) cannot make a virtual environment: install python$(PY_VERSION)-venv (Debian/Ubuntu: apt-get install python$(PY_VERSION)-venv)"; exit 1; }

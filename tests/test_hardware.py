@@ -97,6 +97,8 @@ def test_a_gpu_torch_cannot_use_stops_the_stage_naming_both_versions_and_both_wa
     with pytest.raises(PipelineError, match=r"--device = 'cuda:0'"):
         H.pick_device("cuda:0", where="--device")
     assert H.pick_device("cpu") == torch.device("cpu")  # the CPU on purpose
+    with pytest.raises(PipelineError, match=r"pass `--device cpu`"):  # a command's way out is its option
+        H.pick_device("auto", where="--device")
 
 
 def test_a_cpu_only_torch_on_a_gpu_machine_is_an_error_too(old_driver, monkeypatch):
@@ -134,6 +136,7 @@ def test_a_gpu_older_than_the_builds_kernels_is_an_error(fake_cuda, monkeypatch)
         ((12, 1), ["sm_90", "compute_120"], True),  # PTX compiles for newer GPUs
         ((9, 0), ["sm_90a"], True),
         ((7, 0), [], True),  # a build that does not say
+        ((9, 0), ["gfx90a", "gfx942"], True),  # ROCm's names: not CUDA's to check
     ],
 )
 def test_arch_fits_follows_cudas_compatibility_rules(cap, archs, fits):

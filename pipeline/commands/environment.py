@@ -1,8 +1,16 @@
-"""The torch versions this project supports, and a check of an interpreter's own torch: what `make setup TORCH=system`
-runs with the machine's Python before keeping its torch, and what `doctor` reports. Standard library only: it runs
-with an interpreter that has nothing of the project installed.
+"""The set-up's helpers (the Makefile's): the torch versions this project supports and a check of an interpreter's
+own torch (`make setup TORCH=system` keeps it only inside the range; `doctor` reports it), the files that keep it in a
+new virtual environment, and the list of wheels a wheelhouse holds (`make wheelhouse`). Standard library and pip
+only: it runs with an interpreter that has nothing of the project installed.
 
-Run:    python -m pipeline.torch_support    (from the project's folder; prints what it found; exit 0 in range, 3 no torch, 4 outside the range)
+Run (from the project's folder):
+        python -m pipeline.commands.environment check [--gpu]     exit 0: a torch in the range (--gpu: that sees a
+                                                                  GPU), 3: no torch, 4: outside the range, 5: no GPU
+        python -m pipeline.commands.environment keep-torch VENV   VENV sees this interpreter's torch; writes VENV's
+                                                                  requirements-no-torch.txt, torch-constraints.txt
+        python -m pipeline.commands.environment wheels REPORT [--with-torch] [--skip ..] [--have ..]
+                                                                  pip's --report -> name==version lines
+        python -m pipeline.commands.environment pins 2.5.1        torch==2.5.1 and its torchvision, as constraints
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-# The oldest torch the code, fastai 2.8 and timm run with (tested at both ends on a CPU: bench/results/torches.md):
+# The oldest torch the code, fastai 2.8 and timm run with (tested at both ends on a CPU: bench/results/torches_quick.md, torches_test.md):
 # 2.5 has torch.cpu's bf16 checks (`precision: native`; fastai's torch.amp imports need 2.3) and Python 3.13 wheels;
 # and the first minor release not yet tried. torchvision must be torch's own pair (TORCHVISION).
 OLDEST = (2, 5)
@@ -97,7 +105,8 @@ def keep_torch(venv: Path, requirements: Path) -> int:
         print(f"error: {sys.executable} has no torch to keep; supported: {RANGE}")
         return 3
     site = Path(next(iter(spec.submodule_search_locations))).parent
-    (target,) = venv.glob("lib/python*/site-packages") or [None]
+    found = sorted(venv.glob("lib/python*/site-packages"))
+    target = found[0] if found else None
     if target is None:
         print(f"error: {venv}: not a virtual environment (no lib/python*/site-packages)")
         return 2

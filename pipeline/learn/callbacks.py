@@ -6,6 +6,8 @@ import time
 
 import torch
 from fastai.callback.core import Callback, CancelTrainException, CancelValidException
+from fastai.learner import AvgLoss, AvgMetric, AvgSmoothLoss
+from fastai.torch_core import find_bs
 
 from pipeline.errors import PipelineError
 
@@ -194,3 +196,43 @@ class Probe(Callback):
         """Median seconds per batch of a split, after the warm-up batches."""
         t = self.times[split][self.warm :] or self.times[split]
         return float(sorted(t)[len(t) // 2]) if t else None
+
+
+# ------------------------------------------------------------------ losses and metrics kept on the GPU
+class DeviceSmoothLoss(AvgSmoothLoss):
+    """fastai's smoothed training loss, kept on the device the loss is on: fastai's own copies it to the host every
+    batch, a synchronisation that keeps the CPU from queueing the next batch while the GPU works. Read on the host
+    once per epoch (the recorder's log) and by lr_find."""
+
+    def accumulate(self, learn):
+        """Update the exponential average on the loss's device."""
+        self.count += 1
+        loss = learn.loss.mean().detach().float()
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+
+class DeviceAvgLoss(AvgLoss):
+    """fastai's validation loss, summed on the device: no copy to the host per batch."""
+
+    def accumulate(self, learn):
+        """Add the batch's loss × its size, on the device."""
+        bs = find_bs(learn.yb)
+        self.total += learn.loss.mean().detach().float() * bs
+        self.count += bs
+
+
+class DeviceAvgMetric(AvgMetric):
+    """fastai's averaged metric (accuracy), summed on the device: no copy to the host per validation batch."""
+
+    def accumulate(self, learn):
+        """Add the batch's metric × its size, on the device."""
+        bs = find_bs(learn.yb)
+        self.total += self.func(learn.pred, *learn.yb).detach().float() * bs
+        self.count += bs
+
+
+def keep_on_device(learn) -> None:
+    """The recorder's training loss, validation loss and metrics accumulated where they are computed (a GPU)."""
+    learn.recorder.smooth_loss = DeviceSmoothLoss(beta=learn.recorder.smooth_loss.beta)
+    learn.recorder.loss = DeviceAvgLoss()
+    learn.metrics = [DeviceAvgMetric(m.func) for m in learn.metrics]

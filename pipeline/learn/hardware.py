@@ -96,6 +96,8 @@ def concrete(device: torch.device | str | None) -> torch.device:
 def kernels_fit(device: torch.device, where: str) -> torch.device:
     """`device` where this torch build has kernels for its architecture; else the error naming both (a GPU older
     than the wheels' oldest architecture passes `is_available()` and fails at its first kernel)."""
+    if getattr(torch.version, "hip", None):  # ROCm: AMD's architectures, not CUDA's compute capabilities
+        return device
     cap = torch.cuda.get_device_capability(device)
     if not nvidia.arch_fits(cap, torch.cuda.get_arch_list()):
         raise PipelineError(nvidia.too_old(where, torch.cuda.get_device_name(device), cap, torch))
@@ -153,16 +155,17 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None  # auto on a CPU: fp32 (see the module docstring)
 
 
-def eval_dtype(trained: str, trained_on: str, device: torch.device) -> torch.dtype | None:
+def eval_dtype(trained: str, trained_on: str, device: torch.device, asked: str = "auto") -> torch.dtype | None:
     """The precision to evaluate a model with on `device`: the training precision on the device type it was trained
     on (so predictions reproduce the stage's own), otherwise that device's sensible one (`auto`): a model trained in
     bf16 on a GPU is evaluated in fp32 on a CPU, where bf16 may run ~10x slower. A GPU's bf16 model on a GPU without
     bf16 in hardware (trained on an H100, predicting on a T4) predicts in fp32, said once: its probabilities then
-    differ slightly from the stage's. (On CPUs, bf16 stays bf16: a forced-bf16 CPU model reproduces preds/.)"""
+    differ slightly from the stage's. A model whose entry forced bf16 (`asked`, the params' precision) predicts in
+    bf16 as its stage evaluated it, emulated or not (so on CPUs a forced-bf16 model reproduces preds/)."""
     if torch.device(trained_on).type != device.type:
         return pick_dtype("auto", device)
     dtype = DTYPES[trained]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not native_bf16(device):
+    if dtype == torch.bfloat16 and asked != "bf16" and device.type == "cuda" and not native_bf16(device):
         if "eval_bf16" not in _said:
             _said.add("eval_bf16")
             warn(

@@ -19,13 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROC_VERSION = Path("/proc/driver/nvidia/version")
-SIGNS = (PROC_VERSION, Path("/dev/nvidia0"), Path("/dev/nvidiactl"))
-# how to get a torch that fits, said wherever a GPU is unusable (README "GPUs: the machine's own torch")
-WAYS_OUT = (
-    "either use a torch that fits this machine: its own (`make setup TORCH=system` keeps the interpreter's torch), "
-    "or a build for an older CUDA (`make setup TORCH_CUDA=cu126`); or set `device: cpu` in params.yaml to train on "
-    "the CPU on purpose (many times slower)"
-)
+# device nodes, not /proc/driver/nvidia alone: a container given no GPU on a GPU host sees the host's /proc entry
+SIGNS = (Path("/dev/nvidiactl"), Path("/dev/nvidia0"))
+
+
+def ways_out(where: str) -> str:
+    """How to get going, said wherever a GPU is unusable (README "GPU machines"): a torch that fits, or the CPU on
+    purpose (`--device cpu` for a command, `device: cpu` for params.yaml)."""
+    cpu = "pass `--device cpu`" if where.startswith("--") else "set `device: cpu` in params.yaml"
+    return (
+        "either use a torch that fits this machine: its own (`make setup TORCH=system` keeps the interpreter's "
+        "torch), or a build for an older CUDA (`make setup TORCH_CUDA=cu126`, for drivers of CUDA 12: R525 and "
+        f"newer); or {cpu} to run on the CPU on purpose (many times slower)"
+    )
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ class Driver:
 
 
 def present() -> bool:
-    """Is there an NVIDIA GPU or driver on this machine (the kernel driver's files), usable by torch or not?"""
+    """Is there an NVIDIA GPU or driver for this machine's processes (the driver's device nodes), usable by torch or
+    not?"""
     return any(p.exists() for p in SIGNS)
 
 
@@ -123,10 +130,10 @@ def arch_fits(capability: tuple[int, int], arch_list: list[str]) -> bool:
     """Does a build with these architectures (torch.cuda.get_arch_list(): sm_75 … compute_120) have code for a GPU of
     this compute capability? A cubin sm_XY runs on X.Y and newer minors of major X; PTX compute_XY is compiled for
     any GPU of X.Y or newer. An empty list (a build that does not say) fits."""
-    if not arch_list:
+    parsed = [re.fullmatch(r"(sm|compute)_(\d+)(\d)[a-z]?", a) for a in arch_list]
+    if not any(parsed):  # a build that does not say, or ROCm's gfx names: nothing to check here
         return True
-    for arch in arch_list:
-        m = re.fullmatch(r"(sm|compute)_(\d+)(\d)[a-z]?", arch)
+    for m in parsed:
         if not m:
             continue
         built = (int(m[2]), int(m[3]))
@@ -156,7 +163,7 @@ def unusable(where: str, why: str, torch) -> str:
     gpus = "; ".join(str(g) for g in d.gpus) or "an NVIDIA GPU"
     return (
         f"{where} = 'auto', but {build_words(torch)} cannot use this machine's {gpus} with NVIDIA {d} ({why}): "
-        f"{WAYS_OUT}"
+        f"{ways_out(where)}"
     )
 
 
@@ -164,5 +171,5 @@ def too_old(where: str, name: str, capability: tuple[int, int], torch) -> str:
     """The error for a GPU whose architecture the build has no kernels for."""
     return (
         f"{where}: {build_words(torch)} has no kernels for {name} (compute capability "
-        f"{capability[0]}.{capability[1]}): its first kernel would fail with 'no kernel image'; {WAYS_OUT}"
+        f"{capability[0]}.{capability[1]}): its first kernel would fail with 'no kernel image'; {ways_out(where)}"
     )

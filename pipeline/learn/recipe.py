@@ -32,7 +32,7 @@ from pipeline.data.splits import stratified_subset
 from pipeline.errors import PipelineError, warn
 from pipeline.inspect.scores import resolve_metric
 from pipeline.learn import archs as archs_mod
-from pipeline.learn.callbacks import Autocast, EpochLog, NoValidation, Probe, StopOnNaN, TrimHeap
+from pipeline.learn.callbacks import Autocast, EpochLog, NoValidation, Probe, StopOnNaN, TrimHeap, keep_on_device
 from pipeline.learn.distributed import say, single_process
 from pipeline.learn.hardware import concrete, configure, pick_dtype
 from pipeline.params import TrainSpec, eval_batch, resolve_remedies
@@ -149,6 +149,8 @@ def build_learner(
     if not sys.stdout.isatty():
         learn.remove_cb(ProgressCallback)
         learn.logger = EpochLog(learn)
+    if device.type == "cuda":  # no host copy (and sync) of the loss and accuracy per batch
+        keep_on_device(learn)
     setup = Setup(arch, phases, spec.pretrained, mean, std, dtype, device, bs, n_in, n_out, h, arrays, dls_at, sampler)
     return learn, setup
 

@@ -24,9 +24,12 @@ from pipeline.params import EVAL_BS
 CAM_BS = 32  # Grad-CAM images per forward and backward pass
 
 
-def eval_batch_size(recorded, device: torch.device) -> int:
-    """The batch size the stage evaluated with (spec.json's resolved `train.eval_bs`), or `auto`'s for `device`."""
-    return recorded if isinstance(recorded, int) else EVAL_BS.get(device.type, EVAL_BS["cpu"])
+def eval_batch_size(recorded, trained_on: str, device: torch.device) -> int:
+    """The batch size the stage evaluated with (spec.json's resolved `train.eval_bs`) on the device type it ran on;
+    elsewhere `auto`'s for `device` (a GPU's 1024 would not fit a CPU's memory for a big net)."""
+    if isinstance(recorded, int) and torch.device(trained_on).type == device.type:
+        return recorded
+    return EVAL_BS.get(device.type, EVAL_BS["cpu"])
 
 
 def to_array(image, size: int, n_in: int) -> np.ndarray:
@@ -47,7 +50,7 @@ class Model:
         self.spec = s = load_member_spec(folder / "spec.json", stage_key or folder.name)
         self.name, self.classes, self.device = s.key, s.classes, concrete(device)
         self.deterministic = bool(s.train.get("deterministic", False))
-        self.eval_bs = eval_batch_size(s.train.get("eval_bs"), self.device)
+        self.eval_bs = eval_batch_size(s.train.get("eval_bs"), s.device, self.device)
         # `folds: K`: the entry is its K fold models, averaged as the train stage averaged them; Grad-CAM looks at
         # the first one
         self.folds = [Model(folder / f, device, s.key) for f in s.folds or []]
@@ -86,7 +89,7 @@ class Model:
         self.tfm = BatchTfm(s.size, s.mean, s.std, train=False, channels_last=s.channels_last)
         # on the device type it trained on, the precision the stage evaluated with (fp32 and cpu where the spec has neither), so
         # predictions match preds/<key>/; on another, that device's own (a GPU's bf16 model runs fp32 on a CPU)
-        self.dtype = eval_dtype(s.precision, s.device, self.device)
+        self.dtype = eval_dtype(s.precision, s.device, self.device, str(s.train.get("precision", "auto")))
 
     def inputs(self, x: np.ndarray) -> torch.Tensor:
         """Prepared-format uint8 arrays -> the normalised batch the network takes."""
