@@ -90,7 +90,9 @@ def measure(torch_version: str | None, target: str, wheelhouse: str | None, chec
     summary = [line for line in out.splitlines() if re.search(r"\d+ (passed|failed)", line)]
     tail = summary[-1].strip("= ") if summary else out.strip()[-300:]
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)", tail)}
-    return row | {"target": target, "rc": rc, "minutes": round(dt / 60, 1), "summary": tail, **counts}
+    failed = [line.split()[1] for line in out.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    row = row | {"target": target, "rc": rc, "minutes": round(dt / 60, 1), "summary": tail, **counts}
+    return row | ({"failed_tests": failed} if failed else {})
 
 
 def markdown(r: dict) -> str:
