@@ -46,7 +46,10 @@ def make(
 ) -> tuple[int, str, float]:
     """`make <target> PYTHON=<python> <extra>` in `cwd`, outside any activated environment; `wrap` turns the
     command into another (bench.torches: `unshare -n`), `env_extra` adds variables. (rc, output, seconds)"""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    # not the calling make's variables either (a test run by `make test TORCH=system VENV=...` passes them on in
+    # MAKEFLAGS, and the Makefile exports PYTHON): this make resolves its own
+    drop = ("VIRTUAL_ENV", "PYTHONPATH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHON")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p and "venv-" not in p)
     env |= env_extra or {}
     cmd = ["make", "--no-print-directory", target, f"PYTHON={python}", *extra]
