@@ -156,7 +156,12 @@ EVAL_BS = {"cpu": 128, "cuda": 1024}  # CPU: bench/levers.py, the fast net 1.6x 
 def eval_batch(spec: TrainSpec, device_type: str) -> TrainSpec:
     """`eval_bs: auto` made a number for the device: 128 on a CPU, 1024 on a GPU (small networks are launch-bound
     there at 128)."""
-    return spec if spec.eval_bs != "auto" else replace(spec, eval_bs=EVAL_BS.get(device_type, 128))
+    return spec if spec.eval_bs != "auto" else replace(spec, eval_bs=auto_eval_bs(device_type))
+
+
+def auto_eval_bs(device_type: str) -> int:
+    """`eval_bs: auto` on a device type (a CPU's for any other than CUDA)."""
+    return EVAL_BS.get(device_type, EVAL_BS["cpu"])
 
 
 def is_device(v):

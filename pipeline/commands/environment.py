@@ -167,13 +167,6 @@ def needed(report: dict, stop: set[str], roots: set[str] | None = None) -> set[s
     return {n for n, _ in seen}
 
 
-def torch_only(report: dict) -> set[str]:
-    """What only torch and torchvision need (torch's CUDA libraries, triton, sympy, ...), and they: a machine that
-    has its own torch has them already."""
-    items = {norm(i["metadata"]["name"]) for i in report.get("install", [])}
-    return items - needed(report, {"torch", "torchvision"})
-
-
 def wheel_list(report: dict, with_torch: bool, skip: tuple[str, ...] = (), have: tuple[str, ...] = ()) -> list[str]:
     """pip install --dry-run --report's resolution -> the name==version lines of a wheelhouse: torch with what only
     it needs left out unless `with_torch` (a machine with its own torch has them); `skip`: distributions an install

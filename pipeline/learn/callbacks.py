@@ -235,4 +235,4 @@ def keep_on_device(learn) -> None:
     """The recorder's training loss, validation loss and metrics accumulated where they are computed (a GPU)."""
     learn.recorder.smooth_loss = DeviceSmoothLoss(beta=learn.recorder.smooth_loss.beta)
     learn.recorder.loss = DeviceAvgLoss()
-    learn.metrics = [DeviceAvgMetric(m.func) for m in learn.metrics]
+    learn.metrics = [DeviceAvgMetric(m.func) if type(m) is AvgMetric else m for m in learn.metrics]

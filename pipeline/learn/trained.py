@@ -19,7 +19,7 @@ from pipeline.artifacts import ensemble_model_file, load_ensemble_model, load_me
 from pipeline.data.images import decode, to_channels
 from pipeline.errors import PipelineError
 from pipeline.learn.hardware import concrete, eval_dtype, settings
-from pipeline.params import EVAL_BS
+from pipeline.params import auto_eval_bs
 
 CAM_BS = 32  # Grad-CAM images per forward and backward pass
 
@@ -29,7 +29,7 @@ def eval_batch_size(recorded, trained_on: str, device: torch.device) -> int:
     elsewhere `auto`'s for `device` (a GPU's 1024 would not fit a CPU's memory for a big net)."""
     if isinstance(recorded, int) and torch.device(trained_on).type == device.type:
         return recorded
-    return EVAL_BS.get(device.type, EVAL_BS["cpu"])
+    return auto_eval_bs(device.type)
 
 
 def to_array(image, size: int, n_in: int) -> np.ndarray:
