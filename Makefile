@@ -3,6 +3,7 @@
 # make quick : the suite without the slow end-to-end tests (real `dvc repro`, torchrun): a quick answer
 # make study : the seeds' GPU study (python -m bench.study)
 # make lint  : ruff check and format check
+# make lock  : does the committed dvc.lock describe the code and params (CI runs it after the tests)
 # Python: PYTHON=..., else `python3` where it is a version the pinned libraries support (3.11, 3.12, 3.13: Debian
 # 13's 3.13, Ubuntu 24.04's and Colab's 3.12), else the first python3.13 / python3.12 / python3.11 on PATH.
 # The virtual environment lives outside the clone, keyed by that Python's version and a hash of requirements.txt,
@@ -125,7 +126,10 @@ gpu-bundle:  ## the GPU check's bundle in .gpu/ (PYTHON=python3.12 by default: t
 doctor: setup  ## what this machine offers and what a run will use (python -m pipeline.commands.doctor)
 	python -m pipeline.commands.doctor
 
+lock: setup  ## does the committed dvc.lock describe the code and params? (CI runs it after the tests)
+	python -m pipeline.commands.lock
+
 lint: setup  ## ruff lint and format check
 	ruff check . && ruff format --check .
 
-.PHONY: help python setup data repro test quick study lint wheelhouse gpu-bundle doctor
+.PHONY: help python setup data repro test quick study lint wheelhouse gpu-bundle doctor lock

@@ -4,6 +4,7 @@ import csv
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,30 @@ def test_predict_rebuilds_models_and_the_ensemble_exactly(repo, tmp_path):
 def test_predict_unknown_model_is_a_clear_error(repo):
     r = predict_cli(str(repo / "params.yaml"), "--model", "nope", "--root", str(repo))
     assert r.returncode == 1 and "models/nope/spec.json: missing" in r.stderr
+
+
+def test_lock_check_names_a_stale_entry_on_a_clone_without_outputs(repo, tmp_path):
+    """`python -m pipeline.commands.lock` (CI, after the tests): quiet on a clean clone, whose outputs sit in
+    DVC's cache and are absent; names a changed code file, a changed param and a removed stage's lock entry."""
+    lock = [sys.executable, "-m", "pipeline.commands.lock", "--root"]
+    clone = tmp_path / "clone"
+    run(f"git clone -q {repo} {clone}", tmp_path)
+    assert not (clone / "models" / "logreg").exists()  # a clone has no outputs
+    ok = subprocess.run([*lock, str(clone)], env=ENV, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    with (clone / "pipeline" / "learn" / "member.py").open("a") as f:
+        f.write("# changed\n")
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    (clone / "params.yaml").write_text(yaml.safe_dump({**params, "seed": params["seed"] + 1}))
+    locked = yaml.safe_load((clone / "dvc.lock").read_text())
+    locked["stages"]["train@gone"] = locked["stages"]["train@mlp"]
+    (clone / "dvc.lock").write_text(yaml.safe_dump(locked, sort_keys=False))
+    bad = subprocess.run([*lock, str(clone)], env=ENV, capture_output=True, text=True)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "train@mlp: pipeline/learn/member.py modified" in bad.stdout
+    assert "prepare: param seed modified (params.yaml)" in bad.stdout
+    assert "train@gone: in dvc.lock, not in dvc.yaml" in bad.stdout
+    assert "data/prepared" not in bad.stdout and "deleted" not in bad.stdout
 
 
 def test_push_pull_round_trip_through_a_local_remote(repo, tmp_path):
