@@ -7,7 +7,7 @@ Reports training seconds (lr_find excluded: the recipes fix their lr), test accu
 FLOP/s (3 × forward FLOPs per image, counted by torch.utils.flop_counter, × images/s) as a fraction of a
 matrix multiply's FLOP/s measured in the same run, in fp32 and bf16.
 Writes bench/results/fast_recipe_<name>_<size>px<epochs>ep[-...]-bs<bs>.{json,md}.
-Run:    python -m bench.fast_recipe [--recipe fast] [--epochs N | --phases 20:2,28:3] [--bs B] [--precision bf16]
+Run:    python -m bench.fast_recipe [--recipe fast] [--epochs N | --phases 20:2,28:3] [--bs B] [--precision native|fp32|bf16|...]
         (needs data/prepared: `dvc repro prepare`)
 """
 
@@ -28,7 +28,7 @@ from bench.machine import ROOT, add_paths, out_dir, train_member, write_json, wr
 from pipeline.artifacts import load_prepared
 from pipeline.inspect.tables import markdown_table
 from pipeline.learn import archs
-from pipeline.params import TrainSpec, load_params, make_spec, train_spec
+from pipeline.params import TRAIN_SCHEMA, TrainSpec, load_params, make_spec, train_spec
 
 
 def entry_spec(name: str = "fast", params_file: Path = ROOT / "params.yaml") -> TrainSpec:
@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--phases", default=None, help="progressive resizing, size:epochs,... e.g. 20:2,28:3")
     ap.add_argument("--bs", type=int, default=None, help="training batch size (default: the entry's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="default: the entry's (auto)")
+    ap.add_argument(
+        "--precision",
+        choices=TRAIN_SCHEMA["precision"][1].choices,  # the entry's own choices (pipeline/params.py)
+        default=None,
+        help="default: the entry's (params.yaml); native: bf16 where the CPU computes it, else fp32",
+    )
     ap.add_argument("--matmul-s", type=float, default=3.0, help="seconds of each matrix-multiply measurement")
     args = ap.parse_args(argv)
     prep = load_prepared(args.root)

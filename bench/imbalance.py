@@ -8,8 +8,9 @@ in-process (prepare, train, ensemble) for each setting:
 - `off`: no remedy (loss_weights none, sampler shuffle, adjust none), balanced accuracy chooses;
 - `loss_weights`, `sampler`: one training remedy; `adjust`: the `off` models with post-hoc logit adjustment;
 - `default`: nothing set but `data:` (sampler auto -> balanced, adjust auto -> logit).
-The `archs`/`variants` entries are the project's params.yaml's (`--archs`; the ImageNet ones, 1 epoch from scratch
-and never in the blend, are left out by default). Each setting's row is written as soon as it is measured.
+The `archs`/`variants` entries are the project's params.yaml's: `--archs`, by default those built from the local
+networks (the ImageNet ones, 1 epoch from scratch and never in the blend, are left out); a name params.yaml does not
+have is an error. Each setting's row is written as soon as it is measured.
 Writes bench/results/imbalance.{json,md} (--out).
 Run:    python -m bench.imbalance [--small] [--archs logreg fast ...]   (full: ~10 min on 2 CPU cores)
 """
@@ -41,7 +42,6 @@ NAMES = [  # Fashion-MNIST's classes, as a user might name their folders: spaces
 FORMATS = ["png", "jpg", "webp", "bmp"]
 FULL = {"hi": 1500, "lo": 25, "test": 100}
 SMALL = {"hi": 100, "lo": 2, "test": 4, "classes": 3}
-ARCHS = ["logreg", "mlp", "fast", "fast-32", "fast-noflip"]
 OFF = {"loss_weights": "none", "sampler": "shuffle"}
 SETTINGS = {  # name -> (metric, train keys, ensemble keys, the training it shares)
     "off, metric accuracy": ("accuracy", OFF, {"adjust": "none"}, "off"),
@@ -85,9 +85,31 @@ def make_folder(root: Path, small: bool) -> tuple[Path, list[int]]:
     return root, n
 
 
-def project_params(raw: Path, archs: list[str], small: bool) -> dict:
-    """The project's params.yaml with `data:` pointing at the folder and only `archs` kept."""
+def default_archs(p: dict) -> list[str]:
+    """The project's entries and variants built from the local networks (pipeline/learn/models.py): the ImageNet
+    ones are one epoch from scratch in the default run, never in its blend."""
+    from pipeline.learn.archs import resolve
+    from pipeline.params import arch_names, variants
+
+    entries = p["archs"]
+    local = [k for k in arch_names(p) if resolve((entries[k] or {}).get("arch", k)).source == "local"]
+    return local + [k for k, v in variants(p).items() if v["of"] in local]
+
+
+def project_params(raw: Path, archs: list[str] | None, small: bool) -> tuple[dict, list[str]]:
+    """The project's params.yaml with `data:` pointing at the folder and only `archs` kept (default:
+    `default_archs`; --small: logreg); a name params.yaml does not have is an error naming the ones it has."""
+    from pipeline.errors import PipelineError
+    from pipeline.params import arch_names, variants
+
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    known = arch_names(p) + list(variants(p))
+    archs = archs or (["logreg"] if small else default_archs(p))
+    missing = [a for a in archs if a not in known]
+    if missing:
+        raise PipelineError(
+            f"{ROOT / 'params.yaml'}: no archs or variants entry {', '.join(missing)} (--archs); it has {', '.join(known)}"
+        )
     entries = {k: v for k, v in p["archs"].items() if k in archs}
     variants = {k: v for k, v in (p.get("variants") or {}).items() if k in archs and v["of"] in entries}
     p["data"] = {"name": "folder", "path": str(raw), "size": 28, "valid_pct": 0.1}
@@ -96,7 +118,7 @@ def project_params(raw: Path, archs: list[str], small: bool) -> dict:
         p["train"] = {**p["train"], "bs": 16, "eval_bs": 64}
         p["archs"] = {k: {**(v or {}), "epochs": 1} for k, v in entries.items()}
         p["ensemble"] = {**p["ensemble"], "resamples": 200, "folds": 2}
-    return p
+    return p, archs
 
 
 def run_setting(name: str, base: dict, work: Path, trained: dict[str, Path]) -> dict:
@@ -214,10 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from pipeline import prepare
 
-    archs = args.archs or (["logreg"] if args.small else ARCHS)
     work = args.work or CACHE / ("small" if args.small else "full")
     raw, n = make_folder(work / "raw", args.small)
-    base = project_params(raw, archs, args.small)
+    base, archs = project_params(raw, args.archs, args.small)
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     t0 = time.perf_counter()

@@ -61,6 +61,7 @@ def one_of(*choices: Any) -> Callable[[Any], Any]:
             raise ValueError(f"must be one of {', '.join(map(str, choices))}{hint}")
         return v
 
+    check.choices = choices  # what a command line offers for the key (bench.fast_recipe --precision)
     return check
 
 

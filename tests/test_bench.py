@@ -40,7 +40,7 @@ def test_lr_sweep(project, tmp_path):
     assert [r["lr_param"] for r in rows] == ["auto", "1e-2"] and rows[1]["lr"] == 0.01
 
 
-def test_fast_recipe(project, tmp_path):
+def test_fast_recipe(project, tmp_path, capsys):
     from bench import fast_recipe
 
     fast_recipe.main(["--recipe", "fast", "--epochs", "1", "--matmul-s", "0.05", *paths(project, tmp_path)])
@@ -52,6 +52,11 @@ def test_fast_recipe(project, tmp_path):
     fast_recipe.main([*args, *paths(project, tmp_path)])
     (out,) = tmp_path.glob("fast_recipe_fast_16px1ep-bs32-bf16.json")
     assert json.loads(out.read_text())["precision"] == "bf16"
+    from pipeline.params import TRAIN_SCHEMA
+
+    with pytest.raises(SystemExit):  # the entry's choices, `native` (the default entry's) among them
+        fast_recipe.main(["--help"])
+    assert "{" + ",".join(TRAIN_SCHEMA["precision"][1].choices) + "}" in capsys.readouterr().out
 
 
 def test_members(project, tmp_path):
@@ -140,6 +145,24 @@ def test_imbalance(tmp_path):
         lo, hi = s["test_balanced_ci95"]
         assert lo <= s["test_balanced"] <= hi
     assert has_row((tmp_path / "imbalance_small.md").read_text(), "default", "balanced_accuracy")
+
+
+def test_imbalance_models_come_from_params_yaml(tmp_path):
+    """Its default models are params.yaml's local-network entries; a name params.yaml lacks is an error, not a
+    silent drop (the bench once listed fast-32 and fast-noflip after the entries had gone)."""
+    import yaml
+
+    from bench import imbalance
+    from pipeline.errors import PipelineError
+
+    p = yaml.safe_load((imbalance.ROOT / "params.yaml").read_text())
+    archs = imbalance.default_archs(p)
+    assert archs and set(archs) <= set(p["archs"]) | set(p.get("variants") or {})
+    assert "resnet34" not in archs and "fast" in archs
+    params, kept = imbalance.project_params(tmp_path, None, small=False)
+    assert kept == archs and set(params["archs"]) == set(archs)
+    with pytest.raises(PipelineError, match="no archs or variants entry fast-noflip .*it has logreg"):
+        imbalance.main(["--archs", "fast", "fast-noflip", "--out", str(tmp_path), "--work", str(tmp_path / "w")])
 
 
 def test_pythons_check(tmp_path):
