@@ -46,7 +46,20 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
         raise PipelineError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(params, dict):
         raise PipelineError(f"{path}: expected a mapping of sections at the top level, got {type(params).__name__}")
+    unknown = [k for k in params if k not in TOP_LEVEL]
+    if unknown:  # a misspelt section, or one from a newer version, would otherwise be ignored without a word
+        hints = []
+        for k in unknown:
+            near = difflib.get_close_matches(str(k), TOP_LEVEL, n=1, cutoff=0.5)
+            hints.append(f"`{k}`" + (f" (did you mean `{near[0]}`?)" if near else ""))
+        raise PipelineError(
+            f"{path}: unknown top-level key {', '.join(hints)}; the keys are {', '.join(TOP_LEVEL)} (docs/reference.md)"
+        )
     return params
+
+
+# params.yaml's top-level keys: two values and the sections (docs/reference.md)
+TOP_LEVEL = ("seed", "metric", "data", "train", "archs", "variants", "ensemble")
 
 
 def is_classes(v):
@@ -116,6 +129,14 @@ def is_lr(v):
     if v == "auto":
         return v
     return is_float(0.0, 10.0)(v)
+
+
+def is_start(v):
+    """A check for `average_start`: a share of the steps in [0, 1); at 1.0 SWA would never average."""
+    v = is_float(0.0, 1.0, open_=False)(v)
+    if v >= 1.0:
+        raise ValueError("must be below 1.0: SWA averages the steps after this share of them, and there are none")
+    return v
 
 
 def is_pretrained(v):
@@ -231,7 +252,7 @@ class TrainSpec:
     # weight averaging (pipeline.learn.averaging): the averaged weights are the member evaluated, saved, predicted
     average: str = param("none", one_of("none", "ema", "swa"), "ema: timm's ModelEmaV3; swa: torch's AveragedModel")
     average_decay: float = param(0.999, is_float(0.0, 1.0), "ema: the decay per step (warm-up from 0 on)")
-    average_start: float = param(0.75, is_float(0.0, 1.0, open_=False), "swa: share of the steps before averaging")
+    average_start: float = param(0.75, is_start, "swa: share of the steps before averaging, in [0, 1)")
     snapshots: int | None = param(None, is_int(lo=2, hi=20, none_ok=True), "K members from one run: the last K epochs")
 
     def to_dict(self) -> dict:
@@ -335,6 +356,12 @@ def train_spec(params: dict, key: str) -> TrainSpec:
     if "epochs" in entry and spec["phases"] is not None:
         raise PipelineError(
             f"params.yaml: `{where}` sets `epochs` but also has `phases`, which fix the epochs; set one of them"
+        )
+    total = sum(ep for _, ep in spec["phases"]) if spec["phases"] else spec["epochs"]
+    if spec["snapshots"] and spec["snapshots"] > total and not spec["time_budget"]:
+        raise PipelineError(
+            f"params.yaml: `{where}.snapshots` = {spec['snapshots']} members from the last epochs, but it trains "
+            f"{total} epoch{'s' * (total != 1)}: set snapshots ≤ {total} or more epochs"
         )
     spec["arch"] = spec["arch"] or group
     return TrainSpec(**spec)

@@ -76,6 +76,43 @@ def test_bad_variants_name_the_key(variants, match):
         train_spec({**BASE, "variants": variants}, "fast-s1")
 
 
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "entry,match",
+    [
+        ({"average": "swa", "average_start": 1.0}, r"archs.fast.average_start. = 1.0: must be below 1.0: SWA"),
+        ({"snapshots": 3}, r"`archs.fast.snapshots` = 3 members from the last epochs, but it trains 2 epochs"),
+        ({"snapshots": 3, "phases": [[16, 1], [24, 1]]}, r"trains 2 epochs: set snapshots ≤ 2"),
+    ],
+)
+def test_settings_that_would_do_nothing_are_errors(entry, match):
+    with pytest.raises(PipelineError, match=match):
+        train_spec({**BASE, "archs": {**BASE["archs"], "fast": {**BASE["archs"]["fast"], **entry}}}, "fast")
+
+
+def test_snapshots_within_the_epochs_or_a_time_budget_pass():
+    ok = {"snapshots": 2, "average_start": 0.9}
+    assert train_spec({**BASE, "archs": {"fast": ok}}, "fast").snapshots == 2
+    assert train_spec({**BASE, "archs": {"fast": {"snapshots": 5, "time_budget": 60}}}, "fast").snapshots == 5
+
+
+@pytest.mark.bad_input
+def test_an_unknown_top_level_key_is_named_with_the_nearest(tmp_path):
+    from pipeline.params import load_params
+
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump({**BASE, "ensemle": {"method": "uniform"}, "trian": {}}))
+    with pytest.raises(
+        PipelineError,
+        match=r"unknown top-level key `ensemle` \(did you mean `ensemble`\?\), `trian` "
+        r"\(did you mean `train`\?\); the keys are seed, metric",
+    ):
+        load_params(f)
+    f.write_text(yaml.safe_dump(BASE))
+    assert load_params(f) == BASE
+    assert set(load_params(ROOT / "params.yaml")) <= set(PARAMS)  # the project's own passes
+
+
 def test_seeds_command_adds_variants_and_keeps_comments(tmp_path, capsys):
     import shutil
     from pathlib import Path
