@@ -192,6 +192,33 @@ def test_sweep_table_sorts_by_validation_and_keeps_the_swept_params(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_sweep_sorts_by_the_runs_metric_not_top1(tmp_path):
+    """Runs judged by balanced accuracy (an imbalanced data set) are ranked by it, not by top-1 accuracy."""
+    from pipeline.commands import sweep
+
+    def judged(name, lr, acc, bal, metric="balanced_accuracy"):
+        e = exp(name, lr, 128, acc)
+        m = e["revs"][0]["data"]["metrics"]["ensemble/metrics.json"]["data"]
+        m["metric"], m["valid"]["balanced_accuracy"], m["test"]["balanced_accuracy"] = metric, bal, bal - 0.02
+        return e
+
+    runs = [judged("high-top1", 0.01, 0.95, 0.70), judged("high-balanced", 0.002, 0.90, 0.85)]
+    base = judged("base", 0.001, 0.80, 0.50)["revs"][0]["data"]
+    shown = [{"rev": "f" * 40, "name": "main", "data": base, "experiments": runs}]
+    rows = sweep.run(shown, None, tmp_path / "sweep")
+    assert [r["experiment"] for r in rows] == ["high-balanced", "high-top1", "baseline main"]
+    assert list(rows[0])[1:3] == [
+        "ensemble/metrics.json:valid.balanced_accuracy",
+        "ensemble/metrics.json:test.balanced_accuracy",
+    ]
+    assert "sorted by `ensemble/metrics.json:valid.balanced_accuracy`" in (tmp_path / "sweep" / "table.md").read_text()
+    mixed = [*runs, judged("top1-run", 0.005, 0.93, 0.60, metric="accuracy")]
+    shown[0]["experiments"] = mixed
+    with pytest.raises(PipelineError, match=r"judged by different metrics \(accuracy, balanced_accuracy\)"):
+        sweep.run(shown, None, tmp_path / "mixed")
+    assert [r["experiment"] for r in sweep.run(shown, sweep.METRIC, tmp_path / "top1")][0] == "high-top1"
+
+
 def test_verdict_words_say_what_the_test_split_resolves():
     def c(b, diff, p):
         paired = {"diff": diff, "ci95": [diff - 0.003, diff + 0.003], "p": p, "a_only": 0, "b_only": 0, "n": 1}

@@ -1,5 +1,6 @@
-"""Command `python -m pipeline.commands.sweep`: DVC's finished experiments as a table sorted by validation accuracy, and a
-plot of that accuracy against each swept param.
+"""Command `python -m pipeline.commands.sweep`: DVC's finished experiments as a table sorted by the runs' own validation
+metric (ensemble/metrics.json `metric`: accuracy, balanced accuracy or macro-F1), and a plot of it against each swept
+param.
 
 A sweep is DVC's own grid (no code of ours runs it):
     dvc exp run --queue -S 'archs.fast.lr=0.002,0.005,0.01' -S 'archs.fast.bs=64,128'
@@ -8,7 +9,7 @@ A sweep is DVC's own grid (no code of ours runs it):
 Reads:  `dvc exp show --json` (the experiments of the current commit; the commit itself is the baseline row).
 Writes: sweep/table.md, sweep/table.csv, sweep/accuracy_vs_params.png, whole or not at all (not a DVC output:
         rerun it whenever experiments finish).
-Run:    python -m pipeline.commands.sweep [--metric ensemble/metrics.json:valid.accuracy] [--out sweep]
+Run:    python -m pipeline.commands.sweep [--metric ensemble/metrics.json:valid.macro_f1] [--out sweep]
 """
 
 from __future__ import annotations
@@ -24,7 +25,19 @@ from pipeline.errors import PipelineError
 from pipeline.inspect.tables import markdown_table, write_csv
 from pipeline.io import staged
 
-METRIC = "ensemble/metrics.json:valid.accuracy"
+METRIC = "ensemble/metrics.json:valid.accuracy"  # where the runs do not say which metric judges them
+RUN_METRIC = "ensemble/metrics.json:metric"  # what each run was judged by (params.yaml `metric`, resolved)
+
+
+def runs_metric(rows: list[dict]) -> str:
+    """The sort key the runs call for: their validation score in their `metric`, the same in every run."""
+    used = sorted({r["metrics"][RUN_METRIC] for r in rows if r["metrics"].get(RUN_METRIC)})
+    if len(used) > 1:
+        raise PipelineError(
+            f"the experiments are judged by different metrics ({', '.join(used)}): choose one to sort by, "
+            f"e.g. --metric ensemble/metrics.json:valid.{used[0]}"
+        )
+    return f"ensemble/metrics.json:valid.{used[0]}" if used else METRIC
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -58,14 +71,15 @@ def experiments(shown: list[dict]) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], metric: str = METRIC) -> tuple[list[str], list[dict]]:
+def table(rows: list[dict], metric: str | None = None) -> tuple[list[str], list[dict]]:
     """(the swept params, rows sorted by `metric` descending with `metric`, the matching test figure and each
     swept param's value). A swept param is one whose value differs between the experiments."""
     if not rows:
         raise PipelineError("no finished experiments: run `dvc exp run --queue -S ...` and `dvc queue start` first")
     have = sorted({k for r in rows for k in r["metrics"]})
+    metric = metric or runs_metric(rows)
     if not any(metric in r["metrics"] for r in rows):
-        numeric = [k for k in have if k.endswith("accuracy")]
+        numeric = [k for k in have if k.endswith(("accuracy", "macro_f1"))]
         raise PipelineError(f"--metric {metric!r} is in no experiment; accuracies there: {', '.join(numeric)}")
     keys = sorted({k for r in rows for k in r["params"]})
     swept = [k for k in keys if len({json.dumps(r["params"].get(k), sort_keys=True) for r in rows}) > 1]
@@ -112,10 +126,11 @@ def plot(path: Path, swept: list[str], rows: list[dict], metric: str) -> None:
     plt.close(fig)
 
 
-def run(shown: list[dict], metric: str, out: Path) -> list[dict]:
-    """The sweep's table and plot written under `out`; returns the rows."""
+def run(shown: list[dict], metric: str | None, out: Path) -> list[dict]:
+    """The sweep's table and plot written under `out`, sorted by `metric` (None: the runs' own); returns the rows."""
     swept, rows = table(experiments(shown), metric)
     cols = list(rows[0])
+    metric = cols[1]
     with staged(out) as (d,):
         write_csv(d / "table.csv", cols, rows)
 
@@ -126,7 +141,7 @@ def run(shown: list[dict], metric: str, out: Path) -> list[dict]:
                 return f"{100 * v:.2f}"
             return json.dumps(v) if isinstance(v, list) else v
 
-        head = f"Experiments sorted by `{metric}` (accuracies in %); swept: {', '.join(swept) or 'nothing'}.\n\n"
+        head = f"Experiments sorted by `{metric}` (scores in %); swept: {', '.join(swept) or 'nothing'}.\n\n"
         (d / "table.md").write_text(head + markdown_table(cols, [[cell(c, r[c]) for c in cols] for r in rows]))
         plot(d / "accuracy_vs_params.png", swept, rows, metric)
     return rows
@@ -135,7 +150,9 @@ def run(shown: list[dict], metric: str, out: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.commands.sweep`: reads `dvc exp show --json` and writes the table; 1 on an error."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--metric", default=METRIC, help="metrics file:key to sort and plot (default: %(default)s)")
+    ap.add_argument(
+        "--metric", default=None, help="metrics file:key to sort and plot (default: the runs' own, valid.<metric>)"
+    )
     ap.add_argument("--out", default="sweep", help="output folder (default: %(default)s)")
     args = ap.parse_args(argv)
     r = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
