@@ -260,10 +260,24 @@ def test_predicting_elsewhere_uses_that_devices_precision(fake_cuda):
     cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
     assert H.eval_dtype("bf16", "cuda:0", cpu) is None  # a GPU's bf16 model runs fp32 on a CPU
     assert H.eval_dtype("bf16", "cuda:0", gpu) == torch.bfloat16  # on its own device type: reproduces preds/
-    assert H.eval_dtype("bf16", "cpu", cpu) == torch.bfloat16  # a forced-bf16 CPU model on a CPU: the same
+    assert H.eval_dtype("bf16", "cpu", cpu, asked="bf16") == torch.bfloat16  # a forced-bf16 CPU model: the same
     assert H.eval_dtype("fp32", "cpu", gpu) == torch.bfloat16  # a CPU model on an A100: its auto precision
     fake_cuda["cap"] = (7, 5)
     assert H.eval_dtype("fp32", "cpu", gpu) == torch.float16
+
+
+def test_a_native_bf16_model_predicts_in_fp32_on_a_cpu_without_bf16(monkeypatch, capsys):
+    """`precision: native` trained in bf16 on an AMX CPU; predicting on a CPU without bf16 instructions runs fp32
+    (emulated bf16 is ~10x slower), said once; where the CPU has bf16, or bf16 was forced, bf16 as trained."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(H, "_said", set())
+    monkeypatch.setattr(H, "cpu_bf16", lambda: False)
+    assert H.eval_dtype("bf16", "cpu", cpu, asked="native") is None
+    assert "predicts in fp32 on this CPU" in capsys.readouterr().err
+    assert H.eval_dtype("bf16", "cpu", cpu, asked="bf16") == torch.bfloat16  # forced: as its stage evaluated it
+    assert H.eval_dtype("fp32", "cpu", cpu, asked="native") is None
+    monkeypatch.setattr(H, "cpu_bf16", lambda: True)
+    assert H.eval_dtype("bf16", "cpu", cpu, asked="native") == torch.bfloat16
 
 
 def test_log_words_name_device_and_precision(fake_cuda):

@@ -118,8 +118,11 @@ def one_gpu_per_process(where: str) -> None:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Does this GPU run bf16 in hardware (compute capability >= 8.0), not by emulation?"""
-    return torch.cuda.get_device_capability(device) >= (8, 0)
+    """Does this device run bf16 in hardware, not by emulation? A GPU of compute capability >= 8.0; a CPU with
+    `cpu_bf16()`."""
+    if device.type == "cpu":
+        return cpu_bf16()
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def cpu_bf16() -> bool:
@@ -159,18 +162,21 @@ def eval_dtype(trained: str, trained_on: str, device: torch.device, asked: str =
     """The precision to evaluate a model with on `device`: the training precision on the device type it was trained
     on (so predictions reproduce the stage's own), otherwise that device's sensible one (`auto`): a model trained in
     bf16 on a GPU is evaluated in fp32 on a CPU, where bf16 may run ~10x slower. A GPU's bf16 model on a GPU without
-    bf16 in hardware (trained on an H100, predicting on a T4) predicts in fp32, said once: its probabilities then
-    differ slightly from the stage's. A model whose entry forced bf16 (`asked`, the params' precision) predicts in
+    bf16 in hardware (trained on an H100, predicting on a T4), or a CPU's (`precision: native` on an AMX CPU, predicting
+    on one without bf16 instructions), predicts in fp32, said once: its probabilities then differ slightly from the
+    stage's. A model whose entry forced bf16 (`asked`, the params' precision) predicts in
     bf16 as its stage evaluated it, emulated or not (so on CPUs a forced-bf16 model reproduces preds/)."""
     if torch.device(trained_on).type != device.type:
         return pick_dtype("auto", device)
     dtype = DTYPES[trained]
-    if dtype == torch.bfloat16 and asked != "bf16" and device.type == "cuda" and not native_bf16(device):
+    if dtype == torch.bfloat16 and asked != "bf16" and not native_bf16(device):
         if "eval_bf16" not in _said:
             _said.add("eval_bf16")
+            where = torch.cuda.get_device_name(device) if device.type == "cuda" else "this CPU"
+            why = "compute capability < 8.0" if device.type == "cuda" else "neither AMX-BF16 nor AVX512-BF16"
             warn(
-                f"a model trained in bf16 predicts in fp32 on {torch.cuda.get_device_name(device)}, which has no bf16 "
-                "in hardware (compute capability < 8.0): its probabilities differ slightly from the stage's preds/"
+                f"a model trained in bf16 predicts in fp32 on {where}, which has no bf16 in hardware ({why}): "
+                "its probabilities differ slightly from the stage's preds/"
             )
         return None
     return dtype
