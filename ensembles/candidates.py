@@ -10,6 +10,7 @@ import numpy as np
 
 from ensembles.calibrate import apply_temperature, fit_temperature
 from pipeline.artifacts import has_oof, load_labels, load_member_metrics, load_oof, load_preds, metrics_file
+from pipeline.params import prior_free
 from pipeline.records import MemberMetrics, PreparedMeta
 
 
@@ -59,9 +60,10 @@ def oof_matrix(c: Candidates, members: list[str], rows: np.ndarray) -> np.ndarra
 
 
 def balanced(c: Candidates) -> bool:
-    """Was every model trained with balanced sampling (metrics/<key>.json `sampler`)? Then each learnt a uniform
-    class prior, and `adjust: auto` has no training prior to take off."""
-    return all(c.info[n].sampler == "balanced" for n in c.names)
+    """Did every model learn a uniform class prior: trained with exactly one remedy, balanced sampling or balanced
+    loss weights (metrics/<key>.json `sampler`, `loss_weights`; `params.prior_free`)? Then `adjust: auto` has no
+    training prior to take off."""
+    return all(prior_free(c.info[n].sampler, c.info[n].loss_weights) for n in c.names)
 
 
 def calibrate_members(c: Candidates, y: np.ndarray) -> dict[str, float]:

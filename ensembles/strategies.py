@@ -156,7 +156,8 @@ class EnsembleParams:
     resamples: int = param(2000, is_int(lo=100), "paired bootstrap resamples of every comparison's interval")
     # logit: subtract τ·log(training class prior) from the blend's log-probabilities, τ in 0..2 chosen on validation
     # by the run's metric (Menon et al., 2021; free: no retraining); auto: logit where the metric is not accuracy
-    # and a member learnt the training prior (not every one was trained with `sampler: balanced`)
+    # and a member learnt the training prior (not every one was trained with one remedy: `sampler: balanced` or
+    # `loss_weights: balanced`, candidates.balanced)
     adjust: str = param("auto", one_of("auto", "none", "logit"), "post-hoc logit adjustment for imbalanced classes")
     # resolved by the stage on the run, not params.yaml keys
     metric: str = "accuracy"  # the run's metric (pipeline.inspect.scores.resolve_metric)

@@ -26,7 +26,7 @@ from pipeline.checks import (
     param,
     schema_of,
 )
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, warn
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -226,7 +226,8 @@ class TrainSpec:
     ps: float = param(0.5, is_float(0.0, 1.0, open_=False), "dropout in fastai's head of ImageNet networks")
     label_smoothing: float = param(0.1, is_float(0.0, 1.0, open_=False), "of the cross-entropy")
     # imbalanced classes: `balanced` draws each epoch's rows ∝ 1 / their class's size (with replacement); auto:
-    # balanced where the run's metric is not accuracy (pipeline.inspect.scores.resolve_metric), else shuffle
+    # balanced where the training classes are imbalanced (pipeline.inspect.scores.imbalanced) and `loss_weights` does
+    # not already correct them, else shuffle (resolve_remedies)
     sampler: str = param("auto", one_of("auto", "shuffle", "balanced"), "how an epoch draws its training rows")
     loss_weights: str = param("none", one_of("none", "balanced"), "balanced: class weights n / (classes × images)")
     flip: bool = param(True, is_bool, "random horizontal flips while training")
@@ -367,8 +368,29 @@ def train_spec(params: dict, key: str) -> TrainSpec:
     return TrainSpec(**spec)
 
 
-def resolve_remedies(spec: TrainSpec, metric: str) -> TrainSpec:
-    """`sampler: auto` made explicit by the run's resolved metric: balanced unless it is accuracy."""
-    if spec.sampler != "auto":
-        return spec
-    return replace(spec, sampler="shuffle" if metric == "accuracy" else "balanced")
+def resolve_remedies(spec: TrainSpec, train_counts: dict[str, int]) -> TrainSpec:
+    """`sampler: auto` made explicit by the training classes' counts: balanced where they are imbalanced
+    (`scores.imbalanced`) and `loss_weights` does not already correct for them, else shuffle. The two remedies
+    correct the same prior: together they over-correct (a model that learnt the inverse prior), so `auto` never
+    stacks them and a params.yaml that sets both is warned once."""
+    from pipeline.inspect.scores import imbalanced
+
+    if spec.sampler == "auto":
+        both = False
+        sampler = "balanced" if imbalanced(train_counts) and spec.loss_weights == "none" else "shuffle"
+        spec = replace(spec, sampler=sampler)
+    else:
+        both = spec.sampler == "balanced" and spec.loss_weights == "balanced"
+    if both:
+        warn(
+            "`sampler: balanced` with `loss_weights: balanced` corrects the class prior twice (rare classes drawn "
+            "as often as large ones, and their loss weighed up again): the model learns the inverse prior. "
+            "Keep one (README, Imbalanced classes)"
+        )
+    return spec
+
+
+def prior_free(sampler: str | None, loss_weights: str | None) -> bool:
+    """Did a model trained so learn a uniform class prior? Exactly one remedy corrects the training prior;
+    none leaves it, two over-correct."""
+    return (sampler == "balanced") != (loss_weights == "balanced")

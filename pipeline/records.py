@@ -163,6 +163,7 @@ class MemberMetrics(Record):
     precision: str = "fp32"
     peak_gpu_mib: int | None = None
     sampler: str | None = opt()  # shuffle | balanced: how its epochs drew rows (None: metrics that predate it)
+    loss_weights: str | None = opt()  # none | balanced: its loss's class weights (None: metrics that predate it)
     arch: str
     source: str = "timm"
     pretrained: bool = False

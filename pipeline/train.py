@@ -1,7 +1,7 @@
 """Stages `train@<key>` and `variant@<key>`: train one model from params.yaml `archs.<key>`, or `variants.<key>`
 (its `archs` entry with a few keys overridden), over the `train:` defaults.
 
-Reads:  data/prepared/, params.yaml (`seed`, `metric`, `train`, `archs.<key>`, `variants.<key>`).
+Reads:  data/prepared/, params.yaml (`seed`, `train`, `archs.<key>`, `variants.<key>`).
 Writes: models/<key>/ (model.safetensors, spec.json, versions.json), preds/<key>/{valid,test}.npy,
         metrics/<key>.json, dvclive/<key>/ (training curves, lr_find curve) — all whole or not at all.
         `folds: K`: models/<key>/fold<i>/ (one model per fold; spec.json names them), preds/<key>/oof.npy and
@@ -20,14 +20,13 @@ from fastai.distributed import rank_distrib
 
 from pipeline.artifacts import load_prepared, member_outputs
 from pipeline.errors import PipelineError
-from pipeline.inspect.scores import resolve_metric
 from pipeline.io import staged
 from pipeline.learn import archs as archs_mod
 from pipeline.learn.distributed import shutdown
 from pipeline.learn.folds import train_folds, train_refit
 from pipeline.learn.hardware import pick_device
 from pipeline.learn.member import TrainResult, train_arch, write_member
-from pipeline.params import TrainSpec, load_params, member_seed, metric_param, resolve_remedies, train_spec
+from pipeline.params import TrainSpec, load_params, member_seed, resolve_remedies, train_spec
 
 
 def train_entry(key, spec: TrainSpec, arrays, meta, seed, device=None, live=None, evaluate=True) -> TrainResult:
@@ -52,8 +51,7 @@ def run(key: str, params_file: str | Path = "params.yaml", root: Path = Path("."
     device = pick_device(spec.device, key)
     prep = load_prepared(root)
     arrays, meta = prep.arrays, prep.meta
-    metric, _ = resolve_metric(metric_param(params), meta.counts_per_class.get("train", {}))
-    spec = resolve_remedies(spec, metric)
+    spec = resolve_remedies(spec, meta.counts_per_class.get("train", {}))
     if rank_distrib() > 0:  # data-parallel: the other ranks train in step; rank 0 alone evaluates and writes
         return train_entry(key, spec, arrays, meta, seed, device=device, evaluate=False)
     with staged(*member_outputs(root, key)) as (model_dir, preds_dir, metrics_file, live_dir):

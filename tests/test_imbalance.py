@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import has_row, noisy, onehot, synth, write_run
+from conftest import has_row, member_metrics, noisy, onehot, synth, write_run
 from sklearn.metrics import balanced_accuracy_score, classification_report, f1_score
 
 from ensembles import ensemble as E
@@ -130,21 +130,54 @@ def test_tau_is_chosen_on_validation_by_the_metric():
     assert fit_tau(P, y, prior, "accuracy") == 0.0
 
 
+def test_sampler_auto_follows_the_class_counts_not_the_metric(capsys):
+    """Balanced classes never draw with replacement, whatever `metric` (macro-F1 on balanced data left a third of
+    the rows unseen each epoch); imbalanced ones do, unless loss weights correct them; both set is warned."""
+    spec = make_spec({})
+    assert resolve_remedies(spec, {"a": 50, "b": 48}).sampler == "shuffle"
+    assert resolve_remedies(spec, {"a": 400, "b": 10}).sampler == "balanced"
+    assert resolve_remedies(spec, {"a": 10, "b": 0}).sampler == "balanced"
+    assert resolve_remedies(spec, {}).sampler == "shuffle"  # no counts (an older prepare)
+    assert capsys.readouterr().err == ""
+    both = make_spec({"sampler": "balanced", "loss_weights": "balanced"})
+    assert resolve_remedies(both, {"a": 400, "b": 10}).sampler == "balanced"  # as asked, but said
+    assert "corrects the class prior twice" in capsys.readouterr().err
+
+
+def test_adjust_auto_counts_models_with_one_remedy_as_prior_free():
+    from ensembles.candidates import Candidates, balanced
+
+    def cands(**info):
+        return Candidates(list(info), None, None, info={k: member_metrics(**v) for k, v in info.items()}, oof={})
+
+    assert balanced(cands(a={"sampler": "balanced", "loss_weights": "none"}))
+    assert balanced(cands(a={"sampler": "shuffle", "loss_weights": "balanced"}))  # weighted: prior-free too
+    assert not balanced(cands(a={"sampler": "balanced", "loss_weights": "balanced"}))  # over-corrected
+    assert not balanced(cands(a={"sampler": "shuffle", "loss_weights": "none"}))
+    assert not balanced(cands(a={"sampler": "balanced"}, b={"sampler": "shuffle"}))
+
+
 def test_balanced_class_weights_and_sampler():
     from pipeline.learn.recipe import build_learner
 
     arrays, meta = synth(n=60, k=3)
     arrays["train_y"] = np.repeat([0, 1, 2], [40, 15, 5])
     meta.counts_per_class = {"train": {"c0": 40, "c1": 15, "c2": 5}}
-    spec = make_spec({"epochs": 1, "bs": 10, "lr": 0.01, "arch": "logreg", "loss_weights": "balanced"})
-    assert spec.sampler == "auto" and resolve_remedies(spec, "accuracy").sampler == "shuffle"
-    assert resolve_remedies(spec, "macro_f1").sampler == "balanced"  # the stage resolves it by the run's metric
+    counts = meta.counts_per_class["train"]
+    spec = make_spec({"epochs": 1, "bs": 10, "lr": 0.01, "arch": "logreg"})
+    assert spec.sampler == "auto" and resolve_remedies(spec, counts).sampler == "balanced"  # 8:1
     learn, setup = build_learner("logreg", spec, arrays, meta, 0, torch.device("cpu"))
     assert setup.sampler == "balanced"  # what metrics/<key>.json records, and the ensemble's adjust: auto reads
-    np.testing.assert_allclose(learn.loss_func.func.weight.numpy(), 60 / (3 * np.array([40, 15, 5])), rtol=1e-6)
+    assert learn.loss_func.func.weight is None
     drawn = np.concatenate([learn.dls.train.get_idxs() for _ in range(50)])
     shares = np.bincount(arrays["train_y"][drawn], minlength=3) / len(drawn)
     np.testing.assert_allclose(shares, 1 / 3, atol=0.05)  # sampler auto on 8:1 data; shuffled, class 2 is 1/12
+    # loss_weights corrects the prior already: `auto` draws shuffled, one correction, not two
+    weighted = make_spec({"epochs": 1, "bs": 10, "lr": 0.01, "arch": "logreg", "loss_weights": "balanced"})
+    assert resolve_remedies(weighted, counts).sampler == "shuffle"
+    learn, setup = build_learner("logreg", weighted, arrays, meta, 0, torch.device("cpu"))
+    assert setup.sampler == "shuffle"
+    np.testing.assert_allclose(learn.loss_func.func.weight.numpy(), 60 / (3 * np.array([40, 15, 5])), rtol=1e-6)
     off = make_spec({"epochs": 1, "bs": 10, "lr": 0.01, "arch": "logreg", "sampler": "shuffle"})
     learn, setup = build_learner("logreg", off, arrays, meta, 0, torch.device("cpu"))
     assert learn.loss_func.func.weight is None and setup.sampler == "shuffle"

@@ -75,6 +75,13 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 BALANCED_RATIO = 1.5
 
 
+def imbalanced(train_counts: dict[str, int]) -> bool:
+    """Are the training classes imbalanced: a class without images, or the largest beyond BALANCED_RATIO times the
+    smallest? (`metric: auto` and `sampler: auto` both follow it.) No counts (an older prepare): no."""
+    n = list(train_counts.values())
+    return bool(n) and (min(n) == 0 or max(n) / min(n) > BALANCED_RATIO)
+
+
 def resolve_metric(setting: str, train_counts: dict[str, int]) -> tuple[str, str]:
     """The metric a run is judged by, and why: `setting` unless `auto`, which is accuracy when the training classes
     are balanced within BALANCED_RATIO, else balanced accuracy."""
@@ -86,7 +93,7 @@ def resolve_metric(setting: str, train_counts: dict[str, int]) -> tuple[str, str
     if min(n) == 0:
         return "balanced_accuracy", "auto: a class has no training images"
     ratio = max(n) / min(n)
-    if ratio <= BALANCED_RATIO:
+    if not imbalanced(train_counts):
         return "accuracy", f"auto: the training classes are balanced, {max(n):,} to {min(n):,} images ({ratio:.2g}:1)"
     return "balanced_accuracy", (
         f"auto: the training classes are imbalanced, {max(n):,} to {min(n):,} images ({ratio:.0f}:1, beyond "

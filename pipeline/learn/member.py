@@ -217,6 +217,7 @@ def member_metrics(f: Fitted, preds: dict, held_out: tuple | None, eval_s: float
         if setup.device.type == "cuda"
         else None,
         sampler=setup.sampler,
+        loss_weights=setup.loss_weights,
         average=f.averaged,
         arch=setup.arch.name,
         source=setup.arch.source,

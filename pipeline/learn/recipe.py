@@ -30,7 +30,6 @@ from pipeline.data.loaders import make_dls, make_pairs
 from pipeline.data.rows import Rows
 from pipeline.data.splits import stratified_subset
 from pipeline.errors import PipelineError, warn
-from pipeline.inspect.scores import resolve_metric
 from pipeline.learn import archs as archs_mod
 from pipeline.learn.callbacks import Autocast, EpochLog, NoValidation, Probe, StopOnNaN, TrimHeap, keep_on_device
 from pipeline.learn.distributed import say, single_process
@@ -57,6 +56,7 @@ class Setup:
     arrays: dict[str, np.ndarray]  # after `train_limit`
     dls_at: Callable[[int], object]  # image side -> DataLoaders
     sampler: str = "shuffle"  # how an epoch draws its rows: shuffle | balanced (`sampler: auto` resolved)
+    loss_weights: str = "none"  # the loss's class weights: none | balanced
 
 
 def training_pool(arrays: dict, spec: TrainSpec, seed: int) -> np.ndarray:
@@ -123,8 +123,8 @@ def build_learner(
     model, splitter = make_model(key, arch, spec, n_in, n_out, h)
 
     counts = np.bincount(arrays["train_y"], minlength=len(meta.classes))
-    # `sampler: auto` left unresolved by the stage (a bench, a notebook): by the data alone (`metric: auto`)
-    sampler = resolve_remedies(spec, resolve_metric("auto", meta.counts_per_class.get("train", {}))[0]).sampler
+    # `sampler: auto` left unresolved by the stage (a bench, a notebook): by the training counts, as the stage does
+    sampler = resolve_remedies(spec, meta.counts_per_class.get("train", {})).sampler
     sample_weights = 1.0 / np.maximum(counts, 1)[arrays["train_y"]] if sampler == "balanced" else None
     pairs = make_pairs(arrays, device)  # once: every phase's loaders share the (GPU-resident) rows
     norm = (mean, std, spec.flip, spec.pad, device, spec.eval_bs, spec.channels_last, sample_weights, pairs)
@@ -151,7 +151,23 @@ def build_learner(
         learn.logger = EpochLog(learn)
     if device.type == "cuda":  # no host copy (and sync) of the loss and accuracy per batch
         keep_on_device(learn)
-    setup = Setup(arch, phases, spec.pretrained, mean, std, dtype, device, bs, n_in, n_out, h, arrays, dls_at, sampler)
+    setup = Setup(
+        arch,
+        phases,
+        spec.pretrained,
+        mean,
+        std,
+        dtype,
+        device,
+        bs,
+        n_in,
+        n_out,
+        h,
+        arrays,
+        dls_at,
+        sampler,
+        spec.loss_weights,
+    )
     return learn, setup
 
 
