@@ -2,6 +2,7 @@
 member that is evaluated, saved and predicted, and snapshot members are written, blended and predicted like any."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -138,6 +139,30 @@ def test_snapshots_with_folds_and_refit():
     np.testing.assert_array_equal(rsnap.preds["valid"], snap.preds["valid"])  # validated run's
     assert not np.array_equal(rsnap.preds["test"], snap.preds["test"]) and rsnap.metrics.refit is not None
     assert refit.metrics.average["kind"] == "ema"
+
+
+def test_folds_under_a_time_budget_all_train_the_first_folds_epochs(monkeypatch):
+    """`folds` + `snapshots` + `time_budget`: the first fold's budget chooses the epochs and every later fold (and
+    the refit) trains those, so each snapshot member blends the same epoch of every fold. A budget that timed each
+    fold anew once chose 3 then 1 epochs: IndexError in combine_folds (or epochs blended out of line)."""
+    chosen = iter([3, 1, 1, 1])
+    asked = []
+
+    def budget(key, spec, *a):
+        asked.append(key)
+        n = next(chosen)
+        return replace(spec, epochs=n, time_budget=None), {"asked_s": spec.time_budget, "chosen": {"epochs": n}}
+
+    monkeypatch.setattr(member, "budget_recipe", budget)
+    arrays, meta = synth(n=48, size=8)
+    s = spec(snapshots=2, folds=2, refit=True, time_budget=5)
+    res = train_folds("t", s, arrays, meta, 0, torch.device("cpu"), None, True)
+    assert asked == ["t"]  # only the first fold measured
+    assert [f.metrics.phases for f in res.folds] == [[[8, 3]], [[8, 3]]]
+    (snap,) = res.snapshots
+    assert snap.spec.key == "t@e2" and [f.spec.key for f in snap.folds] == ["t@e2", "t@e2"]
+    refit = train_refit("t", s, res, arrays, meta, 0, torch.device("cpu"), True)
+    assert refit.metrics.refit is not None and [r.spec.key for r in refit.snapshots] == ["t@e2"]
 
 
 def test_variants_and_time_budget_carry_average_and_snapshots():

@@ -48,11 +48,20 @@ def train_folds(key, spec: TrainSpec, arrays, meta, seed, device, live, evaluate
         a = {**arrays, "train_x": Rows.of(arrays["train_x"]).take(pool[tr]), "train_y": py[tr]}
         held_out = (Rows.of(arrays["train_x"]).take(pool[te]), py[te])
         say(f"{key}: fold {i + 1}/{spec.folds}: {len(tr)} training images, {len(te)} held out")
-        s = base if i == 0 else replace(base, lr=results[0].lr)
+        s = base if i == 0 else later_fold(base, results[0])
         results.append(train_arch(key, s, a, meta, seed, device, live, evaluate, held_out=held_out))
     if not evaluate:
         return results[0]
     return combine_folds(results, pool, splits, arrays, spec)
+
+
+def later_fold(base: TrainSpec, first: TrainResult) -> TrainSpec:
+    """The recipe of the folds after the first: its lr and, under `time_budget`, its chosen epochs (or phases, and
+    train_limit), with no budget of their own. Each fold choosing anew could pick other epochs: their snapshots
+    would not line up, and the refit (which takes the first fold's choice) would not be the recipe validated."""
+    budget = first.metrics.time_budget if first.metrics else None  # None on data-parallel ranks > 0 (no budgets)
+    chosen = (budget or {}).get("chosen", {})
+    return replace(base, lr=first.lr, **({"time_budget": None, **chosen} if budget else {}))
 
 
 def peak(metrics) -> int | None:
