@@ -93,6 +93,34 @@ def test_progressive_resizing_phases(monkeypatch):
     assert {size for training, _, size in seen if not training} >= {20} and res.spec.size == 20
 
 
+def test_a_snapshot_is_predicted_at_the_size_its_epoch_trained_at(monkeypatch):
+    """Progressive resizing with `snapshots`: the end of epoch 1 trained at 12 px is predicted (and recorded, for
+    the rebuilt model) at 12 px, the final member at 20; a fine-tune's frozen epoch counts in the first phase."""
+    from pipeline.learn.averaging import size_at
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, n_in, n_out, size):
+            super().__init__()
+            self.body = models.LOCAL["cnn_small"](n_in, n_out, size)
+
+        def forward(self, x):
+            seen.append((self.training, x.shape[-1]))
+            return self.body(x)
+
+    monkeypatch.setitem(models.LOCAL, "spy", Spy)
+    arrays, meta = synth(n=32, size=16)
+    res = member.train_arch("spy", spec(phases=[[12, 1], [20, 1]], snapshots=2, bs=8, arch="spy"), arrays, meta, 0)
+    (snap,) = res.snapshots
+    assert snap.spec.key == "spy@e1" and snap.spec.size == 12 and res.spec.size == 20
+    ph = [[12, 1], [20, 1]]
+    assert [size_at(ph, e) for e in (1, 2, 3)] == [12, 20, 20]
+    assert [size_at(ph, e, freeze_epochs=1) for e in (1, 2, 3)] == [12, 12, 20]
+    # the final member's predictions at 20 px, then the snapshot's at 12 px (the model only ever saw 12 px images)
+    assert seen[-1] == (False, 12) and (False, 20) in seen
+
+
 @pytest.mark.parametrize("schedule", ["one_cycle", "flat_cos", "sgdr", "constant"])
 def test_schedule_shapes_the_learning_rate(schedule):
     """`schedule` picks fastai's fit function: the lr of every training batch over 2 epochs of 4 batches."""

@@ -107,6 +107,17 @@ class Snapshots(Callback):
             self.states[self.epoch_no] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def size_at(phases: list, epoch: int, freeze_epochs: int = 0) -> int:
+    """The image size epoch `epoch` (1-based, counted as Snapshots counts: frozen epochs first) trained at: the
+    first phase holds the frozen epochs and its own, each later phase its own; past the end, the last size."""
+    end = freeze_epochs
+    for size, epochs in phases:
+        end += epochs
+        if epoch <= end:
+            return size
+    return phases[-1][0]
+
+
 def snapshot_epochs(total_epochs: int, k: int | None) -> list[int]:
     """The epochs (1-based, across fits) after which `snapshots: k` copies the weights: the last k − 1 before the
     final one."""

@@ -18,7 +18,7 @@ from fastai.distributed import num_distrib
 from pipeline.artifacts import save_member_metrics, save_member_spec, save_preds, snapshot_folder
 from pipeline.data.loaders import BatchTfm
 from pipeline.inspect.scores import score
-from pipeline.learn.averaging import Snapshots, WeightAverage, snapshot_epochs
+from pipeline.learn.averaging import Snapshots, WeightAverage, size_at, snapshot_epochs
 from pipeline.learn.callbacks import live_callback
 from pipeline.learn.distributed import data_parallel, say, share
 from pipeline.learn.hardware import concrete, describe, dtype_name
@@ -154,7 +154,7 @@ def evaluate_member(
 ) -> TrainResult:
     """Predictions on valid (not for a refit, trained on it), test and the held-out rows; metrics and spec."""
     setup, spec = f.setup, f.spec
-    tfm = BatchTfm(setup.phases[-1][0], setup.mean, setup.std, train=False, channels_last=spec.channels_last)
+    tfms: dict[int, BatchTfm] = {}
     tta = spec.tta and spec.flip  # mirror TTA only where mirrored images were trained on
     inputs = {"test": setup.arrays["test_x"]}
     if not refit and len(setup.arrays["valid_y"]):
@@ -162,9 +162,12 @@ def evaluate_member(
     if held_out is not None:
         inputs["oof"] = held_out[0]
 
-    def predict(model):
+    def predict(model, size: int = setup.phases[-1][0]):
+        """Every split's probabilities, the images resized to `size` (the last phase's; a snapshot's own phase's)."""
+        if size not in tfms:
+            tfms[size] = BatchTfm(size, setup.mean, setup.std, train=False, channels_last=spec.channels_last)
         return {
-            s: predict_probs(model, x, tfm, spec.eval_bs, tta, setup.device, setup.dtype, setup.n_out)
+            s: predict_probs(model, x, tfms[size], spec.eval_bs, tta, setup.device, setup.dtype, setup.n_out)
             for s, x in inputs.items()
         }
 
@@ -179,16 +182,18 @@ def evaluate_member(
 
 
 def snapshot_member(key: str, f: Fitted, final: TrainResult, epoch: int, state: dict, predict, held_out):
-    """One `snapshots` member: the model with the weights of the end of `epoch`, its predictions and records."""
+    """One `snapshots` member: the model with the weights of the end of `epoch`, its predictions and records, at the
+    image size that epoch trained at (progressive resizing: an earlier phase's weights saw smaller images)."""
     import copy
 
     model = copy.deepcopy(f.learn.model)
     model.load_state_dict(state)
+    size = size_at(f.setup.phases, epoch, f.freeze_epochs)
     t1 = time.perf_counter()
-    preds = predict(model)
+    preds = predict(model, size)
     m = member_metrics(f, preds, held_out, time.perf_counter() - t1)
     m = replace(m, average=None, snapshot_of=key, snapshot_epoch=epoch)
-    spec = replace(final.spec, key=f"{key}@e{epoch}")
+    spec = replace(final.spec, key=f"{key}@e{epoch}", size=size)
     return TrainResult(model, f.lr, spec, preds, m)
 
 
