@@ -21,7 +21,7 @@ from dataclasses import MISSING, field, fields
 from pathlib import Path
 from typing import Any, Self, get_args, get_origin, get_type_hints
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, no_space_error, out_of_space
 
 
 def _remove(p: Path) -> None:
@@ -59,7 +59,8 @@ def remove_leftovers(out: Path) -> list[Path]:
 def staged(*outs: Path) -> Iterator[list[Path]]:
     """Yield a temporary path per output (a folder; for a path with a suffix, a file path in a folder).
 
-    On success each temporary replaces its output; on any error the outputs are left as they were.
+    On success each temporary replaces its output (a file atomically); on any error the outputs are left as they
+    were, and a full disk (ENOSPC) becomes a PipelineError naming the folder and the free bytes.
     """
     tmps, tmp_dirs = [], []
     try:
@@ -70,13 +71,21 @@ def staged(*outs: Path) -> Iterator[list[Path]]:
             d.chmod(0o755)  # mkdtemp makes it private; outputs are ordinary folders
             tmp_dirs.append(d)
             tmps.append(d / out.name if out.suffix else d)
-        yield tmps
-        for out, tmp in zip(outs, tmps):
-            if not tmp.exists():
-                raise FileNotFoundError(f"{out}: the stage did not write it")
-        for out, tmp in zip(outs, tmps):
-            _remove(out)
-            tmp.rename(out)
+        try:
+            yield tmps
+            for out, tmp in zip(outs, tmps):
+                if not tmp.exists():
+                    raise FileNotFoundError(f"{out}: the stage did not write it")
+            for out, tmp in zip(outs, tmps):
+                if tmp.is_file() and not out.is_dir():
+                    tmp.replace(out)  # one file: an atomic swap
+                else:
+                    _remove(out)
+                    tmp.rename(out)
+        except OSError as e:
+            if out_of_space(e):  # a full disk, anywhere inside: a message, not a traceback
+                raise no_space_error(outs[0].parent, ", ".join(o.name for o in outs)) from e
+            raise
     finally:
         for d in tmp_dirs:
             shutil.rmtree(d, ignore_errors=True)

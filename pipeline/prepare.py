@@ -35,7 +35,7 @@ from pipeline.data import datasets, images
 from pipeline.data.images import luma, to_channels
 from pipeline.data.raw import Files, RawData, take
 from pipeline.data.splits import split_valid, stratified_subset
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, check_space
 from pipeline.inspect.scores import imbalance_line, resolve_metric
 from pipeline.io import staged
 from pipeline.params import data_params, load_params, metric_param, seed_param
@@ -64,9 +64,13 @@ class NpyWriter:
 
     def __init__(self, path: Path, shape: tuple, dtype=np.uint8):
         self.path, self.shape, self.dtype, self.n = path, tuple(shape), np.dtype(dtype), 0
-        self.f = open(path, "wb")  # closed in close()
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
-        np.lib.format.write_array_header_1_0(self.f, header)
+        # numpy writes the header (and sizes the file); the rows are then streamed with plain writes, not through
+        # the map: pages written through a map stay resident, and a full disk there is a SIGBUS, not an OSError
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype, shape=self.shape)
+        offset = mm.offset
+        del mm
+        self.f = open(path, "r+b")  # closed in close()
+        self.f.seek(offset)
 
     def write(self, rows: np.ndarray) -> None:
         """Append rows."""
@@ -111,19 +115,19 @@ def npy_shape(path: Path) -> tuple:
 
 
 def rewrite(path: Path, fn, keep: np.ndarray | None = None) -> None:
-    """Rewrite an image .npy chunk by chunk: only the rows `keep` (sorted), each chunk mapped by fn."""
+    """Rewrite an image .npy chunk by chunk: only the rows `keep` (sorted), each chunk mapped by fn; whole or not
+    at all (io.staged)."""
     shape = npy_shape(path)
     n = shape[0] if keep is None else len(keep)
     first = fn(np.zeros((1, *shape[1:]), np.uint8))
-    tmp = path.with_name(path.name + ".part")
-    w = NpyWriter(tmp, (n, *first.shape[1:]))
-    for start, x in read_chunks(path):
-        if keep is not None:
-            sel = keep[(keep >= start) & (keep < start + len(x))] - start
-            x = x[sel]
-        w.write(fn(x))
-    w.close()
-    tmp.replace(path)
+    with staged(path) as (tmp,):
+        w = NpyWriter(tmp, (n, *first.shape[1:]))
+        for start, x in read_chunks(path):
+            if keep is not None:
+                sel = keep[(keep >= start) & (keep < start + len(x))] - start
+                x = x[sel]
+            w.write(fn(x))
+        w.close()
 
 
 def channel_stats(path: Path) -> tuple[list[float], list[float]]:
@@ -242,6 +246,27 @@ def decode_split(folder: Path, k: str, files, ys: dict, channels, shape: tuple, 
     return [str(files.paths[i]) for i in bad]
 
 
+def bytes_needed(xs: dict, size: int | None, channels) -> int:
+    """The most disk the prepared arrays take while being written: every split's uint8 images (file data sets
+    decoded as RGB, before any turn to one channel), the largest split once more (a rewrite: gray, or without its
+    unreadable files), the int64 labels, and a MiB for headers and meta."""
+    total = largest = rows = 0
+    files = False
+    for x in xs.values():
+        if x is None:
+            continue
+        if isinstance(x, Files):
+            files, side, c = True, x.size, 1 if channels == 1 else 3
+        else:
+            side, c = (
+                size or x.shape[1],
+                1 if channels == 1 else 3 if channels == 3 else (x.shape[3] if x.ndim == 4 else 1),
+            )
+        b = len(x) * side * side * c
+        total, largest, rows = total + b, max(largest, b), rows + len(x)
+    return total + (largest if files else 0) + 8 * rows + 2**20
+
+
 def prepare_to(
     folder: Path,
     raw: RawData,
@@ -256,6 +281,9 @@ def prepare_to(
     """Split, subset, decode, resize and describe a RawData into `folder` (its .npy files, test_ids.json,
     meta.json); returns meta."""
     xs, ys, ids = select_rows(raw, valid_pct, seed, limit, test_limit)
+    check_space(
+        folder.parent, bytes_needed(xs, size, channels), "the prepared arrays", "; or lower data.limit / data.size"
+    )
     n_cls = len(raw.classes)
     for k, y in ys.items():
         if y is not None and len(y) and (y.min() < 0 or y.max() >= n_cls):

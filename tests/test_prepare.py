@@ -171,3 +171,43 @@ def test_channel_stats_are_exact_sums(tmp_path):
     f = x.astype(np.float64) / 255
     np.testing.assert_allclose(mean, f.mean(axis=(0, 1, 2)), rtol=1e-12)
     np.testing.assert_allclose(std, f.std(axis=(0, 1, 2)), rtol=1e-9)
+
+
+@pytest.mark.bad_input
+def test_too_little_disk_stops_before_writing_naming_bytes(tmp_path, monkeypatch):
+    """The arrays' size is known before decoding: a disk without room for them stops prepare at once, naming the
+    bytes needed and free; nothing is written."""
+    import shutil
+
+    from pipeline import errors
+
+    need = prepare.bytes_needed({"train": np.zeros((100, 8, 8, 1), np.uint8), "valid": None}, None, "auto")
+    assert need == 100 * 64 + 8 * 100 + 2**20
+    monkeypatch.setattr(errors.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(PipelineError, match=r"the prepared arrays needs [\d,]+ bytes \([\d.]+ GiB\), 1,000 are free"):
+        prepare.run(write_params(tmp_path, limit=100), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+@pytest.mark.bad_input
+def test_a_full_disk_while_writing_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """ENOSPC in the middle of writing (the disk filled by something else): `error: ... no space left`, exit 1,
+    the previous output untouched and no partial files."""
+    import errno
+    import os
+
+    params = write_params(tmp_path, limit=100)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "data" / "prepared"
+    out.mkdir(parents=True)
+    (out / "old.txt").write_text("previous run")
+
+    def full(self, rows):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(prepare.NpyWriter, "write", full)
+    assert prepare.main(["--params", params]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no space left on the device while writing prepared" in err
+    assert "Traceback" not in err and (out / "old.txt").read_text() == "previous run"
+    assert not list(out.parent.glob(".prepared.tmp-*"))
