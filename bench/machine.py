@@ -41,16 +41,16 @@ def out_dir(args: argparse.Namespace) -> Path:
 
 
 def write_json(path: Path, data) -> None:
-    """A result as indented JSON, whole or not at all (written beside, then renamed)."""
+    """A result as indented JSON, whole or not at all."""
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
-    """A result's text (its markdown), whole or not at all (written beside, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """A result's text (its markdown), whole or not at all (pipeline.io.staged, as the stages write)."""
+    from pipeline.io import staged
+
+    with staged(Path(path)) as (tmp,):
+        tmp.write_text(text)
 
 
 def train_member(key: str, spec, arrays: dict, meta, seed: int, **kw):

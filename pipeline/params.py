@@ -119,7 +119,9 @@ def metric_param(params: dict) -> str:
     """The top-level `metric`: the score a run is judged by (pipeline.inspect.scores.resolve_metric resolves `auto`)."""
     v = params.get("metric", "auto")
     try:
-        return one_of("auto", "accuracy", "balanced_accuracy", "macro_f1")(v)
+        from pipeline.inspect.scores import METRICS
+
+        return one_of("auto", *METRICS)(v)
     except ValueError as e:
         raise PipelineError(f"params.yaml: `metric` = {v!r}: {e}") from None
 

@@ -37,7 +37,9 @@ class Score(Record):
 
     def interval(self, metric: str) -> list[float] | None:
         """The 95 % interval of the score in `metric`."""
-        return {"accuracy": self.ci95, "balanced_accuracy": self.balanced_ci95, "macro_f1": self.macro_f1_ci95}[metric]
+        from pipeline.inspect.scores import CI_KEYS
+
+        return getattr(self, CI_KEYS[metric])
 
     @classmethod
     def of(cls, s: dict | None) -> "Score | None":

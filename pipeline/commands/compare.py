@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.artifacts import load_labels, load_preds, load_submission_preds
 from pipeline.errors import PipelineError
-from pipeline.inspect.scores import compare, resolve_metric, score, verdict
+from pipeline.inspect.scores import CI_KEYS, METRICS, compare, resolve_metric, score, verdict
 from pipeline.params import load_params, metric_param
 
 
@@ -47,16 +47,13 @@ def run(
     return out
 
 
-CI_KEY = {"accuracy": "ci95", "balanced_accuracy": "balanced_ci95", "macro_f1": "macro_f1_ci95"}
-
-
 def words(a: str, b: str, res: dict, metric: str = "accuracy") -> str:
     """The comparison in plain words, one line per split."""
     lines = []
     test = "McNemar exact" if metric == "accuracy" else "class-stratified"
     for split, r in res.items():
         sa, sb = r[a], r[b]
-        ci = lambda s: f"[{100 * s[CI_KEY[metric]][0]:.2f}, {100 * s[CI_KEY[metric]][1]:.2f}]"  # noqa: E731
+        ci = lambda s: f"[{100 * s[CI_KEYS[metric]][0]:.2f}, {100 * s[CI_KEYS[metric]][1]:.2f}]"  # noqa: E731
         lines.append(
             f"{split} ({sa['n']} rows), {metric.replace('_', ' ')}: {a} {100 * sa[metric]:.2f} % {ci(sa)}, "
             f"{b} {100 * sb[metric]:.2f} % {ci(sb)}; {a} − {b}: {verdict(r['a_vs_b'])} (paired bootstrap 95 %, {test})"
@@ -81,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    ap.add_argument("--metric", default="auto", choices=["auto", "accuracy", "balanced_accuracy", "macro_f1"])
+    ap.add_argument("--metric", default="auto", choices=["auto", *METRICS])
     args = ap.parse_args(argv)
     try:
         metric = run_metric(args.metric, Path("."))

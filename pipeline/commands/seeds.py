@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import PipelineError
+from pipeline.io import staged
 from pipeline.params import arch_names, seed_param, variants
 
 
@@ -51,9 +52,8 @@ def add_seeds(path: Path, entry: str, n: int) -> list[str]:
         out[at + 1 : at + 1] = lines
     new_text = "".join(out)
     variants(yaml.safe_load(new_text))  # still a valid section before anything is written
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(new_text)
-    tmp.replace(path)
+    with staged(path) as (tmp,):  # whole or not at all
+        tmp.write_text(new_text)
     return [name for name, _ in new]
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.inspect.interpret import NUMBERED_CLASSES
-from pipeline.inspect.leaderboard import METRIC_WORDS
-from pipeline.inspect.scores import confusion, reliability, row_losses
+from pipeline.inspect.scores import METRIC_WORDS, confusion, reliability, row_losses
 from pipeline.records import SizeStep
 
 

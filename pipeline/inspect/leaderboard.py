@@ -4,7 +4,7 @@ run's metric, and its markdown tables (the main table, entries' spreads, folds, 
 from __future__ import annotations
 
 from pipeline.inspect.interpret import spread_ties
-from pipeline.inspect.scores import decimals
+from pipeline.inspect.scores import METRIC_WORDS, decimals
 from pipeline.inspect.tables import markdown_table
 from pipeline.records import EnsembleMetrics, MemberMetrics, Score
 
@@ -116,9 +116,6 @@ def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[
     for r in rows:
         del r["_sort"]
     return rows
-
-
-METRIC_WORDS = {"accuracy": "top-1 accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
 
 
 def metric_line(ens: EnsembleMetrics) -> str:

@@ -69,7 +69,11 @@ def score(probs: np.ndarray, y: np.ndarray, resamples: int = 1000) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ per class
+# The metrics a run can be judged by (params.yaml `metric`), each with the key of its 95 % interval in a score and
+# its words: the one list every module reads
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+CI_KEYS = {"accuracy": "ci95", "balanced_accuracy": "balanced_ci95", "macro_f1": "macro_f1_ci95"}
+METRIC_WORDS = {"accuracy": "top-1 accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
 # `metric: auto` is accuracy while the largest training class has at most this many times the smallest's images
 # (a stratified split of a balanced set is within a few rows of 1:1), else balanced accuracy
 BALANCED_RATIO = 1.5

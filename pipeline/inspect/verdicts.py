@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pipeline.artifacts import EQUAL_COMPUTE
 from pipeline.inspect.interpret import NUMBERED_CLASSES
-from pipeline.inspect.leaderboard import METRIC_WORDS, pct
-from pipeline.inspect.scores import verdict
+from pipeline.inspect.leaderboard import pct
+from pipeline.inspect.scores import METRIC_WORDS, verdict
 from pipeline.inspect.tables import markdown_table
 from pipeline.records import Comparison, EnsembleMetrics, EqualCompute
 
