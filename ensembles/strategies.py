@@ -215,6 +215,47 @@ def fit_scored(
     return f, f.predict(P), how
 
 
+def fit_post(vp: np.ndarray, y: np.ndarray, cfg: EnsembleParams) -> tuple[float | None, float | None]:
+    """What follows the blend, fitted on its probabilities of rows `y` labels: the blend's temperature
+    (`calibrate: temperature`, then) τ of `adjust: logit` by the run's metric; None where not asked."""
+    temperature = tau = None
+    if cfg.calibrate == "temperature":
+        temperature = round(fit_temperature(vp, y), 6)
+        vp = apply_temperature(vp, temperature)
+    if cfg.log_prior is not None:
+        tau = fit_tau(vp, y, cfg.log_prior, cfg.metric)
+    return temperature, tau
+
+
+def apply_post(p: np.ndarray, post: tuple[float | None, float | None], cfg: EnsembleParams) -> np.ndarray:
+    """The blend's probabilities through its fitted temperature and logit adjustment (`fit_post`)."""
+    temperature, tau = post
+    if temperature is not None:
+        p = apply_temperature(p, temperature)
+    if tau is not None:
+        p = adjust_logits(p, cfg.log_prior, tau)
+    return p
+
+
+def fold_fit(kind: str, cfg: EnsembleParams, seed: int):
+    """`crossfit`'s fit for a strategy and what follows it: on the fold's training rows the members' metric
+    scores (the `accuracy` rule's weights), the strategy, then its temperature and τ on its probabilities of those
+    rows; the held-out rows see none of them."""
+
+    def fit(Ptr: np.ndarray, ytr: np.ndarray):
+        accs = np.array([metric_value(cfg.metric, p, ytr) for p in Ptr])
+        f = fit_strategy(kind, Ptr, ytr, accs, cfg, seed)
+        post = fit_post(f.predict(Ptr), ytr, cfg)
+
+        def predict(Q):  # the blend as fitted, and through its temperature and τ: (rows, classes, 2)
+            raw = f.predict(Q)
+            return np.stack([raw, apply_post(raw, post, cfg)], axis=-1)
+
+        return predict
+
+    return fit
+
+
 def run_strategies(
     P: np.ndarray,
     y: np.ndarray,
@@ -231,28 +272,45 @@ def run_strategies(
 
     `fit_on`: (members' out-of-fold probabilities, labels) on training rows, when every member is a `folds` entry:
     the fitted strategies fit there (more rows than the validation split) and are scored on the whole validation
-    split, which none of them saw. Otherwise they fit on the validation split, scored by cross-fitting."""
+    split, which none of them saw. Otherwise they fit on the validation split, scored by cross-fitting.
+
+    Test probabilities (and the record's temperature and τ) come from everything fitted on all the validation
+    rows (or the out-of-fold rows). The validation score never comes from rows a fitted part saw: where a
+    temperature or τ is fitted, the strategy with them is cross-fitted on the validation split (each fold's
+    weights, temperature and τ from the other folds' rows), or, with `fit_on`, they are fitted on those rows too.
+    (A τ chosen on the rows it is scored on wins ties in-sample: the adjusted strategies then beat the members
+    and the other strategies by selection alone.)"""
     metric = cfg.metric
     accs = np.array([metric_value(metric, p, y) for p in P])
     counts = np.bincount(y)
     k_folds = int(min(cfg.folds, counts[counts > 0].min()))  # no more folds than the rarest class has rows
+    post_fitted = cfg.calibrate == "temperature" or cfg.log_prior is not None
     out = {}
     for kind in cfg.strategies:
-        f, vp, how = fit_scored(kind, P, y, accs, cfg, seed, fit_on, k_folds)
-        tp = f.predict(T)
+        fitted = REGISTRY[kind].fitted
+        if post_fitted and k_folds >= 2 and not (fitted and fit_on is not None):
+            f = fit_strategy(kind, P, y, accs, cfg, seed)
+            both = crossfit(P, y, fold_fit(kind, cfg, seed), k_folds, seed)
+            # the final temperature and τ are fitted on what the strategy scored before: its cross-fitted
+            # probabilities where it is fitted, its direct ones otherwise
+            cross = fitted and len(P) > 1 or kind == "stacking"
+            post = fit_post(both[..., 0] if cross else f.predict(P), y, cfg)
+            vp, how = both[..., 1], f"cross-fitted, {k_folds} folds (weights, temperature, τ)"
+        else:
+            f, vp, how = fit_scored(kind, P, y, accs, cfg, seed, fit_on, k_folds)
+            if post_fitted and fitted and fit_on is not None:  # valid held out from all of it
+                post = fit_post(f.predict(fit_on[0]), fit_on[1], cfg)
+                how += "; temperature and τ fitted there too"
+            else:  # nothing fitted after the blend, or too few rows a class to cross-fit: direct
+                post = fit_post(vp, y, cfg)
+            vp = apply_post(vp, post, cfg)
+        tp = apply_post(f.predict(T), post, cfg)
         weights = {m: round(float(x), 6) for m, x in zip(members, f.weights)}
-        temperature = tau = None
-        if cfg.calibrate == "temperature":  # one temperature for the blend, on its validation probabilities
-            temperature = round(fit_temperature(vp, y), 6)
-            vp, tp = apply_temperature(vp, temperature), apply_temperature(tp, temperature)
-        if cfg.log_prior is not None:  # `adjust: logit`: τ by the metric on the validation probabilities
-            tau = fit_tau(vp, y, cfg.log_prior, metric)
-            vp, tp = adjust_logits(vp, cfg.log_prior, tau), adjust_logits(tp, cfg.log_prior, tau)
         rec = records.Strategy(
             members=members,
             weights=weights,
-            temperature=temperature,
-            tau=tau,
+            temperature=post[0],
+            tau=post[1],
             valid=Score.of(score(vp, y)),
             valid_scored=how,
             form=stacking_form(len(P), P.shape[2], cfg) if kind == "stacking" else None,

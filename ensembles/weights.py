@@ -196,7 +196,10 @@ def crossfit(P: np.ndarray, y: np.ndarray, fit, folds: int, seed: int) -> np.nda
     k = int(min(folds, counts[counts > 0].min()))
     if k < 2:
         raise ValueError("a class has fewer than 2 validation rows: cannot cross-fit")
-    out = np.zeros(P.shape[1:])
+    out = None
     for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-        out[te] = fit(P[:, tr], y[tr])(P[:, te])
+        held = fit(P[:, tr], y[tr])(P[:, te])
+        if out is None:  # (rows, classes), or more trailing axes where the fit predicts several things at once
+            out = np.zeros((len(y), *held.shape[1:]))
+        out[te] = held
     return out

@@ -323,3 +323,28 @@ def test_the_compare_command_judges_by_the_run_s_metric(skewed, monkeypatch, cap
     r = res["test"]
     assert r["a_vs_b"]["metric"] == "balanced_accuracy"
     assert r["a_vs_b"]["diff"] == pytest.approx(r["resnet34"]["balanced_accuracy"] - r["cnn4"]["balanced_accuracy"])
+
+
+@pytest.mark.parametrize("calibrate", ["none", "temperature"])
+def test_a_rows_scored_probabilities_never_depend_on_its_own_label(calibrate):
+    """τ and the blend's temperature are fitted inside the cross-fitting: flipping one validation row's label
+    changes nothing about how that row is scored. (Fitted on every row and scored there, one knife-edge row's
+    label moved τ from 0 to 0.25 and flipped its own prediction: adjusted strategies won in-sample.) The test
+    probabilities still come from τ and the temperature fitted on every validation row."""
+    from ensembles.strategies import EnsembleParams, run_strategies
+
+    prior = log_prior([900, 100])
+    z = np.r_[np.full(10, -5.0), np.full(10, 5.0), -0.3]
+    p1 = 1 / (1 + np.exp(-z))
+    P = np.c_[1 - p1, p1][None]
+    scored, records = {}, {}
+    for label in (0, 1):
+        y = np.r_[np.zeros(10), np.ones(10), label].astype(np.int64)
+        cfg = EnsembleParams(
+            strategies=["uniform"], metric="balanced_accuracy", log_prior=prior, calibrate=calibrate, folds=5
+        )
+        out = run_strategies(P, y, P, y, ["m"], cfg, 0)["uniform"]
+        scored[label], records[label] = out.valid_probs[-1], out.record
+        assert "cross-fitted" in out.record.valid_scored and "τ" in out.record.valid_scored
+    np.testing.assert_allclose(scored[0], scored[1])
+    assert records[0].tau != records[1].tau  # the final fit does use every row, as test predictions should
