@@ -7,8 +7,9 @@ made on validation; test is reported.
 The short run is `--recipe` (params.yaml's entry, `fast`) with `--base` keys over it (default: 5 epochs, no
 average, fp32: the previous default run's `fast`), as the stage trains it; the blend is `--members` (entries, or
 variants of the recipe written as bench.members does, `name=of:key=value;key=value`; default: the previous default
-run's three), trained as their stages train them (the recipe's own run is reused) and blended as the ensemble
-stage's default does (a temperature per member fitted on valid, weights ∝ validation accuracy); the long run is
+run's three), trained as their stages train them (the recipe's own run is reused) and blended by the ensemble
+stage's code with params.yaml's `ensemble:` (`calibrate`, the `accuracy` strategy: weights ∝ validation score,
+cross-fitted on valid); the long run is
 the recipe with `time_budget` = the members' summed training seconds on this machine (`--scale` ×), as
 bench.equal_compute.
 EMA: timm's ModelEmaV3 (`--decay`, warm-up on); SWA: torch's AveragedModel from `--start` of the steps, then
@@ -29,16 +30,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import torch
 import yaml
 
 from bench.machine import add_paths, cpu_name, out_dir, train_member, write_json, write_text
 from pipeline.artifacts import load_prepared
-from pipeline.data.loaders import BatchTfm
 from pipeline.inspect.scores import compare, metric_value, resolve_metric, verdict
 from pipeline.inspect.tables import markdown_table
-from pipeline.learn.averaging import Snapshots, WeightAverage, snapshot_epochs
-from pipeline.learn.infer import predict_probs
+from pipeline.learn.averaging import Snapshots, WeightAverage, size_at, snapshot_epochs
+from pipeline.learn.hardware import concrete
+from pipeline.learn.member import predictor, run_epochs
 from pipeline.learn.recipe import budget_recipe, build_learner, fit_phases, pick_lr
 from pipeline.params import eval_batch, load_params, member_seed, metric_param, resolve_remedies, train_spec
 
@@ -47,24 +47,30 @@ BASE = "epochs=5;average=none;precision=fp32"
 MEMBERS = ["fast", "fast-32=fast:size=32;epochs=4", "fast-noflip=fast:flip=false"]
 
 
-def blend(probs: list[np.ndarray], valid: list[np.ndarray], y: np.ndarray, metric: str) -> np.ndarray:
-    """The ensemble stage's default blend: each member's temperature fitted on valid, weights ∝ its validation score
-    in the run's metric."""
-    from ensembles.calibrate import apply_temperature, fit_temperature
-    from ensembles.weights import accuracy_weights
-    from ensembles.weights import blend as mix
+def blend(runs: list[dict], y: np.ndarray, params: dict, metric: str, seed: int) -> dict[str, np.ndarray]:
+    """The ensemble stage's weighted blend of runs ({split: probs}), with the stage's own code: params.yaml's
+    `ensemble:` (its per-member temperatures where `calibrate: temperature`), the `accuracy` strategy (weights ∝
+    validation score in the run's metric) and what follows it; {split: probs}, valid cross-fitted as the stage
+    scores it."""
+    from ensembles.candidates import Candidates, calibrate_members
+    from ensembles.strategies import ensemble_params, run_strategies
 
-    ts = [fit_temperature(v.astype(np.float64), y) for v in valid]
-    w = accuracy_weights([metric_value(metric, v, y) for v in valid])
-    return mix(np.stack([apply_temperature(p.astype(np.float64), t) for p, t in zip(probs, ts)]), w)
+    cfg = replace(ensemble_params(params), strategies=["accuracy"], method="accuracy", metric=metric)
+    names = [f"m{i}" for i in range(len(runs))]
+    stack = {s: np.stack([r[s].astype(np.float64) for r in runs]) for s in ("valid", "test")}
+    c = Candidates(names, stack["valid"], stack["test"], info={}, oof={})
+    if cfg.calibrate == "temperature":
+        calibrate_members(c, y)
+    out = run_strategies(c.valid, y, c.test, None, names, cfg, seed)["accuracy"]
+    return {"valid": out.valid_probs, "test": out.test_probs}
 
 
-def one_run(key: str, spec, arrays, meta, seed: int, k: int, avg: tuple, metric: str) -> tuple[dict, dict]:
+def one_run(key: str, spec, arrays, meta, seed: int, k: int, avg: tuple, params: dict, metric: str):
     """One training run of the recipe (the stage's build_learner / pick_lr / fit_phases, fine-tuning a pretrained
-    net as the stage does) with EMA and SWA (`avg`: decay, start) and snapshots tracked side by side:
-    ({arm: {split: probs}}, facts)."""
+    net as the stage does, its epochs counted and its members predicted as pipeline.learn.member does) with EMA
+    and SWA (`avg`: decay, start) and snapshots tracked side by side: ({arm: {split: probs}}, facts)."""
     decay, start = avg
-    device = torch.device("cpu")
+    device = concrete(None)  # where the stage would train: the members' runs train there too
     spec = eval_batch(spec, device.type)
     facts = {}
     if spec.time_budget:
@@ -74,34 +80,23 @@ def one_run(key: str, spec, arrays, meta, seed: int, k: int, avg: tuple, metric:
     if fine_tune:
         learn.freeze()
     lr, _, _ = pick_lr(learn, key, spec)
-    epochs = sum(e for _, e in setup.phases) + (spec.freeze_epochs if fine_tune else 0)
+    epochs = run_epochs(spec, setup, fine_tune)
     avgs = {"ema": WeightAverage("ema", epochs, decay=decay), "swa": WeightAverage("swa", epochs, start=start)}
     snaps = Snapshots(snapshot_epochs(epochs, k))
     learn.add_cbs([*avgs.values(), snaps])
     t0 = time.perf_counter()
     fit_phases(learn, spec, setup, fine_tune, lr)
     facts |= {"epochs": epochs, "train_s": round(time.perf_counter() - t0, 1), "steps": avgs["ema"].total}
-    tfm = BatchTfm(setup.phases[-1][0], setup.mean, setup.std, train=False, channels_last=spec.channels_last)
-    tta = spec.tta and spec.flip
-
-    def predict(model):
-        return {
-            s: predict_probs(model, arrays[f"{s}_x"], tfm, spec.eval_bs, tta, device, setup.dtype, setup.n_out)
-            for s in ("valid", "test")
-        }
+    predict = predictor(setup, spec, {s: arrays[f"{s}_x"] for s in ("valid", "test")})
 
     arms = {"final": predict(learn.model)}
     for name, a in avgs.items():  # nothing averaged (SWA's start past a tiny run): the final weights
         arms[name] = predict(a.averaged(learn.dls.train) or learn.model) if a.updates else arms["final"]
     snapshot_probs = []
-    for _, state in sorted(snaps.states.items()):
+    for n, state in sorted(snaps.states.items()):
         learn.model.load_state_dict(state)
-        snapshot_probs.append(predict(learn.model))
-    members = [*snapshot_probs, arms["final"]]
-    y = arrays["valid_y"]
-    arms[f"snapshots{k}"] = {
-        s: blend([m[s] for m in members], [m["valid"] for m in members], y, metric) for s in ("valid", "test")
-    }
+        snapshot_probs.append(predict(learn.model, size_at(setup.phases, n, spec.freeze_epochs if fine_tune else 0)))
+    arms[f"snapshots{k}"] = blend([*snapshot_probs, arms["final"]], arrays["valid_y"], params, metric, seed)
     return arms, facts
 
 
@@ -119,28 +114,27 @@ def run(
     member_args, members = members, [parse_model(m, params) for m in members]
     prep = load_prepared(root)
     arrays, meta = prep.arrays, prep.meta
-    metric, _ = resolve_metric(metric_param(params), meta.counts_per_class.get("train", {}))
-    spec = resolve_remedies(train_spec(params, recipe), metric)
+    counts = meta.counts_per_class.get("train", {})
+    metric, _ = resolve_metric(metric_param(params), counts)
+    spec = resolve_remedies(train_spec(params, recipe), counts)
     seed = member_seed(params, spec)
     arms, facts = {}, {}
-    short, facts["short"] = one_run(recipe, spec, arrays, meta, seed, k, (decay, start), metric)
+    short, facts["short"] = one_run(recipe, spec, arrays, meta, seed, k, (decay, start), params, metric)
     arms |= short
     # the default run's blend: the members trained as their stages train them (the recipe's run is `final`)
     probs, train_s = {recipe: short["final"]}, {recipe: facts["short"]["train_s"]}
     for m in members:
         if m == recipe:
             continue
-        s = resolve_remedies(train_spec(params, m), metric)
+        s = resolve_remedies(train_spec(params, m), counts)
         res = train_member(m, s, arrays, meta, member_seed(params, s))
         probs[m], train_s[m] = {x: res.preds[x] for x in ("valid", "test")}, res.metrics.train_s
     y = arrays["valid_y"]
     names = [m for m in members if m in probs]
-    arms[f"blend{len(names)}"] = {
-        s: blend([probs[m][s] for m in names], [probs[m]["valid"] for m in names], y, metric) for s in ("valid", "test")
-    }
+    arms[f"blend{len(names)}"] = blend([probs[m] for m in names], y, params, metric, seed)
     budget = scale * sum(train_s[m] for m in names)
     long, facts["long"] = one_run(
-        recipe, replace(spec, time_budget=budget), arrays, meta, seed, k, (decay, start), metric
+        recipe, replace(spec, time_budget=budget), arrays, meta, seed, k, (decay, start), params, metric
     )
     arms |= {f"long-{a}": p for a, p in long.items()}
     facts["members_train_s"], facts["budget_s"] = train_s, round(budget, 1)

@@ -130,9 +130,14 @@ def release(learn, res: TrainResult) -> TrainResult:
     return res
 
 
+def run_epochs(spec: TrainSpec, setup: Setup, fine_tune: bool) -> int:
+    """The epochs of a run as WeightAverage and Snapshots count them: every phase's, a fine-tune's frozen ones too."""
+    return sum(e for _, e in setup.phases) + (spec.freeze_epochs if fine_tune else 0)
+
+
 def along_the_run(learn, spec: TrainSpec, setup: Setup, fine_tune: bool):
     """The callbacks of `average` and `snapshots`, added to the learner: (WeightAverage or None, Snapshots or None)."""
-    epochs = sum(e for _, e in setup.phases) + (spec.freeze_epochs if fine_tune else 0)
+    epochs = run_epochs(spec, setup, fine_tune)
     avg = snaps = None
     if spec.average != "none":
         avg = WeightAverage(spec.average, epochs, spec.average_decay, spec.average_start)
@@ -154,22 +159,13 @@ def evaluate_member(
 ) -> TrainResult:
     """Predictions on valid (not for a refit, trained on it), test and the held-out rows; metrics and spec."""
     setup, spec = f.setup, f.spec
-    tfms: dict[int, BatchTfm] = {}
     tta = spec.tta and spec.flip  # mirror TTA only where mirrored images were trained on
     inputs = {"test": setup.arrays["test_x"]}
     if not refit and len(setup.arrays["valid_y"]):
         inputs = {"valid": setup.arrays["valid_x"], **inputs}
     if held_out is not None:
         inputs["oof"] = held_out[0]
-
-    def predict(model, size: int = setup.phases[-1][0]):
-        """Every split's probabilities, the images resized to `size` (the last phase's; a snapshot's own phase's)."""
-        if size not in tfms:
-            tfms[size] = BatchTfm(size, setup.mean, setup.std, train=False, channels_last=spec.channels_last)
-        return {
-            s: predict_probs(model, x, tfms[size], spec.eval_bs, tta, setup.device, setup.dtype, setup.n_out)
-            for s, x in inputs.items()
-        }
+    predict = predictor(setup, spec, inputs)
 
     t1 = time.perf_counter()
     preds = predict(f.learn.model)
@@ -179,6 +175,23 @@ def evaluate_member(
         res.snapshots = [snapshot_member(key, f, res, n, st, predict, held_out) for n, st in sorted(f.states.items())]
         res.metrics.snapshots = [r.spec.key for r in res.snapshots]
     return res
+
+
+def predictor(setup: Setup, spec: TrainSpec, inputs: dict):
+    """predict(model, size=the last phase's): each input's probabilities as the stage evaluates a member (its
+    eval batch, precision and device; mirror TTA where it trained on mirrored images), images resized to `size`."""
+    tfms: dict[int, BatchTfm] = {}
+    tta = spec.tta and spec.flip
+
+    def predict(model, size: int = setup.phases[-1][0]) -> dict[str, np.ndarray]:
+        if size not in tfms:
+            tfms[size] = BatchTfm(size, setup.mean, setup.std, train=False, channels_last=spec.channels_last)
+        return {
+            s: predict_probs(model, x, tfms[size], spec.eval_bs, tta, setup.device, setup.dtype, setup.n_out)
+            for s, x in inputs.items()
+        }
+
+    return predict
 
 
 def snapshot_member(key: str, f: Fitted, final: TrainResult, epoch: int, state: dict, predict, held_out):
