@@ -256,6 +256,28 @@ def fold_fit(kind: str, cfg: EnsembleParams, seed: int):
     return fit
 
 
+def fit_and_score(kind: str, P, y, accs, cfg: EnsembleParams, seed: int, fit_on, k_folds: int):
+    """One strategy with its temperature and τ: (fit, scored validation probabilities, (temperature, τ) for test,
+    how the validation rows were scored)."""
+    fitted = REGISTRY[kind].fitted
+    post_fitted = cfg.calibrate == "temperature" or cfg.log_prior is not None
+    if post_fitted and k_folds >= 2 and not (fitted and fit_on is not None):
+        f = fit_strategy(kind, P, y, accs, cfg, seed)
+        both = crossfit(P, y, fold_fit(kind, cfg, seed), k_folds, seed)
+        # the final temperature and τ are fitted on what the strategy scored before: its cross-fitted
+        # probabilities where it is fitted, its direct ones otherwise
+        cross = fitted and len(P) > 1 or kind == "stacking"
+        post = fit_post(both[..., 0] if cross else f.predict(P), y, cfg)
+        return f, both[..., 1], post, f"cross-fitted, {k_folds} folds (weights, temperature, τ)"
+    f, vp, how = fit_scored(kind, P, y, accs, cfg, seed, fit_on, k_folds)
+    if post_fitted and fitted and fit_on is not None:  # valid held out from all of it
+        post = fit_post(f.predict(fit_on[0]), fit_on[1], cfg)
+        how += "; temperature and τ fitted there too"
+    else:  # nothing fitted after the blend, or too few rows a class to cross-fit: direct
+        post = fit_post(vp, y, cfg)
+    return f, apply_post(vp, post, cfg), post, how
+
+
 def run_strategies(
     P: np.ndarray,
     y: np.ndarray,
@@ -280,30 +302,12 @@ def run_strategies(
     weights, temperature and τ from the other folds' rows), or, with `fit_on`, they are fitted on those rows too.
     (A τ chosen on the rows it is scored on wins ties in-sample: the adjusted strategies then beat the members
     and the other strategies by selection alone.)"""
-    metric = cfg.metric
-    accs = np.array([metric_value(metric, p, y) for p in P])
+    accs = np.array([metric_value(cfg.metric, p, y) for p in P])
     counts = np.bincount(y)
     k_folds = int(min(cfg.folds, counts[counts > 0].min()))  # no more folds than the rarest class has rows
-    post_fitted = cfg.calibrate == "temperature" or cfg.log_prior is not None
     out = {}
     for kind in cfg.strategies:
-        fitted = REGISTRY[kind].fitted
-        if post_fitted and k_folds >= 2 and not (fitted and fit_on is not None):
-            f = fit_strategy(kind, P, y, accs, cfg, seed)
-            both = crossfit(P, y, fold_fit(kind, cfg, seed), k_folds, seed)
-            # the final temperature and τ are fitted on what the strategy scored before: its cross-fitted
-            # probabilities where it is fitted, its direct ones otherwise
-            cross = fitted and len(P) > 1 or kind == "stacking"
-            post = fit_post(both[..., 0] if cross else f.predict(P), y, cfg)
-            vp, how = both[..., 1], f"cross-fitted, {k_folds} folds (weights, temperature, τ)"
-        else:
-            f, vp, how = fit_scored(kind, P, y, accs, cfg, seed, fit_on, k_folds)
-            if post_fitted and fitted and fit_on is not None:  # valid held out from all of it
-                post = fit_post(f.predict(fit_on[0]), fit_on[1], cfg)
-                how += "; temperature and τ fitted there too"
-            else:  # nothing fitted after the blend, or too few rows a class to cross-fit: direct
-                post = fit_post(vp, y, cfg)
-            vp = apply_post(vp, post, cfg)
+        f, vp, post, how = fit_and_score(kind, P, y, accs, cfg, seed, fit_on, k_folds)
         tp = apply_post(f.predict(T), post, cfg)
         weights = {m: round(float(x), 6) for m, x in zip(members, f.weights)}
         rec = records.Strategy(

@@ -33,7 +33,7 @@ from pipeline.artifacts import (
 )
 from pipeline.data import datasets, images
 from pipeline.data.images import luma, to_channels
-from pipeline.data.raw import Files, RawData, take
+from pipeline.data.raw import Files, RawData, bytes_needed, take
 from pipeline.data.splits import split_valid, stratified_subset
 from pipeline.errors import PipelineError, check_space
 from pipeline.inspect.scores import imbalance_line, resolve_metric
@@ -246,25 +246,12 @@ def decode_split(folder: Path, k: str, files, ys: dict, channels, shape: tuple, 
     return [str(files.paths[i]) for i in bad]
 
 
-def bytes_needed(xs: dict, size: int | None, channels) -> int:
-    """The most disk the prepared arrays take while being written: every split's uint8 images (file data sets
-    decoded as RGB, before any turn to one channel), the largest split once more (a rewrite: gray, or without its
-    unreadable files), the int64 labels, and a MiB for headers and meta."""
-    total = largest = rows = 0
-    files = False
-    for x in xs.values():
-        if x is None:
-            continue
-        if isinstance(x, Files):
-            files, side, c = True, x.size, 1 if channels == 1 else 3
-        else:
-            side, c = (
-                size or x.shape[1],
-                1 if channels == 1 else 3 if channels == 3 else (x.shape[3] if x.ndim == 4 else 1),
-            )
-        b = len(x) * side * side * c
-        total, largest, rows = total + b, max(largest, b), rows + len(x)
-    return total + (largest if files else 0) + 8 * rows + 2**20
+def check_labels(raw: RawData, ys: dict) -> None:
+    """Every split's labels index a class."""
+    n_cls = len(raw.classes)
+    for k, y in ys.items():
+        if y is not None and len(y) and (y.min() < 0 or y.max() >= n_cls):
+            raise PipelineError(f"{raw.source.get('path')}: {k} label {int(y.max())} outside 0..{n_cls - 1}")
 
 
 def prepare_to(
@@ -284,10 +271,7 @@ def prepare_to(
     check_space(
         folder.parent, bytes_needed(xs, size, channels), "the prepared arrays", "; or lower data.limit / data.size"
     )
-    n_cls = len(raw.classes)
-    for k, y in ys.items():
-        if y is not None and len(y) and (y.min() < 0 or y.max() >= n_cls):
-            raise PipelineError(f"{raw.source.get('path')}: {k} label {int(y.max())} outside 0..{n_cls - 1}")
+    check_labels(raw, ys)
     source, bad_images = dict(raw.source), list(raw.bad_images)
     if any(isinstance(x, Files) for x in xs.values()):
         image_shape, bad, modes = write_files(folder, xs, ys, channels, workers)

@@ -180,8 +180,9 @@ def test_too_little_disk_stops_before_writing_naming_bytes(tmp_path, monkeypatch
     import shutil
 
     from pipeline import errors
+    from pipeline.data.raw import bytes_needed
 
-    need = prepare.bytes_needed({"train": np.zeros((100, 8, 8, 1), np.uint8), "valid": None}, None, "auto")
+    need = bytes_needed({"train": np.zeros((100, 8, 8, 1), np.uint8), "valid": None}, None, "auto")
     assert need == 100 * 64 + 8 * 100 + 2**20
     monkeypatch.setattr(errors.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(PipelineError, match=r"the prepared arrays needs [\d,]+ bytes \([\d.]+ GiB\), 1,000 are free"):

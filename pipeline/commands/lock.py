@@ -69,6 +69,7 @@ def produced_by_a_stage(root: Path, path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.commands.lock`: 0 where the lock describes the code and params, else 1 naming why."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.commands.lock", description=__doc__.split("\n")[0])
     ap.add_argument("--root", type=Path, default=Path("."), help="the project (default: .)")
     args = ap.parse_args(argv)

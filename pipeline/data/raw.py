@@ -60,3 +60,24 @@ class RawData:
 def natural_key(s: str):
     """Sort '2.png' before '10.png'."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+def bytes_needed(xs: dict, size: int | None, channels) -> int:
+    """The most disk the prepared arrays take while being written: every split's uint8 images (file data sets
+    decoded as RGB, before any turn to one channel), the largest split once more (a rewrite: gray, or without its
+    unreadable files), the int64 labels, and a MiB for headers and meta."""
+    total = largest = rows = 0
+    files = False
+    for x in xs.values():
+        if x is None:
+            continue
+        if isinstance(x, Files):
+            files, side, c = True, x.size, 1 if channels == 1 else 3
+        else:
+            side, c = (
+                size or x.shape[1],
+                1 if channels == 1 else 3 if channels == 3 else (x.shape[3] if x.ndim == 4 else 1),
+            )
+        b = len(x) * side * side * c
+        total, largest, rows = total + b, max(largest, b), rows + len(x)
+    return total + (largest if files else 0) + 8 * rows + 2**20

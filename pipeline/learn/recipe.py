@@ -122,8 +122,7 @@ def build_learner(
     dtype = pick_dtype(spec.precision, device)
     model, splitter = make_model(key, arch, spec, n_in, n_out, h)
 
-    counts = np.bincount(arrays["train_y"], minlength=len(meta.classes))
-    # `sampler: auto` left unresolved by the stage (a bench, a notebook): by the training counts, as the stage does
+    counts = np.bincount(arrays["train_y"], minlength=len(meta.classes))  # `sampler: auto`: as the stage resolves it
     sampler = resolve_remedies(spec, meta.counts_per_class.get("train", {})).sampler
     sample_weights = 1.0 / np.maximum(counts, 1)[arrays["train_y"]] if sampler == "balanced" else None
     pairs = make_pairs(arrays, device)  # once: every phase's loaders share the (GPU-resident) rows
