@@ -115,12 +115,12 @@ def one_step(obj: Any, m: re.Match) -> Any:
 
 def term_value(sources: Sources, term: str, last_file: str | None, where: str) -> tuple[float, str | None]:
     """One term of an expression and the file it was read from (a number reads none)."""
-    try:
-        return float(term), last_file
-    except ValueError:
-        pass
     m = FILE_TERM.fullmatch(term)
     file, path = (m["file"], m["path"]) if m else (last_file, term)
+    try:
+        return float(path), file  # a number (`FILE:1 / KEYPATH` names the file of the terms after it)
+    except ValueError:
+        pass
     agg = re.fullmatch(r"max\((.*)\)", path)
     if file is None:
         raise DocsError(f"{where}: `{term}` names no file")
