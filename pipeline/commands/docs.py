@@ -252,7 +252,7 @@ TOP_WHY = {  # params.yaml's top-level keys: seed and metric are values, the res
     "data": "the data set and how it is prepared (table below)",
     "train": "the training defaults every `archs` entry inherits (table below)",
     "archs": "one model per key, one DVC stage `train@<key>` each; a value holds `train` keys (or null)",
-    "variants": "more models of an entry: name -> {of: <archs key>, train keys}",
+    "variants": "more models of an entry: `name: {of: <archs key>, <train keys>}`",
     "ensemble": "the ensemble stage (table below)",
 }
 
