@@ -129,7 +129,10 @@ doctor: setup  ## what this machine offers and what a run will use (python -m pi
 lock: setup  ## does the committed dvc.lock describe the code and params? (CI runs it after the tests)
 	python -m pipeline.commands.lock
 
+docs: setup  ## regenerate the measured figures of README.md and docs/ from the committed results
+	python -m pipeline.commands.docs
+
 lint: setup  ## ruff lint and format check
 	ruff check . && ruff format --check .
 
-.PHONY: help python setup data repro test quick study lint wheelhouse gpu-bundle doctor lock
+.PHONY: help python setup data repro test quick study lint wheelhouse gpu-bundle doctor lock docs
