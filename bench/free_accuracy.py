@@ -15,7 +15,7 @@ bench.equal_compute.
 EMA: timm's ModelEmaV3 (`--decay`, warm-up on); SWA: torch's AveragedModel from `--start` of the steps, then
 update_bn; snapshots: the weights at the ends of the last `--snapshots` epochs, blended like the members.
 Reads params.yaml and data/prepared of --root (`dvc repro prepare`). Writes bench/results/free_accuracy.{json,md}.
-Run:    python -m bench.free_accuracy [--recipe fast] [--root .]   (~35 min on 2 CPU cores)
+Run:    python -m bench.free_accuracy [--recipe fast] [--root .]   (the slowest bench: it trains four runs)
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ The `archs`/`variants` entries are the project's params.yaml's: `--archs`, by de
 networks (the ImageNet ones, 1 epoch from scratch and never in the blend, are left out); a name params.yaml does not
 have is an error. Each setting's row is written as soon as it is measured.
 Writes bench/results/imbalance.{json,md} (--out).
-Run:    python -m bench.imbalance [--small] [--archs logreg fast ...]   (full: ~10 min on 2 CPU cores)
+Run:    python -m bench.imbalance [--small] [--archs logreg fast ...]   (full: minutes on 2 CPU cores; each result file records its own, `minutes`)
 """
 
 from __future__ import annotations

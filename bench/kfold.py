@@ -6,8 +6,8 @@ A project folder under bench/cache/kfold/ gets its own params.yaml: three `archs
 `refit: true`). It runs prepare, train (every entry), the ensemble stage over the three K-fold entries, and then
 the fitted strategies once more fitted on the validation split alone, to compare with their fit on the
 out-of-fold rows. Prints and writes bench/results/kfold_<data>.{json,md} and docs/kfold_<data>.png.
-Run:    python -m bench.kfold [--data digits|fashion-mnist] [--folds 5]   (digits ~3 min, fashion-mnist (6000 images,
-        needs `make data`) ~8 min on 2 CPU cores)
+Run:    python -m bench.kfold [--data digits|fashion-mnist] [--folds 5]   (digits: minutes; fashion-mnist (6000 images,
+        needs `make data`): longer)
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ It writes its own data in the real layouts, from Fashion-MNIST's images (`make d
 Fashion-MNIST is absent, and in --small mode), so that the classes are learnable and accuracy means something:
 - `tiny`: a tiny-imagenet-200 folder of the full size: 200 classes (10 garment classes × 20 tints) × 500 training
   JPEGs of 64 px, val/ with val_annotations.txt (10 000), test/images (10 000, unlabelled);
-- `photos`: an ImageFolder of 640×480 JPEGs (the garment in a random tint, on a lit textured background; ~42 KB):
+- `photos`: an ImageFolder of 640×480 JPEGs (the garment in a random tint, on a lit textured background; ~45 KB, scale_photos.json):
   train/<class>/ (3 000) and a labelled test/<class>/ (500), prepared at 64 px.
 Each set gets a git + DVC project under bench/cache/scale/<set>/repo holding the pipeline's code and a small
 `archs` set (logreg; the fast ResNet-9 at 32 px on a subset), whose stage commands run under this module's
@@ -12,7 +12,7 @@ Each set gets a git + DVC project under bench/cache/scale/<set>/repo holding the
 its whole process tree (prepare's decode workers included). Then `dvc repro`, and `dvc status` once more to time
 DVC's own hashing of the raw folder with a warm cache.
 Writes bench/results/scale_<set>.{json,md} (--out to change).
-Run:    python -m bench.scale [--sets tiny photos] [--small]   (full size: ~10 min on 2 CPU cores)
+Run:    python -m bench.scale [--sets tiny photos] [--small]   (full size: several minutes on 2 CPU cores; `dvc_repro_s` in each result)
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def render_tiny(task) -> int:
 
 
 def render_photos(task) -> int:
-    """640×480 JPEGs: the garment, tinted, centred on a lit, textured background (~50 KB at quality 85)."""
+    """640×480 JPEGs: the garment, tinted, centred on a lit, textured background (~45 KB at quality 85)."""
     from PIL import Image
 
     items, seed, (w, h) = task

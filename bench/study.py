@@ -5,7 +5,7 @@ ensemble — on CIFAR-10 (or Tiny-ImageNet), through `dvc repro` in a project of
 What it needs: a GPU (hours on a CPU), and the network for the hub weights (timm's from the Hugging Face hub,
 torchvision's from download.pytorch.org) and for the data set unless `--data PATH` has it. Images under 96 px are
 upsized (BiT's rule: small images are fine-tuned at 128-160 px): CIFAR-10's 32 px become phases of 128 then 160 px.
-What the seeds reported: 94.72 % on CIFAR-10 from a 9-model ensemble; 87 % on Tiny-ImageNet with a fine-tuned
+What the seeds reported (their figures, not measured here): 94.72 % on CIFAR-10 from a 9-model ensemble; 87 % on Tiny-ImageNet with a fine-tuned
 ConvNeXt. `--small` (what the test runs, on a CPU, offline): a few hundred Fashion-MNIST images, the one set of
 ImageNet weights that installs offline (EfficientNet-Lite0, as a weights file) fine-tuned with a frozen epoch and
 two sizes (48, 64 px) beside logreg, and the ensemble, so the preset's shape cannot rot.

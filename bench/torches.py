@@ -10,7 +10,7 @@ emptied), as a node without network would. What passed, how long it took, whethe
 python TORCH=system`, which says the environment it would make; nothing is installed.
 Writes bench/results/torches[_offline]_<target>.{json,md} (--out), a row as soon as each torch is measured.
 Run:    python -m bench.torches [--torches 2.5.1 2.14.1] [--target quick|test] [--wheelhouse /tmp/wh-{torch}] [--check]
-        (a torch other than the pinned one downloads its CUDA wheels from PyPI, about 3 GB)
+        (a torch other than the pinned one downloads its CUDA wheels from PyPI, several GB)
 """
 
 from __future__ import annotations

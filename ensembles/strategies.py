@@ -145,7 +145,7 @@ class EnsembleParams:
     folds: int = param(5, is_int(lo=2), "cross-fitting of the fitted strategies' validation scores")
     stack_C: float = param(0.1, is_float(0.0, 1e6), "inverse regularisation of the stacking logistic regression")
     # stacking's logistic regression has (members × classes) × classes weights: one member at 200 classes (40 000)
-    # cost 100 s of L-BFGS (fitted six times); beyond this many weights it takes the tied form (one weight per
+    # cost minutes of L-BFGS (fitted six times); beyond this many weights it takes the tied form (one weight per
     # member, shared by the classes): seconds. 2 560 keeps the full form for up to 25 members at 10 classes
     stack_max_weights: int = param(2560, is_int(lo=1), "beyond this many weights stacking ties them")
     strategies: list | str = param("all", is_strategies, "which strategies are fitted and scored")

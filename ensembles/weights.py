@@ -74,7 +74,7 @@ def stack_features(P: np.ndarray) -> np.ndarray:
 
 def fit_stacker(P: np.ndarray, y: np.ndarray, C: float = 0.1, seed: int = 0):
     """A multinomial logistic regression on the members' standardised log-probabilities (scikit-learn).
-    Standardising makes lbfgs converge ~10x sooner than on raw log-probabilities (down to log 1e-12)."""
+    Standardising makes lbfgs converge much sooner than on raw log-probabilities (down to log 1e-12)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

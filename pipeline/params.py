@@ -173,7 +173,7 @@ def is_eval_bs(v):
     return v if v == "auto" else is_int(lo=1)(v)
 
 
-EVAL_BS = {"cpu": 128, "cuda": 1024}  # CPU: bench/levers.py, the fast net 1.6x faster at 128 than at 1024 (cache)
+EVAL_BS = {"cpu": 128, "cuda": 1024}  # CPU: bench/results/levers.md, eval batch size rows (cache)
 
 
 def eval_batch(spec: TrainSpec, device_type: str) -> TrainSpec:
@@ -188,7 +188,7 @@ def auto_eval_bs(device_type: str) -> int:
 
 
 def is_device(v):
-    """A check for `device`: auto, cpu, cuda or cuda:N."""
+    """A check for `device`: auto, cpu, cuda, cuda:N or mps."""
     import re
 
     if v in ("auto", "cpu", "cuda", "mps") or isinstance(v, str) and re.fullmatch(r"cuda:\d+", v):
@@ -239,7 +239,7 @@ class TrainSpec:
     precision: str = param(
         "auto", one_of("auto", "native", "fp32", "bf16", "fp16"), "auto: fp32 on a CPU, bf16/fp16 on CUDA"
     )
-    device: str = param("auto", is_device, "auto: cuda when present, else cpu; cuda:N pins a stage to a GPU")
+    device: str = param("auto", is_device, "auto: cuda when present, else cpu; cuda:N pins a GPU; mps")
     deterministic: bool = param(False, is_bool, "GPU: bit-reproducible (no cuDNN autotuning, no TF32); CPU: always")
     channels_last: bool = param(True, is_bool, "NHWC memory format: faster convolutions on CPUs and GPUs")
     pretrained: bool | str = param(False, is_pretrained, "true: timm/torchvision download; or a weights file")

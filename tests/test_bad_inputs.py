@@ -1,5 +1,5 @@
 """Bad input a user brings, one test per case: each ends in a clear error or a correct result, writes no partial
-output and leaves nothing stale. The README's reliability count is `pytest -m bad_input --collect-only -q`."""
+output and leaves nothing stale. docs/results.md "Reliability" lists them: `pytest -m bad_input --collect-only -q`."""
 
 import csv
 import io

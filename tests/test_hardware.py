@@ -268,7 +268,7 @@ def test_predicting_elsewhere_uses_that_devices_precision(fake_cuda):
 
 def test_a_native_bf16_model_predicts_in_fp32_on_a_cpu_without_bf16(monkeypatch, capsys):
     """`precision: native` trained in bf16 on an AMX CPU; predicting on a CPU without bf16 instructions runs fp32
-    (emulated bf16 is ~10x slower), said once; where the CPU has bf16, or bf16 was forced, bf16 as trained."""
+    (emulated bf16 is far slower), said once; where the CPU has bf16, or bf16 was forced, bf16 as trained."""
     cpu = torch.device("cpu")
     monkeypatch.setattr(H, "_said", set())
     monkeypatch.setattr(H, "cpu_bf16", lambda: False)

@@ -9,7 +9,7 @@ from pipeline.errors import PipelineError, warn
 
 # scikit-learn's train_test_split (StratifiedShuffleSplit / ShuffleSplit with an int random_state), ported to
 # numpy step for step, RandomState draws in the same order, so the rows are the ones it picks (tests/test_data.py
-# compares them over many sizes, class mixes and seeds): importing scikit-learn costs 1.6 s, a third of a 3 500-photo
+# compares them over many sizes, class mixes and seeds): importing scikit-learn was a large share of a 3 500-photo
 # prepare (`python -m bench.scale --sets photos`), for one split. The training stage still uses scikit-learn.
 def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
     """scikit-learn's utils.extmath._approximate_mode: per-class draws near the multivariate hypergeometric mode,

@@ -99,8 +99,9 @@ def _glibc():
 class TrimHeap(Callback):
     """Give glibc's freed heap pages back every `every` training batches. Batch-sized buffers (MBs) freed between
     steps leave glibc's heap fragmented once its dynamic mmap threshold has risen past them: train@logreg on
-    100 000 images of 64 px (`python -m bench.scale --sets tiny`) peaked at 5.53 GiB without this, 2.84 GiB with
-    it, no slower (a fixed M_MMAP_THRESHOLD bounds it too, but page faults made the steps 40 % slower)."""
+    100 000 images of 64 px (`python -m bench.scale --sets tiny`) peaked far higher without this than with it
+    (bench/results/scale_tiny.json), no slower (a fixed M_MMAP_THRESHOLD bounds it too, but page faults made the
+    steps slower)."""
 
     order = 100
 

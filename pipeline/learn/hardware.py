@@ -9,7 +9,7 @@ stage's log line names the device and its precision (`describe`).
 
 Precision: `auto` is fp32 on a CPU: on CPUs with AVX512-BF16 bf16 ran the fast net faster but cost small nets
 accuracy (`python -m bench.fast_recipe --precision bf16`, docs/results.md), and on CPUs without those instructions
-it ran ~10x slower; fp32
+it ran far slower; fp32
 keeps a default run's results the same whichever CPU ran it. On a GPU `auto` is bf16 autocast where the GPU runs
 bf16 natively (compute capability >= 8.0: A100, H100, RTX 30xx and newer), fp16 with a gradient scaler (fastai's
 MixedPrecision) on older ones (T4, V100, P100), whose bf16 torch would only emulate. `precision: bf16` forces bf16
@@ -161,7 +161,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def eval_dtype(trained: str, trained_on: str, device: torch.device, asked: str = "auto") -> torch.dtype | None:
     """The precision to evaluate a model with on `device`: the training precision on the device type it was trained
     on (so predictions reproduce the stage's own), otherwise that device's sensible one (`auto`): a model trained in
-    bf16 on a GPU is evaluated in fp32 on a CPU, where bf16 may run ~10x slower. A GPU's bf16 model on a GPU without
+    bf16 on a GPU is evaluated in fp32 on a CPU, where bf16 may run far slower. A GPU's bf16 model on a GPU without
     bf16 in hardware (trained on an H100, predicting on a T4), or a CPU's (`precision: native` on an AMX CPU, predicting
     on one without bf16 instructions), predicts in fp32, said once: its probabilities then differ slightly from the
     stage's. A model whose entry forced bf16 (`asked`, the params' precision) predicts in

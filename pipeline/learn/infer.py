@@ -21,7 +21,7 @@ def predict_probs(
 ) -> np.ndarray:
     """Class probabilities (N × n_classes, float32) for uint8 N×H×W×C images, in row order; tta averages with the
     mirror image; `dtype` is the autocast dtype (None: fp32). No rows in, (0, n_classes) out. A batch that runs a
-    GPU out of memory (`eval_bs: auto` is 1024 there; VGG19 at 224 px needs more than a 16 GB card has) is retried
+    GPU out of memory (`eval_bs: auto` is 1024 there; VGG19 at 224 px can need more than a 16 GB card has, by estimate) is retried
     at half the size (again if need be), each time said."""
     model.eval()
     out = [torch.zeros(0, n_classes, device=device)]

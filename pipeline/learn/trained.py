@@ -106,7 +106,9 @@ class Model:
         _, layer = pick_layer(self.model, self.spec.cam_layer)
         out = []
         with settings(self.device, self.deterministic):
-            for i in range(0, len(x), CAM_BS):  # a whole batch's fp32 graph would not fit a 16 GB GPU (VGG19 at 224)
+            for i in range(
+                0, len(x), CAM_BS
+            ):  # a whole batch's fp32 graph may not fit a 16 GB GPU (VGG19 at 224; an estimate)
                 t = None if targets is None else torch.as_tensor(targets[i : i + CAM_BS], device=self.device)
                 out.append(grad_cam(self.model, self.inputs(x[i : i + CAM_BS]), layer, t))
         return np.concatenate(out) if out else np.zeros((0, self.spec.size, self.spec.size), np.float32)
