@@ -31,7 +31,8 @@ import numpy as np
 import yaml
 
 from bench.machine import ROOT, add_paths, cpu_name, out_dir, write_json, write_text
-from pipeline.artifacts import prepared_dir
+from pipeline.artifacts import load_submission_preds, prepared_dir, read_prepared
+from pipeline.inspect.scores import compare, verdict
 from pipeline.inspect.tables import markdown_table
 
 CACHE = ROOT / "bench" / "cache" / "imbalance"
@@ -121,8 +122,9 @@ def project_params(raw: Path, archs: list[str] | None, small: bool) -> tuple[dic
     return p, archs
 
 
-def run_setting(name: str, base: dict, work: Path, trained: dict[str, Path]) -> dict:
-    """One setting: train (unless another setting trained the same models), then the ensemble stage."""
+def run_setting(name: str, base: dict, work: Path, trained: dict[str, Path], probs: dict | None = None) -> dict:
+    """One setting: train (unless another setting trained the same models), then the ensemble stage; its
+    submission's test probabilities go in `probs` (the paired comparisons)."""
     from ensembles import ensemble
     from pipeline import train
     from pipeline.params import model_names
@@ -143,6 +145,8 @@ def run_setting(name: str, base: dict, work: Path, trained: dict[str, Path]) -> 
             train.run(key, str(root / "params.yaml"), root)
         trained[group] = root
     m = ensemble.run(p, root)
+    if probs is not None:
+        probs[name] = load_submission_preds(root, "test")
     k = len(m.per_class.test.rows)
     rec = m.per_class.test.ensemble_report["recall"]
     worst = int(np.argmin(rec))
@@ -167,6 +171,11 @@ def run_setting(name: str, base: dict, work: Path, trained: dict[str, Path]) -> 
     }
 
 
+def read_labels_of(folder: Path) -> np.ndarray:
+    """The prepared test labels."""
+    return read_prepared(folder, images=False).arrays["test_y"]
+
+
 def pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
@@ -188,6 +197,7 @@ def markdown(r: dict) -> str:
             f"{pct(s['test_worst_recall'])} ({s['test_worst_class']})",
             f"{pct(s['valid_balanced'])} [{ci(s['valid_balanced_ci95'])}]",
             pct(s["valid_accuracy"]),
+            verdict(r["vs_off"][s["setting"]]) if s["setting"] in r.get("vs_off", {}) else "",
         ]
         for s in r["settings"]
     ]
@@ -202,6 +212,7 @@ def markdown(r: dict) -> str:
         "test worst recall",
         "valid balanced acc [95 %]",
         "valid top-1",
+        "test balanced acc − off [95 %], p",
     ]
     lines = [
         f"`python -m bench.imbalance{' --small' if r['small'] else ''}` on {r['cpu']}, {r['minutes']} min",
@@ -217,9 +228,11 @@ def markdown(r: dict) -> str:
     if "default" in by and "off" in by:
         d, o = by["default"], by["off"]
         inside = d["test_balanced_ci95"][0] <= d["valid_balanced"] <= d["test_balanced_ci95"][1]
+        paired = r.get("vs_off", {}).get("default")
         lines.append(
             "Default − off: balanced accuracy on test "
-            f"{100 * (d['test_balanced'] - o['test_balanced']):+.1f} points; "
+            + (verdict(paired) if paired else f"{100 * (d['test_balanced'] - o['test_balanced']):+.1f} points")
+            + "; "
             f"classes never right on test: {d['classes_never_right']} (off: {o['classes_never_right']}); the "
             f"default's validation balanced accuracy {pct(d['valid_balanced'])} is "
             f"{'inside' if inside else 'outside'} its test interval [{ci(d['test_balanced_ci95'])}]."
@@ -256,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         "settings": [],
     }
     trained: dict[str, Path] = {}
+    probs: dict[str, np.ndarray] = {}
+    test_y = read_labels_of(prepared_dir(work))
     for s in args.settings:
-        r["settings"].append(run_setting(s, base, work, trained))
+        r["settings"].append(run_setting(s, base, work, trained, probs))
+        if "off" in probs and s != "off":  # each remedy against none, paired on the same test rows
+            r.setdefault("vs_off", {})[s] = compare(probs[s], probs["off"], test_y, 0, metric="balanced_accuracy")
         r["minutes"] = round((time.perf_counter() - t0) / 60, 1)
         write_json(out / f"{name}.json", r)  # each row as soon as it is measured
         write_text(out / f"{name}.md", markdown(r))

@@ -145,6 +145,10 @@ def test_imbalance(tmp_path):
         lo, hi = s["test_balanced_ci95"]
         assert lo <= s["test_balanced"] <= hi
     assert has_row((tmp_path / "imbalance_small.md").read_text(), "default", "balanced_accuracy")
+    # every remedy against none on the same test rows, with its paired interval
+    assert set(r["vs_off"]) == {"adjust", "loss_weights", "sampler", "default"}
+    d = r["vs_off"]["default"]
+    assert d["ci95"][0] <= d["diff"] <= d["ci95"][1] and 0 < d["p"] <= 1
 
 
 def test_imbalance_models_come_from_params_yaml(tmp_path):
