@@ -6,7 +6,8 @@ Reads:  params.yaml (`seed`, `metric`, `archs`, `variants`, `ensemble`), data/pr
 Writes: submissions/<name>.csv for every model and submissions/ensemble.csv; ensemble/preds/{valid,test}.npy
         (the chosen strategy's probabilities); ensemble/metrics.json (every strategy's members, weights, scores;
         the gain over the best model; accuracy against the number of members);
-        ensemble/model.json (what pipeline.commands.predict needs to blend: members, weights, or the stacker's numbers).
+        ensemble/model.json (what pipeline.commands.predict needs to blend: members, weights, or the stacker's numbers);
+        summary.json (the run at a glance, the run's one DVC metric: ensembles/summary.py).
 Run:    python -m ensembles.ensemble        (or `dvc repro ensemble`)
 
 Everything is decided by the run's metric (`metric:`; auto: accuracy on balanced training classes, else balanced
@@ -19,6 +20,7 @@ scores.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from dataclasses import fields, replace
@@ -41,6 +43,7 @@ from ensembles.evaluate import by_size, comparisons, gain, leave_one_out, per_cl
 from ensembles.select import family, select
 from ensembles.strategies import EnsembleParams, Outcome, best_strategy, ensemble_params, run_strategies
 from ensembles.submission import NO_TEST, submission_rows, write_csv
+from ensembles.summary import summary, summary_file
 from pipeline.artifacts import (
     ensemble_outputs,
     save_ensemble_metrics,
@@ -190,10 +193,12 @@ def run(params: dict, root: Path = Path(".")) -> EnsembleMetrics:
 def write_outputs(
     root: Path, c: Candidates, d: Labels, out: Outcome, metrics: EnsembleMetrics, model: EnsembleModel
 ) -> None:
-    """submissions/, ensemble/preds/, ensemble/metrics.json and ensemble/model.json, whole or not at all."""
+    """submissions/, ensemble/preds/, ensemble/metrics.json, ensemble/model.json and summary.json, whole or not at
+    all."""
     classes, ids, header = d.meta.classes, d.test_ids, d.meta.submission_header
-    with staged(*ensemble_outputs(root)) as (subs, pr, mf, mj):
+    with staged(*ensemble_outputs(root), summary_file(root)) as (subs, pr, mf, mj, sj):
         save_ensemble_model(mj, model)
+        sj.write_text(json.dumps(summary(metrics, c.info), indent=2) + "\n")
         subs.mkdir(exist_ok=True)
         if ids:
             for i, n in enumerate(c.names):

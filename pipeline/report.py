@@ -2,7 +2,10 @@
 
 Reads:  params.yaml (`archs`, `variants`), data/prepared/, metrics/<name>.json, preds/<name>/, models/<best>/,
         ensemble/metrics.json, ensemble/preds/, dvclive/<name>/plots/ (training curves, lr_find curves).
-Writes: reports/leaderboard.csv and .md (one row per model and per ensemble strategy, best first),
+Writes: reports/index.html (the run on one self-contained page: verdict, leaderboard, figures, per class, budgets),
+        reports/summary.txt (what the stage prints: the verdict, the models flagged, the top rows),
+        reports/leaderboard.csv and .md (one row per model and per ensemble strategy, best first; the models
+        flagged as having learned nothing, stopped early or overfit: pipeline.inspect.diagnose),
         reports/figures/*.png (confusion matrices, top losses, confident right and wrong predictions,
         lr_find curves, training curves, accuracy against training time and against the number of members,
         Grad-CAM of the best model on right and wrong images, its feature maps after an early and a late conv).
@@ -36,6 +39,7 @@ from pipeline.artifacts import (
 )
 from pipeline.errors import PipelineError
 from pipeline.inspect import figures as F
+from pipeline.inspect.diagnose import diagnose
 from pipeline.inspect.interpret import NUMBERED_CLASSES, confused_pairs, groups
 from pipeline.inspect.leaderboard import (
     COLUMNS,
@@ -47,8 +51,9 @@ from pipeline.inspect.leaderboard import (
     markdown_refit,
     metric_line,
 )
+from pipeline.inspect.page import page, short_log
 from pipeline.inspect.tables import write_csv
-from pipeline.inspect.verdicts import markdown_confused, verdicts_md
+from pipeline.inspect.verdicts import markdown_class_report, markdown_confused, markdown_per_class, verdicts_md
 from pipeline.io import staged
 from pipeline.params import group_of, load_params, model_names
 from pipeline.records import EqualCompute, MemberMetrics
@@ -104,21 +109,32 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
     best_p = load_preds(root, best, split)
     rows = leaderboard(models, ens)
     classes, metric = meta.names, ens.judged_by()
+    curves = {n: {s: read_live_series(root, n, s) for s in SERIES} for n in names}
+    valid_counts = list(meta.counts_per_class.get("valid", {}).values())
+    flags = diagnose(models, metric, valid_counts, {n: {s: c[1] for s, c in cs.items()} for n, cs in curves.items()})
     with staged(reports_dir(root)) as (out,):
         figs = out / "figures"
         figs.mkdir(parents=True)
         write_csv(out / "leaderboard.csv", COLUMNS, rows)
         group_rows = groups(models, {n: group_of(params, n) for n in names}, labeled, metric)
         confused = confused_pairs(y, ens_p, classes) if len(classes) > NUMBERED_CLASSES else []
-        (out / "leaderboard.md").write_text(
-            metric_line(ens)
-            + hardware_line(models)
-            + markdown(rows, labeled, meta.counts.get("test", 1), metric)
-            + verdicts_md(ens, classes, equal_compute(root), labeled)
-            + markdown_groups(group_rows, labeled, metric)
+        parts = {
+            "verdict": verdicts_md(ens, classes, equal_compute(root), labeled, per_class=False),
+            "leaderboard": markdown_groups(group_rows, labeled, metric)
             + markdown_folds(models)
-            + markdown_refit(models, labeled)
-            + markdown_confused(confused, f"the ensemble ({ens.chosen})", split)
+            + markdown_refit(models, labeled),
+            "per_class": markdown_per_class(ens, classes)
+            + markdown_class_report(ens, classes)
+            + markdown_confused(confused, f"the ensemble ({ens.chosen})", split),
+            "budgets": metric_line(ens) + hardware_line(models),
+        }
+        (out / "leaderboard.md").write_text(
+            parts["budgets"]
+            + flags_md(flags)
+            + markdown(rows, labeled, meta.counts.get("test", 1), metric)
+            + parts["verdict"]
+            + parts["per_class"]
+            + parts["leaderboard"]
         )
         if ens.by_size:
             F.fig_members(figs / "accuracy_vs_members.png", ens.by_size, metric)
@@ -131,22 +147,31 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         F.fig_top_losses(figs / "top_losses.png", x, y, ens_p, classes)
         F.fig_predictions(figs / "predictions.png", x, y, ens_p, classes, seed=0)
         F.fig_lr_find(figs / "lr_find.png", lr_curves(root, models))
-        curves = {n: {s: read_live_series(root, n, s) for s in SERIES} for n in names}
         F.fig_training(figs / "training_curves.png", curves)
         F.fig_acc_time(figs / "accuracy_vs_time.png", rows, metric)
         look_inside(figs, model_dir(root, best), x, y, best_p, classes, split)
+        title = f"Benchmark of {len(names)} models on {meta.source.get('name') or meta.source.get('path', 'the data')}"
+        (out / "index.html").write_text(page(title, ens, rows, COLUMNS, flags, parts, figs))
+        (out / "summary.txt").write_text(short_log(ens, rows, flags, reports_dir(root) / "index.html"))
     return rows
 
 
+def flags_md(flags: list) -> str:
+    """The models flagged (pipeline.inspect.diagnose), one line each, above the table."""
+    if not flags:
+        return ""
+    return "Flags:\n\n" + "".join(f"- **{d.kind}**: {d.words}\n" for d in flags) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.report`: the stage, then the leaderboard printed."""
+    """`python -m pipeline.report`: the stage, then its short summary printed (reports/index.html has it all)."""
     argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.split("\n")[0]).parse_args(argv)
     try:
         run(load_params())
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print((reports_dir() / "leaderboard.md").read_text(), end="")
+    print((reports_dir() / "summary.txt").read_text(), end="")
     return 0
 
 

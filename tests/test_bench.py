@@ -276,3 +276,16 @@ def test_free_accuracy(project, tmp_path):
     assert len(r["pairs"]) == len(arms) * (len(arms) - 1) // 2 and set(r["pairs"]["final vs ema"]) == {"valid", "test"}
     assert r["runs"]["long"]["time_budget"]["asked_s"] == pytest.approx(r["runs"]["budget_s"], abs=0.05)
     assert has_row((tmp_path / "free_accuracy.md").read_text(), "final vs ema")
+
+
+def test_diagnose(tmp_path):
+    """The smallest mode: a Kaggle-layout folder of 120 digits, resnet34 for one step: the report flags it as having
+    learned nothing, names its steps, and the report stage's log stays short."""
+    from bench import diagnose
+
+    assert diagnose.main(["--small", "--out", str(tmp_path), "--work", str(tmp_path / "work")]) == 0
+    r = json.loads((tmp_path / "diagnose_small.json").read_text())
+    r34 = r["models"]["resnet34"]
+    assert r34["flag"] == "learned nothing" and r34["steps"] == 1 and "after 1 optimizer step (" in r34["words"]
+    assert r34["valid_ci95"][0] <= r["chance"] and r["log_lines"] <= 25 and "flag: resnet34 learned nothing" in r["log"]
+    assert has_row((tmp_path / "diagnose_small.md").read_text(), "resnet34")

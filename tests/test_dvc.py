@@ -112,9 +112,23 @@ def test_kfold_and_refit_entries_under_dvc_repro(tmp_path):
 
 
 def test_metrics_and_plots_are_declared(repo):
+    """One small DVC metric, summary.json: `dvc metrics show` and `dvc exp show` stay readable; the detailed files
+    are committed outputs, not metrics."""
     shown = json.loads(run("dvc metrics show --json", repo))
     files = next(iter(shown.values()))["data"]
-    assert {"metrics/logreg.json", "metrics/mlp.json", "ensemble/metrics.json"} <= set(files)
+    assert set(files) == {"summary.json"}
+    s = files["summary.json"]["data"]
+    assert s["metric"] == "accuracy" and set(s["models"]) == {"logreg", "mlp"}
+    assert (
+        set(s["models"]["mlp"]) == {"valid", "test", "train_s"}
+        and s["submission"]["test"]["ci95"][0] <= s["submission"]["test"]["score"]
+    )
+    csv_cols = run("dvc exp show --csv", repo).splitlines()[0].split(",")
+    params = [
+        c for c in csv_cols if c.startswith(("seed", "metric", "data.", "train.", "archs.", "variants", "ensemble."))
+    ]
+    assert len(csv_cols) - len(params) <= 30, csv_cols  # the metrics' columns and DVC's own (Experiment, rev, ...)
+    assert (repo / "metrics" / "mlp.json").is_file() and (repo / "ensemble" / "metrics.json").is_file()
     plots = run("dvc plots show --json", repo)
     assert "dvclive/mlp/plots/metrics" in plots and "lr_find" in plots and "reports/figures/top_losses.png" in plots
 

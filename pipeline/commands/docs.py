@@ -266,7 +266,7 @@ def leaderboard_table(root: Path) -> str:
 
     models = load_metrics_of(root, with_snapshots(root, model_names(load_params(root / "params.yaml"))))
     rows = leaderboard(models, load_ensemble_metrics(ensemble_metrics_file(root)))
-    rows = [r for r in rows if not r["model"].startswith("ensemble:") or r["model"].endswith("*")]
+    rows = [r for r in rows if not r["model"].startswith("ensemble:") or "*" in r["model"]]
     return markdown_table(README_COLUMNS, [[r[c] for c in README_COLUMNS] for r in rows])
 
 

@@ -98,12 +98,12 @@ def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[
                 "weight": round(e.weight, 4),
             }
         )
-    for kind, st in ens.strategies.items():
+    for kinds, st in same_strategies(ens).items():
         used = st.used()
-        star = "*" if kind == ens.chosen else ""
+        names = [k + ("*" if k == ens.chosen else "") for k in kinds]
         rows.append(
             {
-                "model": f"ensemble:{kind}{star}",
+                "model": "ensemble:" + " = ".join(names),
                 **score_cells(st.test if labeled else st.valid, st.valid, ens.judged_by()),
                 "param_count": round(sum(models[n].param_count for n in used) / 1e6, 3),
                 "images_seen": sum(models[n].seen() for n in runs(used, models)),
@@ -116,6 +116,21 @@ def leaderboard(models: dict[str, MemberMetrics], ens: EnsembleMetrics) -> list[
     for r in rows:
         del r["_sort"]
     return rows
+
+
+def same_strategies(ens: EnsembleMetrics) -> dict[tuple[str, ...], object]:
+    """The strategies, those that gave the same blend (the same weights and scores: one member, or rules that
+    agree) sharing one row: (names, the first's record), the chosen one first in its group."""
+    groups: dict[tuple, list[str]] = {}
+    for kind, st in ens.strategies.items():
+        t = st.test
+        key = (tuple(sorted(st.weights.items())), st.valid.accuracy, st.valid.loss, t and (t.accuracy, t.loss))
+        groups.setdefault(key, []).append(kind)
+    out = {}
+    for kinds in groups.values():
+        kinds.sort(key=lambda k: k != ens.chosen)
+        out[tuple(kinds)] = ens.strategies[kinds[0]]
+    return out
 
 
 def metric_line(ens: EnsembleMetrics) -> str:

@@ -29,8 +29,16 @@ def gain_line(ens: EnsembleMetrics) -> str:
         if ens.tau
         else ""
     )
+    used = [n for n, w in ens.weights.items() if w > 0]
+    # a one-model submission against that model: +0.00, p = 1, nothing to say
+    shown = [c for c in ens.comparisons if not (len(used) == 1 and c.b == used[0])]
+    if len(used) == 1 and not shown:
+        return (
+            f"\nThe ensemble chose one model, {used[0]}: the submission is its predictions (the other models trail it by "
+            f"more than the margin on validation {words}).{tau}\n"
+        )
     rows = []
-    for c in ens.comparisons:
+    for c in shown:
         tags = [t for t, n in (("best member", ens.best_member), ("best by validation", ens.best_model)) if c.b == n]
         label = c.b + (f" ({', '.join(tags)})" if tags else "")
         rows.append([label, verdict(c.valid), verdict(c.test) if c.test else "-"])
@@ -99,15 +107,18 @@ def markdown_class_report(ens: EnsembleMetrics, classes: list[str], k: int = 15)
         if len(classes) > NUMBERED_CLASSES:
             order = sorted(order, key=lambda i: e["recall"][i])[:k]
         never = [classes[i] for i in range(len(classes)) if e["support"][i] and e["recall"][i] == 0]
+        one = e == m  # the submission is its best member: one set of columns
         rows = []
         for i in order:
             cells = [" / ".join(f"{100 * r[x][i]:.1f}" for x in ("precision", "recall", "f1")) for r in (e, m)]
-            rows.append([classes[i], e["support"][i], *cells])
+            rows.append([classes[i], e["support"][i], *cells[: 1 if one else 2]])
+        head = ["class", "rows", "submission P / R / F1"] + ([] if one else [f"{pc.against} P / R / F1"])
         out.append(
-            f"\nPer class on {split}: precision / recall / F1 in % of the submission and of {pc.against}"
+            f"\nPer class on {split}: precision / recall / F1 in % of the submission"
+            + ("" if one else f" and of {pc.against}")
             + (f"; the {k} classes with the submission's lowest recall" if len(classes) > NUMBERED_CLASSES else "")
             + ":\n\n"
-            + markdown_table(["class", "rows", "submission P / R / F1", f"{pc.against} P / R / F1"], rows)
+            + markdown_table(head, rows)
             + (f"\nThe submission never gets these classes right on {split}: {', '.join(never)}.\n" if never else "")
         )
     return "".join(out)
@@ -124,6 +135,8 @@ def markdown_per_class(ens: EnsembleMetrics, classes: list[str], k: int = 15) ->
     order = range(len(classes))
     if len(classes) > NUMBERED_CLASSES:
         order = sorted(order, key=lambda i: -(d.fixes[i] + d.breaks[i]))[:k]
+    if not sum(d.fixes) and not sum(d.breaks):  # the submission is its best member's predictions: all zeros
+        return ""
     rows = [
         [classes[i], d.rows[i], f"{100 * d.member[i]:.1f}", f"{100 * d.ensemble[i]:.1f}", d.fixes[i], d.breaks[i]]
         for i in order
@@ -175,12 +188,14 @@ def markdown_equal_compute(ens: EnsembleMetrics, r: EqualCompute | None) -> str:
     )
 
 
-def verdicts_md(ens: EnsembleMetrics, classes: list[str], equal: EqualCompute | None, labeled: bool) -> str:
-    """Under the table: the paired comparisons, leave-one-out, per class, equal compute."""
+def verdicts_md(
+    ens: EnsembleMetrics, classes: list[str], equal: EqualCompute | None, labeled: bool, per_class: bool = True
+) -> str:
+    """Under the table: the paired comparisons, leave-one-out, equal compute (and per class, unless the caller
+    places it)."""
     return (
         gain_line(ens)
         + markdown_leave_one_out(ens)
-        + markdown_per_class(ens, classes)
-        + markdown_class_report(ens, classes)
         + (markdown_equal_compute(ens, equal) if labeled else "")
+        + (markdown_per_class(ens, classes) + markdown_class_report(ens, classes) if per_class else "")
     )
