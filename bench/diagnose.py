@@ -77,7 +77,7 @@ def run(work: Path, small: bool) -> dict:
     """The stages in `work`; what the report flagged."""
     from ensembles import ensemble
     from pipeline import prepare, report, train
-    from pipeline.artifacts import load_metrics_of, read_live_series
+    from pipeline.artifacts import load_metrics_of, prepared_dir, read_live_series
     from pipeline.inspect.diagnose import chance, diagnose, steps
 
     raw = make_kaggle(work / "raw", small)
@@ -86,7 +86,7 @@ def run(work: Path, small: bool) -> dict:
     root.mkdir(parents=True)
     p = params(raw, small)
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    prepare.run(root / "params.yaml", root / "data" / "prepared")
+    prepare.run(root / "params.yaml", prepared_dir(root))
     for key in p["archs"]:
         train.run(key, str(root / "params.yaml"), root)
     ens = ensemble.run(p, root)

@@ -45,9 +45,9 @@ def summary(ens: EnsembleMetrics, models: dict[str, MemberMetrics]) -> dict:
     }
     rows = {}
     for name, m in models.items():
-        row = {"valid": r4(m.valid.value(metric)) if m.valid is not None else None}
+        row = {"valid": r4(getattr(m.valid, metric)) if m.valid is not None else None}  # None: older metrics
         if m.test is not None:
-            row["test"] = r4(m.test.value(metric))
+            row["test"] = r4(getattr(m.test, metric))
         row["train_s"] = round(m.train_s, 1)
         rows[name] = row
     return {"metric": metric, "submission": sub, "models": rows}

@@ -110,8 +110,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
     rows = leaderboard(models, ens)
     classes, metric = meta.names, ens.judged_by()
     curves = {n: {s: read_live_series(root, n, s) for s in SERIES} for n in names}
-    valid_counts = list(meta.counts_per_class.get("valid", {}).values())
-    flags = diagnose(models, metric, valid_counts, {n: {s: c[1] for s, c in cs.items()} for n, cs in curves.items()})
+    flags = diagnose(models, metric, list(meta.counts_per_class.get("valid", {}).values()), values(curves))
     with staged(reports_dir(root)) as (out,):
         figs = out / "figures"
         figs.mkdir(parents=True)
@@ -120,13 +119,9 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         confused = confused_pairs(y, ens_p, classes) if len(classes) > NUMBERED_CLASSES else []
         parts = {
             "verdict": verdicts_md(ens, classes, equal_compute(root), labeled, per_class=False),
-            "leaderboard": markdown_groups(group_rows, labeled, metric)
-            + markdown_folds(models)
-            + markdown_refit(models, labeled),
-            "per_class": markdown_per_class(ens, classes)
-            + markdown_class_report(ens, classes)
-            + markdown_confused(confused, f"the ensemble ({ens.chosen})", split),
-            "budgets": metric_line(ens) + hardware_line(models),
+            "leaderboard": markdown_groups(group_rows, labeled, metric) + markdown_folds(models),
+            "per_class": per_class_md(ens, classes, confused, split),
+            "budgets": metric_line(ens) + hardware_line(models) + markdown_refit(models, labeled),
         }
         (out / "leaderboard.md").write_text(
             parts["budgets"]
@@ -154,6 +149,20 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         (out / "index.html").write_text(page(title, ens, rows, COLUMNS, flags, parts, figs))
         (out / "summary.txt").write_text(short_log(ens, rows, flags, reports_dir(root) / "index.html"))
     return rows
+
+
+def values(curves: dict) -> dict:
+    """The DVCLive series without their steps: name -> series -> values per epoch."""
+    return {n: {s: c[1] for s, c in cs.items()} for n, cs in curves.items()}
+
+
+def per_class_md(ens, classes: list[str], confused: list[dict], split: str) -> str:
+    """The per-class tables: against the best member, precision / recall / F1, the most-confused pairs."""
+    return (
+        markdown_per_class(ens, classes)
+        + markdown_class_report(ens, classes)
+        + markdown_confused(confused, f"the ensemble ({ens.chosen})", split)
+    )
 
 
 def flags_md(flags: list) -> str:

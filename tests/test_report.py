@@ -166,11 +166,12 @@ def test_entries_closer_than_their_spread_are_marked():
     )
 
 
-def exp(name, lr, bs, acc):
-    """One experiment as `dvc exp show --json` lists it."""
+def exp(name, lr, bs, acc, metric="accuracy"):
+    """One experiment as `dvc exp show --json` lists it: its summary.json, scores in the run's metric."""
+    summary = {"metric": metric, "submission": {"valid": {"score": acc}, "test": {"score": acc - 0.01}}}
     data = {
         "params": {"params.yaml": {"data": {"seed": 0, "archs": {"fast": {"lr": lr, "bs": bs}}}}},
-        "metrics": {"ensemble/metrics.json": {"data": {"valid": {"accuracy": acc}, "test": {"accuracy": acc - 0.01}}}},
+        "metrics": {"summary.json": {"data": summary}},
     }
     return {"name": name, "revs": [{"rev": "abc1234", "data": data, "error": None}]}
 
@@ -193,7 +194,7 @@ def test_sweep_table_sorts_by_validation_and_keeps_the_swept_params(tmp_path):
     assert set(rows[0]) == {
         "experiment",
         sweep.METRIC,
-        "ensemble/metrics.json:test.accuracy",
+        "summary.json:submission.test.score",
         "archs.fast.lr",
         "archs.fast.bs",
     }
@@ -209,30 +210,21 @@ def test_sweep_table_sorts_by_validation_and_keeps_the_swept_params(tmp_path):
 
 
 def test_sweep_sorts_by_the_runs_metric_not_top1(tmp_path):
-    """Runs judged by balanced accuracy (an imbalanced data set) are ranked by it, not by top-1 accuracy."""
+    """By default the runs are ranked by their submission's validation score in their own metric (summary.json:
+    balanced accuracy on an imbalanced data set); runs judged by different metrics need --metric."""
     from pipeline.commands import sweep
 
-    def judged(name, lr, acc, bal, metric="balanced_accuracy"):
-        e = exp(name, lr, 128, acc)
-        m = e["revs"][0]["data"]["metrics"]["ensemble/metrics.json"]["data"]
-        m["metric"], m["valid"]["balanced_accuracy"], m["test"]["balanced_accuracy"] = metric, bal, bal - 0.02
-        return e
-
-    runs = [judged("high-top1", 0.01, 0.95, 0.70), judged("high-balanced", 0.002, 0.90, 0.85)]
-    base = judged("base", 0.001, 0.80, 0.50)["revs"][0]["data"]
+    runs = [exp("low", 0.01, 128, 0.70, "balanced_accuracy"), exp("high", 0.002, 128, 0.85, "balanced_accuracy")]
+    base = exp("base", 0.001, 128, 0.50, "balanced_accuracy")["revs"][0]["data"]
     shown = [{"rev": "f" * 40, "name": "main", "data": base, "experiments": runs}]
     rows = sweep.run(shown, None, tmp_path / "sweep")
-    assert [r["experiment"] for r in rows] == ["high-balanced", "high-top1", "baseline main"]
-    assert list(rows[0])[1:3] == [
-        "ensemble/metrics.json:valid.balanced_accuracy",
-        "ensemble/metrics.json:test.balanced_accuracy",
-    ]
-    assert "sorted by `ensemble/metrics.json:valid.balanced_accuracy`" in (tmp_path / "sweep" / "table.md").read_text()
-    mixed = [*runs, judged("top1-run", 0.005, 0.93, 0.60, metric="accuracy")]
-    shown[0]["experiments"] = mixed
+    assert [r["experiment"] for r in rows] == ["high", "low", "baseline main"]
+    assert list(rows[0])[1:3] == [sweep.METRIC, "summary.json:submission.test.score"]
+    assert f"sorted by `{sweep.METRIC}`" in (tmp_path / "sweep" / "table.md").read_text()
+    shown[0]["experiments"] = [*runs, exp("top1-run", 0.005, 128, 0.93)]
     with pytest.raises(PipelineError, match=r"judged by different metrics \(accuracy, balanced_accuracy\)"):
         sweep.run(shown, None, tmp_path / "mixed")
-    assert [r["experiment"] for r in sweep.run(shown, sweep.METRIC, tmp_path / "top1")][0] == "high-top1"
+    assert [r["experiment"] for r in sweep.run(shown, sweep.METRIC, tmp_path / "any")][0] == "top1-run"
 
 
 def test_verdict_words_say_what_the_test_split_resolves():

@@ -1,6 +1,6 @@
 """Command `python -m pipeline.commands.sweep`: DVC's finished experiments as a table sorted by the runs' own validation
-metric (ensemble/metrics.json `metric`: accuracy, balanced accuracy or macro-F1), and a plot of it against each swept
-param.
+metric (summary.json `submission.valid.score`, in each run's `metric`: accuracy, balanced accuracy or macro-F1), and a
+plot of it against each swept param.
 
 A sweep is DVC's own grid (no code of ours runs it):
     dvc exp run --queue -S 'archs.fast.lr=0.002,0.005,0.01' -S 'archs.fast.bs=64,128'
@@ -9,7 +9,7 @@ A sweep is DVC's own grid (no code of ours runs it):
 Reads:  `dvc exp show --json` (the experiments of the current commit; the commit itself is the baseline row).
 Writes: sweep/table.md, sweep/table.csv, sweep/accuracy_vs_params.png, whole or not at all (not a DVC output:
         rerun it whenever experiments finish).
-Run:    python -m pipeline.commands.sweep [--metric ensemble/metrics.json:valid.macro_f1] [--out sweep]
+Run:    python -m pipeline.commands.sweep [--metric summary.json:models.fast.valid] [--out sweep]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,19 +26,20 @@ from pipeline.errors import PipelineError
 from pipeline.inspect.tables import markdown_table, write_csv
 from pipeline.io import staged
 
-METRIC = "ensemble/metrics.json:valid.accuracy"  # where the runs do not say which metric judges them
-RUN_METRIC = "ensemble/metrics.json:metric"  # what each run was judged by (params.yaml `metric`, resolved)
+METRIC = "summary.json:submission.valid.score"  # the submission's validation score, in the run's own metric
+RUN_METRIC = "summary.json:metric"  # what each run was judged by (params.yaml `metric`, resolved)
 
 
 def runs_metric(rows: list[dict]) -> str:
-    """The sort key the runs call for: their validation score in their `metric`, the same in every run."""
+    """The sort key the runs call for: the submission's validation score (summary.json, in each run's `metric`),
+    where every run is judged by the same metric."""
     used = sorted({r["metrics"][RUN_METRIC] for r in rows if r["metrics"].get(RUN_METRIC)})
     if len(used) > 1:
         raise PipelineError(
-            f"the experiments are judged by different metrics ({', '.join(used)}): choose one to sort by, "
-            f"e.g. --metric ensemble/metrics.json:valid.{used[0]}"
+            f"the experiments are judged by different metrics ({', '.join(used)}): choose one score to sort by, "
+            "e.g. --metric summary.json:models.<model>.valid"
         )
-    return f"ensemble/metrics.json:valid.{used[0]}" if used else METRIC
+    return METRIC
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -83,7 +85,7 @@ def table(rows: list[dict], metric: str | None = None) -> tuple[list[str], list[
         raise PipelineError(f"--metric {metric!r} is in no experiment; accuracies there: {', '.join(numeric)}")
     keys = sorted({k for r in rows for k in r["params"]})
     swept = [k for k in keys if len({json.dumps(r["params"].get(k), sort_keys=True) for r in rows}) > 1]
-    test = metric.replace(":valid.", ":test.")
+    test = re.sub(r"([:.])valid\b", r"\1test", metric, count=1)
     out = []
     for r in rows:
         out.append(
@@ -151,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.commands.sweep`: reads `dvc exp show --json` and writes the table; 1 on an error."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
-        "--metric", default=None, help="metrics file:key to sort and plot (default: the runs' own, valid.<metric>)"
+        "--metric",
+        default=None,
+        help="metrics file:key to sort and plot (default: summary.json's submission score, in the runs' metric)",
     )
     ap.add_argument("--out", default="sweep", help="output folder (default: %(default)s)")
     args = ap.parse_args(argv)

@@ -103,7 +103,8 @@ def diagnose(
     """Every model's flags, in the models' order. `curves`: name -> {"train/loss": [...], "eval/loss": [...]}
     per epoch (absent: only `learned nothing` is judged)."""
     floor = chance(metric, valid_counts)
-    scored = {n: m.valid.value(metric) for n, m in models.items() if m.valid is not None}
+    models = {n: m for n, m in models.items() if m.valid is not None and getattr(m.valid, metric) is not None}
+    scored = {n: m.valid.value(metric) for n, m in models.items()}  # (metrics older than the metric: not judged)
     top = max(scored.values(), default=0.0)
     best = max(scored, key=scored.get) if scored else None
     half = 0.0
