@@ -3,7 +3,7 @@
 `dvc metrics show`, `dvc metrics diff` and `dvc exp show` read every field of a declared metrics file: declaring
 metrics/<model>.json and ensemble/metrics.json (every model × split × score, every strategy's weights) made
 `dvc exp show --csv` 750 columns wide. Those files stay outputs (committed, read by the report); this one holds
-what a comparison of two runs needs, in the run's metric: the metric, the submission's valid and test score with
+what a comparison of two runs needs, in the run's metric: the metric and why, the submission's valid and test score with
 their 95 % intervals, its members and its gain over the best member, and each model's valid and test score and
 training seconds. Scores are rounded to 4 decimals (a hundredth of a point): a rerun's diff shows what changed.
 """
@@ -50,4 +50,4 @@ def summary(ens: EnsembleMetrics, models: dict[str, MemberMetrics]) -> dict:
             row["test"] = r4(getattr(m.test, metric))
         row["train_s"] = round(m.train_s, 1)
         rows[name] = row
-    return {"metric": metric, "submission": sub, "models": rows}
+    return {"metric": metric, "metric_why": ens.metric_why, "submission": sub, "models": rows}

@@ -82,8 +82,9 @@ def staged(*outs: Path) -> Iterator[list[Path]]:
                 else:
                     _remove(out)
                     tmp.rename(out)
-        except OSError as e:
-            if out_of_space(e):  # a full disk, anywhere inside: a message, not a traceback
+        except Exception as e:
+            # a full disk, anywhere inside (safetensors raises its own type, saying the OS's words): a message
+            if out_of_space(e) or "No space left on device" in str(e):
                 raise no_space_error(outs[0].parent, ", ".join(o.name for o in outs)) from e
             raise
     finally:

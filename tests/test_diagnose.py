@@ -42,6 +42,13 @@ def test_stopped_early_and_overfits_read_the_curves():
         "over": {"train/loss": [1.0, 0.5, 0.2], "eval/loss": [0.7, 0.5, 0.8]},  # valid loss +60 % from its low
         "fine": {"train/loss": [1.0, 0.8, 0.79], "eval/loss": [0.9, 0.85, 0.84]},  # flat: done, not early
     }
-    flags = {d.model: d.kind for d in diagnose(models, "accuracy", [100] * 10, curves)}
-    assert flags == {"short": "stopped early", "over": "overfits"}
+    models["one"] = metrics(0.70, [0.68, 0.72], images_seen=6000, bs=32, train_images=6000, phases=[[32, 1]])
+    curves["one"] = {"train/loss": [1.8], "eval/loss": [1.2]}  # one epoch, 25 points behind: no curve to read
+    flags = {d.model: d for d in diagnose(models, "accuracy", [100] * 10, curves)}
+    assert {n: d.kind for n, d in flags.items()} == {
+        "short": "stopped early",
+        "over": "overfits",
+        "one": "stopped early",
+    }
+    assert "one epoch (187 optimizer steps of 6,000 images), 25.0 points behind" in flags["one"].words
     assert diagnose(models, "accuracy", [100] * 10) == []  # no curves: only `learned nothing` is judged

@@ -114,6 +114,7 @@ ALLOWED = [
     r"15 min",  # the default run's goal
     r"70 % weighs 0\.74 of one at 94 %",  # arithmetic of accuracy weights, not a result
     r"3x lr",  # a learning rate tried (members_imagenet_budget), a setting
+    r"more than 5 % over its|rose more than 10 % from",  # the flags' thresholds (pipeline/inspect/diagnose.py)
 ]
 
 

@@ -212,8 +212,10 @@ def test_lock_check_names_a_stale_entry_on_a_clone_without_outputs(repo, tmp_pat
     locked = yaml.safe_load((clone / "dvc.lock").read_text())
     locked["stages"]["train@gone"] = locked["stages"]["train@mlp"]
     (clone / "dvc.lock").write_text(yaml.safe_dump(locked, sort_keys=False))
+    (clone / "metrics" / "logreg.json").write_text("{}\n")  # a committed output (cache: false) out of step
     bad = subprocess.run([*lock, str(clone)], env=ENV, capture_output=True, text=True)
     assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "ensemble: metrics modified" in bad.stdout
     assert "train@mlp: pipeline/learn/member.py modified" in bad.stdout
     assert "prepare: param seed modified (params.yaml)" in bad.stdout
     assert "train@gone: in dvc.lock, not in dvc.yaml" in bad.stdout

@@ -13,7 +13,7 @@ from ensembles import ensemble as E
 from ensembles import weights as W
 from ensembles.strategies import NAMES as STRATEGIES
 from pipeline import report as R
-from pipeline.artifacts import metrics_file
+from pipeline.artifacts import load_metrics_of, metrics_file
 from pipeline.errors import PipelineError
 from pipeline.inspect import figures as FIG
 from pipeline.inspect import interpret as I
@@ -312,3 +312,32 @@ def test_the_report_says_where_and_in_which_precision_each_model_trained():
         "mlp": member_metrics(),
     }
     assert hardware_line(mixed) == "Trained on cpu, bf16, EMA weights: fast; cpu, fp32: mlp.\n\n"
+
+
+def test_a_one_model_submission_is_said_in_one_line_and_same_blends_share_a_row(tmp_path):
+    """Margin selection keeps one model: the verdict is one line (no +0.00 comparison with itself, no all-zero
+    fixes/breaks table, one set of per-class columns), and the strategies that all gave that model the whole
+    weight share one leaderboard row."""
+    from pipeline.inspect.page import headline
+
+    rng = np.random.default_rng(3)
+    vy, ty = rng.integers(0, C, 400), rng.integers(0, C, 300)
+    models = {
+        "good": ("resnet34", "timm", noisy(vy, 0.95, rng), noisy(ty, 0.95, rng)),
+        "weak": ("cnn4", "local", noisy(vy, 0.5, rng), noisy(ty, 0.5, rng)),
+    }
+    ens = E.run(write_run(tmp_path, models, vy, ty), tmp_path)
+    assert [n for n, w in ens.weights.items() if w > 0] == ["good"]
+    words = V.gain_line(ens)
+    assert words.strip().startswith("The ensemble chose one model, good:") and "+0.00" not in words
+    assert V.markdown_per_class(ens, [f"c{i}" for i in range(C)]) == ""
+    report = V.markdown_class_report(ens, [f"c{i}" for i in range(C)])
+    assert "submission P / R / F1" in report and "good P / R / F1" not in report
+    same = LB.same_strategies(ens)
+    (group,) = [kinds for kinds in same if ens.chosen in kinds]
+    assert group[0] == ens.chosen and {"accuracy", "uniform"} <= set(group)  # the chosen first in its row
+    rows = LB.leaderboard(load_metrics_of(tmp_path, list(models)), ens)
+    ensemble_rows = [r["model"] for r in rows if r["model"].startswith("ensemble:")]
+    assert len(ensemble_rows) == len(same) < len(ens.strategies)
+    assert f"ensemble:{ens.chosen}* = " in " ".join(ensemble_rows)
+    assert headline(ens).startswith("Submitted one model, good")

@@ -57,15 +57,19 @@ def stale(root: Path) -> list[str]:
 
 
 def produced_by_a_stage(root: Path, path: str) -> bool:
-    """An output of some stage or a folder of them (`preds`): DVC's cache holds them, a clone has not got them.
-    The raw data folder too where it is absent (`make data` fills it); present and different, it is reported."""
+    """An output of some stage kept in DVC's cache, or a folder of them (`preds`): a clone has not got them. An
+    output committed to git (`cache: false`: metrics/<key>.json) is on the clone and is checked like code. The
+    raw data folder is skipped where it is absent (`make data` fills it); present and different, it is reported."""
     lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
     outs = {o["path"] for s in lock.get("stages", {}).values() for o in s.get("outs", [])}
     params = yaml.safe_load((root / "params.yaml").read_text()) or {}
     raw = str((params.get("data") or {}).get("path") or "")
     if path == raw:
         return not (root / path).exists()
-    return path in outs or any(o.startswith(path.rstrip("/") + "/") for o in outs)
+    if path not in outs and not any(o.startswith(path.rstrip("/") + "/") for o in outs):
+        return False
+    listed = subprocess.run(["git", "ls-files", "--", path], cwd=root, capture_output=True, text=True).stdout
+    return not [f for f in listed.splitlines() if Path(f).name != ".gitignore"]  # nothing of it in git
 
 
 def main(argv: list[str] | None = None) -> int:

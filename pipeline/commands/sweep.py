@@ -81,8 +81,8 @@ def table(rows: list[dict], metric: str | None = None) -> tuple[list[str], list[
     have = sorted({k for r in rows for k in r["metrics"]})
     metric = metric or runs_metric(rows)
     if not any(metric in r["metrics"] for r in rows):
-        numeric = [k for k in have if k.endswith(("accuracy", "macro_f1"))]
-        raise PipelineError(f"--metric {metric!r} is in no experiment; accuracies there: {', '.join(numeric)}")
+        scores = [k for k in have if k.endswith(("valid", "test", "score"))]
+        raise PipelineError(f"--metric {metric!r} is in no experiment; scores there: {', '.join(scores)}")
     keys = sorted({k for r in rows for k in r["params"]})
     swept = [k for k in keys if len({json.dumps(r["params"].get(k), sort_keys=True) for r in rows}) > 1]
     test = re.sub(r"([:.])valid\b", r"\1test", metric, count=1)

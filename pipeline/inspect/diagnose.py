@@ -5,7 +5,8 @@ their data; these say what happened instead, with the knobs that change it.
 - `learned nothing`: its validation score's 95 % interval reaches chance: 1/classes for balanced accuracy and
   macro-F1, the largest class's share of the validation rows for top-1 (what always answering that class scores).
 - `stopped early`: far behind the best model on validation (by more than the margin the ensemble forgives, or the
-  best's interval half-width) while its training loss still fell by more than STILL_FALLING over its last epoch.
+  best's interval half-width) while its training loss still fell by more than STILL_FALLING over its last epoch;
+  or trained one epoch (no curve to read) and ONE_EPOCH_BEHIND behind.
 - `overfits`: its validation loss rose by more than LOSS_ROSE from its lowest epoch while the training loss kept
   falling (training accuracy is not recorded: the losses are the curve fastai logs for every model).
 """
@@ -20,6 +21,7 @@ from pipeline.records import MemberMetrics
 STILL_FALLING = 0.05  # the training loss's fall over the last epoch, relative, that says "still learning"
 LOSS_ROSE = 0.10  # the validation loss's rise from its minimum, relative, that says "overfits"
 BEHIND = 0.02  # at least this far behind the best on validation (the ensemble's margin is 0.01)
+ONE_EPOCH_BEHIND = 0.10  # a one-epoch model (no curve to read) this far behind is flagged for its few steps
 
 
 @dataclass
@@ -65,9 +67,20 @@ def learned_nothing(name: str, m: MemberMetrics, metric: str, floor: float) -> D
     )
 
 
-def stopped_early(name: str, train_loss: list[float], behind: float) -> Diagnosis | None:
-    """The flag where the model is `behind` the best and its training loss still fell over its last epoch."""
-    if len(train_loss) < 2 or behind <= 0 or train_loss[-2] <= 0:
+def stopped_early(name: str, train_loss: list[float], behind: float, m: MemberMetrics | None = None):
+    """The flag where the model is `behind` the best and its training loss still fell over its last epoch; a model
+    of one epoch has no curve to read: far behind (by ONE_EPOCH_BEHIND), it is flagged for its few steps."""
+    if behind <= 0:
+        return None
+    if len(train_loss) == 1 and m is not None and behind > ONE_EPOCH_BEHIND:
+        return Diagnosis(
+            name,
+            "stopped early",
+            f"{name} stopped early: one epoch ({steps(m):,} optimizer steps of {m.train_images:,} images), "
+            f"{100 * behind:.1f} points behind the best on validation; one epoch's curve cannot say it had finished "
+            "learning: more epochs (or `time_budget`) before judging the architecture.",
+        )
+    if len(train_loss) < 2 or train_loss[-2] <= 0:
         return None
     fall = (train_loss[-2] - train_loss[-1]) / train_loss[-2]
     if fall <= STILL_FALLING:
@@ -117,7 +130,7 @@ def diagnose(
         if d is None and curves and n in scored:
             c = curves.get(n, {})
             behind = top - scored[n]
-            d = stopped_early(n, c.get("train/loss", []), behind if behind > max(BEHIND, half) else 0.0)
+            d = stopped_early(n, c.get("train/loss", []), behind if behind > max(BEHIND, half) else 0.0, m)
             d = d or overfits(n, c.get("train/loss", []), c.get("eval/loss", []))
         if d is not None:
             out.append(d)

@@ -18,7 +18,8 @@ from pipeline.inspect.scores import METRIC_WORDS
 from pipeline.records import EnsembleMetrics
 
 # the leaderboard's columns shown on the page; the rest behind the toggle
-MAIN = ["model", "top1", "top1_ci95", "bal_acc", "valid_top1", "valid_bal_acc", "images_seen", "train_s", "weight"]
+MAIN = ["model", "top1", "top1_ci95", "bal_acc", "macro_f1", "valid_top1", "valid_bal_acc", "images_seen", "train_s"]
+MAIN += ["weight"]
 
 # each figure of reports/figures/ and the line saying what it shows, in the page's order
 CAPTIONS = {
@@ -28,7 +29,7 @@ CAPTIONS = {
     "reliability.png": "Calibration: predicted confidence against observed accuracy (the diagonal is perfect).",
     "training_curves.png": "Training and validation loss and accuracy per epoch: a curve still falling could train longer.",
     "lr_find.png": "lr_find's loss against learning rate, with the valley each model trained at.",
-    "top_losses.png": "The test images the submission got most confidently wrong.",
+    "top_losses.png": "The images the submission got most confidently wrong (test; validation where test is unlabelled).",
     "predictions.png": "A sample of predictions, right and wrong, with their confidence.",
     "gradcam.png": "Grad-CAM of the best model: where it looked, on right and wrong images.",
     "feature_maps.png": "The best model's feature maps after an early and a late convolution.",
@@ -97,11 +98,11 @@ def headline(ens: EnsembleMetrics) -> str:
     split, s = ("test", ens.test) if ens.test is not None else ("validation", ens.valid)
     lo_hi = s.interval(metric)
     ci = f" [{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]" if lo_hi else ""
-    what = (
-        f"one model, {used[0]} (every strategy gave it the whole weight)"
-        if len(used) == 1
-        else f"ensemble:{ens.chosen} of {len(used)} models ({', '.join(used)})"
-    )
+    if len(used) == 1:
+        alone = all(st.used() == used for st in ens.strategies.values())
+        what = f"one model, {used[0]}" + (" (every strategy gave it the whole weight)" if alone else "")
+    else:
+        what = f"ensemble:{ens.chosen} of {len(used)} models ({', '.join(used)})"
     return f"Submitted {what}: {split} {METRIC_WORDS[metric]} {100 * s.value(metric):.2f} %{ci}."
 
 
@@ -109,7 +110,14 @@ def short_log(ens: EnsembleMetrics, rows: list[dict], flags: list[Diagnosis], pa
     """What the report stage prints: the headline, the verdict, the flags, the top rows, where the page is."""
     lines = [headline(ens)]
     lines += [f"flag: {d.words}" for d in flags] or ["No model flagged (learned nothing, stopped early, overfits)."]
-    cols = ["model", "top1", "top1_ci95", "bal_acc", "train_s"]
+    cols = [
+        "model",
+        "top1",
+        "top1_ci95",
+        "bal_acc",
+        *(["macro_f1"] if ens.judged_by() == "macro_f1" else []),
+        "train_s",
+    ]
     lines.append(f"Top {min(top, len(rows))} of {len(rows)} rows (all in reports/leaderboard.md):")
     lines += ["  " + "  ".join(f"{c}={r[c]}" for c in cols) for r in rows[:top]]
     lines.append(f"The whole report: {page} (open it in a browser; reports/leaderboard.md for diffs)")
