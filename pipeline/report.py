@@ -43,6 +43,7 @@ from pipeline.inspect.diagnose import diagnose
 from pipeline.inspect.interpret import NUMBERED_CLASSES, confused_pairs, groups
 from pipeline.inspect.leaderboard import (
     COLUMNS,
+    budget_line,
     hardware_line,
     leaderboard,
     markdown,
@@ -121,7 +122,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             "verdict": verdicts_md(ens, classes, equal_compute(root), labeled, per_class=False),
             "leaderboard": markdown_groups(group_rows, labeled, metric) + markdown_folds(models),
             "per_class": per_class_md(ens, classes, confused, split),
-            "budgets": metric_line(ens) + hardware_line(models) + markdown_refit(models, labeled),
+            "budgets": metric_line(ens) + budget_line(models) + hardware_line(models) + markdown_refit(models, labeled),
         }
         (out / "leaderboard.md").write_text(
             parts["budgets"]

@@ -341,3 +341,16 @@ def test_a_one_model_submission_is_said_in_one_line_and_same_blends_share_a_row(
     assert len(ensemble_rows) == len(same) < len(ens.strategies)
     assert f"ensemble:{ens.chosen}* = " in " ".join(ensemble_rows)
     assert headline(ens).startswith("Submitted one model, good")
+
+
+def test_the_leaderboard_says_the_budget_it_compares_at():
+    """One budget where every run is within 10 % of the others' seconds and images; else the range, named."""
+    same = {
+        "a": member_metrics(train_s=100.0, images_seen=50_000),
+        "b": member_metrics(train_s=105.0, images_seen=52_000),
+    }
+    assert LB.budget_line(same).startswith("Every model trained at one budget: about 105 s and 52,000 images")
+    apart = {**same, "vgg": member_metrics(train_s=45.3, images_seen=1_472)}
+    line = LB.budget_line(apart)
+    assert "different budgets: 45.3 s (vgg) to 105.0 s (b)" in line and "1,472 (vgg) to 52,000 (b)" in line
+    assert LB.budget_line({"a": same["a"]}) == ""

@@ -133,6 +133,28 @@ def same_strategies(ens: EnsembleMetrics) -> dict[tuple[str, ...], object]:
     return out
 
 
+SAME_BUDGET = 1.1  # rows within 10 % of each other's training seconds and images seen are at one budget
+
+
+def budget_line(models: dict[str, MemberMetrics]) -> str:
+    """The budget the rows compare at: one (every training run within SAME_BUDGET of the others' seconds and
+    images seen), or the range, said plainly: a ranking of different budgets is not a ranking of architectures."""
+    runs = {n: m for n, m in models.items() if not m.snapshot_of}
+    if len(runs) < 2:
+        return ""
+    secs = {n: m.train_s for n, m in runs.items()}
+    seen = {n: m.seen() for n, m in runs.items()}
+    lo_s, hi_s = min(secs, key=secs.get), max(secs, key=secs.get)
+    lo_i, hi_i = min(seen, key=seen.get), max(seen, key=seen.get)
+    if secs[hi_s] <= SAME_BUDGET * max(secs[lo_s], 1e-9) and seen[hi_i] <= SAME_BUDGET * max(seen[lo_i], 1):
+        return f"Every model trained at one budget: about {secs[hi_s]:.0f} s and {seen[hi_i]:,} images seen.\n\n"
+    return (
+        f"The rows are at different budgets: {secs[lo_s]:.1f} s ({lo_s}) to {secs[hi_s]:.1f} s ({hi_s}) of "
+        f"training, {seen[lo_i]:,} ({lo_i}) to {seen[hi_i]:,} ({hi_i}) images seen; the table ranks budgets as much "
+        "as architectures (`train_s`, `images_seen`).\n\n"
+    )
+
+
 def metric_line(ens: EnsembleMetrics) -> str:
     """Which metric judged the run (members, weights, strategy, verdicts, the table's order) and why."""
     why = f" ({ens.metric_why})" if ens.metric_why else ""
