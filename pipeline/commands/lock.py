@@ -37,6 +37,7 @@ def stale(root: Path) -> list[str]:
         raise SystemExit(f"error: `dvc status` failed in {root}:\n{out.stderr.strip()}")
     status = json.loads(out.stdout or "{}")
     names = stage_names(root)
+    produced = produced_by_a_stage(root)
     problems = [f"{s}: in dvc.lock, not in dvc.yaml (a removed stage's entry)" for s in sorted(locked - names)]
     problems += [f"{s}: in dvc.yaml, not in dvc.lock (never run and committed)" for s in sorted(names - locked)]
     for stage, changes in sorted(status.items()):
@@ -49,27 +50,32 @@ def stale(root: Path) -> list[str]:
             for path, what in (change.get("changed deps") or {}).items():
                 if isinstance(what, dict):  # a params file: {key: modified | new | deleted}
                     problems += [f"{stage}: param {key} {how} ({path})" for key, how in sorted(what.items())]
-                elif not produced_by_a_stage(root, path):
+                elif not produced(path):
                     problems.append(f"{stage}: {path} {what}")
             if "changed command" in change:
                 problems.append(f"{stage}: command changed")
     return problems
 
 
-def produced_by_a_stage(root: Path, path: str) -> bool:
-    """An output of some stage kept in DVC's cache, or a folder of them (`preds`): a clone has not got them. An
-    output committed to git (`cache: false`: metrics/<key>.json) is on the clone and is checked like code. The
-    raw data folder is skipped where it is absent (`make data` fills it); present and different, it is reported."""
-    lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+def produced_by_a_stage(root: Path):
+    """is_produced(path): an output of some stage kept in DVC's cache, or a folder of them (`preds`): a clone has
+    not got them. An output committed to git (`cache: false`: metrics/<key>.json) is on the clone and is checked
+    like code. The raw data folder is skipped where it is absent (`make data` fills it); present and different, it
+    is reported."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}  # read once, asked for every changed dependency
     outs = {o["path"] for s in lock.get("stages", {}).values() for o in s.get("outs", [])}
     params = yaml.safe_load((root / "params.yaml").read_text()) or {}
     raw = str((params.get("data") or {}).get("path") or "")
-    if path == raw:
-        return not (root / path).exists()
-    if path not in outs and not any(o.startswith(path.rstrip("/") + "/") for o in outs):
-        return False
-    listed = subprocess.run(["git", "ls-files", "--", path], cwd=root, capture_output=True, text=True).stdout
-    return not [f for f in listed.splitlines() if Path(f).name != ".gitignore"]  # nothing of it in git
+
+    def is_produced(path: str) -> bool:
+        if path == raw:
+            return not (root / path).exists()
+        if path not in outs and not any(o.startswith(path.rstrip("/") + "/") for o in outs):
+            return False
+        listed = subprocess.run(["git", "ls-files", "--", path], cwd=root, capture_output=True, text=True).stdout
+        return not [f for f in listed.splitlines() if Path(f).name != ".gitignore"]  # nothing of it in git
+
+    return is_produced
 
 
 def main(argv: list[str] | None = None) -> int:

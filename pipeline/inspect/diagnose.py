@@ -44,8 +44,7 @@ def chance(metric: str, valid_counts: list[int]) -> float:
 
 def steps(m: MemberMetrics) -> int:
     """The optimizer steps a model took: images seen over its batch size (frozen epochs included)."""
-    seen = m.images_seen if m.images_seen is not None else m.train_images * sum(e for _, e in m.phases)
-    return max(1, seen // max(m.bs, 1))
+    return max(1, m.seen() // max(m.bs, 1))
 
 
 def learned_nothing(name: str, m: MemberMetrics, metric: str, floor: float) -> Diagnosis | None:
@@ -67,12 +66,12 @@ def learned_nothing(name: str, m: MemberMetrics, metric: str, floor: float) -> D
     )
 
 
-def stopped_early(name: str, train_loss: list[float], behind: float, m: MemberMetrics | None = None):
+def stopped_early(name: str, train_loss: list[float], behind: float, m: MemberMetrics) -> Diagnosis | None:
     """The flag where the model is `behind` the best and its training loss still fell over its last epoch; a model
     of one epoch has no curve to read: far behind (by ONE_EPOCH_BEHIND), it is flagged for its few steps."""
     if behind <= 0:
         return None
-    if len(train_loss) == 1 and m is not None and behind > ONE_EPOCH_BEHIND:
+    if len(train_loss) == 1 and behind > ONE_EPOCH_BEHIND:
         return Diagnosis(
             name,
             "stopped early",
