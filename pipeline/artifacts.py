@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,22 @@ def snapshot_folder(name: str) -> Path:
     return Path("snapshots") / name.split(SNAPSHOT_SEP, 1)[1]
 
 
+# A race member, <key>@r<rung> (a run of a rung after the first: pipeline.race), lives in the race stage's output:
+# race/<key>@r<rung>/{model,preds,live}/ and metrics.json.
+RACE = Path("race")
+RUNG_RE = re.compile(r".+@r\d+")
+
+
+def race_folder(root: Path, name: str) -> Path:
+    """race/<key>@r<rung>/: one run of a rung."""
+    return root / RACE / name
+
+
 def _member_folder(root: Path, kind: str, key: str) -> Path:
-    """<kind>/<key>/, or for a snapshot member <kind>/<its entry>/snapshots/e<epoch>/."""
+    """<kind>/<key>/, for a snapshot member <kind>/<its entry>/snapshots/e<epoch>/, for a race member
+    race/<key>@r<rung>/model|preds/."""
+    if RUNG_RE.fullmatch(key):
+        return race_folder(root, key) / {"models": "model", "preds": "preds"}[kind]
     folder = root / kind / entry_of(key)
     return folder / snapshot_folder(key) if SNAPSHOT_SEP in key else folder
 
@@ -96,25 +111,40 @@ def preds_dir(root: Path, key: str) -> Path:
 
 def metrics_file(root: Path, key: str) -> Path:
     """metrics/<key>.json (a snapshot member: metrics.json beside its predictions)."""
+    if RUNG_RE.fullmatch(key):
+        return race_folder(root, key) / "metrics.json"
     if SNAPSHOT_SEP in key:
         return preds_dir(root, key) / "metrics.json"
     return root / "metrics" / f"{key}.json"
 
 
 def with_snapshots(root: Path, names: list[str]) -> list[str]:
-    """The run's models: each trained entry followed by the `snapshots` members its metrics/<key>.json names."""
+    """The run's models: each trained entry followed by the `snapshots` members its metrics/<key>.json names, then
+    the race's runs of rungs after the first (race/race.json)."""
     out = []
     for n in names:
         out.append(n)
         f = metrics_file(root, n)
         if f.is_file():
             out += load_member_metrics(f, n).snapshots or []
-    return out
+    return with_rungs(root, out)
+
+
+def with_rungs(root: Path, names: list[str]) -> list[str]:
+    """`names` followed by the race's members (every run of a rung after the first), as race/race.json lists them."""
+    f = root / RACE / "race.json"
+    if not f.is_file():
+        return names
+    try:
+        members = json.loads(f.read_text()).get("members") or []
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{f}: unreadable ({e}); rerun `dvc repro race`") from e
+    return names + [m for m in members if m not in names]
 
 
 def live_dir(root: Path, key: str) -> Path:
-    """dvclive/<key>/: DVCLive's training curves."""
-    return root / "dvclive" / key
+    """dvclive/<key>/: DVCLive's training curves (a race member's: race/<key>@r<rung>/live/)."""
+    return race_folder(root, key) / "live" if RUNG_RE.fullmatch(key) else root / "dvclive" / key
 
 
 def member_outputs(root: Path, key: str) -> tuple[Path, Path, Path, Path]:

@@ -59,7 +59,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
 
 
 # params.yaml's top-level keys: two values and the sections (docs/reference.md)
-TOP_LEVEL = ("seed", "metric", "data", "train", "archs", "variants", "ensemble")
+TOP_LEVEL = ("seed", "metric", "budget", "race", "data", "train", "archs", "variants", "ensemble")
 
 
 def is_classes(v):
@@ -349,11 +349,12 @@ def train_spec(params: dict, key: str) -> TrainSpec:
     entry = params["archs"][group] or {}
     if not isinstance(base, dict) or not isinstance(entry, dict):
         raise PipelineError(f"params.yaml: `train` and `archs.{group}` must be mappings")
+    entry = {k: v for k, v in entry.items() if k != "share"}  # `budget`'s split (pipeline.plan), not the recipe's
     check_section(base, TRAIN_SCHEMA, "train")  # errors in defaults name `train.<key>`
     check_section({**base, **entry}, TRAIN_SCHEMA, f"archs.{group}")
     where = f"archs.{key}"
     if key != group:
-        entry = {**entry, **{k: v for k, v in params["variants"][key].items() if k != "of"}}
+        entry = {**entry, **{k: v for k, v in params["variants"][key].items() if k not in ("of", "share")}}
         where = f"variants.{key}"
     spec = check_section({**base, **entry}, TRAIN_SCHEMA, where)
     if "epochs" in entry and spec["phases"] is not None:

@@ -53,6 +53,7 @@ from pipeline.inspect.leaderboard import (
     metric_line,
 )
 from pipeline.inspect.page import page, short_log
+from pipeline.inspect.racing import plan_md, race_md, read_json
 from pipeline.inspect.tables import write_csv
 from pipeline.inspect.verdicts import markdown_class_report, markdown_confused, markdown_per_class, verdicts_md
 from pipeline.io import staged
@@ -122,7 +123,12 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             "verdict": verdicts_md(ens, classes, equal_compute(root), labeled, per_class=False),
             "leaderboard": markdown_groups(group_rows, labeled, metric) + markdown_folds(models),
             "per_class": per_class_md(ens, classes, confused, split),
-            "budgets": metric_line(ens) + budget_line(models) + hardware_line(models) + markdown_refit(models, labeled),
+            "budgets": metric_line(ens)
+            + budget_line(models)
+            + plan_md(root)
+            + race_md(read_json(root / "race" / "race.json"))
+            + hardware_line(models)
+            + markdown_refit(models, labeled),
         }
         (out / "leaderboard.md").write_text(
             parts["budgets"]

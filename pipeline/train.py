@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from fastai.distributed import rank_distrib
@@ -27,6 +28,7 @@ from pipeline.learn.folds import train_folds, train_refit
 from pipeline.learn.hardware import pick_device
 from pipeline.learn.member import TrainResult, train_arch, write_member
 from pipeline.params import TrainSpec, load_params, member_seed, resolve_remedies, train_spec
+from pipeline.plan import time_budget_of
 
 
 def train_entry(key, spec: TrainSpec, arrays, meta, seed, device=None, live=None, evaluate=True) -> TrainResult:
@@ -40,18 +42,26 @@ def train_entry(key, spec: TrainSpec, arrays, meta, seed, device=None, live=None
     return res
 
 
+def spec_of(params: dict, key: str, meta) -> tuple[TrainSpec, int]:
+    """The recipe of one entry as its stage trains it: `train:` and its entry, the plan's seconds (`budget`,
+    `race`: budgets/<key>.json), the imbalance remedies resolved on the training counts; and its seed."""
+    spec = train_spec(params, key)
+    if (planned := time_budget_of(params, key)) is not None:
+        spec = replace(spec, time_budget=planned)
+    return resolve_remedies(spec, meta.counts_per_class.get("train", {})), member_seed(params, spec)
+
+
 def run(key: str, params_file: str | Path = "params.yaml", root: Path = Path(".")) -> TrainResult:
     """The stage for one `archs` or `variants` key: trains, writes its outputs whole, returns the result."""
     from dvclive import Live
 
     params = load_params(params_file)
-    spec = train_spec(params, key)
-    seed = member_seed(params, spec)
-    archs_mod.resolve(spec.arch)  # unknown names fail before loading data
-    device = pick_device(spec.device, key)
+    base = train_spec(params, key)
+    archs_mod.resolve(base.arch)  # unknown names and absent GPUs fail before loading data
+    device = pick_device(base.device, key)
     prep = load_prepared(root)
     arrays, meta = prep.arrays, prep.meta
-    spec = resolve_remedies(spec, meta.counts_per_class.get("train", {}))
+    spec, seed = spec_of(params, key, meta)
     if rank_distrib() > 0:  # data-parallel: the other ranks train in step; rank 0 alone evaluates and writes
         return train_entry(key, spec, arrays, meta, seed, device=device, evaluate=False)
     with staged(*member_outputs(root, key)) as (model_dir, preds_dir, metrics_file, live_dir):
