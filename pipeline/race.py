@@ -119,9 +119,11 @@ class Race:
         }
 
     def valid_preds(self, model: str) -> np.ndarray:
+        """A run's validation probabilities (rung 0: preds/<name>/, later: race/<name>@r<rung>/preds/)."""
         return load_preds(self.root, model, "valid", len(self.y), len(self.meta.classes))
 
     def scored(self, model: str, p: np.ndarray) -> dict:
+        """A run's validation score in the run's metric, with its 95 % interval."""
         s = score(p, self.y)
         return {"model": model, "score": s[self.metric], "ci95": s[CI_KEYS[self.metric]]}
 
@@ -187,13 +189,13 @@ def run_rungs(race: Race) -> dict:
         if last:
             break
     rungs[-1]["ended"] = rungs[-1].get("ended") or "the budget is spent"
-    return {
-        "race": {"eta": eta, "first_s": round(first, 3), "budget_s": race.total},
-        "metric": race.metric,
-        "planned_s": round(spent, 3),
-        "rungs": rungs,
-        "members": members,
-    }
+    return record_of(race, rungs, members, spent)
+
+
+def record_of(race: Race, rungs: list[dict], members: list[str], spent: float) -> dict:
+    """race/race.json: the race's params, its metric, the seconds it planned, the rungs and the runs it trained."""
+    cfg = {"eta": race.cfg.eta, "first_s": round(race.first, 3), "budget_s": race.total}
+    return {"race": cfg, "metric": race.metric, "planned_s": round(spent, 3), "rungs": rungs, "members": members}
 
 
 def run(params_file: str | Path = "params.yaml", root: Path = Path(".")) -> dict:

@@ -123,12 +123,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
             "verdict": verdicts_md(ens, classes, equal_compute(root), labeled, per_class=False),
             "leaderboard": markdown_groups(group_rows, labeled, metric) + markdown_folds(models),
             "per_class": per_class_md(ens, classes, confused, split),
-            "budgets": metric_line(ens)
-            + budget_line(models)
-            + plan_md(root)
-            + race_md(read_json(root / "race" / "race.json"))
-            + hardware_line(models)
-            + markdown_refit(models, labeled),
+            "budgets": budgets_md(ens, models, root, labeled),
         }
         (out / "leaderboard.md").write_text(
             parts["budgets"]
@@ -156,6 +151,19 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         (out / "index.html").write_text(page(title, ens, rows, COLUMNS, flags, parts, figs))
         (out / "summary.txt").write_text(short_log(ens, rows, flags, reports_dir(root) / "index.html"))
     return rows
+
+
+def budgets_md(ens, models: dict, root: Path, labeled: bool) -> str:
+    """The metric, the budget the rows compare at, what `budget` gave each, the race, the hardware, any refit."""
+    race = race_md(read_json(root / "race" / "race.json"))
+    return (
+        metric_line(ens)
+        + budget_line(models)
+        + plan_md(root)
+        + race
+        + hardware_line(models)
+        + markdown_refit(models, labeled)
+    )
 
 
 def values(curves: dict) -> dict:

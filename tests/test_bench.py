@@ -289,3 +289,18 @@ def test_diagnose(tmp_path):
     assert r34["flag"] == "learned nothing" and r34["steps"] == 1 and "after 1 optimizer step (" in r34["words"]
     assert r34["valid_ci95"][0] <= r["chance"] and r["log_lines"] <= 25 and "flag: resnet34 learned nothing" in r["log"]
     assert has_row((tmp_path / "diagnose_small.md").read_text(), "resnet34")
+
+
+def test_budget_small(tmp_path):
+    """The smallest mode: digits, the hand-tuned run, `budget:` and `race:` at its seconds and the race with one
+    timm line added, each by `dvc repro`: the added entry reaches the race table, the seconds are accounted."""
+    from bench import budget
+
+    assert budget.main(["--small", "--out", str(tmp_path), "--work", str(tmp_path / "work")]) == 0
+    r = json.loads((tmp_path / "budget_small.json").read_text())
+    assert set(r["runs"]) == {"hand", "budget", "race", "race+model"}
+    assert "resnet18" in r["runs"]["race+model"]["race"]["rungs"][0]["runs"]
+    assert "train@resnet18" in r["stages_run"]["race+model"] and "train@logreg" not in r["stages_run"]["race+model"]
+    asked = [m["asked_s"] for m in r["runs"]["budget"]["models"].values()]
+    assert asked and sum(asked) == pytest.approx(r["total_s"], rel=0.01)
+    assert "| resnet18 |" in (tmp_path / "budget_small.md").read_text()

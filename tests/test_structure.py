@@ -162,16 +162,36 @@ def test_the_folder_tree_says_which_modules_are_stages():
     pipeline/commands/ and nothing else there is an entry point (`python -m`)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     modules = {st.get("do", st)["cmd"].split("python -m ")[1].split()[0] for st in stages.values()}
-    assert modules == {"pipeline.prepare", "pipeline.train", "ensembles.ensemble", "pipeline.report"}
+    assert modules == {
+        "pipeline.prepare",
+        "pipeline.plan",
+        "pipeline.train",
+        "pipeline.race",
+        "ensembles.ensemble",
+        "pipeline.report",
+    }
     top = {p.stem for p in (ROOT / "pipeline").glob("*.py")} - {"__init__"}
-    assert top == {"prepare", "train", "report", "artifacts", "records", "params", "checks", "io", "errors"}
+    assert top == {
+        "prepare",
+        "plan",
+        "train",
+        "race",
+        "report",
+        "artifacts",
+        "records",
+        "params",
+        "checks",
+        "io",
+        "errors",
+    }
     entry = {
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / "pipeline").rglob("*.py")
         if '__name__ == "__main__"' in p.read_text()
     }
     commands = {p.relative_to(ROOT).as_posix() for p in (ROOT / "pipeline" / "commands").glob("[!_]*.py")}
-    assert entry == {"pipeline/prepare.py", "pipeline/train.py", "pipeline/report.py"} | commands
+    stage_files = {f"pipeline/{m}.py" for m in ("prepare", "plan", "train", "race", "report")}
+    assert entry == stage_files | commands
     assert {p.name for p in (ROOT / "pipeline").iterdir() if p.is_dir() and p.name != "__pycache__"} == {
         "data",
         "learn",

@@ -249,6 +249,8 @@ README_COLUMNS += ["param_count", "images_seen", "train_s", "weight"]
 TOP_WHY = {  # params.yaml's top-level keys: seed and metric are values, the rest sections (pipeline.params.TOP_LEVEL)
     "seed": "one seed for the split, the subsets and training (an entry's own `seed` overrides it)",
     "metric": "what the run is judged by: auto, accuracy, balanced_accuracy, macro_f1 (below)",
+    "budget": "the run's training time (`10m`, `90s`, seconds) shared by the entries' `share:` (below); null: own",
+    "race": "successive halving over `budget`: `{eta: 3, first: auto}` (below); null: off",
     "data": "the data set and how it is prepared (table below)",
     "train": "the training defaults every `archs` entry inherits (table below)",
     "archs": "one model per key, one DVC stage `train@<key>` each; a value holds `train` keys (or null)",
@@ -285,7 +287,7 @@ def schema_table(section: str) -> str:
     from pipeline.params import TOP_LEVEL, metric_param, seed_param
 
     if section == "top":
-        defaults = {"seed": seed_param({}), "metric": metric_param({})}
+        defaults = {"seed": seed_param({}), "metric": metric_param({}), "budget": None, "race": None}
         cells = [[f"`{k}`", f"`{yaml_word(defaults[k])}`" if k in defaults else "", TOP_WHY[k]] for k in TOP_LEVEL]
         return markdown_table(["key", "default", "what"], cells)
     from pipeline.checks import schema_of
