@@ -113,6 +113,7 @@ def against(run: dict, hand: dict, y: np.ndarray, seed: int) -> dict:
 def run_all(work: Path, small: bool) -> dict:
     """The configurations, each through dvc repro; the comparisons."""
     from pipeline.artifacts import load_labels
+    from pipeline.params import model_names
     from pipeline.plan import rungs_for
 
     hand_p = base_params(small)
@@ -123,7 +124,7 @@ def run_all(work: Path, small: bool) -> dict:
     else:
         runs["hand"] = collect(ROOT)
     total = round(runs["hand"]["train_s"], 1)
-    n = len(hand_p["archs"])
+    n = len(model_names(hand_p))
     first = round(total / (n * rungs_for(n, 3)), 1)
     configs = {
         "budget": {**without_budgets(hand_p), "budget": total},

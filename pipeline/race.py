@@ -53,11 +53,11 @@ def fingerprint_of(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def files_digest(files: list[Path]) -> str:
-    """sha256 over the names and bytes of files."""
+def files_digest(files: list[Path], base: Path) -> str:
+    """sha256 over the paths (relative to base) and bytes of files."""
     h = hashlib.sha256()
     for f in sorted(files):
-        h.update(f.name.encode())
+        h.update(f.relative_to(base).as_posix().encode())
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
@@ -65,11 +65,12 @@ def files_digest(files: list[Path]) -> str:
 
 
 def code_files(root: Path) -> list[Path]:
-    """The training code a run depends on: the modules dvc.yaml's train stages depend on, and this one."""
+    """The training code a run depends on: the modules dvc.yaml's train stages depend on (this stage's own rules
+    do not change how a run trains, so editing them retrains nothing)."""
     import yaml
 
     deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["do"]["deps"]
-    return sorted({root / d for d in deps if str(d).endswith(".py")} | {root / "pipeline" / "race.py"})
+    return sorted({root / d for d in deps if str(d).endswith(".py")})
 
 
 def survivors_of(scored: dict[str, dict], preds: dict, y: np.ndarray, eta: int, metric: str, seed: int):
@@ -91,13 +92,25 @@ def survivors_of(scored: dict[str, dict], preds: dict, y: np.ndarray, eta: int, 
     return survivors, stopped
 
 
-def next_seconds(first: float, eta: int, rung: int, n: int, left: float, last_s: float) -> tuple[float, bool]:
-    """(seconds per survivor at `rung`, whether it is the last rung); 0 seconds: the race ends here."""
+def next_seconds(first: float, eta: int, rung: int, n: int, left: float, last_s: float) -> tuple[int, float, bool]:
+    """(how many of the n survivors run `rung`, the seconds of each, whether it is the last rung). A rung as
+    planned is first x eta^rung each; where one survivor is left, or n of those would spend more than is left, the
+    best k share what is left, k the most for whom it is still more than the last rung's seconds (0: the race ends)."""
     s = first * eta**rung
-    if n == 1 or n * s > left:
-        s = left / n
-        return (s if s > last_s else 0.0), True
-    return s, False
+    if n > 1 and n * s <= left:
+        return n, s, False
+    k = n
+    while k and left / k <= last_s:
+        k -= 1
+    return k, (left / k if k else 0.0), True
+
+
+def stored_fingerprint(f: Path) -> str | None:
+    """The fingerprint a run's folder holds; None where it has none or it is unreadable (the run is redone)."""
+    try:
+        return json.loads(f.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class Race:
@@ -114,8 +127,8 @@ class Race:
         self.y = np.load(prepared_dir(root) / "valid_y.npy")
         self._prepared = None
         self.fp_common = {
-            "data": files_digest(sorted(p for p in prepared_dir(root).rglob("*") if p.is_file())),
-            "code": files_digest(code_files(root)),
+            "data": files_digest([p for p in prepared_dir(root).rglob("*") if p.is_file()], prepared_dir(root)),
+            "code": files_digest(code_files(root), root),
         }
 
     def valid_preds(self, model: str) -> np.ndarray:
@@ -137,12 +150,13 @@ class Race:
         spec = replace(spec, time_budget=round(seconds, 3))
         fp = fingerprint_of({**self.fp_common, "spec": asdict(spec), "seed": seed})
         fp_file = race_folder(self.root, model) / "fingerprint.json"
-        if fp_file.is_file() and json.loads(fp_file.read_text()).get("fingerprint") == fp:
+        if stored_fingerprint(fp_file) == fp:
             print(f"race: {model} kept (its recipe, seconds, data and code are unchanged)")
             return model, True
         shutil.rmtree(race_folder(self.root, model), ignore_errors=True)
         self.fit(model, spec, seed)
-        fp_file.write_text(json.dumps({"fingerprint": fp, "time_budget": spec.time_budget}, indent=2) + "\n")
+        with staged(fp_file) as (f,):  # last, and whole: a run without it is trained again
+            f.write_text(json.dumps({"fingerprint": fp, "time_budget": spec.time_budget}, indent=2) + "\n")
         return model, False
 
     def fit(self, model: str, spec, seed: int) -> None:
@@ -174,9 +188,13 @@ def run_rungs(race: Race) -> dict:
     while len(scored) > 1 or rung == 1:
         survivors, stopped = survivors_of(scored, preds, race.y, eta, race.metric, race.seed)
         rungs[-1]["stopped"] = stopped
-        seconds, last = next_seconds(first, eta, rung, len(survivors), race.total - spent, last_s)
-        if seconds <= 0:
-            rungs[-1]["ended"] = f"{race.total - spent:.1f} s left: less than a rung of {len(survivors)}"
+        left = race.total - spent
+        k, seconds, last = next_seconds(first, eta, rung, len(survivors), left, last_s)
+        for name in survivors[k:]:
+            stopped[name] = f"the {left:.0f} s left pay for {k} run{'s' * (k != 1)} longer than the last rung's"
+        survivors = survivors[:k]
+        if not k:
+            rungs[-1]["ended"] = f"{left:.1f} s left: less than the last rung's {last_s:.1f} s"
             break
         scored, preds = {}, {}
         for name in survivors:

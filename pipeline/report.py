@@ -24,6 +24,7 @@ import numpy as np
 from ensembles.calibrate import apply_temperature
 from pipeline.artifacts import (
     EQUAL_COMPUTE,
+    RUNG_RE,
     ensemble_metrics_file,
     load_ensemble_metrics,
     load_equal_compute,
@@ -117,7 +118,10 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         figs = out / "figures"
         figs.mkdir(parents=True)
         write_csv(out / "leaderboard.csv", COLUMNS, rows)
-        group_rows = groups(models, {n: group_of(params, n) for n in names}, labeled, metric)
+        # a race's runs are the same entry at other budgets: rows of their own, never replicas to average
+        group_rows = groups(
+            models, {n: n if RUNG_RE.fullmatch(n) else group_of(params, n) for n in names}, labeled, metric
+        )
         confused = confused_pairs(y, ens_p, classes) if len(classes) > NUMBERED_CLASSES else []
         parts = {
             "verdict": verdicts_md(ens, classes, equal_compute(root), labeled, per_class=False),

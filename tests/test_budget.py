@@ -110,10 +110,11 @@ def test_survivors_stop_behind_the_noise_and_outside_one_over_eta():
 
 
 def test_next_seconds_spends_what_is_left():
-    assert next_seconds(10, 3, 1, 3, 500, 10) == (30, False)  # a rung as planned
-    assert next_seconds(10, 3, 1, 1, 500, 10) == (500, True)  # one left: all of it
-    assert next_seconds(10, 3, 2, 3, 200, 30) == (pytest.approx(200 / 3), True)  # would overrun: share the rest
-    assert next_seconds(10, 3, 2, 3, 60, 30) == (0.0, True)  # less than the last rung's: not spent
+    assert next_seconds(10, 3, 1, 3, 500, 10) == (3, 30, False)  # a rung as planned
+    assert next_seconds(10, 3, 1, 1, 500, 10) == (1, 500, True)  # one left: all of it
+    assert next_seconds(10, 3, 2, 3, 200, 30) == (3, pytest.approx(200 / 3), True)  # would overrun: share the rest
+    assert next_seconds(10, 3, 2, 3, 70, 30) == (2, 35.0, True)  # three would get less than the last rung: two
+    assert next_seconds(10, 3, 2, 3, 25, 30) == (0, 0.0, True)  # not even one: the race ends
 
 
 RECORD = {

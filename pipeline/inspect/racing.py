@@ -62,6 +62,8 @@ def race_md(record: dict | None) -> str:
             if run and name in r["stopped"]:
                 outcome = f"stopped after rung {r['rung']}: {r['stopped'][name]}"
         if not outcome:
-            outcome = f"ran the last rung: {rungs[-1].get('ended', '')}"
+            ended = rungs[-1].get("ended", "")
+            ran = "ran the last rung" if "left:" not in ended else "kept, no rung left to run"
+            outcome = f"{ran}: {ended}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {outcome} |")
     return "\n".join(lines) + "\n\n"
