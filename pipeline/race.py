@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import RACE, load_preds, load_prepared_meta, meta_file, prepared_dir, race_folder
+from pipeline.artifacts import RACE, load_labels, load_preds, load_prepared_meta, meta_file, prepared_dir, race_folder
 from pipeline.errors import PipelineError
 from pipeline.inspect.scores import CI_KEYS, compare, resolve_metric, score
 from pipeline.io import staged
@@ -124,7 +124,7 @@ class Race:
         self.meta = load_prepared_meta(meta_file(prepared_dir(root)))
         self.metric = resolve_metric(metric_param(params), self.meta.counts_per_class.get("train", {}))[0]
         self.seed = seed_param(params)
-        self.y = np.load(prepared_dir(root) / "valid_y.npy")
+        self.y = load_labels(root).labels("valid")
         self._prepared = None
         self.fp_common = {
             "data": files_digest([p for p in prepared_dir(root).rglob("*") if p.is_file()], prepared_dir(root)),

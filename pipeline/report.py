@@ -118,10 +118,7 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         figs = out / "figures"
         figs.mkdir(parents=True)
         write_csv(out / "leaderboard.csv", COLUMNS, rows)
-        # a race's runs are the same entry at other budgets: rows of their own, never replicas to average
-        group_rows = groups(
-            models, {n: n if RUNG_RE.fullmatch(n) else group_of(params, n) for n in names}, labeled, metric
-        )
+        group_rows = groups(models, entries_of(params, names), labeled, metric)
         confused = confused_pairs(y, ens_p, classes) if len(classes) > NUMBERED_CLASSES else []
         parts = {
             "verdict": verdicts_md(ens, classes, equal_compute(root), labeled, per_class=False),
@@ -155,6 +152,12 @@ def run(params: dict, root: Path = Path(".")) -> list[dict]:
         (out / "index.html").write_text(page(title, ens, rows, COLUMNS, flags, parts, figs))
         (out / "summary.txt").write_text(short_log(ens, rows, flags, reports_dir(root) / "index.html"))
     return rows
+
+
+def entries_of(params: dict, names: list[str]) -> dict[str, str]:
+    """Each model's entry, whose models the report averages; a race's runs are the same entry at other budgets:
+    entries of their own, never replicas."""
+    return {n: n if RUNG_RE.fullmatch(n) else group_of(params, n) for n in names}
 
 
 def budgets_md(ens, models: dict, root: Path, labeled: bool) -> str:
