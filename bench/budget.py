@@ -125,7 +125,7 @@ def run_all(work: Path, small: bool) -> dict:
         runs["hand"] = collect(ROOT)
     total = round(runs["hand"]["train_s"], 1)
     n = len(model_names(hand_p))
-    first = round(total / (n * rungs_for(n, 3)), 1)
+    first = round(total / (n * rungs_for(n, 3)), 3)
     configs = {
         "budget": {**without_budgets(hand_p), "budget": total},
         "race": {**without_budgets(hand_p), "budget": total, "race": {"eta": 3, "first": first}},

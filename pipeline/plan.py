@@ -37,7 +37,7 @@ UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
 def seconds(v, where: str) -> float:
     """`90`, `90s`, `1.5m`, `10min`, `2h` -> seconds (> 0); anything else is an error naming `where`."""
     v = as_number(v)
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v):
         return float(v)
     m = re.fullmatch(r"\s*(\d+\.?\d*|\.\d+)\s*(s|m|min|h)\s*", v) if isinstance(v, str) else None
     if not m or float(m.group(1)) <= 0:
@@ -105,11 +105,11 @@ def entry_budgets(params: dict) -> dict[str, tuple[float | None, str]]:
                 f"params.yaml: `share` of {', '.join(given)} divides `budget`, which is null: set `budget` or drop it"
             )
         return {n: (None, "its own recipe (budget: null)") for n in names}
-    own = [n for n in names if own_time_budget(params, n)]
+    own = sorted({w for n in names for w in own_time_budget(params, n)})
     if own:
         raise PipelineError(
-            f"params.yaml: `time_budget` of {', '.join(own)} and `budget: {params['budget']}` both set its time: the "
-            "total is shared by `share:` (drop time_budget there)"
+            f"params.yaml: {', '.join(f'`{w}.time_budget`' for w in own)} and `budget: {params['budget']}` both set "
+            "the time: the total is shared by `share:` (drop time_budget there)"
         )
     if race is not None:
         first = first_seconds(total, len(names), race)
@@ -125,17 +125,20 @@ def entry_budgets(params: dict) -> dict[str, tuple[float | None, str]]:
                     f"params.yaml: `{n}` has folds, refit or snapshots, which `race` does not run (a rung trains one "
                     "model per entry): drop them, or `race: null`"
                 )
-        return {n: (first, f"race rung 0: {first:.1f} s each of {len(names)} entries") for n in names}
+        # the words hold nothing another entry changes: an entry added with `first` written out reruns no other
+        return {n: (first, f"race rung 0: {first:.1f} s") for n in names}
     weights = {n: 1.0 if s is None else s for n, s in shares.items()}
     whole = sum(weights.values())
     return {n: (total * w / whole, f"share {w:g} of {whole:g} of budget {total:g} s") for n, w in weights.items()}
 
 
-def own_time_budget(params: dict, name: str) -> bool:
-    """Whether params.yaml gives this model a `time_budget` of its own (its entry, its variant or `train:`)."""
-    train, entry = params.get("train") or {}, (params["archs"].get(group_of(params, name)) or {})
-    variant = (params.get("variants") or {}).get(name) or {}
-    return any(d.get("time_budget") is not None for d in (train, entry, variant))
+def own_time_budget(params: dict, name: str) -> list[str]:
+    """Where params.yaml gives this model a `time_budget` of its own: `train`, its entry, its variant."""
+    group = group_of(params, name)
+    places = {"train": params.get("train") or {}, f"archs.{group}": params["archs"].get(group) or {}}
+    if name != group:
+        places[f"variants.{name}"] = (params.get("variants") or {}).get(name) or {}
+    return [w for w, d in places.items() if d.get("time_budget") is not None]
 
 
 def share_of(params: dict, name: str) -> float | None:

@@ -27,7 +27,7 @@ def test_seconds_reads_units(v, s):
     assert seconds(v, "budget") == s
 
 
-@pytest.mark.parametrize("v", ["ten minutes", "0s", -5, True, "10 parsecs"])
+@pytest.mark.parametrize("v", ["ten minutes", "0s", -5, True, "10 parsecs", float("inf")])
 def test_a_bad_time_names_the_key(v):
     with pytest.raises(PipelineError, match="`budget` = "):
         entry_budgets(params(budget=v))
@@ -54,7 +54,10 @@ def test_share_without_budget_or_with_own_time_budget_is_an_error():
         entry_budgets(p)
     p = params(budget="5m")
     p["archs"]["fast"]["time_budget"] = 30
-    with pytest.raises(PipelineError, match="time_budget` of fast"):
+    with pytest.raises(PipelineError, match=r"`archs.fast.time_budget` and `budget: 5m`"):
+        entry_budgets(p)
+    p = params(budget="5m", train={"time_budget": 9})
+    with pytest.raises(PipelineError, match=r"^params.yaml: `train.time_budget` and"):
         entry_budgets(p)
     p = params(budget="5m")
     p["archs"]["fast"]["share"] = 0
@@ -75,6 +78,9 @@ def test_race_first_auto_and_checks():
     p = params(budget="10m", race={"eta": 3})
     assert first_seconds(600.0, 3, race_param(p)) == pytest.approx(600 / (3 * 2))
     assert {b for b, _ in entry_budgets(p).values()} == {100.0}
+    p2 = params(budget="10m", race={"eta": 3, "first": 100})
+    p2["archs"]["resnet18"] = {}
+    assert entry_budgets(p2)["fast"] == entry_budgets(params(budget="10m", race={"eta": 3, "first": 100}))["fast"]
     with pytest.raises(PipelineError, match="`race` spends `budget`, which is null"):
         entry_budgets(params(race={"eta": 2}))
     with pytest.raises(PipelineError, match="race.first` = 300 s for 3 entries"):
