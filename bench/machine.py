@@ -78,8 +78,7 @@ def new_project(repo: Path, params: dict, dvc_yaml: str | None = None, bench_fil
         (repo / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / f, repo / f)
     (repo / "dvc.yaml").write_text(dvc_yaml if dvc_yaml is not None else (ROOT / "dvc.yaml").read_text())
-    if dvc_yaml is None:  # the pipeline's plan and race stages declare `budget` and `race`
-        params = {"budget": None, "race": None, **params}
+    params = {"budget": None, "race": None, **params}  # the pipeline's plan and race stages declare them
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     init = "git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # dvc
