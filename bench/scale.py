@@ -265,9 +265,13 @@ def stage_name(cmd: str) -> str:
     mod = cmd.split("python -m ", 1)[-1].split()
     if mod[0] == "pipeline.train":
         return f"train@{mod[1]}"
-    return {"pipeline.prepare": "prepare", "ensembles.ensemble": "ensemble", "pipeline.report": "report"}.get(
-        mod[0], mod[0]
-    )
+    return {
+        "pipeline.prepare": "prepare",
+        "pipeline.plan": "plan",
+        "pipeline.race": "race",
+        "ensembles.ensemble": "ensemble",
+        "pipeline.report": "report",
+    }.get(mod[0], mod[0])
 
 
 def run_set(name: str, small: bool, workers: int, target: str = "", archs: list[str] | None = None) -> dict:

@@ -247,7 +247,7 @@ def test_bench_scale_smallest_mode_runs(tmp_path):
         r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     tiny = json.loads((tmp_path / "scale_tiny_small.json").read_text())
-    assert set(tiny["stages"]) == {"prepare", "train@logreg", "train@fast", "ensemble", "report"}
+    assert set(tiny["stages"]) == {"prepare", "plan", "train@logreg", "train@fast", "race", "ensemble", "report"}
     assert tiny["classes"] == 20 and tiny["ensemble"]["chosen"] in tiny["ensemble"]["strategies"]
     photos = json.loads((tmp_path / "scale_photos_small.json").read_text())
     assert set(photos["stages"]) == {"prepare"} and photos["image_shape"] == [64, 64, 3]
