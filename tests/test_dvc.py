@@ -51,10 +51,11 @@ def test_one_entry_reruns_one_stage_and_train_reruns_all(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     try:
         (repo / "params.yaml").write_text(yaml.safe_dump({**params, "archs": {"logreg": {}, "mlp": {"epochs": 3}}}))
-        # the ensemble and report read the list of archs; no other training stage reruns
-        assert stages_to_run(repo) == {"train@mlp", "ensemble", "report"}
+        # the ensemble and report read the list of archs, plan and race every entry (no training there); no other
+        # training stage reruns
+        assert stages_to_run(repo) == {"plan", "train@mlp", "race", "ensemble", "report"}
         (repo / "params.yaml").write_text(yaml.safe_dump({**params, "train": {**params["train"], "bs": 16}}))
-        assert stages_to_run(repo) == {"train@logreg", "train@mlp"}
+        assert stages_to_run(repo) == {"plan", "train@logreg", "train@mlp", "race"}
         (repo / "params.yaml").write_text(yaml.safe_dump({**params, "ensemble": {"method": "uniform"}}))
         assert stages_to_run(repo) == {"ensemble"}  # re-weighting never retrains
     finally:
@@ -73,9 +74,9 @@ def test_variants_are_stages_of_their_own_that_follow_their_entry(tmp_path):
     assert has_row((repo / "reports" / "leaderboard.md").read_text(), "mlp", "2")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "archs": {"logreg": {}, "mlp": {"epochs": 3}}}))
-    assert stages_to_run(repo) == {"train@mlp", "variant@mlp-s1", "ensemble", "report"}
+    assert stages_to_run(repo) == {"plan", "train@mlp", "variant@mlp-s1", "race", "ensemble", "report"}
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "variants": {"mlp-s1": {"of": "mlp", "seed": 2}}}))
-    assert stages_to_run(repo) == {"variant@mlp-s1", "ensemble", "report"}
+    assert stages_to_run(repo) == {"plan", "variant@mlp-s1", "race", "ensemble", "report"}
 
 
 def test_kfold_and_refit_entries_under_dvc_repro(tmp_path):
@@ -147,9 +148,10 @@ def test_new_timm_entry_needs_no_code(tmp_path):
     params = {**TINY, "train": {**TINY["train"], "phases": [[32, 1]], "train_limit": 64}, "archs": {"logreg": {}}}
     repo = make_repo(tmp_path, params)
     run("dvc repro", repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())  # as make_repo completed it
     params["archs"]["convnext_atto"] = {}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stages_to_run(repo) == {"train@convnext_atto", "ensemble", "report"}
+    assert stages_to_run(repo) == {"plan", "train@convnext_atto", "race", "ensemble", "report"}
     out = run("dvc repro", repo)
     assert "Running stage 'train@convnext_atto'" in out and "Running stage 'train@logreg'" not in out
     assert "convnext_atto" in json.loads((ensemble_metrics_file(repo)).read_text())["models"]
@@ -342,7 +344,7 @@ def test_default_run_bench_reruns_every_stage_and_records_each(repo, tmp_path):
     before = (repo / "preds/mlp/test.npy").read_bytes()
     default_run.main(["--root", str(repo), "--out", str(tmp_path)])
     r = json.loads((tmp_path / "default_run.json").read_text())
-    assert set(r["stages"]) == {"prepare", "train@logreg", "train@mlp", "ensemble", "report"}
+    assert set(r["stages"]) == {"prepare", "plan", "train@logreg", "train@mlp", "race", "ensemble", "report"}
     assert all(s["wall_s"] > 0 and s["peak_rss_mib"] > 10 for s in r["stages"].values())
     assert r["stages"]["train@mlp"]["valid_acc"] > 0.5 and has_row(
         (tmp_path / "default_run.md").read_text(), "train@mlp"
