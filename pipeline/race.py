@@ -37,7 +37,7 @@ from pipeline.artifacts import RACE, load_labels, load_preds, load_prepared_meta
 from pipeline.errors import PipelineError
 from pipeline.inspect.scores import CI_KEYS, compare, resolve_metric, score
 from pipeline.io import staged
-from pipeline.params import load_params, metric_param, model_names, seed_param
+from pipeline.params import entry_of, load_params, metric_param, model_names, seed_param
 from pipeline.plan import budget_param, entry_budgets, race_param
 
 RESAMPLES = 2000  # of each paired comparison, as the ensemble's default `resamples`
@@ -170,7 +170,7 @@ class Race:
 
         if self._prepared is None:
             self._prepared = load_prepared(self.root)
-        device = pick_device(spec.device, model.split("@")[0])
+        device = pick_device(spec.device, entry_of(model))
         with staged(*member_outputs(self.root, model)) as (model_dir, preds_dir, metrics_file, live_dir):
             live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
             arrays, meta = self._prepared.arrays, self._prepared.meta
@@ -181,11 +181,11 @@ class Race:
 def run_rungs(race: Race) -> dict:
     """Rung 0's results, then rung after rung until the budget is spent or one model is left: the record."""
     eta, first = race.cfg.eta, race.first
-    scored = {n: race.scored(n, race.valid_preds(n)) | {"seconds": first} for n in race.names}
     preds = {n: race.valid_preds(n) for n in race.names}
+    scored = {n: race.scored(n, p) | {"seconds": first} for n, p in preds.items()}
     rungs = [{"rung": 0, "seconds": round(first, 3), "runs": scored, "stopped": {}}]
     spent, members, rung, last_s = first * len(race.names), [], 1, first
-    while len(scored) > 1 or rung == 1:
+    while True:  # each pass decides who goes on from the last rung; it ends on the last rung or with none left
         survivors, stopped = survivors_of(scored, preds, race.y, eta, race.metric, race.seed)
         rungs[-1]["stopped"] = stopped
         left = race.total - spent

@@ -70,7 +70,7 @@ def test_share_is_not_part_of_the_recipe():
 
     p = params(budget="5m")
     p["archs"]["fast"]["share"] = 3
-    assert not hasattr(train_spec(p, "fast"), "share")  # models/<key>/spec.json is unchanged by a share
+    assert train_spec(p, "fast") == train_spec(params(budget="5m"), "fast")  # spec.json is unchanged by a share
 
 
 def test_race_first_auto_and_checks():
